@@ -1,0 +1,156 @@
+"""Override events: the explicit, replayable way to change a running job's LR.
+
+A job's LR is ``f(schedule spec, base_lrs, event log, step)``. Each event takes effect at
+its ``effective_step`` (the scheduler step at which the new LR is first in
+``param_groups``) and stays in force until a later event changes it:
+
+========================  ===================================================================
+``lr *= 0.1``, ``lr /= 2``  **scale**: multiply the scheduled LR from the effective step on;
+                            scales compose (two ``lr /= 2`` give a quarter). While a *set*
+                            holds, a scale multiplies the held LR instead.
+``lr = 3e-4``               **set**: hold this absolute LR until cleared (drops earlier scales).
+``--clear``                 **clear**: drop every scale and set; back to the schedule.
+``--schedule SPEC``         **replace_schedule**: follow SPEC from the effective step on,
+                            starting at SPEC's own step 0 there (as SequentialLR does at a
+                            milestone); drops scales and sets.
+(controller)                **plateau_reduce**: one ReduceLROnPlateau reduction.
+========================  ===================================================================
+
+Every event targets all param groups, or one (``group``). docs/overrides.md has a worked
+example and the comparison with what torch does to a manual ``param_groups[0]['lr'] /= 2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from lrctl.errors import OverrideError
+
+__all__ = ["Event", "Op", "parse_override", "resolve_pending", "validate_override"]
+
+
+class Op(str, enum.Enum):
+    """What an event does."""
+
+    SCALE = "scale"
+    SET = "set"
+    CLEAR = "clear"
+    REPLACE_SCHEDULE = "replace_schedule"
+    PLATEAU_REDUCE = "plateau_reduce"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a job's override log.
+
+    Attributes:
+        version: The job version this event created (strictly increasing per job).
+        op: What it does.
+        value: The factor (SCALE) or the LR (SET); None otherwise.
+        schedule: The new spec's canonical text (REPLACE_SCHEDULE); None otherwise.
+        group: Target param group, or None for every group.
+        effective_step: Step at which it is first in ``param_groups``; None while pending.
+        actor: Who asked for it.
+        reason: Why.
+        created_at: Unix time the controller accepted it.
+        applied_at: Unix time rank 0 reported it applied, or None.
+    """
+
+    version: int
+    op: Op
+    value: float | None = None
+    schedule: str | None = None
+    group: int | None = None
+    effective_step: int | None = None
+    actor: str = ""
+    reason: str = ""
+    created_at: float = 0.0
+    applied_at: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        """True until the workers report the step at which it took effect."""
+        return self.effective_step is None
+
+    def describe(self) -> str:
+        """Return the operator's notation: ``lr *= 0.5``, ``lr = 0.0003``, ``clear``, ..."""
+        target = "" if self.group is None else f" (group {self.group})"
+        if self.op is Op.SCALE:
+            text = f"lr *= {self.value!r}"
+        elif self.op is Op.SET:
+            text = f"lr = {self.value!r}"
+        elif self.op is Op.REPLACE_SCHEDULE:
+            text = f"schedule = {self.schedule}"
+        else:
+            text = self.op.value
+        return text + target
+
+
+_OVERRIDE_RE = re.compile(r"^\s*lr\s*(\*=|/=|=)\s*(\S+)\s*$")
+
+
+def parse_override(text: str) -> tuple[Op, float]:
+    """Parse ``lr /= 2``, ``lr *= 0.1`` or ``lr = 3e-4`` into ``(op, value)``.
+
+    ``lr /= x`` becomes a SCALE by ``1 / x``.
+
+    Raises:
+        OverrideError: not one of those forms, or a value that is not a usable number.
+    """
+    match = _OVERRIDE_RE.match(text or "")
+    if not match:
+        raise OverrideError(f"expected an override like 'lr /= 2', 'lr *= 0.1' or 'lr = 3e-4', "
+                            f"got {text!r}")
+    operator, literal = match.groups()
+    try:
+        number = float(literal)
+    except ValueError:
+        raise OverrideError(f"expected a number after 'lr {operator}', got {literal!r}") from None
+    if operator == "=":
+        validate_override(Op.SET, number)
+        return Op.SET, number
+    if operator == "/=":
+        if not math.isfinite(number) or number <= 0:
+            raise OverrideError(f"'lr /= x' needs a finite x > 0, got {literal!r}")
+        number = 1.0 / number
+    validate_override(Op.SCALE, number)
+    return Op.SCALE, number
+
+
+def validate_override(op: Op, value: float | None = None, group: int | None = None,
+                      num_groups: int | None = None) -> None:
+    """Check an override's value and target before it is appended to a log.
+
+    Raises:
+        OverrideError: e.g. a scale that is not a finite number > 0, a negative or infinite
+            LR, or a group the job does not have.
+    """
+    if op is Op.SCALE and (value is None or not math.isfinite(value) or value <= 0):
+        raise OverrideError(f"a scale factor must be a finite number > 0, got {value!r}")
+    if op is Op.SET and (value is None or not math.isfinite(value) or value < 0):
+        raise OverrideError(f"an LR must be a finite number >= 0, got {value!r}")
+    if group is not None:
+        if isinstance(group, bool) or not isinstance(group, int) or group < 0:
+            raise OverrideError(f"param group must be an integer >= 0, got {group!r}")
+        if num_groups is not None and group >= num_groups:
+            raise OverrideError(f"param group {group} does not exist; the job has "
+                                f"{num_groups} group(s): 0..{num_groups - 1}")
+
+
+def resolve_pending(events: Iterable[Event], step: int) -> list[Event]:
+    """Return ``events`` with every pending one taking effect at ``step``.
+
+    The controller uses this to show what the LR is about to be before the workers report.
+    """
+    return [dataclasses.replace(e, effective_step=step) if e.pending else e for e in events]
+
+
+def applied(events: Sequence[Event]) -> list[Event]:
+    """Return the events that took effect, in the order they apply."""
+    done = [e for e in events if e.effective_step is not None]
+    return sorted(done, key=lambda e: (e.effective_step, e.version))

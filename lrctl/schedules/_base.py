@@ -1,0 +1,170 @@
+"""The schedule interface, argument validation and the registry of scheduler names.
+
+A :class:`Schedule` is the closed form of one torch scheduler: ``lrs(t, base_lrs)`` is what
+torch's ``get_last_lr()`` returns after ``t`` calls of ``step()`` (row 0 = at construction)
+for an optimizer whose groups started at ``base_lrs``. It holds no mutable state beyond
+caches, so the controller and every worker evaluate any step in any order.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+from lrctl.errors import SpecError
+from lrctl.spec import Spec, SpecValue, parse_spec
+
+__all__ = ["SCHEDULES", "Schedule", "build_schedule", "register"]
+
+SCHEDULES: dict[str, type[Schedule]] = {}
+"""Scheduler name -> implementing class."""
+
+# Arguments that belong to the scheduler object, not to the schedule.
+_OBJECT_ARGS = {
+    "optimizer": "the optimizer is the one RemoteLRScheduler is given",
+    "last_epoch": "pass last_epoch to RemoteLRScheduler (or the job's resume step)",
+    "verbose": "pass verbose to RemoteLRScheduler or to `lrctl job create --verbose`",
+}
+
+
+class Schedule(ABC):
+    """Closed-form LR schedule for ``num_groups`` param groups.
+
+    Subclasses define ``setup(self, <torch's arguments>)`` (validated, stored) and
+    :meth:`lrs`. Chainable schedulers also override :meth:`step_lrs`, torch's recursive
+    ``get_lr``, which :class:`ChainedScheduler` composes.
+    """
+
+    name: ClassVar[str]
+    #: True for torch's chainable (multiplicative, recursive) schedulers.
+    chainable: ClassVar[bool] = False
+
+    def __init__(self, spec: Spec, num_groups: int) -> None:
+        self.spec = spec
+        self.num_groups = num_groups
+        setup = self.setup  # type: ignore[attr-defined]
+        sig = inspect.signature(setup)
+        for key, _ in spec.kwargs:
+            if key in _OBJECT_ARGS:
+                raise SpecError(f"{spec.name}: {key!r} is not part of a schedule spec; "
+                                f"{_OBJECT_ARGS[key]}")
+        try:
+            bound = sig.bind(*spec.args, **dict(spec.kwargs))
+        except TypeError as exc:
+            params = ", ".join(sig.parameters)
+            raise SpecError(f"{spec.name}: {exc}; expected arguments ({params}), "
+                            f"got {spec.to_text()}") from None
+        setup(*bound.args, **bound.kwargs)
+
+    @abstractmethod
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        """Return each group's LR after ``step`` calls of ``step()`` (closed form)."""
+
+    def step_lrs(self, step: int, lrs: Sequence[float], base_lrs: Sequence[float]) -> list[float]:
+        """Return torch's ``get_lr()`` at ``step`` given the groups' current ``lrs``.
+
+        The default suits closed-form schedulers, which ignore the current LR.
+        """
+        return self.lrs(step, base_lrs)
+
+    def momenta(self, step: int) -> list[float] | None:
+        """Return each group's momentum (or Adam's beta1) at ``step``; None if not cycled."""
+        return None
+
+    @property
+    def cycles_momentum(self) -> bool:
+        """Whether this schedule writes momentum/betas (CyclicLR, OneCycleLR)."""
+        return False
+
+    def max_step(self) -> int | None:
+        """Return the last valid step, or None if the schedule is unbounded."""
+        return None
+
+    # -- helpers for subclasses -------------------------------------------------------------
+
+    def _fail(self, message: str) -> SpecError:
+        return SpecError(f"{self.name}: {message}")
+
+    def _int(self, key: str, value: Any, *, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise self._fail(f"{key} must be {what}, got {value!r}")
+        return value
+
+    def _float(self, key: str, value: Any, *, minimum: float | None = 0.0,
+               maximum: float | None = None, strict_min: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self._fail(f"{key} must be a number, got {value!r}")
+        v = float(value)
+        if not math.isfinite(v):
+            raise self._fail(f"{key} must be finite, got {value!r}")
+        low_bad = minimum is not None and (v <= minimum if strict_min else v < minimum)
+        high_bad = maximum is not None and v > maximum
+        if low_bad or high_bad:
+            lo = "" if minimum is None else ("> " if strict_min else ">= ") + f"{minimum:g}"
+            hi = "" if maximum is None else f"<= {maximum:g}"
+            rng = " and ".join(p for p in (lo, hi) if p)
+            raise self._fail(f"{key} must be {rng}, got {value!r}")
+        return v
+
+    def _choice(self, key: str, value: Any, choices: Sequence[str]) -> str:
+        if value not in choices:
+            raise self._fail(f"{key} must be one of {', '.join(map(repr, choices))}, "
+                             f"got {value!r}")
+        return str(value)
+
+    def _bool(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self._fail(f"{key} must be True or False, got {value!r}")
+        return value
+
+    def _per_group(self, key: str, value: Any, convert: Callable[[str, Any], float]) -> list[float]:
+        """Accept one value or one per param group, as torch's ``_format_param`` does."""
+        if isinstance(value, tuple):
+            if len(value) != self.num_groups:
+                raise self._fail(f"expected {self.num_groups} values for {key}, "
+                                 f"got {len(value)}")
+            return [convert(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        return [convert(key, value)] * self.num_groups
+
+
+S = TypeVar("S", bound=type[Schedule])
+
+
+def register(cls: S) -> S:
+    """Class decorator: make ``cls`` buildable from specs under ``cls.name``."""
+    SCHEDULES[cls.name] = cls
+    return cls
+
+
+def build_schedule(spec: str | Spec | dict[str, Any], num_groups: int) -> Schedule:
+    """Parse and validate ``spec`` for an optimizer with ``num_groups`` param groups.
+
+    Raises:
+        SpecError: unknown scheduler, bad arguments, or values torch would refuse.
+    """
+    parsed = parse_spec(spec)
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise SpecError(f"expected at least one param group (base LR), got {num_groups!r}")
+    cls = SCHEDULES.get(parsed.name)
+    if cls is None:
+        known = ", ".join(sorted(SCHEDULES))
+        raise SpecError(f"unknown scheduler {parsed.name!r}; expected one of {known}")
+    return cls(parsed, num_groups)
+
+
+def child_schedules(parent: str, value: SpecValue, num_groups: int) -> list[Schedule]:
+    """Build the nested schedulers of SequentialLR / ChainedScheduler."""
+    if not isinstance(value, tuple) or not value:
+        raise SpecError(f"{parent}: schedulers must be a non-empty list of schedulers, "
+                        f"got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, Spec):
+            raise SpecError(f"{parent}: schedulers[{i}] must be a scheduler such as "
+                            f"StepLR(step_size=10), got {item!r}")
+        out.append(build_schedule(item, num_groups))
+    return out

@@ -1,0 +1,264 @@
+"""LambdaLR and torch's chainable (multiplicative) schedulers, in closed form.
+
+Each chainable scheduler is torch's recursion ``lr_t = lr_{t-1} * ratio(t)`` (with
+``ratio(0)`` the factor applied at construction). Its closed form is the product of those
+ratios, ``lr_t = base_lr * factor(t)``; both are written out below so that
+:class:`~lrctl.schedules.ChainedScheduler` can compose the recursion exactly as torch does.
+Products of ``t`` floats differ from torch's running product by at most about
+``t * 2**-53`` relative (see docs/parity.md).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from lrctl.expressions import Expression, compile_expression
+from lrctl.schedules._base import Schedule, register
+from lrctl.schedules._recurrence import Recurrence
+
+__all__ = [
+    "ConstantLR",
+    "ExponentialLR",
+    "LambdaLR",
+    "LinearLR",
+    "MultiStepLR",
+    "MultiplicativeLR",
+    "PolynomialLR",
+    "StepLR",
+]
+
+
+class _Lambdas(Schedule):
+    """Shared argument handling: one expression, or one per param group."""
+
+    def _lambdas(self, value: Any) -> list[Expression]:
+        if isinstance(value, tuple):
+            if len(value) != self.num_groups:
+                raise self._fail(f"Expected {self.num_groups} lr_lambdas, but got {len(value)}")
+            items = list(value)
+        else:
+            items = [value] * self.num_groups
+        out = []
+        for item in items:
+            if not isinstance(item, str):
+                raise self._fail("lr_lambda must be an expression string such as "
+                                 f"'0.95 ** epoch', got {item!r}")
+            out.append(compile_expression(item))
+        return out
+
+
+@register
+class LambdaLR(_Lambdas):
+    r"""``lr = base_lr * lr_lambda(t)``.
+
+    .. math:: \eta_t = \eta_0 \cdot f(t)
+    """
+
+    name = "LambdaLR"
+
+    def setup(self, lr_lambda: Any) -> None:
+        self.fns = self._lambdas(lr_lambda)
+
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        return [b * f(step) for b, f in zip(base_lrs, self.fns)]
+
+
+@register
+class MultiplicativeLR(_Lambdas):
+    r"""``lr_t = lr_{t-1} * lr_lambda(t)`` for ``t > 0``.
+
+    .. math:: \eta_t = \eta_0 \prod_{u=1}^{t} f(u)
+
+    The prefix products are cached (:class:`Recurrence`), so any step costs at most a few
+    hundred lambda calls after the first visit.
+    """
+
+    name = "MultiplicativeLR"
+    chainable = True
+
+    def setup(self, lr_lambda: Any) -> None:
+        self.fns = self._lambdas(lr_lambda)
+        fns = self.fns
+        self._products: Recurrence[tuple[float, ...]] = Recurrence(
+            (1.0,) * len(fns),
+            lambda t, prev: tuple(p * f(t) for p, f in zip(prev, fns)),
+        )
+
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        return [b * p for b, p in zip(base_lrs, self._products.at(step))]
+
+    def step_lrs(self, step: int, lrs: Sequence[float], base_lrs: Sequence[float]) -> list[float]:
+        if step == 0:
+            return list(lrs)
+        return [lr * f(step) for lr, f in zip(lrs, self.fns)]
+
+
+class _Chainable(Schedule):
+    """A scheduler whose every group follows ``base_lr * factor(t)``."""
+
+    chainable = True
+
+    def factor(self, step: int) -> float:
+        raise NotImplementedError
+
+    def ratio(self, step: int) -> float:
+        raise NotImplementedError
+
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        f = self.factor(step)
+        return [b * f for b in base_lrs]
+
+    def step_lrs(self, step: int, lrs: Sequence[float], base_lrs: Sequence[float]) -> list[float]:
+        r = self.ratio(step)
+        return list(lrs) if r == 1.0 else [lr * r for lr in lrs]
+
+
+@register
+class StepLR(_Chainable):
+    r"""Decay by ``gamma`` every ``step_size`` steps.
+
+    .. math:: \eta_t = \eta_0 \cdot \gamma^{\lfloor t / \text{step\_size} \rfloor}
+
+    Example, ``StepLR(step_size=30, gamma=0.1)`` with base 0.05: 0.05 for t < 30, 0.005 for
+    30 <= t < 60, 0.0005 for 60 <= t < 90.
+    """
+
+    name = "StepLR"
+
+    def setup(self, step_size: Any, gamma: Any = 0.1) -> None:
+        self.step_size = self._int("step_size", step_size, minimum=1)
+        self.gamma = self._float("gamma", gamma)
+
+    def factor(self, step: int) -> float:
+        return float(self.gamma ** (step // self.step_size))
+
+    def ratio(self, step: int) -> float:
+        return self.gamma if step > 0 and step % self.step_size == 0 else 1.0
+
+
+@register
+class MultiStepLR(_Chainable):
+    r"""Decay by ``gamma`` at each milestone (a repeated milestone decays again).
+
+    .. math:: \eta_t = \eta_0 \cdot \gamma^{|\{m \in \text{milestones} : m \le t\}|}
+    """
+
+    name = "MultiStepLR"
+
+    def setup(self, milestones: Any, gamma: Any = 0.1) -> None:
+        if not isinstance(milestones, tuple):
+            raise self._fail(f"milestones must be a list of integers, got {milestones!r}")
+        self.milestones = sorted(self._int(f"milestones[{i}]", m) for i, m in enumerate(milestones))
+        self.counts = Counter(self.milestones)
+        self.gamma = self._float("gamma", gamma)
+
+    def factor(self, step: int) -> float:
+        return float(self.gamma ** bisect_right(self.milestones, step))
+
+    def ratio(self, step: int) -> float:
+        n = self.counts.get(step, 0)
+        return float(self.gamma**n) if n else 1.0
+
+
+@register
+class ConstantLR(_Chainable):
+    r"""Multiply by ``factor`` until ``total_iters``, then back to the base LR.
+
+    .. math:: \eta_t = \eta_0 \cdot (\text{factor if } t < T \text{ else } 1)
+
+    As in torch's recursion, ``total_iters=0`` keeps ``factor`` forever.
+    """
+
+    name = "ConstantLR"
+
+    def setup(self, factor: Any = 1.0 / 3, total_iters: Any = 5) -> None:
+        self.factor_value = self._float("factor", factor, minimum=0.0, maximum=1.0, strict_min=True)
+        self.total_iters = self._int("total_iters", total_iters)
+
+    def factor(self, step: int) -> float:
+        if self.total_iters == 0 or step < self.total_iters:
+            return self.factor_value
+        return self.factor_value * (1.0 / self.factor_value)
+
+    def ratio(self, step: int) -> float:
+        if step == 0:
+            return self.factor_value
+        return 1.0 / self.factor_value if step == self.total_iters else 1.0
+
+
+@register
+class LinearLR(_Chainable):
+    r"""Linear ramp of the factor from ``start_factor`` to ``end_factor`` over ``total_iters``.
+
+    .. math:: \eta_t = \eta_0 \left(s + (e - s)\frac{\min(t, T)}{T}\right)
+    """
+
+    name = "LinearLR"
+
+    def setup(self, start_factor: Any = 1.0 / 3, end_factor: Any = 1.0,
+              total_iters: Any = 5) -> None:
+        self.start = self._float("start_factor", start_factor, minimum=0.0, maximum=1.0,
+                                 strict_min=True)
+        self.end = self._float("end_factor", end_factor, minimum=0.0, maximum=1.0)
+        self.total_iters = self._int("total_iters", total_iters)
+
+    def factor(self, step: int) -> float:
+        if self.total_iters == 0:
+            return self.start
+        t = min(step, self.total_iters)
+        return self.start + (self.end - self.start) * t / self.total_iters
+
+    def ratio(self, step: int) -> float:
+        if step == 0:
+            return self.start
+        if step > self.total_iters:
+            return 1.0
+        s, e, n = self.start, self.end, self.total_iters
+        return 1.0 + (e - s) / (n * s + (step - 1) * (e - s))
+
+
+@register
+class ExponentialLR(_Chainable):
+    r"""Decay by ``gamma`` every step.
+
+    .. math:: \eta_t = \eta_0 \cdot \gamma^{t}
+    """
+
+    name = "ExponentialLR"
+
+    def setup(self, gamma: Any) -> None:
+        self.gamma = self._float("gamma", gamma)
+
+    def factor(self, step: int) -> float:
+        return float(self.gamma**step)
+
+    def ratio(self, step: int) -> float:
+        return 1.0 if step == 0 else self.gamma
+
+
+@register
+class PolynomialLR(_Chainable):
+    r"""Polynomial decay to exactly 0 at ``total_iters``.
+
+    .. math:: \eta_t = \eta_0 \left(1 - \frac{\min(t, T)}{T}\right)^{p}
+    """
+
+    name = "PolynomialLR"
+
+    def setup(self, total_iters: Any = 5, power: Any = 1.0) -> None:
+        self.total_iters = self._int("total_iters", total_iters)
+        self.power = self._float("power", power)
+
+    def factor(self, step: int) -> float:
+        if self.total_iters == 0:
+            return 1.0
+        return float((1.0 - min(self.total_iters, step) / self.total_iters) ** self.power)
+
+    def ratio(self, step: int) -> float:
+        if step == 0 or step > self.total_iters:
+            return 1.0
+        n = self.total_iters
+        return float(((1.0 - step / n) / (1.0 - (step - 1) / n)) ** self.power)

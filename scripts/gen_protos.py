@@ -1,0 +1,79 @@
+"""Regenerate lrctl/v1 from proto/lrctl/v1/*.proto (the only way lrctl/v1 changes).
+
+Usage: python scripts/gen_protos.py [--check]
+
+--check regenerates into a temporary folder and exits 1 if lrctl/v1 differs (CI and
+tests/test_generated.py use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = ROOT / "proto"
+PACKAGE = Path("lrctl") / "v1"
+HEADER = '"""Generated from proto/lrctl/v1 by scripts/gen_protos.py. Do not edit."""\n'
+
+
+def generate(out_root: Path) -> list[Path]:
+    """Run protoc (grpcio-tools) into ``out_root``; return the generated files."""
+    from grpc_tools import protoc
+
+    protos = sorted((PROTO_ROOT / PACKAGE).glob("*.proto"))
+    include = Path(protoc.__file__).parent / "_proto"
+    out_dir = out_root / PACKAGE
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--python_out={out_root}",
+        f"--pyi_out={out_root}",
+        f"--grpc_python_out={out_root}",
+        *(str(p.relative_to(PROTO_ROOT)) for p in protos),
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+    (out_dir / "__init__.py").write_text(HEADER)
+    return sorted(p for p in out_dir.iterdir() if p.is_file())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if lrctl/v1 is stale")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = generate(Path(tmp))
+        target = ROOT / PACKAGE
+        if args.check:
+            stale = [
+                p.name
+                for p in fresh
+                if not (target / p.name).exists() or not filecmp.cmp(p, target / p.name, False)
+            ]
+            extra = sorted(
+                {p.name for p in target.glob("*.py*")} - {p.name for p in fresh}
+            )
+            if stale or extra:
+                print(f"lrctl/v1 is stale: differs {stale}, not generated {extra}; "
+                      "run python scripts/gen_protos.py", file=sys.stderr)
+                return 1
+            print("lrctl/v1 is up to date")
+            return 0
+        for old in target.glob("*.py*"):
+            old.unlink()
+        target.mkdir(parents=True, exist_ok=True)
+        for p in fresh:
+            shutil.copy2(p, target / p.name)
+        print(f"generated {', '.join(p.name for p in fresh)} in {PACKAGE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
