@@ -60,6 +60,9 @@ class Spec:
 
     __str__ = to_text
 
+    def __repr__(self) -> str:
+        return f"Spec({self.to_text()!r})"
+
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready dict form (positional arguments under ``"args_positional"``)."""
         out: dict[str, Any] = {"name": self.name, "args": {k: _to_json(v) for k, v in self.kwargs}}

@@ -57,6 +57,10 @@ class Schedule(ABC):
             params = ", ".join(sig.parameters)
             raise SpecError(f"{spec.name}: {exc}; expected arguments ({params}), "
                             f"got {spec.to_text()}") from None
+        for key, value in bound.arguments.items():
+            if key != "schedulers" and _contains_spec(value):
+                raise SpecError(f"{spec.name}.{key}: expected a literal (number, string, "
+                                f"True/False/None, list), got {_text(value)}")
         setup(*bound.args, **bound.kwargs)
 
     @abstractmethod
@@ -129,6 +133,18 @@ class Schedule(ABC):
                                  f"got {len(value)}")
             return [convert(f"{key}[{i}]", v) for i, v in enumerate(value)]
         return [convert(key, value)] * self.num_groups
+
+
+def _contains_spec(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return any(_contains_spec(v) for v in value)
+    return isinstance(value, Spec)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    return value.to_text() if isinstance(value, Spec) else repr(value)
 
 
 S = TypeVar("S", bound=type[Schedule])

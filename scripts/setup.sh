@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install lrctl with its demo and test dependencies into ./.venv (idempotent, re-run freely).
+#
+# torch: if the venv has no torch yet, torch==$LRCTL_TORCH_VERSION (default 2.13.0) is
+# installed first; on this project's machines pip finds the local CPU wheel. If the
+# interpreter you run this with already has torch (your CUDA build, say), the venv is created
+# with --system-site-packages and keeps using it. Either way the later `pip install -e .`
+# sees torch>=2.4 satisfied and never swaps it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+venv=${LRCTL_VENV:-.venv}
+
+if [ ! -x "$venv/bin/python" ]; then
+  if "$python" -c "import torch" 2>/dev/null; then
+    echo "setup: reusing the torch of $("$python" -c 'import sys; print(sys.executable)')"
+    "$python" -m venv --system-site-packages "$venv"
+  else
+    "$python" -m venv "$venv"
+  fi
+fi
+pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  echo "setup: installing torch==${LRCTL_TORCH_VERSION:-2.13.0}"
+  "${pip[@]}" install -q "torch==${LRCTL_TORCH_VERSION:-2.13.0}"
+fi
+echo "setup: installing lrctl[dev] into $venv"
+"${pip[@]}" install -q -e ".[dev]"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# README command #2: install everything, then run the checks and the whole test suite.
+# Extra arguments go to pytest (e.g. scripts/test.sh -k parity).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/install-prometheus.sh
+venv=${LRCTL_VENV:-.venv}
+export PATH="$PWD/$venv/bin:$PATH"
+
+echo "== generated code is current"
+python scripts/gen_protos.py --check
+echo "== ruff"
+ruff check .
+echo "== mypy"
+mypy
+echo "== pytest"
+python -m pytest -q "$@"
