@@ -1,0 +1,83 @@
+"""Real processes for tests: a controller subprocess that can be killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"listening on (?P<host>[\d.]+):(?P<port>\d+)")
+
+
+class ControllerProcess:
+    """``lrctl serve`` as a subprocess on loopback, with its SQLite file in ``db``."""
+
+    def __init__(self, db: Path, port: int = 0, extra: tuple[str, ...] = ()) -> None:
+        self.db = db
+        self.port = port
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> ControllerProcess:
+        cmd = [sys.executable, "-m", "controller.cli", "serve", "--host", "127.0.0.1",
+               "--port", str(self.port), "--metrics-port", "0", "--db", str(self.db),
+               *self.extra]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        found = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line)
+                match = _LISTENING.search(line)
+                if match and not found.is_set():
+                    self.port = int(match["port"])
+                    found.set()
+
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("controller did not start:\n" + "".join(self.output))
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, no flush."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._close_pipe()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        self._pump.join(10)  # EOF once the process is gone
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> ControllerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,163 @@
+"""DDP consistency: real gloo ranks, overrides at random moments, every rank switches together.
+
+Each test runs real processes: a controller (``lrctl serve``) and 2-3 ranks of
+``tests/ddp_worker.py`` (``torch.distributed`` with gloo, DistributedDataParallel,
+RemoteLRScheduler). Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.client import Client, ClientError
+from tests.procs import ROOT, ControllerProcess
+
+pytestmark = pytest.mark.slow
+
+
+def launch_ranks(tmp: Path, address: str, job: str, world: int, *, steps: int,
+                 late_rank: int = -1, schedule: str | None = None) -> list[subprocess.Popen[str]]:
+    init = tmp / f"init-{job}"
+    out = tmp / job
+    out.mkdir()
+    procs = []
+    for rank in range(world):
+        cmd = [sys.executable, "-m", "tests.ddp_worker", "--rank", str(rank), "--world",
+               str(world), "--init", str(init), "--job", job, "--address", address,
+               "--steps", str(steps), "--out", str(out), "--late-rank", str(late_rank)]
+        if schedule:
+            cmd += ["--schedule", schedule]
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def wait_ranks(procs: list[subprocess.Popen[str]], timeout: float = 180) -> None:
+    for proc in procs:
+        output, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, output
+
+
+def read_ranks(tmp: Path, job: str, world: int) -> list[dict[str, Any]]:
+    return [json.loads((tmp / job / f"rank-{r}.json").read_text()) for r in range(world)]
+
+
+def switch_steps(log: list[list[float]]) -> dict[int, int]:
+    """Version -> first step at which that version's LRs were in param_groups."""
+    out: dict[int, int] = {}
+    for step, version, *_ in log:
+        out.setdefault(int(version), int(step))
+    return out
+
+
+def check_consistent(ranks: list[dict[str, Any]]) -> None:
+    """The DDP consistency property: identical per-step LRs and identical parameters."""
+    first = ranks[0]
+    for r, other in enumerate(ranks[1:], start=1):
+        for a, b in zip(first["log"], other["log"]):
+            if a != b:
+                raise AssertionError(f"rank {r} differs from rank 0 at step {a[0]}: {b} != {a}")
+        if other["params"] != first["params"]:
+            raise AssertionError(f"rank {r}'s parameters differ from rank 0's")
+
+
+def wait_for_step(client: Client, job: str, step: int, timeout: float = 120) -> int:
+    """Wait until rank 0 has reported ``step`` (the job appears when the ranks attach)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            current = client.get_job(job).step
+        except ClientError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            current = -1
+        if current >= step:
+            return current
+        time.sleep(0.05)
+    raise AssertionError(f"job {job} never reached step {step}")
+
+
+def send_overrides_at_random_moments(client: Client, job: str, rng: random.Random,
+                                     count: int) -> None:
+    wait_for_step(client, job, 15)  # let training get going first
+    ops: list[tuple[str, float | None, int | None]] = [
+        ("scale", 0.5, None), ("scale", 0.1, 1), ("set", 3e-3, None), ("clear", None, None),
+        ("scale", 2.0, 0), ("set", 1e-2, 1)]
+    for i in range(count):
+        time.sleep(rng.uniform(0.05, 0.5))
+        op, value, group = ops[i % len(ops)]
+        client.override(job, op, value, group=group, reason=f"random override {i}")
+
+
+@pytest.mark.parametrize("world", [pytest.param(2, id="2-ranks"), pytest.param(3, id="3-ranks")])
+def test_all_ranks_switch_at_the_same_step(tmp_path: Path, world: int) -> None:
+    rng = random.Random(world)
+    with ControllerProcess(tmp_path / "lrctl.db") as controller, Client(controller.address) as client:
+        procs = launch_ranks(tmp_path, controller.address, "ddp", world, steps=160)
+        send_overrides_at_random_moments(client, "ddp", rng, count=5)
+        wait_ranks(procs)
+        history = client.history("ddp")
+    ranks = read_ranks(tmp_path, "ddp", world)
+    check_consistent(ranks)
+
+    switches = switch_steps(ranks[0]["log"])
+    assert len(history) == 5
+    for event in history:
+        # Every override took effect, at the step the controller recorded from rank 0.
+        assert event.effective_step is not None, event
+        applied_at = min(s for v, s in switches.items() if v >= event.version)
+        assert event.effective_step == applied_at, (event, switches)
+    lrs = {tuple(row[2:]) for row in ranks[0]["log"]}
+    assert len(lrs) > 100  # the cosine schedule ran under the overrides
+
+
+def test_negative_control_catches_a_rank_that_switches_late(tmp_path: Path) -> None:
+    with ControllerProcess(tmp_path / "lrctl.db") as controller, Client(controller.address) as client:
+        procs = launch_ranks(tmp_path, controller.address, "late", 2, steps=80, late_rank=1,
+                             schedule="StepLR(step_size=1000)")
+        wait_for_step(client, "late", 15)
+        client.override("late", "scale", 0.5, reason="negative control")
+        wait_ranks(procs)
+    ranks = read_ranks(tmp_path, "late", 2)
+    with pytest.raises(AssertionError, match="rank 1 differs from rank 0 at step"):
+        check_consistent(ranks)
+    # ... and it is a real divergence: the replicas' parameters differ too.
+    assert ranks[0]["params"] != ranks[1]["params"]
+
+
+def test_training_survives_a_controller_kill(tmp_path: Path) -> None:
+    db = tmp_path / "lrctl.db"
+    controller = ControllerProcess(db).start()
+    try:
+        with Client(controller.address) as client:
+            procs = launch_ranks(tmp_path, controller.address, "kill9", 2, steps=250)
+            wait_for_step(client, "kill9", 20)
+            client.override("kill9", "scale", 0.5, reason="before the outage")
+        time.sleep(0.5)
+        controller.kill()  # SIGKILL mid-run
+        time.sleep(1.5)
+        assert all(p.poll() is None for p in procs), "training must not stop with the controller"
+        controller = ControllerProcess(db, port=controller.port).start()  # same address
+        with Client(controller.address) as client:
+            step_before = client.get_job("kill9").step
+            client.override("kill9", "set", 1e-3, reason="after the restart")
+            wait_ranks(procs)
+            history = client.history("kill9")
+    finally:
+        controller.stop()
+    ranks = read_ranks(tmp_path, "kill9", 2)
+    check_consistent(ranks)
+    assert [e.reason for e in history] == ["before the outage", "after the restart"]
+    assert all(e.effective_step is not None for e in history)
+    late = history[1]
+    assert late.effective_step is not None and late.effective_step > step_before
+    final = ranks[0]["log"][-1]
+    assert final[2:] == pytest.approx([1e-3, 1e-3])  # the override sent after the restart

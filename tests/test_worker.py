@@ -1,0 +1,160 @@
+"""RemoteLRScheduler in one process against a real controller subprocess."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from controller.client import Client
+from lrctl.errors import SpecError
+from tests.procs import ControllerProcess
+from tests.torch_ref import build_torch
+from worker import RemoteLRScheduler, WorkerConfig, WorkerError
+
+
+@pytest.fixture(scope="module")
+def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerProcess]:
+    with ControllerProcess(tmp_path_factory.mktemp("ctl") / "lrctl.db") as proc:
+        yield proc
+
+
+@pytest.fixture
+def client(controller: ControllerProcess) -> Iterator[Client]:
+    with Client(controller.address) as c:
+        yield c
+
+
+def make_optimizer(kind: str = "sgd") -> torch.optim.Optimizer:
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.1},
+              {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": torch.tensor(0.05)}]
+    if kind == "adam":
+        return torch.optim.Adam(groups)
+    return torch.optim.SGD(groups, momentum=0.9)
+
+
+def run(scheduler: RemoteLRScheduler, optimizer: torch.optim.Optimizer, steps: int) -> list[list[float]]:
+    rows = [[float(x) for x in scheduler.get_last_lr()]]
+    for _ in range(steps - 1):
+        optimizer.step()
+        scheduler.step()
+        rows.append([float(x) for x in scheduler.get_last_lr()])
+    return rows
+
+
+def wait_for_version(scheduler: RemoteLRScheduler, version: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while (scheduler._link.state is None or scheduler._link.state.version < version):
+        assert time.monotonic() < deadline, "the override never reached the worker"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("spec", [
+    pytest.param("StepLR(step_size=20, gamma=0.5)", id="step"),
+    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=10)", id="cyclic-momentum"),
+    pytest.param("OneCycleLR(max_lr=0.1, total_steps=100)", id="onecycle-momentum"),
+])
+def test_same_lrs_and_momentum_as_torch(controller: ControllerProcess, spec: str) -> None:
+    ours_opt, theirs_opt = make_optimizer(), make_optimizer()
+    theirs = build_torch(spec, theirs_opt)
+    with RemoteLRScheduler(ours_opt, spec, job=f"parity-{spec[:6]}",
+                           address=controller.address) as ours:
+        for _ in range(100):
+            for a, b in zip(ours_opt.param_groups, theirs_opt.param_groups):
+                assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-7)
+                assert a["momentum"] == pytest.approx(b["momentum"], rel=1e-12)
+            ours_opt.step()
+            theirs_opt.step()
+            ours.step()
+            theirs.step()
+        # A tensor LR stays the same tensor, updated in place as torch does.
+        assert isinstance(ours_opt.param_groups[1]["lr"], torch.Tensor)
+
+
+def test_override_takes_effect_and_resume_replays_exactly(
+        controller: ControllerProcess, client: Client) -> None:
+    spec = "ExponentialLR(gamma=0.99)"
+    opt = make_optimizer()
+    first = RemoteLRScheduler(opt, spec, job="resume", address=controller.address)
+    rows = run(first, opt, 30)
+    version = client.override("resume", "scale", 0.5, reason="spike").event.version
+    wait_for_version(first, version)
+    opt.step()
+    first.step()  # applied at step 30
+    assert float(opt.param_groups[0]["lr"]) == pytest.approx(0.1 * 0.99**30 * 0.5)
+    rows.append([float(x) for x in first.get_last_lr()])
+    rows += run(first, opt, 31)[1:]  # to step 60
+    checkpoint = first.state_dict()
+    version = client.override("resume", "set", 1e-3, group=1).event.version
+    wait_for_version(first, version)
+    rows += run(first, opt, 41)[1:]  # to step 100
+    first.close()
+    history = client.history("resume")
+    assert [e.effective_step for e in history] == [30, 61]
+
+    # A new process resumes from the checkpoint at step 60: same LRs, overrides included.
+    opt2 = make_optimizer()
+    second = RemoteLRScheduler(opt2, spec, job="resume", address=controller.address)
+    second.load_state_dict(checkpoint)
+    replay = [[float(x) for x in second.get_last_lr()]]
+    replay += run(second, opt2, 41)[1:]
+    second.close()
+    assert replay == rows[60:]
+
+
+def test_unreachable_controller_is_a_clear_error_after_a_bounded_wait() -> None:
+    config = WorkerConfig(job="nowhere", address="127.0.0.1:1", connect_timeout_s=1.0)
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match=r"cannot reach the lrctl controller at 127.0.0.1:1 "
+                                          r"within 1s"):
+        RemoteLRScheduler(make_optimizer(), "StepLR(step_size=10)", config=config)
+    assert time.monotonic() - start < 5
+
+
+def test_invalid_spec_fails_before_any_network_call() -> None:
+    with pytest.raises(SpecError, match="step_size must be a positive integer"):
+        RemoteLRScheduler(make_optimizer(), "StepLR(step_size=0)", job="x", address="127.0.0.1:1")
+
+
+def test_attaching_with_another_schedule_is_refused(controller: ControllerProcess) -> None:
+    with RemoteLRScheduler(make_optimizer(), "StepLR(step_size=10)", job="conflict",
+                           address=controller.address):
+        pass
+    with pytest.raises(WorkerError, match="cannot attach to job 'conflict': FAILED_PRECONDITION"):
+        RemoteLRScheduler(make_optimizer(), "StepLR(step_size=11)", job="conflict",
+                          address=controller.address)
+
+
+def test_every_rank_attaches_to_the_same_job(controller: ControllerProcess, client: Client) -> None:
+    spec = "CosineAnnealingLR(T_max=50)"
+    with RemoteLRScheduler(make_optimizer(), spec, job="attach", address=controller.address) as a, \
+            RemoteLRScheduler(make_optimizer(), spec, job="attach", address=controller.address) as b:
+        assert a.applied_version == b.applied_version == client.get_job("attach").version
+
+
+def test_job_from_environment_and_verbose_output(
+        controller: ControllerProcess, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LRCTL_ADDRESS", controller.address)
+    monkeypatch.setenv("LRCTL_JOB", "from-env")
+    opt = make_optimizer()
+    with RemoteLRScheduler(opt, "StepLR(step_size=2, gamma=0.5)", verbose=True) as sched:
+        assert sched.job == "from-env"
+        for _ in range(3):
+            opt.step()
+            sched.step()
+    out = capsys.readouterr().out
+    assert "Adjusting learning rate of group 0 to 1.0000e-01." in out
+    assert "Adjusting learning rate of group 0 to 5.0000e-02." in out
+
+
+def test_final_progress_is_flushed_on_close(controller: ControllerProcess, client: Client) -> None:
+    opt = make_optimizer()
+    with RemoteLRScheduler(opt, "StepLR(step_size=5)", job="flush", address=controller.address) as s:
+        run(s, opt, 13)
+    job = client.get_job("flush")
+    assert job.step == 12
+    assert job.lr == pytest.approx([0.001, 0.0005])

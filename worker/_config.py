@@ -1,0 +1,98 @@
+"""Worker configuration: every tunable as an ``*_ENV_VAR`` / ``DEFAULT_*`` pair, one loader.
+
+:meth:`WorkerConfig.load` is the only place the worker reads the environment; it runs when a
+:class:`~worker.RemoteLRScheduler` is built, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from lrctl.errors import LrctlError
+
+__all__ = ["WorkerConfig", "WorkerError"]
+
+ADDRESS_ENV_VAR = "LRCTL_ADDRESS"
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+JOB_ENV_VAR = "LRCTL_JOB"
+TOKEN_ENV_VAR = "LRCTL_TOKEN"
+CONNECT_TIMEOUT_ENV_VAR = "LRCTL_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+REPORT_INTERVAL_ENV_VAR = "LRCTL_REPORT_INTERVAL"
+DEFAULT_REPORT_INTERVAL_S = 0.1  # at most ~10 reports per second from rank 0
+AGREE_EVERY_ENV_VAR = "LRCTL_AGREE_EVERY"
+DEFAULT_AGREE_EVERY = 1
+DEFAULT_BACKOFF_INITIAL_S = 0.2
+DEFAULT_BACKOFF_MAX_S = 5.0
+
+
+class WorkerError(LrctlError):
+    """The worker cannot attach to its job (controller unreachable, conflicting spec, ...)."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker reaches the controller and paces its traffic."""
+
+    job: str
+    """Job id on the controller (``LRCTL_JOB``; inside Ray Train, the run name)."""
+    address: str = DEFAULT_ADDRESS
+    """Controller ``HOST:PORT`` (``LRCTL_ADDRESS``)."""
+    token: str | None = None
+    """Bearer token for an authenticated controller (``LRCTL_TOKEN``)."""
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    """How long construction waits for the controller before raising (``LRCTL_CONNECT_TIMEOUT``)."""
+    report_interval_s: float = DEFAULT_REPORT_INTERVAL_S
+    """Minimum time between two progress reports from rank 0 (``LRCTL_REPORT_INTERVAL``)."""
+    agree_every: int = DEFAULT_AGREE_EVERY
+    """Ranks agree on the version to apply every this many steps (``LRCTL_AGREE_EVERY``)."""
+    backoff_initial_s: float = DEFAULT_BACKOFF_INITIAL_S
+    """First reconnect delay after the Watch stream breaks; doubles, with jitter."""
+    backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
+    """Longest reconnect delay."""
+
+    def __post_init__(self) -> None:
+        if not self.job:
+            raise WorkerError("no job id: pass job=..., set LRCTL_JOB, or run inside Ray Train")
+        if self.connect_timeout_s <= 0 or self.report_interval_s < 0:
+            raise WorkerError(f"timeouts must be positive, got connect_timeout_s="
+                              f"{self.connect_timeout_s}, report_interval_s="
+                              f"{self.report_interval_s}")
+        if self.agree_every < 1:
+            raise WorkerError(f"agree_every must be >= 1, got {self.agree_every}")
+
+    @classmethod
+    def load(cls, *, job: str | None = None, address: str | None = None,
+             token: str | None = None, environ: Mapping[str, str] | None = None,
+             default_job: Callable[[], str | None] | None = None) -> WorkerConfig:
+        """Fill the config from arguments, then ``LRCTL_*`` variables, then defaults.
+
+        Args:
+            job: Job id; else ``LRCTL_JOB``; else ``default_job()`` (the Ray Train run name).
+            address: Controller address; else ``LRCTL_ADDRESS``; else 127.0.0.1:50051.
+            token: Bearer token; else ``LRCTL_TOKEN``.
+            environ: The environment to read (default ``os.environ``).
+            default_job: Fallback job id provider.
+        """
+        env = os.environ if environ is None else environ
+        job = job or env.get(JOB_ENV_VAR) or (default_job() if default_job else None) or ""
+
+        def number(key: str, default: float) -> float:
+            raw = env.get(key)
+            if raw is None or raw == "":
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise WorkerError(f"{key} must be a number, got {raw!r}") from None
+
+        return cls(
+            job=job,
+            address=address or env.get(ADDRESS_ENV_VAR) or DEFAULT_ADDRESS,
+            token=token or env.get(TOKEN_ENV_VAR) or None,
+            connect_timeout_s=number(CONNECT_TIMEOUT_ENV_VAR, DEFAULT_CONNECT_TIMEOUT_S),
+            report_interval_s=number(REPORT_INTERVAL_ENV_VAR, DEFAULT_REPORT_INTERVAL_S),
+            agree_every=int(number(AGREE_EVERY_ENV_VAR, DEFAULT_AGREE_EVERY)),
+        )
