@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lrctl.program import LRProgram  # noqa: E402
-from tests.torch_ref import build_torch, make_optimizer  # noqa: E402
+from lrctl.program import LRProgram
+from tests.torch_ref import build_torch, make_optimizer
 
 SCHEDULES = [
     "StepLR(step_size=200, gamma=0.5)",

@@ -8,9 +8,10 @@ form.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lrctl.errors import SpecError
 from lrctl.overrides import Event, Op, applied
@@ -54,7 +55,8 @@ class LRProgram:
         built: dict[str, Schedule] = {}
         for event in applied(events):
             step = event.effective_step
-            assert step is not None  # applied() returns only events with a step
+            if step is None:  # applied() returns only events with a step
+                continue
             targets = range(n) if event.group is None else [event.group]
             for g in targets:
                 if g >= n:
@@ -119,12 +121,12 @@ def _apply(st: _Group, event: Event, step: int, base: float, built: dict[str, Sc
     if event.op is Op.SCALE:
         factor = float(event.value or 0.0)
         if st.held is not None:
-            return _replace(st, held=st.held * factor)
-        return _replace(st, scale=st.scale * factor)
+            return replace(st, held=st.held * factor)
+        return replace(st, scale=st.scale * factor)
     if event.op is Op.SET:
-        return _replace(st, held=float(event.value or 0.0), scale=1.0)
+        return replace(st, held=float(event.value or 0.0), scale=1.0)
     if event.op is Op.CLEAR:
-        return _replace(st, held=None, scale=1.0)
+        return replace(st, held=None, scale=1.0)
     if event.op is Op.REPLACE_SCHEDULE:
         text = event.schedule or ""
         if text not in built:
@@ -133,20 +135,12 @@ def _apply(st: _Group, event: Event, step: int, base: float, built: dict[str, Sc
     if event.op is Op.PLATEAU_REDUCE:
         if isinstance(st.schedule, ReduceLROnPlateau) and st.plateau_lr is not None:
             lrs = [st.plateau_lr] * num_groups
-            return _replace(st, plateau_lr=st.schedule.reduce(lrs, group)[group])
+            return replace(st, plateau_lr=st.schedule.reduce(lrs, group)[group])
         return st
     raise SpecError(f"unknown event op {event.op!r}")  # pragma: no cover
 
 
-def _replace(st: _Group, **changes: object) -> _Group:
-    from dataclasses import replace
-
-    return replace(st, **changes)  # type: ignore[arg-type]
-
-
 def _check_base_lrs(base_lrs: Sequence[float]) -> list[float]:
-    import math
-
     if isinstance(base_lrs, (str, bytes)) or not isinstance(base_lrs, Sequence):
         raise SpecError(f"base_lrs must be a list of numbers, got {base_lrs!r}")
     if not base_lrs:

@@ -35,7 +35,7 @@ MAX_SPEC_LENGTH = 10_000
 #: Deepest nesting of schedulers and lists accepted.
 MAX_SPEC_DEPTH = 8
 
-SpecValue: TypeAlias = Union[int, float, str, bool, None, "Spec", tuple["SpecValue", ...]]
+SpecValue: TypeAlias = Union[int, float, str, bool, "Spec", tuple["SpecValue", ...], None]
 
 
 @dataclass(frozen=True)

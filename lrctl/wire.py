@@ -63,7 +63,7 @@ def _seconds(msg: Any, field: str) -> float | None:
     if not msg.HasField(field):
         return None
     stamp = getattr(msg, field)
-    return float(stamp.seconds) + stamp.nanos / 1e9
+    return float(stamp.seconds) + float(stamp.nanos) / 1e9
 
 
 def event_from_proto(msg: lrctl_pb2.OverrideEvent) -> Event:
@@ -92,7 +92,7 @@ def event_to_proto(event: Event) -> lrctl_pb2.OverrideEvent:
     """Convert a domain :class:`Event` to its ``OverrideEvent`` message."""
     msg = lrctl_pb2.OverrideEvent(
         version=event.version,
-        op=OP_TO_PROTO[event.op],
+        op=OP_TO_PROTO[event.op],  # type: ignore[arg-type]
         value=event.value or 0.0,
         schedule=event.schedule or "",
         actor=event.actor,

@@ -100,7 +100,8 @@ def send_overrides_at_random_moments(client: Client, job: str, rng: random.Rando
 @pytest.mark.parametrize("world", [pytest.param(2, id="2-ranks"), pytest.param(3, id="3-ranks")])
 def test_all_ranks_switch_at_the_same_step(tmp_path: Path, world: int) -> None:
     rng = random.Random(world)
-    with ControllerProcess(tmp_path / "lrctl.db") as controller, Client(controller.address) as client:
+    with ControllerProcess(tmp_path / "lrctl.db") as controller, \
+            Client(controller.address) as client:
         procs = launch_ranks(tmp_path, controller.address, "ddp", world, steps=160)
         send_overrides_at_random_moments(client, "ddp", rng, count=5)
         wait_ranks(procs)
@@ -120,7 +121,8 @@ def test_all_ranks_switch_at_the_same_step(tmp_path: Path, world: int) -> None:
 
 
 def test_negative_control_catches_a_rank_that_switches_late(tmp_path: Path) -> None:
-    with ControllerProcess(tmp_path / "lrctl.db") as controller, Client(controller.address) as client:
+    with ControllerProcess(tmp_path / "lrctl.db") as controller, \
+            Client(controller.address) as client:
         procs = launch_ranks(tmp_path, controller.address, "late", 2, steps=80, late_rank=1,
                              schedule="StepLR(step_size=1000)")
         wait_for_step(client, "late", 15)

@@ -153,7 +153,8 @@ def random_specs(draw: st.DrawFn) -> str:
     if kind == "exp":
         return f"ExponentialLR(gamma={draw(st.floats(0.9, 1.0))!r})"
     if kind == "cos":
-        return f"CosineAnnealingLR(T_max={draw(st.integers(1, 500))}, eta_min={draw(st.floats(0, 1e-3))!r})"
+        return (f"CosineAnnealingLR(T_max={draw(st.integers(1, 500))}, "
+                f"eta_min={draw(st.floats(0, 1e-3))!r})")
     if kind == "cyclic":
         mode = draw(st.sampled_from(["triangular", "triangular2", "exp_range"]))
         b = draw(lrs)
@@ -173,7 +174,8 @@ def random_specs(draw: st.DrawFn) -> str:
                 f"three_phase={draw(st.booleans())}, div_factor={draw(st.floats(2, 100))!r})")
     if kind == "linear":
         return (f"LinearLR(start_factor={draw(st.floats(0.01, 1.0))!r}, "
-                f"end_factor={draw(st.floats(0.0, 1.0))!r}, total_iters={draw(st.integers(0, 300))})")
+                f"end_factor={draw(st.floats(0.0, 1.0))!r}, "
+                f"total_iters={draw(st.integers(0, 300))})")
     if kind == "poly":
         return (f"PolynomialLR(total_iters={draw(st.integers(0, 300))}, "
                 f"power={draw(st.floats(0.0, 3.0))!r})")
@@ -182,7 +184,8 @@ def random_specs(draw: st.DrawFn) -> str:
                 f"total_iters={draw(st.integers(0, 50))})")
     if kind == "sequential":
         m = draw(st.integers(0, 200))
-        return (f"SequentialLR(schedulers=[LinearLR(start_factor={draw(st.floats(0.01, 1.0))!r}, "
+        start = draw(st.floats(0.01, 1.0))
+        return (f"SequentialLR(schedulers=[LinearLR(start_factor={start!r}, "
                 f"total_iters={draw(st.integers(1, 50))}), "
                 f"CosineAnnealingLR(T_max={draw(st.integers(1, 300))})], milestones=[{m}])")
     return (f"ChainedScheduler(schedulers=[ExponentialLR(gamma={draw(st.floats(0.99, 1.0))!r}), "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -39,8 +40,8 @@ def test_cyclic_triangular_up_50_down_100() -> None:
     assert max(rows[:150]) == rows[50] == pytest.approx(0.1, rel=1e-15)  # peak at step 50
     assert rows[150] == pytest.approx(0.001, rel=1e-12)  # back at base at 150
     assert rows[200] == pytest.approx(0.1, rel=1e-12)  # next peak
-    assert all(a < b for a, b in zip(rows[:50], rows[1:51]))  # rising 0..50
-    assert all(a > b for a, b in zip(rows[50:150], rows[51:151]))  # falling 50..150
+    assert all(a < b for a, b in pairwise(rows[:51]))  # rising 0..50
+    assert all(a > b for a, b in pairwise(rows[50:151]))  # falling 50..150
 
 
 def test_cyclic_triangular2_halves_amplitude_each_cycle() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -36,7 +35,8 @@ def make_optimizer(kind: str = "sgd") -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, momentum=0.9)
 
 
-def run(scheduler: RemoteLRScheduler, optimizer: torch.optim.Optimizer, steps: int) -> list[list[float]]:
+def run(scheduler: RemoteLRScheduler, optimizer: torch.optim.Optimizer,
+        steps: int) -> list[list[float]]:
     rows = [[float(x) for x in scheduler.get_last_lr()]]
     for _ in range(steps - 1):
         optimizer.step()
@@ -128,10 +128,12 @@ def test_attaching_with_another_schedule_is_refused(controller: ControllerProces
                           address=controller.address)
 
 
-def test_every_rank_attaches_to_the_same_job(controller: ControllerProcess, client: Client) -> None:
+def test_every_rank_attaches_to_the_same_job(controller: ControllerProcess,
+                                              client: Client) -> None:
     spec = "CosineAnnealingLR(T_max=50)"
-    with RemoteLRScheduler(make_optimizer(), spec, job="attach", address=controller.address) as a, \
-            RemoteLRScheduler(make_optimizer(), spec, job="attach", address=controller.address) as b:
+    address = controller.address
+    with RemoteLRScheduler(make_optimizer(), spec, job="attach", address=address) as a, \
+            RemoteLRScheduler(make_optimizer(), spec, job="attach", address=address) as b:
         assert a.applied_version == b.applied_version == client.get_job("attach").version
 
 
@@ -151,9 +153,11 @@ def test_job_from_environment_and_verbose_output(
     assert "Adjusting learning rate of group 0 to 5.0000e-02." in out
 
 
-def test_final_progress_is_flushed_on_close(controller: ControllerProcess, client: Client) -> None:
+def test_final_progress_is_flushed_on_close(controller: ControllerProcess,
+                                            client: Client) -> None:
     opt = make_optimizer()
-    with RemoteLRScheduler(opt, "StepLR(step_size=5)", job="flush", address=controller.address) as s:
+    spec = "StepLR(step_size=5)"
+    with RemoteLRScheduler(opt, spec, job="flush", address=controller.address) as s:
         run(s, opt, 13)
     job = client.get_job("flush")
     assert job.step == 12

@@ -63,7 +63,8 @@ def build_torch(spec: str | Spec, optimizer: torch.optim.Optimizer) -> Any:
     for key in ("lr_lambda", "scale_fn"):
         if key in kwargs:
             value = kwargs[key]
-            kwargs[key] = [py_lambda(v) for v in value] if isinstance(value, list) else py_lambda(value)
+            kwargs[key] = ([py_lambda(v) for v in value] if isinstance(value, list)
+                           else py_lambda(value))
     args = [_convert(v, optimizer) for v in spec.args]
     if spec.name == "ChainedScheduler":
         return cls(*args, **kwargs)

@@ -78,7 +78,7 @@ class ControllerLink:
         self._verbose = verbose
         self._metadata = auth_metadata(config.token)
         self._channel = grpc.insecure_channel(config.address, options=list(CLIENT_CHANNEL_OPTIONS))
-        self._stub = lrctl_pb2_grpc.LRControllerStub(self._channel)
+        self._stub = lrctl_pb2_grpc.LRControllerStub(self._channel)  # type: ignore[no-untyped-call]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._call: Any = None
@@ -162,7 +162,8 @@ class ControllerLink:
         delay = self.config.backoff_initial_s
         while not self._stop.is_set():
             state = self.state
-            assert state is not None  # attach() ran before start()
+            if state is None:  # attach() failed; nothing to follow
+                return
             request = lrctl_pb2.WatchRequest(job_id=self.config.job, from_version=state.version,
                                              worker_id=f"rank-{self.rank}")
             try:
@@ -192,7 +193,8 @@ class ControllerLink:
     def _on_message(self, msg: lrctl_pb2.WatchResponse) -> bool:
         """Update the slot; return False to reconnect (a gap) or stop (finished)."""
         state = self.state
-        assert state is not None
+        if state is None:
+            return False
         if msg.kind in (_KIND.KIND_SNAPSHOT, _KIND.KIND_RESYNC, _KIND.KIND_FINISHED):
             new = JobState.from_proto(msg.job)
             if msg.kind == _KIND.KIND_FINISHED:

@@ -96,7 +96,7 @@ class RemoteLRScheduler(LRScheduler):
 
     # -- torch's interface -------------------------------------------------------------------
 
-    def step(self, metrics: float | None = None) -> None:  # type: ignore[override]
+    def step(self, metrics: float | None = None) -> None:
         """Advance one step; ``metrics`` is ReduceLROnPlateau's ``step(metric)`` argument."""
         upcoming = self.last_epoch + 1
         if upcoming % self.config.agree_every == 0:

@@ -27,7 +27,7 @@ def _train_context() -> Any | None:
         if not ray.is_initialized():
             return None
         return ray.train.get_context()
-    except Exception:  # noqa: BLE001 - outside a Train worker Ray raises various errors
+    except Exception:
         return None
 
 
@@ -38,7 +38,7 @@ def ray_run_name() -> str | None:
         return None
     try:
         name = context.get_experiment_name()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     return str(name) if name else None
 

@@ -26,7 +26,7 @@ class CosineAnnealingLR(Schedule):
 
     name = "CosineAnnealingLR"
 
-    def setup(self, T_max: Any, eta_min: Any = 0.0) -> None:  # noqa: N803 - torch's name
+    def setup(self, T_max: Any, eta_min: Any = 0.0) -> None:
         self.T_max = self._int("T_max", T_max, minimum=1)
         self.eta_min = self._float("eta_min", eta_min)
 
@@ -58,7 +58,7 @@ class CosineAnnealingWarmRestarts(Schedule):
 
     name = "CosineAnnealingWarmRestarts"
 
-    def setup(self, T_0: Any, T_mult: Any = 1, eta_min: Any = 0.0) -> None:  # noqa: N803
+    def setup(self, T_0: Any, T_mult: Any = 1, eta_min: Any = 0.0) -> None:
         self.T_0 = self._int("T_0", T_0, minimum=1)
         self.T_mult = self._int("T_mult", T_mult, minimum=1)
         self.eta_min = self._float("eta_min", eta_min)
@@ -145,7 +145,7 @@ class CyclicLR(_MomentumCycling):
         if self.mode == "triangular":
             return 1.0
         if self.mode == "triangular2":
-            return 1 / (2.0 ** (x - 1))
+            return float(1 / 2.0 ** (x - 1))
         return float(self.gamma**x)
 
     def _phase(self, step: int) -> tuple[float, float]:
