@@ -53,7 +53,8 @@ class LRProgram:
         self._starts: list[int] = [0]
         self._states: list[tuple[_Group, ...]] = [tuple(state)]
         built: dict[str, Schedule] = {}
-        for event in applied(events):
+        log = applied(events)
+        for event in log:
             step = event.effective_step
             if step is None:  # applied() returns only events with a step
                 continue
@@ -67,7 +68,7 @@ class LRProgram:
             else:
                 self._starts.append(step)
                 self._states.append(tuple(state))
-        self._simple = len(self._states) == 1
+        self._simple = not log  # no event applies: the schedule alone
 
     @property
     def num_groups(self) -> int:

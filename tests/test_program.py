@@ -160,3 +160,8 @@ def test_plateau_reductions_match_torch(spec: str) -> None:
     assert events, "the metric sequence must trigger reductions"
     ours = LRProgram(spec, base, events).rows(len(metrics) + 1)
     assert_rows_close(ours, theirs, spec)
+
+
+def test_event_at_step_zero_applies() -> None:
+    # An override made before any worker reported takes effect at step 0.
+    assert LRProgram(STEP, [0.1], [ev(2, Op.SCALE, 0, 0.5)]).lrs(0) == [0.05]
