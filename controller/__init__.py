@@ -1,0 +1,49 @@
+"""lrctl controller: the asyncio gRPC server that owns every job's LR schedule.
+
+Public entry points (imported lazily, so ``controller.client`` and the CLI's client
+commands never load the server stack)::
+
+    from controller import ServerConfig, start, serve
+
+    async with await start(ServerConfig(port=0, metrics_port=0, db="lrctl.db")) as ctl:
+        print(ctl.port)
+
+docs/controller.md describes the behaviour and the decisions behind it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from controller.config import CLIENT_CHANNEL_OPTIONS, ServerConfig, load_tokens
+    from controller.server import Controller, serve, start
+    from controller.service import ControllerService
+
+__all__ = [
+    "CLIENT_CHANNEL_OPTIONS",
+    "Controller",
+    "ControllerService",
+    "ServerConfig",
+    "load_tokens",
+    "serve",
+    "start",
+]
+
+_HOMES = {
+    "CLIENT_CHANNEL_OPTIONS": "controller.config",
+    "ServerConfig": "controller.config",
+    "load_tokens": "controller.config",
+    "Controller": "controller.server",
+    "serve": "controller.server",
+    "start": "controller.server",
+    "ControllerService": "controller.service",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'controller' has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)

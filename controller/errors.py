@@ -1,0 +1,53 @@
+"""Domain errors of the controller, one class per gRPC status they map to.
+
+The service layer (:mod:`controller.service`) raises these and never imports grpc; the
+servicer maps each class to its status code in one place (:func:`controller.servicer.status_for`).
+Messages say what was expected and what came, and are sent to the client verbatim.
+"""
+
+from __future__ import annotations
+
+from lrctl.errors import LrctlError
+
+__all__ = [
+    "Conflict",
+    "ControllerError",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "Unauthenticated",
+    "Unavailable",
+]
+
+
+class ControllerError(LrctlError):
+    """Root of the errors the controller reports to a client."""
+
+
+class InvalidArgument(ControllerError, ValueError):
+    """The request itself is wrong (bad spec, unsafe expression, bad override value)."""
+
+
+class NotFound(ControllerError, LookupError):
+    """No job with that id."""
+
+
+class FailedPrecondition(ControllerError):
+    """The job is not in a state that allows the request (finished, different spec)."""
+
+
+class Conflict(ControllerError):
+    """``expected_version`` does not match the job's version (optimistic concurrency)."""
+
+
+class Unauthenticated(ControllerError):
+    """No token, or a token the controller does not know."""
+
+
+class PermissionDenied(ControllerError):
+    """The token's role does not allow the request (a reader calling a mutating RPC)."""
+
+
+class Unavailable(ControllerError):
+    """The controller is shutting down; retry against the next instance."""

@@ -1,0 +1,103 @@
+"""Every Prometheus metric the controller exports, registered on an injected registry.
+
+Names and labels are a contract (dashboards and alert rules use them). The job label is
+``job_id``, never ``job``: Prometheus attaches its own ``job`` label to every target. A
+finished job's series are removed, so cardinality is bounded by the running jobs.
+
+This module does not import grpc; the interceptor that feeds the ``lrctl_grpc_server_*``
+metrics lives in :mod:`controller.server`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["APPLY_BUCKETS", "ControllerMetrics"]
+
+#: Accepted -> applied by rank 0: milliseconds with a live watch, up to the report interval.
+APPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                 120.0, 300.0)
+
+
+class ControllerMetrics:
+    """The controller's metrics, bound to ``registry`` (never the global one).
+
+    Args:
+        registry: Where every metric is registered.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.learning_rate = Gauge(
+            "lrctl_learning_rate", "Learning rate of a param group at the job's latest step "
+            "(pending overrides included).", ["job_id", "param_group"], registry=registry)
+        self.step = Gauge("lrctl_step", "Latest scheduler step reported by rank 0.",
+                          ["job_id"], registry=registry)
+        self.overrides = Counter("lrctl_overrides", "Override events accepted, by operation.",
+                                 ["job_id", "op"], registry=registry)
+        self.workers = Gauge("lrctl_workers", "Ranks with an open Watch stream.", ["job_id"],
+                             registry=registry)
+        self.schedule_version = Gauge("lrctl_schedule_version", "The job's current version.",
+                                      ["job_id"], registry=registry)
+        self.override_apply_seconds = Histogram(
+            "lrctl_override_apply_seconds",
+            "Time from an override being accepted to rank 0 reporting it applied.",
+            buckets=APPLY_BUCKETS, registry=registry)
+        self.grpc_handled = Counter(
+            "lrctl_grpc_server_handled", "RPCs completed on the server, by method and status.",
+            ["grpc_service", "grpc_method", "grpc_code"], registry=registry)
+        self.grpc_handling_seconds = Histogram(
+            "lrctl_grpc_server_handling_seconds",
+            "Time to complete an RPC (for streams: the stream's lifetime).",
+            ["grpc_service", "grpc_method"], registry=registry)
+        # Label values in use per job, so a finished job's series can all be removed.
+        self._groups: dict[str, int] = {}
+        self._ops: dict[str, set[str]] = {}
+
+    def update_job(self, job_id: str, lrs: Sequence[float], step: int, version: int) -> None:
+        """Set a running job's LR, step and version gauges."""
+        for group in range(len(lrs), self._groups.get(job_id, 0)):
+            # The job was recreated with fewer param groups.
+            self.learning_rate.remove(job_id, str(group))
+        for group, lr in enumerate(lrs):
+            self.learning_rate.labels(job_id, str(group)).set(lr)
+        self._groups[job_id] = len(lrs)
+        self.step.labels(job_id).set(step)
+        self.schedule_version.labels(job_id).set(version)
+        self.workers.labels(job_id)  # present (0) from creation on
+
+    def count_override(self, job_id: str, op: str) -> None:
+        """Count one accepted override of ``op`` (``scale``, ``set``, ... ``plateau_reduce``)."""
+        self._ops.setdefault(job_id, set()).add(op)
+        self.overrides.labels(job_id, op).inc()
+
+    def set_workers(self, job_id: str, count: int) -> None:
+        """Set the number of ranks watching a running job."""
+        self.workers.labels(job_id).set(count)
+
+    def observe_apply(self, seconds: float) -> None:
+        """Record an override's accepted -> applied latency."""
+        self.override_apply_seconds.observe(max(seconds, 0.0))
+
+    def remove_job(self, job_id: str) -> None:
+        """Drop every series of a finished job."""
+        for group in range(self._groups.pop(job_id, 0)):
+            self.learning_rate.remove(job_id, str(group))
+        for op in self._ops.pop(job_id, set()):
+            self.overrides.remove(job_id, op)
+        for gauge in (self.step, self.workers, self.schedule_version):
+            gauge.remove(job_id)  # a no-op for series never created
+
+    def observe_rpc(self, service: str, method: str, code: str, seconds: float) -> None:
+        """Record one completed RPC (``code`` is the status name, e.g. ``OK``).
+
+        Args:
+            service: Full service name, e.g. ``lrctl.v1.LRController``.
+            method: Method name, e.g. ``Watch``.
+            code: Final status name, e.g. ``OK``, ``NOT_FOUND``, ``CANCELLED``.
+            seconds: Time from the call's start to its end (a stream's whole lifetime).
+        """
+        self.grpc_handled.labels(service, method, code).inc()
+        self.grpc_handling_seconds.labels(service, method).observe(seconds)

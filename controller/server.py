@@ -1,0 +1,304 @@
+"""The controller process: gRPC server, health, reflection, metrics endpoint, lifecycle.
+
+``python -m controller.server --port 0 --metrics-port 0 --db lrctl.db`` runs it in the
+foreground with the same flags as ``lrctl serve`` and prints one line to stderr::
+
+    lrctl controller listening on 127.0.0.1:50051 (metrics on 127.0.0.1:9464, db lrctl.db)
+
+Keepalive and message-size options are in :func:`controller.config.server_channel_options`
+(the module docstring of :mod:`controller.config` explains the numbers and what clients
+must set). On SIGTERM or SIGINT the health service turns NOT_SERVING, open Watch streams end
+with UNAVAILABLE (workers reconnect and resume from their version), in-flight unary calls
+get ``grace_seconds`` to finish, then the database is closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+
+from controller.config import ServerConfig, add_server_arguments, server_channel_options
+from controller.logs import configure_logging
+from controller.metrics import ControllerMetrics
+from controller.service import ControllerService
+from controller.servicer import LRControllerServicer
+from controller.store import Store
+from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+
+__all__ = ["SERVICE_NAME", "Controller", "main", "serve", "start"]
+
+SERVICE_NAME = lrctl_pb2.DESCRIPTOR.services_by_name["LRController"].full_name
+_log = logging.getLogger("lrctl.controller.server")
+
+
+class _MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every RPC by method and final status and times it (streams: at stream end)."""
+
+    def __init__(self, metrics: ControllerMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails],
+                                     Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, service, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, service, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler  # client-streaming (reflection): not instrumented
+
+    def _done(self, service: str, method: str, context: Any, start: float,
+              error: BaseException | None) -> None:
+        if isinstance(error, asyncio.CancelledError):
+            code = "CANCELLED"
+        else:
+            status = context.code()
+            ok = error is None or isinstance(error, grpc.aio.AbortError)
+            code = status.name if status is not None else ("OK" if ok else "UNKNOWN")
+        self._metrics.observe_rpc(service, method, code, time.perf_counter() - start)
+
+    def _unary(self, behavior: Any, service: str, method: str) -> Any:
+        async def wrapper(request: Any, context: Any) -> Any:
+            start, error = time.perf_counter(), None
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._done(service, method, context, start, error)
+        return wrapper
+
+    def _stream(self, behavior: Any, service: str, method: str) -> Any:
+        if not inspect.isasyncgenfunction(behavior):
+            # A handler that writes with context.write() (grpc_health's Watch).
+            return self._unary(behavior, service, method)
+
+        async def wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
+            start, error = time.perf_counter(), None
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._done(service, method, context, start, error)
+        return wrapper
+
+
+class Controller:
+    """A running controller; build with :func:`start`, stop with :meth:`stop`.
+
+    Attributes:
+        config: What it was started with.
+        port: The bound gRPC port (the real one when ``config.port`` is 0).
+        metrics_port: The bound exposition port, or None when disabled.
+        service: The domain service (tests and embedding code may call it directly).
+        metrics: The controller's metrics.
+        registry: The registry holding them.
+    """
+
+    def __init__(self, config: ServerConfig, *, port: int, metrics_port: int | None,
+                 service: ControllerService, metrics: ControllerMetrics,
+                 registry: CollectorRegistry, server: grpc.aio.Server,
+                 health_servicer: health.aio.HealthServicer, store: Store,
+                 httpd: Any) -> None:
+        self.config = config
+        self.port = port
+        self.metrics_port = metrics_port
+        self.service = service
+        self.metrics = metrics
+        self.registry = registry
+        self._server = server
+        self._health = health_servicer
+        self._store = store
+        self._httpd = httpd
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to dial."""
+        return ServerConfig(host=self.config.host, port=self.port).address
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Shut down gracefully; safe to call more than once (later calls wait for the first).
+
+        Args:
+            grace: Seconds in-flight RPCs get; ``config.grace_seconds`` when None.
+        """
+        if self._stopping is None:
+            wait = self.config.grace_seconds if grace is None else grace
+            self._stopping = asyncio.ensure_future(self._stop(wait))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float) -> None:
+        _log.info("controller shutting down (grace %.1f s)", grace)
+        await self._health.enter_graceful_shutdown()
+        self.service.close()
+        await self._server.stop(grace)
+        if self._httpd is not None:
+            # shutdown() waits for serve_forever's poll loop: keep it off the event loop.
+            await asyncio.to_thread(self._httpd.shutdown)
+            self._httpd.server_close()
+        await self._store.close()
+
+    async def wait_for_termination(self) -> None:
+        """Wait until the gRPC server has stopped."""
+        await self._server.wait_for_termination()
+
+    async def __aenter__(self) -> Controller:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+async def start(config: ServerConfig, *, registry: CollectorRegistry | None = None) -> Controller:
+    """Open the database, load every job and start serving.
+
+    Args:
+        config: Where to listen and store.
+        registry: Where to register the metrics; a fresh registry when None (never the
+            global one).
+
+    Returns:
+        The running controller (use it with ``async with`` or call :meth:`Controller.stop`).
+
+    Raises:
+        StoreError: the database cannot be opened (locked, newer schema, unreadable).
+        RuntimeError: the gRPC port cannot be bound.
+        OSError: the metrics port cannot be bound.
+    """
+    registry = CollectorRegistry() if registry is None else registry
+    metrics = ControllerMetrics(registry)
+    store = await Store.open(config.db)
+    server: grpc.aio.Server | None = None
+    try:
+        service = await ControllerService.open(store, metrics,
+                                               heartbeat_seconds=config.heartbeat_seconds)
+        server = grpc.aio.server(interceptors=[_MetricsInterceptor(metrics)],
+                                 options=server_channel_options(config))
+        lrctl_pb2_grpc.add_LRControllerServicer_to_server(  # type: ignore[no-untyped-call]
+            LRControllerServicer(service, config.tokens), server)  # (generated, untyped)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        port = server.add_insecure_port(config.address)
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        httpd, metrics_port = None, None
+        if config.metrics_port is not None:
+            httpd = _start_exposition(config.metrics_host or config.host,
+                                      config.metrics_port, registry)
+            metrics_port = int(httpd.server_port)
+    except BaseException:
+        if server is not None:
+            await server.stop(None)
+        await store.close()
+        raise
+    _log.debug("controller listening on %s:%d", config.host, port)
+    return Controller(config, port=port, metrics_port=metrics_port, service=service,
+                      metrics=metrics, registry=registry, server=server,
+                      health_servicer=health_servicer, store=store, httpd=httpd)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing: Prometheus scrapes every few seconds."""
+
+
+def _start_exposition(host: str, port: int, registry: CollectorRegistry) -> ThreadingWSGIServer:
+    """Serve ``/metrics`` from a daemon thread; ``port`` 0 picks a free port.
+
+    prometheus_client's ``start_http_server`` polls for shutdown every 0.5 s; this one
+    polls every 50 ms so that :meth:`Controller.stop` is quick.
+    """
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="lrctl-metrics", daemon=True)
+    thread.start()
+    return httpd
+
+
+def serve(config: ServerConfig) -> int:
+    """Run the controller until SIGTERM or SIGINT; return the process exit code.
+
+    Prints ``lrctl controller listening on HOST:PORT (metrics on HOST:MPORT, db PATH)``
+    to stderr once serving (the bound ports, so ``--port 0`` is usable from scripts).
+    """
+    return asyncio.run(_serve(config))
+
+
+async def _serve(config: ServerConfig) -> int:
+    try:
+        controller = await start(config)
+    except Exception as exc:  # StoreError, a port in use, ...: one line, exit 1
+        print(f"lrctl controller: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics_host = config.metrics_host or config.host
+    where = "metrics off" if controller.metrics_port is None else \
+        f"metrics on {ServerConfig(host=metrics_host, port=controller.metrics_port).address}"
+    print(f"lrctl controller listening on {controller.address} ({where}, db {config.db})",
+          file=sys.stderr, flush=True)
+    await stop.wait()
+    await controller.stop(config.grace_seconds)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m controller.server``: the ``lrctl serve`` flags plus ``--log-level``."""
+    parser = argparse.ArgumentParser(prog="python -m controller.server",
+                                     description="Run the lrctl controller.")
+    add_server_arguments(parser)
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"))
+    args = parser.parse_args(argv)
+    try:
+        config = ServerConfig.from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    configure_logging(getattr(logging, args.log_level.upper()))
+    return serve(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The SQLite store: durability settings, round trips, migrations, restarts."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from controller.service import ControllerService
+from controller.store import (
+    SCHEMA_VERSION,
+    Change,
+    ConsumedMetric,
+    JobRecord,
+    Store,
+    StoreError,
+    connect,
+    migrate,
+)
+from lrctl.overrides import Event, Op
+
+RECORD = JobRecord(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=(0.1, 0.01),
+                   version=1, created_version=1, created_at=10.0, updated_at=10.0)
+
+
+async def test_durability_pragmas(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "a.db")
+    try:
+        conn = store._conn
+        pragmas = await store._run(lambda: (
+            conn.execute("PRAGMA journal_mode").fetchone()[0],
+            conn.execute("PRAGMA synchronous").fetchone()[0],
+            conn.execute("PRAGMA user_version").fetchone()[0]))
+        assert pragmas == ("wal", 2, SCHEMA_VERSION)  # synchronous 2 = FULL
+    finally:
+        await store.close()
+        await store.close()  # idempotent
+
+
+async def test_round_trip(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "a.db")
+    scale = Event(version=2, op=Op.SCALE, value=0.5, group=1, actor="alice", reason="spike",
+                  created_at=11.0)
+    schedule = Event(version=3, op=Op.REPLACE_SCHEDULE, schedule="ConstantLR(factor=0.5)",
+                     created_at=12.0)
+    await store.commit(Change(RECORD))
+    await store.commit(Change(replace(RECORD, version=3), new_events=[scale, schedule],
+                              plateau_metrics=[ConsumedMetric(4, math.nan, 1),
+                                               ConsumedMetric(5, 0.25, 1)]))
+    applied = replace(scale, effective_step=7, applied_at=13.0)
+    final = replace(RECORD, version=3, step=9, lrs=(0.05, 0.01))
+    await store.commit(Change(final, applied=[applied]))
+    await store.close()
+
+    reopened = await Store.open(tmp_path / "a.db")
+    [job] = await reopened.load()
+    await reopened.close()
+    assert job.record == final
+    assert job.events == [applied, schedule]
+    assert [m.step for m in job.plateau_metrics] == [4, 5]
+    assert math.isnan(job.plateau_metrics[0].value)  # SQLite keeps NaN as NULL
+    assert job.plateau_metrics[1] == ConsumedMetric(5, 0.25, 1)
+
+
+async def test_upgrade_from_schema_v1(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = connect(path)
+    assert migrate(conn, target=1) == 0
+    conn.execute("INSERT INTO jobs VALUES ('old-job', 'StepLR(step_size=2)', '[0.1]', 2, 1, 4, "
+                 "'running', 0, 1.0, 2.0, '[0.1]')")
+    conn.execute("INSERT INTO events VALUES ('old-job', 2, 'scale', 0.5, NULL, NULL, 3, "
+                 "'alice', 'why', 1.5, 2.0)")
+    conn.close()
+    store = await Store.open(path)
+    [job] = await store.load()
+    assert job.record.version == 2 and job.record.step == 4
+    assert job.events == [Event(version=2, op=Op.SCALE, value=0.5, effective_step=3,
+                                actor="alice", reason="why", created_at=1.5, applied_at=2.0)]
+    await store.commit(Change(job.record, plateau_metrics=[ConsumedMetric(5, 1.0, 1)]))
+    version = await store._run(
+        lambda: store._conn.execute("PRAGMA user_version").fetchone()[0])
+    assert version == SCHEMA_VERSION == 2
+    await store.close()
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this controller"):
+        await Store.open(path)
+
+
+async def test_one_controller_per_file(tmp_path: Path) -> None:
+    first = await Store.open(tmp_path / "a.db")
+    with pytest.raises(StoreError, match="another controller"):
+        await Store.open(tmp_path / "a.db")
+    await first.close()
+    second = await Store.open(tmp_path / "a.db")  # released on close
+    await second.close()
+
+
+async def test_versions_never_go_back_across_restarts(tmp_path: Path) -> None:
+    service = await ControllerService.open(await Store.open(tmp_path / "a.db"))
+    await service.create_job("run-1", "StepLR(step_size=2)", [0.1])
+    for _ in range(3):
+        await service.override("run-1", Op.SCALE, value=0.5)
+    await service.create_job("run-1", "ConstantLR()", [0.1, 0.2], replace_existing=True)
+    await service.override("run-1", Op.SET, value=0.01, group=1)
+    await service._store.close()
+
+    service = await ControllerService.open(await Store.open(tmp_path / "a.db"))
+    job = service.get_job("run-1")
+    assert (job.version, job.schedule, job.base_lrs) == (6, "ConstantLR()", (0.1, 0.2))
+    assert [e.version for e in job.events] == [6]  # the old incarnation's log is not loaded
+    event, _ = await service.override("run-1", Op.CLEAR)
+    assert event.version == 7
+    await service._store.close()
