@@ -50,6 +50,7 @@ def train_loop(config: dict[str, Any]) -> None:
         Path(config["lr_log"]).mkdir(parents=True, exist_ok=True)
         log = open(Path(config["lr_log"]) / f"rank-{rank}.csv", "w")  # noqa: SIM115
         log.write("step,lr,version\n")
+        log.write(f"0,{float(scheduler.get_last_lr()[0])!r},{scheduler.applied_version}\n")
     bar = None
     if rank == 0:
         from ray.experimental.tqdm_ray import tqdm

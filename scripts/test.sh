@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/install-prometheus.sh
 venv=${LRCTL_VENV:-.venv}
-export PATH="$PWD/$venv/bin:$PATH"
+case $venv in /*) ;; *) venv=$PWD/$venv ;; esac
+export PATH="$venv/bin:$PATH"
 
 echo "== generated code is current"
 python scripts/gen_protos.py --check
