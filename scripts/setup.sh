@@ -21,9 +21,11 @@ if [ ! -x "$venv/bin/python" ]; then
   fi
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+# This machine's pip config lists local package folders; pip warns about each one it skips.
+quiet() { "$@" 2> >(grep -v '^WARNING: Location' >&2); }
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   echo "setup: installing torch==${LRCTL_TORCH_VERSION:-2.13.0}"
-  "${pip[@]}" install -q "torch==${LRCTL_TORCH_VERSION:-2.13.0}"
+  quiet "${pip[@]}" install -q "torch==${LRCTL_TORCH_VERSION:-2.13.0}"
 fi
 echo "setup: installing lrctl[dev] into $venv"
-"${pip[@]}" install -q -e ".[dev]"
+quiet "${pip[@]}" install -q -e ".[dev]"
