@@ -129,7 +129,7 @@ def test_ray_job_submit(tmp_path: Path, controller: ControllerProcess) -> None:
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
     logs = [(lr_log / f"rank-{r}.csv").read_text().splitlines() for r in (0, 1)]
-    assert logs[0] == logs[1] and len(logs[0]) == 61  # header + 60 identical steps
+    assert logs[0] == logs[1] and len(logs[0]) == 62  # header + steps 0..60, identical
     with Client(controller.address) as client:
         job = client.get_job("submitted")
     assert job.step == 60
