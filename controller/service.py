@@ -12,26 +12,20 @@ Decisions documented in docs/controller.md:
   up. Watchers of the old incarnation get a RESYNC. A finished job is recreated the same
   way; without ``replace`` it refuses (FAILED_PRECONDITION).
 * ``finish_job`` is idempotent: finishing a finished job returns it unchanged.
-* A ReduceLROnPlateau reduction gets the step of the metric that triggered it as its
-  ``effective_step`` (torch reduces inside that ``step(metric)`` call), so the log replays
-  torch's LR sequence; rank 0's later ``applied`` entry only sets ``applied_at``.
+* A ReduceLROnPlateau reduction is appended pending, like an override; rank 0 reports the
+  step the workers applied it at (:mod:`controller.plateau` decides when to reduce).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import enum
 import logging
 import math
 import random
-import re
 import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from copy import copy
 from dataclasses import dataclass, field, replace
 
 from controller import logs
@@ -43,141 +37,30 @@ from controller.errors import (
     Unavailable,
 )
 from controller.metrics import ControllerMetrics
+from controller.plateau import JobPlateau
 from controller.store import FINISHED, RUNNING, Change, ConsumedMetric, JobRecord, Store
+from controller.views import (
+    JobView,
+    WatchKind,
+    WatchMessage,
+    check_job_id,
+    decode_token,
+    encode_token,
+)
 from lrctl.errors import LrctlError
 from lrctl.overrides import Event, Op, resolve_pending, validate_override
 from lrctl.program import LRProgram
 from lrctl.program import preview as program_preview
-from lrctl.schedules import PlateauTracker, ReduceLROnPlateau, build_schedule
+from lrctl.schedules import build_schedule
 
 __all__ = ["ControllerService", "JobView", "WatchKind", "WatchMessage", "check_job_id"]
 
-_lr_log = logging.getLogger("lrctl.controller.lr")
-
-JOB_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 #: Preview rows x param groups; keeps a response well under the message size limit.
 MAX_PREVIEW_VALUES = 1_000_000
 
-
-def check_job_id(job_id: str) -> str:
-    """Return ``job_id`` if it is 1-128 characters of ``[A-Za-z0-9._:-]``.
-
-    Raises:
-        InvalidArgument: anything else.
-    """
-    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
-        raise InvalidArgument(f"expected a job id of 1-128 characters from [A-Za-z0-9._:-], "
-                              f"got {job_id!r}")
-    return job_id
-
-
-@dataclass(frozen=True)
-class JobView:
-    """A job as clients see it (GetJob, ListJobs, Watch snapshots)."""
-
-    job_id: str
-    schedule: str
-    base_lrs: tuple[float, ...]
-    version: int
-    step: int
-    lrs: tuple[float, ...]
-    finished: bool
-    verbose: bool
-    created_at: float
-    updated_at: float
-    workers: int
-    events: tuple[Event, ...] = ()
-
-
-class WatchKind(str, enum.Enum):
-    """What a :class:`WatchMessage` carries."""
-
-    SNAPSHOT = "snapshot"
-    EVENT = "event"
-    RESYNC = "resync"
-    HEARTBEAT = "heartbeat"
-    FINISHED = "finished"
-
-
-@dataclass(frozen=True)
-class WatchMessage:
-    """One message of a watch stream; ``version`` is the job's version after it."""
-
-    kind: WatchKind
-    version: int
-    job: JobView | None = None
-    event: Event | None = None
-
-
-class _Plateau:
-    """ReduceLROnPlateau bookkeeping for one job: the tracker and the last consumed step.
-
-    The tracker follows the job-wide schedule (the job's spec, or the latest REPLACE_SCHEDULE
-    without a group); a replacement starts a fresh tracker. It is rebuilt on restart by
-    replaying the stored metrics consumed under the current schedule.
-    """
-
-    def __init__(self, record: JobRecord, events: Sequence[Event],
-                 consumed: Sequence[ConsumedMetric]) -> None:
-        self.num_groups = len(record.base_lrs)
-        self.last_step = max((m.step for m in consumed), default=-1)
-        self.schedule_version = record.created_version
-        self.tracker: PlateauTracker | None = None
-        self._install(record.schedule, record.created_version)
-        self.on_events(events)
-        for metric in consumed:
-            if self.tracker is not None and metric.schedule_version == self.schedule_version:
-                self.tracker.observe(metric.value)
-        self._staged: tuple[PlateauTracker | None, int] | None = None
-
-    def _install(self, spec: str, version: int) -> None:
-        schedule = build_schedule(spec, self.num_groups)
-        self.schedule_version = version
-        self.tracker = schedule.tracker() if isinstance(schedule, ReduceLROnPlateau) else None
-
-    def on_events(self, events: Iterable[Event]) -> None:
-        """Follow job-wide schedule replacements."""
-        for event in events:
-            if event.op is Op.REPLACE_SCHEDULE and event.group is None and event.schedule:
-                self._install(event.schedule, event.version)
-
-    def consume(self, metrics: Iterable[tuple[int, float]], version: int,
-                now: float) -> tuple[list[Event], list[ConsumedMetric]]:
-        """Feed new metrics (step order) to a copy of the tracker; :meth:`commit` keeps it.
-
-        Returns:
-            PLATEAU_REDUCE events (versions after ``version``) and the consumed metrics.
-        """
-        if self.tracker is None:
-            return [], []
-        tracker, last = copy(self.tracker), self.last_step
-        events: list[Event] = []
-        consumed: list[ConsumedMetric] = []
-        for step, value in sorted(metrics, key=lambda m: m[0]):
-            if step <= last:
-                continue  # already consumed (a retried report)
-            last = step
-            consumed.append(ConsumedMetric(step, float(value), self.schedule_version))
-            if tracker.observe(value):
-                # Pending like every event: the workers apply it at an agreed step and rank 0
-                # reports that step, so a resumed run replays what the live run did
-                # (torch reduces inside the step(metric) call itself; docs/parity.md).
-                events.append(Event(
-                    version=version + len(events) + 1, op=Op.PLATEAU_REDUCE,
-                    actor="plateau", created_at=now,
-                    reason=f"metric {value!r} did not improve on {tracker.best!r} "
-                           f"for more than {tracker.patience} steps"))
-        self._staged = (tracker, last)
-        return events, consumed
-
-    def commit(self) -> None:
-        """Keep the tracker state of the last :meth:`consume` (its write is durable)."""
-        if self._staged is not None:
-            self.tracker, self.last_step = self._staged
-            self._staged = None
-
+_lr_log = logging.getLogger("lrctl.controller.lr")
 
 @dataclass
 class _Job:
@@ -185,7 +68,7 @@ class _Job:
 
     record: JobRecord
     events: list[Event]
-    plateau: _Plateau
+    plateau: JobPlateau
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     watchers: Counter[str] = field(default_factory=Counter)
 
@@ -225,7 +108,7 @@ class ControllerService:
             record = stored.record
             top = max([record.version, *(e.version for e in stored.events)])
             record = replace(record, version=top)
-            plateau = _Plateau(record, stored.events, stored.plateau_metrics)
+            plateau = JobPlateau(record, stored.events, stored.plateau_metrics)
             job = _Job(record, list(stored.events), plateau)
             service._jobs[record.job_id] = job
             if job.running:
@@ -266,9 +149,9 @@ class ControllerService:
                                created_version=version, verbose=verbose, created_at=now,
                                updated_at=now)
             await self._store.commit(Change(record, reset=old is not None))
-            job = self._jobs.setdefault(job_id, _Job(record, [], _Plateau(record, [], [])))
+            job = self._jobs.setdefault(job_id, _Job(record, [], JobPlateau(record, [], [])))
             # Recreated in place: the old incarnation's watchers wake up to a RESYNC.
-            job.record, job.events, job.plateau = record, [], _Plateau(record, [], [])
+            job.record, job.events, job.plateau = record, [], JobPlateau(record, [], [])
             self._notify(job)
             self._export(job)
             logs.log_change(job_id, version, "create" if old is None else "recreate",
@@ -294,11 +177,11 @@ class ControllerService:
         if page_size < 0:
             raise InvalidArgument(f"expected page_size >= 0, got {page_size}")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = _decode_token(page_token)
+        after = decode_token(page_token)
         ids = sorted(j for j, job in self._jobs.items()
                      if j > after and (include_finished or job.running))
         page = ids[:size]
-        token = _encode_token(page[-1]) if len(ids) > size else ""
+        token = encode_token(page[-1]) if len(ids) > size else ""
         return [self._view(self._jobs[j], events=False) for j in page], token
 
     async def finish_job(self, job_id: str) -> JobView:
@@ -645,19 +528,3 @@ def _log_lr_changes(job_id: str, step: int, old: Sequence[float] | None,
             # torch's verbose=True wording, with the job in front.
             _lr_log.info("job=%s step=%d: adjusting learning rate of group %d to %.4e.",
                          job_id, step, group, after)
-
-
-def _encode_token(after: str) -> str:
-    return base64.urlsafe_b64encode(after.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        after = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        after = ""
-    if not JOB_ID_RE.fullmatch(after):
-        raise InvalidArgument(f"expected a page_token from a previous ListJobs, got {token!r}")
-    return after
