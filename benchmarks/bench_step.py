@@ -4,10 +4,12 @@ For each schedule, both sides advance an optimizer with two param groups (one te
 by N steps and write the LR into ``param_groups`` as torch does (``fill_`` for tensors):
 
 * torch: ``scheduler.step()`` (torch's own bookkeeping, recursion and writes);
-* lrctl: ``LRProgram.lrs(t)`` and the same writes — what a worker's ``step()`` does on the
-  training thread (no network, no locks).
+* lrctl core: ``LRProgram.lrs(t)`` and the same writes (the schedule math alone);
+* ``RemoteLRScheduler.step()``: the real worker scheduler attached to a real controller
+  (a subprocess on loopback), single process — torch's LRScheduler bookkeeping, the
+  version check, the closed form, the writes and the progress slot. No network per step.
 
-Prints a table of microseconds per step and the ratio lrctl/torch (< 1 means cheaper), and
+Prints a table of microseconds per step and the ratios to torch (< 1 means cheaper), and
 writes it to benchmarks/RESULTS.md with ``--write``.
 
 Usage: python benchmarks/bench_step.py [--steps 20000] [--repeat 5] [--write]
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lrctl.program import LRProgram
+from tests.procs import ControllerProcess
 from tests.torch_ref import build_torch, make_optimizer
+from worker import RemoteLRScheduler
 
 SCHEDULES = [
     "StepLR(step_size=200, gamma=0.5)",
@@ -75,6 +80,16 @@ def time_lrctl(spec: str, steps: int) -> float:
     return (time.perf_counter_ns() - start) / steps / 1000
 
 
+def time_remote(spec: str, steps: int, address: str, job: str) -> float:
+    opt = make_optimizer(BASE)
+    with RemoteLRScheduler(opt, spec, job=job, address=address) as sched:
+        opt.step()
+        start = time.perf_counter_ns()
+        for _ in range(steps):
+            sched.step()
+        return (time.perf_counter_ns() - start) / steps / 1000
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20_000)
@@ -85,14 +100,20 @@ def main() -> int:
     import warnings
 
     warnings.simplefilter("ignore")  # torch's "step() before optimizer.step()" notice
-    lines = ["| schedule | torch µs/step | lrctl µs/step | lrctl / torch |", "|---|---:|---:|---:|"]
-    for i, spec in enumerate(SCHEDULES, 1):
-        theirs = min(time_torch(spec, args.steps) for _ in range(args.repeat))
-        ours = min(time_lrctl(spec, args.steps) for _ in range(args.repeat))
-        name = spec.split("(")[0]
-        lines.append(f"| `{name}` | {theirs:.2f} | {ours:.2f} | {ours / theirs:.2f} |")
-        print(f"[{i}/{len(SCHEDULES)}] {name}: torch {theirs:.2f} µs, lrctl {ours:.2f} µs, "
-              f"ratio {ours / theirs:.2f}", file=sys.stderr)
+    lines = ["| schedule | torch µs/step | lrctl core µs/step | RemoteLRScheduler µs/step "
+             "| core / torch | RemoteLRScheduler / torch |",
+             "|---|---:|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as tmp, ControllerProcess(Path(tmp) / "bench.db") as ctl:
+        for i, spec in enumerate(SCHEDULES, 1):
+            theirs = min(time_torch(spec, args.steps) for _ in range(args.repeat))
+            core = min(time_lrctl(spec, args.steps) for _ in range(args.repeat))
+            remote = min(time_remote(spec, args.steps, ctl.address, f"bench-{i}")
+                         for _ in range(args.repeat))
+            name = spec.split("(")[0]
+            lines.append(f"| `{name}` | {theirs:.2f} | {core:.2f} | {remote:.2f} | "
+                         f"{core / theirs:.2f} | {remote / theirs:.2f} |")
+            print(f"[{i}/{len(SCHEDULES)}] {name}: torch {theirs:.2f} µs, core {core:.2f} µs, "
+                  f"RemoteLRScheduler {remote:.2f} µs", file=sys.stderr)
     table = "\n".join(lines)
     print(table)
     if args.write:

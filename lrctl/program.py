@@ -99,6 +99,8 @@ class LRProgram:
 
         A group whose schedule does not cycle momentum gets None in the list.
         """
+        if self._simple:
+            return self.schedule.momenta(step)
         states = self._states[bisect_right(self._starts, step) - 1]
         if not any(st.schedule.cycles_momentum for st in states):
             return None

@@ -59,11 +59,8 @@ class JobState:
                                    events=tuple(e for e in self.events if e.version <= version))
 
 
-@dataclass(frozen=True)
-class _Progress:
-    step: int
-    version: int
-    lrs: tuple[float, ...]
+# (step, applied version, LRs): a plain tuple, built on the training thread every step.
+_Progress = tuple[int, int, Sequence[float]]
 
 
 class ControllerLink:
@@ -129,7 +126,8 @@ class ControllerLink:
     # -- called by the training thread: slot writes only -------------------------------------
 
     def post_progress(self, step: int, version: int, lrs: Sequence[float]) -> None:
-        self._progress = _Progress(step, version, tuple(lrs))
+        """Publish progress; ``lrs`` must not be mutated afterwards (the caller's fresh list)."""
+        self._progress = (step, version, lrs)
 
     def post_applied(self, version: int, step: int) -> None:
         self._applied.append((version, step))
@@ -226,8 +224,8 @@ class ControllerLink:
                                 and not final):
             return
         request = lrctl_pb2.ReportRequest(
-            job_id=self.config.job, rank=self.rank, step=progress.step,
-            applied_version=progress.version, lrs=progress.lrs, final=final,
+            job_id=self.config.job, rank=self.rank, step=progress[0],
+            applied_version=progress[1], lrs=progress[2], final=final,
             applied=[lrctl_pb2.AppliedVersion(version=v, effective_step=s) for v, s in applied],
             plateau_metrics=[lrctl_pb2.PlateauMetric(step=s, value=x) for s, x in plateau],
             metrics=self._metrics,
