@@ -27,6 +27,7 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from controller import logs
 from controller.errors import (
@@ -55,6 +56,8 @@ from lrctl.schedules import build_schedule
 
 __all__ = ["ControllerService", "JobView", "WatchKind", "WatchMessage", "check_job_id"]
 
+T = TypeVar("T")
+
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 #: Preview rows x param groups; keeps a response well under the message size limit.
@@ -70,6 +73,8 @@ class _Job:
     events: list[Event]
     plateau: JobPlateau
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # (key, program) of _display_lrs: the cached program for the current log.
+    display: tuple[object, LRProgram | None] = (None, None)
     watchers: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -148,10 +153,13 @@ class ControllerService:
             record = JobRecord(job_id=job_id, schedule=canonical, base_lrs=lrs, version=version,
                                created_version=version, verbose=verbose, created_at=now,
                                updated_at=now)
-            await self._store.commit(Change(record, reset=old is not None))
-            job = self._jobs.setdefault(job_id, _Job(record, [], JobPlateau(record, [], [])))
-            # Recreated in place: the old incarnation's watchers wake up to a RESYNC.
-            job.record, job.events, job.plateau = record, [], JobPlateau(record, [], [])
+            def apply() -> _Job:
+                job = self._jobs.setdefault(job_id, _Job(record, [], JobPlateau(record, [], [])))
+                # Recreated in place: the old incarnation's watchers wake up to a RESYNC.
+                job.record, job.events, job.plateau = record, [], JobPlateau(record, [], [])
+                return job
+
+            job = await self._write(Change(record, reset=old is not None), apply)
             self._notify(job)
             self._export(job)
             logs.log_change(job_id, version, "create" if old is None else "recreate",
@@ -198,8 +206,10 @@ class ControllerService:
             now = self._now()
             record = replace(job.record, state=FINISHED, version=job.record.version + 1,
                              updated_at=now)
-            await self._store.commit(Change(record))
-            job.record = record
+            def apply() -> None:
+                job.record = record
+
+            await self._write(Change(record), apply)
             self._notify(job)
             if self._metrics is not None:
                 self._metrics.remove_job(job_id)
@@ -315,11 +325,13 @@ class ControllerService:
                     record = replace(record, version=new_events[-1].version)
             elif not done:
                 return rec.version
-            await self._store.commit(Change(record, new_events, done, consumed))
-            by_version = {e.version: e for e in done}
-            job.events = [by_version.get(e.version, e) for e in job.events] + new_events
-            job.record = record
-            job.plateau.commit()
+            def apply() -> None:
+                by_version = {e.version: e for e in done}
+                job.events = [by_version.get(e.version, e) for e in job.events] + new_events
+                job.record = record
+                job.plateau.commit()
+
+            await self._write(Change(record, new_events, done, consumed), apply)
             if rec.verbose and lrs:
                 _log_lr_changes(job_id, step, rec.lrs, lrs)
             self._after_write(job, new_events, done)
@@ -403,11 +415,34 @@ class ControllerService:
 
     async def _append(self, job: _Job, events: list[Event]) -> None:
         record = replace(job.record, version=events[-1].version, updated_at=self._now())
-        await self._store.commit(Change(record, events))
-        job.record = record
-        job.events = [*job.events, *events]
-        job.plateau.on_events(events)
+
+        def apply() -> None:
+            job.record = record
+            job.events = [*job.events, *events]
+            job.plateau.on_events(events)
+
+        await self._write(Change(record, events), apply)
         self._after_write(job, events, [])
+
+    async def _write(self, change: Change, apply: Callable[[], T]) -> T:
+        """Commit ``change``, then ``apply`` it in memory, as one step a cancel cannot split.
+
+        A cancelled RPC (deadline, client gone, shutdown) must not leave a commit on disk
+        that memory never saw: the next version would collide with it. So the write runs as
+        its own task; a cancel waits for it to finish (holding the job's lock) and then
+        propagates.
+        """
+        async def commit_and_apply() -> T:
+            await self._store.commit(change)
+            return apply()
+
+        task = asyncio.ensure_future(commit_and_apply())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                await asyncio.wait([task])
+            raise
 
     def _after_write(self, job: _Job, new_events: Sequence[Event],
                      applied: Sequence[Event]) -> None:
@@ -466,11 +501,24 @@ def _count_workers(job: _Job) -> int:
 
 
 def _display_lrs(job: _Job) -> list[float]:
-    """The LR at the job's step with pending events taking effect now (GetJob, metrics)."""
+    """The LR at the job's step with pending events taking effect now (GetJob, metrics).
+
+    The program is cached per job and rebuilt only when the log changes (or, while events
+    are pending, the step), so recurrence schedules advance incrementally between reports
+    instead of replaying from step 0 on every call.
+    """
     rec = job.record
     step = max(rec.step, 0)
+    pending = any(e.pending for e in job.events)
+    key = (rec.schedule, rec.base_lrs, tuple((e.version, e.effective_step) for e in job.events),
+           step if pending else None)
     try:
-        program = LRProgram(rec.schedule, rec.base_lrs, resolve_pending(job.events, step))
+        if job.display[0] != key:
+            events = resolve_pending(job.events, step)
+            job.display = (key, LRProgram(rec.schedule, rec.base_lrs, events))
+        program = job.display[1]
+        if program is None:
+            raise LrctlError("no program")
         return program.lrs(step)
     except LrctlError:
         # e.g. OneCycleLR stepped past total_steps: torch raises too; show what rank 0 saw.

@@ -1,0 +1,53 @@
+"""The domain service under cancellation and at large steps (real store, real SQLite)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controller.server import Controller
+from lrctl.overrides import Op
+
+
+async def test_a_cancelled_override_is_either_fully_written_or_not_at_all(
+        controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
+    service = controller.service
+    await service.create_job("run-1", "StepLR(step_size=10)", [0.1])
+    store = service._store
+    real_commit = store.commit
+    entered = asyncio.Event()
+
+    async def slow_commit(change: object) -> None:
+        entered.set()
+        await asyncio.sleep(0.2)  # the RPC is cancelled while SQLite is writing
+        await real_commit(change)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "commit", slow_commit)
+    task = asyncio.ensure_future(service.override("run-1", Op.SCALE, value=0.5))
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    monkeypatch.setattr(store, "commit", real_commit)
+    # What reached the disk is also in memory: the next override gets the next version.
+    event, job = await service.override("run-1", Op.SCALE, value=0.5)
+    assert event.version == 3 and job.version == 3
+    assert [e.version for e in service.history("run-1")] == [2, 3]
+
+
+async def test_display_reuses_one_program_while_the_log_is_unchanged(
+        controller: Controller) -> None:
+    # A recurrence schedule (MultiplicativeLR) must advance incrementally between reports,
+    # not replay from step 0 on every report and GetJob.
+    service = controller.service
+    await service.create_job("run-1", "MultiplicativeLR(lr_lambda='0.99999')", [0.1])
+    await service.report("run-1", rank=0, step=20_000)
+    program = service._jobs["run-1"].display[1]
+    for step in range(20_001, 20_101):
+        await service.report("run-1", rank=0, step=step)
+        service.get_job("run-1")
+    assert service._jobs["run-1"].display[1] is program
+    assert service.get_job("run-1").lrs == pytest.approx((0.1 * 0.99999**20_100,), rel=1e-9)
+    await service.override("run-1", Op.SCALE, value=0.5)  # a new log: a new program
+    assert service._jobs["run-1"].display[1] is not program
