@@ -492,7 +492,7 @@ class ControllerService:
                        version=rec.version, step=rec.step, lrs=tuple(_display_lrs(job)),
                        finished=not job.running, verbose=rec.verbose,
                        created_at=rec.created_at, updated_at=rec.updated_at,
-                       workers=_count_workers(job),
+                       workers=_count_workers(job), created_version=rec.created_version,
                        events=tuple(job.events) if events else ())
 
 

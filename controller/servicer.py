@@ -169,7 +169,8 @@ def job_to_proto(view: JobView) -> lrctl_pb2.Job:
         job_id=view.job_id, schedule=view.schedule, base_lrs=view.base_lrs,
         version=view.version, step=view.step, lrs=view.lrs, verbose=view.verbose,
         state=lrctl_pb2.JOB_STATE_FINISHED if view.finished else lrctl_pb2.JOB_STATE_RUNNING,
-        events=[event_to_proto(e) for e in view.events], workers=view.workers)
+        events=[event_to_proto(e) for e in view.events], workers=view.workers,
+        created_version=view.created_version)
     _stamp(msg, "created_at", view.created_at)
     _stamp(msg, "updated_at", view.updated_at)
     return msg

@@ -45,6 +45,7 @@ class JobView:
     updated_at: float
     workers: int
     events: tuple[Event, ...] = ()
+    created_version: int = 1
 
 
 class WatchKind(str, enum.Enum):

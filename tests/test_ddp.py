@@ -62,6 +62,7 @@ def check_consistent(ranks: list[dict[str, Any]]) -> None:
     """The DDP consistency property: identical per-step LRs and identical parameters."""
     first = ranks[0]
     for r, other in enumerate(ranks[1:], start=1):
+        assert len(other["log"]) == len(first["log"]), f"rank {r} logged another step count"
         for a, b in zip(first["log"], other["log"]):
             if a != b:
                 raise AssertionError(f"rank {r} differs from rank 0 at step {a[0]}: {b} != {a}")

@@ -90,10 +90,11 @@ async def test_plateau_tracker_survives_restart(
         stub = lrctl_pb2_grpc.LRControllerStub(chan)
         await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=22,
                                            plateau_metrics=metrics[5:]))  # 6..9 again: skipped
-        # Rank 0 applies each reduction at the step whose metric triggered it (as torch).
+        # Rank 0 applies each reduction right at the step whose metric triggered it.
         expected = torch_plateau_lrs(PLATEAU_METRICS)
         changed = [t for t in range(1, len(expected)) if expected[t] != expected[t - 1]]
         pending = (await stub.GetJob(pb.GetJobRequest(job_id="run-1"))).events
+        assert len(pending) == len(changed)  # no reduction lost or repeated by the restart
         await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=22, applied=[
             pb.AppliedVersion(version=e.version, effective_step=s)
             for e, s in zip(pending, changed)]))

@@ -162,3 +162,39 @@ def test_final_progress_is_flushed_on_close(controller: ControllerProcess,
     job = client.get_job("flush")
     assert job.step == 12
     assert job.lr == pytest.approx([0.001, 0.0005])
+
+
+def test_override_made_while_down_takes_effect_at_the_resume_step(
+        controller: ControllerProcess, client: Client) -> None:
+    # The usual torch resume: construct, then load_state_dict. An override sent while no
+    # worker ran takes effect at the first resumed step, not at step 0 of the new process.
+    spec = "StepLR(step_size=100)"
+    opt = make_optimizer()
+    with RemoteLRScheduler(opt, spec, job="resume-pending", address=controller.address) as s:
+        run(s, opt, 21)  # to step 20
+        checkpoint = s.state_dict()
+    client.override("resume-pending", "set", 1e-3, reason="while down")
+    opt2 = make_optimizer()
+    with RemoteLRScheduler(opt2, spec, job="resume-pending", address=controller.address) as s:
+        s.load_state_dict(checkpoint)
+        assert float(opt2.param_groups[0]["lr"]) == 0.1  # step 20, as checkpointed
+        opt2.step()
+        s.step()
+        assert s.last_epoch == 21
+        assert float(opt2.param_groups[0]["lr"]) == 1e-3
+    assert [e.effective_step for e in client.history("resume-pending")] == [21]
+
+
+def test_a_recreated_job_answers_older_versions_from_its_previous_incarnation() -> None:
+    from lrctl.overrides import Event, Op
+    from worker._link import JobState
+
+    old = JobState(version=3, schedule="StepLR(step_size=10)", base_lrs=(0.1,),
+                   events=(Event(2, Op.SCALE, 0.5), Event(3, Op.CLEAR)))
+    new = JobState(version=4, schedule="ExponentialLR(gamma=0.9)", base_lrs=(0.1,),
+                   created_version=4, previous=old)
+    # A rank holding the new incarnation and one still on the old agree on version 2:
+    assert new.at(2) == old.at(2)
+    assert new.at(2).schedule == "StepLR(step_size=10)"
+    assert [e.version for e in new.at(2).events] == [2]
+    assert new.at(4).schedule == "ExponentialLR(gamma=0.9)"

@@ -56,10 +56,10 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if not self.job:
             raise WorkerError("no job id: pass job=..., set LRCTL_JOB, or run inside Ray Train")
-        if self.connect_timeout_s <= 0 or self.report_interval_s < 0:
-            raise WorkerError(f"timeouts must be positive, got connect_timeout_s="
-                              f"{self.connect_timeout_s}, report_interval_s="
-                              f"{self.report_interval_s}")
+        if self.connect_timeout_s <= 0 or self.report_interval_s < 0.01:
+            raise WorkerError(f"expected connect_timeout_s > 0 and report_interval_s >= 0.01, "
+                              f"got connect_timeout_s={self.connect_timeout_s}, "
+                              f"report_interval_s={self.report_interval_s}")
         if self.agree_every < 1:
             raise WorkerError(f"agree_every must be >= 1, got {self.agree_every}")
 

@@ -33,6 +33,9 @@ __all__ = ["ControllerLink", "JobState"]
 log = logging.getLogger("lrctl.worker")
 
 _KIND = lrctl_pb2.WatchResponse
+# Report failures worth retrying; anything else is dropped (and logged).
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL})
 
 
 @dataclass(frozen=True)
@@ -44,15 +47,25 @@ class JobState:
     base_lrs: tuple[float, ...]
     events: tuple[Event, ...] = ()
     finished: bool = False
+    created_version: int = 1
+    previous: JobState | None = None
+    """The incarnation before a recreation (CreateJob with replace), until none needs it."""
 
     @classmethod
     def from_proto(cls, job: lrctl_pb2.Job) -> JobState:
         return cls(version=job.version, schedule=job.schedule, base_lrs=tuple(job.base_lrs),
                    events=events_from_proto(job.events),
-                   finished=job.state == lrctl_pb2.JOB_STATE_FINISHED)
+                   finished=job.state == lrctl_pb2.JOB_STATE_FINISHED,
+                   created_version=job.created_version or 1)
 
     def at(self, version: int) -> JobState:
-        """Return the state as of ``version`` (events up to it)."""
+        """Return the state as of ``version`` (events up to it).
+
+        A version from before a recreation is answered by the previous incarnation, so a
+        rank that already holds the new one agrees with a rank that does not yet.
+        """
+        if version < self.created_version and self.previous is not None:
+            return self.previous.at(version)
         if version >= self.version:
             return self
         return dataclasses.replace(self, version=version,
@@ -165,18 +178,31 @@ class ControllerLink:
             request = lrctl_pb2.WatchRequest(job_id=self.config.job, from_version=state.version,
                                              worker_id=f"rank-{self.rank}")
             try:
-                self._call = self._stub.Watch(request, metadata=self._metadata)
-                for msg in self._call:
+                call = self._call = self._stub.Watch(request, metadata=self._metadata)
+                if self._stop.is_set():  # close() ran before it could cancel this call
+                    call.cancel()
+                    return
+                for msg in call:
                     if not self.connected:
                         log.info("lrctl: reconnected to %s (job %s, version %d)",
                                  self.config.address, self.config.job, msg.version)
                     self.connected = True
                     delay = self.config.backoff_initial_s
                     if not self._on_message(msg):
+                        call.cancel()  # a gap, or finished: do not leave the stream open
                         break
-                if self.state is not None and self.state.finished:
+                if self._stop.is_set() or (self.state is not None and self.state.finished):
                     return
-            except grpc.RpcError as exc:
+            except Exception as exc:  # this thread must outlive any error
+                if self._stop.is_set():
+                    return
+                if not isinstance(exc, grpc.RpcError):
+                    log.exception("lrctl: unexpected error following job %s; retrying",
+                                  self.config.job)
+                    self.connected = False
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.config.backoff_max_s)
+                    continue
                 if self._stop.is_set():
                     return
                 if self.connected:
@@ -197,6 +223,17 @@ class ControllerLink:
             new = JobState.from_proto(msg.job)
             if msg.kind == _KIND.KIND_FINISHED:
                 new = dataclasses.replace(new, finished=True)
+            if new.created_version > state.created_version:  # the job was recreated
+                if len(new.base_lrs) != len(state.base_lrs):
+                    log.error("lrctl: job %s was recreated with %d param groups; this optimizer "
+                              "has %d: keeping the schedule held at version %d",
+                              self.config.job, len(new.base_lrs), len(state.base_lrs),
+                              state.version)
+                    self._stop.set()  # nothing more to follow
+                    return False
+                new = dataclasses.replace(new, previous=state)
+            elif state.previous is not None:
+                new = dataclasses.replace(new, previous=state.previous)
             self.state = new
             return msg.kind != _KIND.KIND_FINISHED
         if msg.kind == _KIND.KIND_EVENT:
@@ -214,7 +251,10 @@ class ControllerLink:
 
     def _report_loop(self) -> None:
         while not self._stop.wait(self.config.report_interval_s):
-            self._send_report()
+            try:
+                self._send_report()
+            except Exception:  # this thread must outlive any error
+                log.exception("lrctl: unexpected error reporting job %s", self.config.job)
 
     def _send_report(self, final: bool = False, timeout: float = 5.0) -> None:
         progress = self._progress
@@ -233,10 +273,15 @@ class ControllerLink:
         try:
             self._stub.Report(request, timeout=timeout, metadata=self._metadata)
             self._sent = progress
-        except grpc.RpcError:
-            # Keep what must arrive (effective steps, plateau metrics) for the next report.
-            self._applied.extendleft(reversed(applied))
-            self._plateau.extendleft(reversed(plateau))
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in _TRANSIENT:
+                # Keep what must arrive (effective steps, plateau metrics) for the next one.
+                self._applied.extendleft(reversed(applied))
+                self._plateau.extendleft(reversed(plateau))
+            else:  # retrying cannot help, and would block every later report
+                log.warning("lrctl: the controller refused a report for job %s (%s: %s); "
+                            "dropped it", self.config.job, code.name, exc.details())
 
 
 def _drain(queue: collections.deque[Any]) -> list[Any]:

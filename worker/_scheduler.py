@@ -62,7 +62,12 @@ class RemoteLRScheduler(LRScheduler):
             raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
         self.spec = parse_spec(schedule)
         base_lrs = _initial_lrs(optimizer, last_epoch)
-        LRProgram(self.spec, base_lrs)  # validate locally, before any network call
+        # Validate locally, before any network call.
+        self._uses_beta1 = "betas" in optimizer.defaults
+        if LRProgram(self.spec, base_lrs).cycles_momentum and not (
+                "momentum" in optimizer.defaults or self._uses_beta1):
+            raise ValueError("optimizer must support momentum or beta1 with `cycle_momentum` "
+                             "option enabled")
         if config is None:
             from worker.ray import ray_run_name
 
@@ -75,24 +80,29 @@ class RemoteLRScheduler(LRScheduler):
         self._link = ControllerLink(config, rank=self.rank, schedule=self.spec.to_text(),
                                     base_lrs=base_lrs, verbose=verbose)
         state = self._link.attach()
-        self._agreement = VersionAgreement()
         self._applied_steps: dict[int, int] = {}  # version -> step it took effect here
+        # Pending events resolved at construction: the step they take effect at is only
+        # final once load_state_dict() had its chance (a resume moves them), so they are
+        # reported at the first step() instead.
+        self._provisional: set[int] = set()
         self._applied_version = 0
         self._values: list[float] = []
         self._closed = False
-        from worker.ray import lr_metrics_hook
+        self._constructing = True
+        try:
+            self._agreement = VersionAgreement()
+            from worker.ray import lr_metrics_hook
 
-        self._on_lr: Callable[[int, list[float]], None] | None = lr_metrics_hook(
-            self.job, self.rank)
-        self._switch(state, self._agreement.initial(state.version), last_epoch + 1)
-        self._link.start()
-        self._uses_beta1 = "betas" in optimizer.defaults
-        if self._program.cycles_momentum and not (
-                "momentum" in optimizer.defaults or self._uses_beta1):
+            self._on_lr: Callable[[int, list[float]], None] | None = lr_metrics_hook(
+                self.job, self.rank)
+            self._switch(state, self._agreement.initial(state.version), last_epoch + 1,
+                         provisional=True)
+            self._link.start()
+            super().__init__(optimizer, last_epoch)
+        except BaseException:
             self._link.close()
-            raise ValueError("optimizer must support momentum or beta1 with `cycle_momentum` "
-                             "option enabled")
-        super().__init__(optimizer, last_epoch)
+            raise
+        self._constructing = False
 
     # -- torch's interface -------------------------------------------------------------------
 
@@ -107,9 +117,11 @@ class RemoteLRScheduler(LRScheduler):
                     self._switch(state, agreed, upcoming)
         super().step()
         step = self.last_epoch
-        if metrics is not None:
-            self._link.post_plateau_metric(step, float(metrics))
+        if self._provisional and not self._constructing:
+            self._confirm_provisional()
         if self.rank == 0:
+            if metrics is not None:
+                self._link.post_plateau_metric(step, float(metrics))
             self._link.post_progress(step, self._applied_version, self._values)
         if self._on_lr is not None:
             self._on_lr(step, self._values)
@@ -142,12 +154,16 @@ class RemoteLRScheduler(LRScheduler):
         """Resume: replay exactly the LR sequence of the run that saved ``state_dict``."""
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self._step_count))
-        self._applied_steps.update({int(v): int(s)
-                                    for v, s in state_dict.get("applied_steps", {}).items()})
+        saved = {int(v): int(s) for v, s in state_dict.get("applied_steps", {}).items()}
+        for version in self._provisional - set(saved):
+            del self._applied_steps[version]  # re-resolved below, at the resume step
+        self._provisional -= set(saved)
+        self._applied_steps.update(saved)
         state = self._link.state
         if state is not None:
             version = max(self._applied_version, int(state_dict.get("applied_version", 0)))
-            self._switch(state, min(version, state.version), self.last_epoch + 1, report=False)
+            self._switch(state, min(version, state.version), self.last_epoch + 1,
+                         provisional=True)
         # Put the step's LRs in param_groups, as the run that saved the checkpoint had them.
         self._values = self._program.lrs(self.last_epoch)
         for group, lr in zip(self.optimizer.param_groups, self._values):
@@ -175,6 +191,8 @@ class RemoteLRScheduler(LRScheduler):
         if self._closed:
             return
         self._closed = True
+        if self._provisional:
+            self._confirm_provisional()
         self._agreement.close()
         self._link.close()
 
@@ -187,7 +205,14 @@ class RemoteLRScheduler(LRScheduler):
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _switch(self, held: JobState, version: int, step: int, *, report: bool = True) -> None:
+    def _confirm_provisional(self) -> None:
+        if self.rank == 0:
+            for version in sorted(self._provisional):
+                self._link.post_applied(version, self._applied_steps[version])
+        self._provisional.clear()
+
+    def _switch(self, held: JobState, version: int, step: int, *,
+                provisional: bool = False) -> None:
         """Apply the job as of ``version`` from ``step`` on (off the per-step path)."""
         state = held.at(version)
         events = []
@@ -197,7 +222,9 @@ class RemoteLRScheduler(LRScheduler):
                 local = event.effective_step
             if local is None:
                 local = step
-                if report and self.rank == 0:
+                if provisional:
+                    self._provisional.add(event.version)
+                elif self.rank == 0:
                     self._link.post_applied(event.version, step)
             self._applied_steps[event.version] = local
             events.append(dataclasses.replace(event, effective_step=local))

@@ -59,7 +59,7 @@ class OverrideEvent(_message.Message):
     def __init__(self, version: _Optional[int] = ..., op: _Optional[_Union[OverrideOp, str]] = ..., value: _Optional[float] = ..., schedule: _Optional[str] = ..., param_group: _Optional[int] = ..., effective_step: _Optional[int] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., applied_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "schedule", "base_lrs", "version", "step", "lrs", "state", "events", "created_at", "updated_at", "verbose", "workers")
+    __slots__ = ("job_id", "schedule", "base_lrs", "version", "step", "lrs", "state", "events", "created_at", "updated_at", "verbose", "workers", "created_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     BASE_LRS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class Job(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     VERBOSE_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     schedule: str
     base_lrs: _containers.RepeatedScalarFieldContainer[float]
@@ -84,7 +85,8 @@ class Job(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     verbose: bool
     workers: int
-    def __init__(self, job_id: _Optional[str] = ..., schedule: _Optional[str] = ..., base_lrs: _Optional[_Iterable[float]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., lrs: _Optional[_Iterable[float]] = ..., state: _Optional[_Union[JobState, str]] = ..., events: _Optional[_Iterable[_Union[OverrideEvent, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verbose: _Optional[bool] = ..., workers: _Optional[int] = ...) -> None: ...
+    created_version: int
+    def __init__(self, job_id: _Optional[str] = ..., schedule: _Optional[str] = ..., base_lrs: _Optional[_Iterable[float]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., lrs: _Optional[_Iterable[float]] = ..., state: _Optional[_Union[JobState, str]] = ..., events: _Optional[_Iterable[_Union[OverrideEvent, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verbose: _Optional[bool] = ..., workers: _Optional[int] = ..., created_version: _Optional[int] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("job_id", "schedule", "base_lrs", "replace", "verbose")
