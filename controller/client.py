@@ -476,8 +476,10 @@ class Client:
             raise OverrideError("op 'replace_schedule' needs a schedule")
         request = lrctl_pb2.OverrideRequest(
             job_id=job_id, op="OVERRIDE_OP_" + name.upper(),
-            value=0.0 if value is None else float(value), schedule=schedule or "",
+            schedule=schedule or "",
             actor=_default_actor() if actor is None else actor, reason=reason)
+        if value is not None:
+            request.value = float(value)
         if group is not None:
             request.param_group = group
         if expected_version is not None:

@@ -13,6 +13,7 @@ Two things happen here and nowhere else:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import logging
@@ -247,7 +248,7 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
         op = _client_op(request.op)
         event, job = await self.service.override(
             request.job_id, op,
-            value=request.value if op in (Op.SCALE, Op.SET) else None,
+            value=request.value if request.HasField("value") else None,
             schedule=request.schedule if op is Op.REPLACE_SCHEDULE else None,
             group=request.param_group if request.HasField("param_group") else None,
             actor=request.actor, reason=request.reason,
@@ -268,8 +269,9 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
                       context: grpc.aio.ServicerContext[lrctl_pb2.PreviewRequest,
                                                         lrctl_pb2.PreviewResponse],
                       ) -> lrctl_pb2.PreviewResponse:
-        schedule, rows = self.service.preview(request.schedule, list(request.base_lrs),
-                                              request.steps)
+        # Up to a million values: off the event loop, so watches and heartbeats keep flowing.
+        schedule, rows = await asyncio.to_thread(
+            self.service.preview, request.schedule, list(request.base_lrs), request.steps)
         return lrctl_pb2.PreviewResponse(rows=[lrctl_pb2.LRRow(lr=r) for r in rows],
                                          schedule=schedule)
 

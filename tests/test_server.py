@@ -496,3 +496,13 @@ def test_bad_token_files_are_refused(tmp_path: Path, content: str, message: str)
 def test_invalid_config_values_are_refused(fields: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="expected"):
         ServerConfig(**fields)
+
+
+async def test_set_without_a_value_is_refused(stub: Stub) -> None:
+    await create(stub)
+    before = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
+    err = await expect_status(stub.Override(pb.OverrideRequest(
+        job_id="run-1", op=pb.OVERRIDE_OP_SET)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "got None" in (err.details() or "")
+    after = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
+    assert after.version == before.version and len(after.events) == 0
