@@ -141,7 +141,8 @@ def test_training_survives_a_controller_kill(tmp_path: Path) -> None:
     controller = ControllerProcess(db).start()
     try:
         with Client(controller.address) as client:
-            procs = launch_ranks(tmp_path, controller.address, "kill9", 2, steps=250)
+            # Long enough for the ranks' reconnect backoff (capped at 5 s) after the restart.
+            procs = launch_ranks(tmp_path, controller.address, "kill9", 2, steps=600)
             wait_for_step(client, "kill9", 20)
             client.override("kill9", "scale", 0.5, reason="before the outage")
         time.sleep(0.5)
@@ -150,6 +151,10 @@ def test_training_survives_a_controller_kill(tmp_path: Path) -> None:
         assert all(p.poll() is None for p in procs), "training must not stop with the controller"
         controller = ControllerProcess(db, port=controller.port).start()  # same address
         with Client(controller.address) as client:
+            deadline = time.monotonic() + 30
+            while client.get_job("kill9").workers < 2:  # both ranks are back on the stream
+                assert time.monotonic() < deadline, "the ranks never reconnected"
+                time.sleep(0.1)
             step_before = client.get_job("kill9").step
             client.override("kill9", "set", 1e-3, reason="after the restart")
             wait_ranks(procs)
@@ -159,7 +164,8 @@ def test_training_survives_a_controller_kill(tmp_path: Path) -> None:
     ranks = read_ranks(tmp_path, "kill9", 2)
     check_consistent(ranks)
     assert [e.reason for e in history] == ["before the outage", "after the restart"]
-    assert all(e.effective_step is not None for e in history)
+    assert ranks[0]["log"][-1][2:] == pytest.approx([1e-3, 1e-3]), ranks[0]["log"][-1]
+    assert all(e.effective_step is not None for e in history), history
     late = history[1]
     assert late.effective_step is not None and late.effective_step > step_before
     final = ranks[0]["log"][-1]
