@@ -52,7 +52,7 @@ from lrctl.errors import LrctlError
 from lrctl.overrides import Event, Op, resolve_pending, validate_override
 from lrctl.program import LRProgram
 from lrctl.program import preview as program_preview
-from lrctl.schedules import build_schedule
+from lrctl.schedules import ReduceLROnPlateau, build_schedule
 
 __all__ = ["ControllerService", "JobView", "WatchKind", "WatchMessage", "check_job_id"]
 
@@ -242,7 +242,12 @@ class ControllerService:
                 if op is Op.REPLACE_SCHEDULE:
                     if not schedule:
                         raise InvalidArgument("expected a schedule spec to replace with, got ''")
-                    schedule = build_schedule(schedule, n).spec.to_text()
+                    built = build_schedule(schedule, n)
+                    if group is not None and isinstance(built, ReduceLROnPlateau):
+                        raise InvalidArgument(
+                            "expected a job-wide ReduceLROnPlateau replacement (its metric "
+                            f"drives every group), got one for param group {group}")
+                    schedule = built.spec.to_text()
             except LrctlError as exc:
                 raise InvalidArgument(str(exc)) from None
             if not job.running:
@@ -373,7 +378,7 @@ class ControllerService:
                     sent = rec.version
                     deadline = self._next_heartbeat()
                     continue
-                start = bisect_right([e.version for e in job.events], sent)
+                start = bisect_right(job.events, sent, key=lambda e: e.version)
                 for event in job.events[start:]:
                     yield WatchMessage(WatchKind.EVENT, event.version, event=event)
                     sent = event.version

@@ -14,6 +14,7 @@ Two ways to run a controller:
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 
 import grpc
 import pytest
+from hypothesis import settings
 from prometheus_client import CollectorRegistry
 
 from controller.config import CLIENT_CHANNEL_OPTIONS, ServerConfig
@@ -29,6 +31,12 @@ from controller.server import Controller, start
 from lrctl.v1 import lrctl_pb2_grpc
 
 T = TypeVar("T")
+
+# CI runs the hypothesis tests derandomized, so a submission's result does not depend on the
+# draw; locally they explore new examples on every run (and remember failures).
+settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 #: Heartbeat used by test controllers: short enough to observe, long enough not to flood.
 TEST_HEARTBEAT_SECONDS = 0.2

@@ -198,3 +198,43 @@ def test_a_recreated_job_answers_older_versions_from_its_previous_incarnation() 
     assert new.at(2).schedule == "StepLR(step_size=10)"
     assert [e.version for e in new.at(2).events] == [2]
     assert new.at(4).schedule == "ExponentialLR(gamma=0.9)"
+
+
+def test_checkpoint_of_another_job_is_refused(controller: ControllerProcess) -> None:
+    opt = make_optimizer()
+    with RemoteLRScheduler(opt, "StepLR(step_size=5)", job="ckpt-a",
+                           address=controller.address) as sched:
+        state = sched.state_dict()
+    with RemoteLRScheduler(make_optimizer(), "StepLR(step_size=5)", job="ckpt-b",
+                           address=controller.address) as other, \
+            pytest.raises(ValueError, match="checkpoint is of job 'ckpt-a', expected 'ckpt-b'"):
+        other.load_state_dict(state)
+
+
+def test_a_metric_for_a_schedule_without_plateau_warns(controller: ControllerProcess) -> None:
+    opt = make_optimizer()
+    with RemoteLRScheduler(opt, "StepLR(step_size=5)", job="metric-warn",
+                           address=controller.address) as sched:
+        opt.step()
+        with pytest.warns(UserWarning, match="value is ignored"):
+            sched.step(3)
+
+
+def test_plateau_metrics_reduce_the_lr_through_the_controller(
+        controller: ControllerProcess, client: Client) -> None:
+    opt = make_optimizer()
+    spec = "ReduceLROnPlateau(factor=0.5, patience=1)"
+    with RemoteLRScheduler(opt, spec, job="plateau", address=controller.address) as sched:
+        metrics = [1.0, 0.9, 0.9, 0.9]  # no improvement for 2 > patience calls: one reduction
+        for metric in metrics:
+            opt.step()
+            sched.step(metric)
+        deadline = time.monotonic() + 10
+        while float(opt.param_groups[0]["lr"]) == 0.1:  # the reduction reaches the worker
+            assert time.monotonic() < deadline, "no reduction arrived"
+            time.sleep(0.05)
+            opt.step()
+            sched.step()  # no further metrics: exactly one reduction
+        assert float(opt.param_groups[0]["lr"]) == 0.05
+    events = client.history("plateau")
+    assert events[0].op == "plateau_reduce" and events[0].effective_step is not None

@@ -11,6 +11,8 @@ gloo on CPU tensors even when the default group is NCCL).
 
 from __future__ import annotations
 
+import contextlib
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -33,13 +35,21 @@ class VersionAgreement:
     def distributed(self) -> bool:
         return self._group is not None
 
-    def initial(self, version: int) -> int:
-        """Blocking agreement once at construction: the version every rank starts from."""
+    def initial(self, version: int, agree_every: int = 1) -> int:
+        """Blocking agreement once at construction: the version every rank starts from.
+
+        Also checks that every rank exchanges at the same steps (same ``agree_every``);
+        ranks that did not would wait on each other forever.
+        """
         if self._group is None:
             return version
-        tensor = torch.tensor([version], dtype=torch.int64)
+        tensor = torch.tensor([version, agree_every, -agree_every], dtype=torch.int64)
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=self._group)
-        return int(tensor.item())
+        low, high = int(tensor[1].item()), -int(tensor[2].item())
+        if low != high:
+            raise ValueError(f"every rank must use the same agree_every (LRCTL_AGREE_EVERY); "
+                             f"got values from {low} to {high}")
+        return int(tensor[0].item())
 
     def exchange(self, version: int) -> int | None:
         """Offer ``version``; return the version agreed at the previous exchange, if any.
@@ -59,8 +69,13 @@ class VersionAgreement:
         self._pending = (work, tensor)
         return agreed
 
-    def close(self) -> None:
-        """Wait for the last exchange so no collective is left in flight."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Wait (bounded) for the last exchange, then release the side group."""
         if self._pending is not None:
-            self._pending[0].wait()
+            # A RuntimeError here means a peer is gone: nothing left to agree with.
+            with contextlib.suppress(RuntimeError):
+                self._pending[0].wait(timeout=timedelta(seconds=timeout))
             self._pending = None
+        if self._group is not None and dist.is_initialized():
+            dist.destroy_process_group(self._group)
+        self._group = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -14,6 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from lrctl.program import LRProgram
+from lrctl.schedules import ReduceLROnPlateau
 from lrctl.spec import Spec, parse_spec
 from worker._agreement import VersionAgreement
 from worker._config import WorkerConfig
@@ -95,8 +97,8 @@ class RemoteLRScheduler(LRScheduler):
 
             self._on_lr: Callable[[int, list[float]], None] | None = lr_metrics_hook(
                 self.job, self.rank)
-            self._switch(state, self._agreement.initial(state.version), last_epoch + 1,
-                         provisional=True)
+            agreed = self._agreement.initial(state.version, config.agree_every)
+            self._switch(state, agreed, last_epoch + 1, provisional=True)
             self._link.start()
             super().__init__(optimizer, last_epoch)
         except BaseException:
@@ -119,8 +121,13 @@ class RemoteLRScheduler(LRScheduler):
         step = self.last_epoch
         if self._provisional and not self._constructing:
             self._confirm_provisional()
+        if metrics is not None and not self._plateau:
+            warnings.warn(f"step(metrics) passes a metric to ReduceLROnPlateau, but job "
+                          f"{self.job!r} follows {self.spec.name}; the value is ignored "
+                          "(torch's deprecated step(epoch) is not supported)",
+                          UserWarning, stacklevel=2)
         if self.rank == 0:
-            if metrics is not None:
+            if metrics is not None and self._plateau:
                 self._link.post_plateau_metric(step, float(metrics))
             self._link.post_progress(step, self._applied_version, self._values)
         if self._on_lr is not None:
@@ -151,7 +158,15 @@ class RemoteLRScheduler(LRScheduler):
                 "applied_steps": dict(self._applied_steps)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume: replay exactly the LR sequence of the run that saved ``state_dict``."""
+        """Resume: replay exactly the LR sequence of the run that saved ``state_dict``.
+
+        Raises:
+            ValueError: the checkpoint belongs to another job.
+        """
+        saved_job = state_dict.get("job", self.job)
+        if saved_job != self.job:
+            raise ValueError(f"this checkpoint is of job {saved_job!r}, expected {self.job!r}: "
+                             "its versions mean nothing here")
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self._step_count))
         saved = {int(v): int(s) for v, s in state_dict.get("applied_steps", {}).items()}
@@ -230,6 +245,7 @@ class RemoteLRScheduler(LRScheduler):
             events.append(dataclasses.replace(event, effective_step=local))
         self._program = LRProgram(state.schedule, state.base_lrs, events)
         self._cycles = self._program.cycles_momentum
+        self._plateau = isinstance(self._program.schedule, ReduceLROnPlateau)
         if version > self._applied_version and self._applied_version:
             log.info("lrctl: job %s version %d takes effect at step %d", self.job, version, step)
         self._applied_version = version

@@ -1,0 +1,237 @@
+"""Compiling a validated tree into closures, with the runtime guards on every operation."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from typing import Any, cast
+
+from lrctl.expressions._grammar import (
+    BINOPS,
+    COMPARISONS,
+    CONSTANTS,
+    FUNCTIONS,
+    MAX_INTERMEDIATE,
+    VARIABLES,
+    Fn,
+    Source,
+    fail,
+)
+
+__all__ = ["Compiler", "Failure"]
+
+
+class Failure(Exception):
+    """Raised by compiled closures; turned into :class:`ExpressionError` by the caller."""
+
+    def __init__(self, what: str, where: str) -> None:
+        super().__init__(what, where)
+        self.what = what
+        self.where = where
+
+
+class _Compiled:
+    """One compiled node: its closure, and its value when it is a constant."""
+
+    __slots__ = ("constant", "fn", "value")
+
+    def __init__(self, fn: Fn, constant: bool = False, value: float = 0.0) -> None:
+        self.fn = fn
+        self.constant = constant
+        self.value = value
+
+
+def _describe(exc: Exception, detail: str) -> str:
+    if isinstance(exc, ZeroDivisionError):
+        return f"division by zero ({detail})"
+    if isinstance(exc, OverflowError):
+        return f"overflow ({detail})"
+    return f"{exc} ({detail})"
+
+
+def _range_failure(value: float, where: str) -> Failure:
+    return Failure(f"intermediate result {value!r} is not finite or exceeds "
+                    "1e300 in magnitude", where)
+
+
+def _num(value: float) -> str:
+    """A value for a message, parenthesized when negative: ``(-8) ** 0.5``."""
+    return f"({value!r})" if value < 0 else repr(value)
+
+
+def _identity(x: float) -> float:
+    return x
+
+
+class Compiler:
+    """Turns a validated tree into closures; folds constant sub-expressions."""
+
+    def __init__(self, source: Source) -> None:
+        self.src = source
+
+    def fold(self, node: ast.expr, fn: Fn) -> _Compiled:
+        """Evaluate a constant sub-expression now; refuse it if it always fails."""
+        try:
+            value = fn(0)
+        except Failure as exc:
+            fail(f"{exc.what} {exc.where}; this constant part of the expression always fails")
+        return _Compiled(lambda x: value, True, value)
+
+    def build(self, node: ast.expr) -> _Compiled:
+        if isinstance(node, ast.Constant):
+            value = cast(float, node.value)  # an int, float or bool: checked by Validator
+            return _Compiled(lambda x: value, True, value)
+        if isinstance(node, ast.Name):
+            if node.id in VARIABLES:
+                return _Compiled(_identity)
+            const = CONSTANTS[node.id]
+            return _Compiled(lambda x: const, True, const)
+        if isinstance(node, ast.BinOp):
+            parts = [self.build(node.left), self.build(node.right)]
+            fn = self.binop(node, parts[0].fn, parts[1].fn)
+        elif isinstance(node, ast.UnaryOp):
+            parts = [self.build(node.operand)]
+            fn = self.unaryop(node.op, parts[0].fn)
+        elif isinstance(node, ast.BoolOp):
+            parts = [self.build(v) for v in node.values]
+            fn = self.boolop(isinstance(node.op, ast.And), [p.fn for p in parts])
+        elif isinstance(node, ast.Compare):
+            parts = [self.build(node.left), *(self.build(c) for c in node.comparators)]
+            ops = [COMPARISONS[type(op)] for op in node.ops]
+            fn = self.compare(ops, [p.fn for p in parts])
+        elif isinstance(node, ast.IfExp):
+            parts = [self.build(node.test), self.build(node.body), self.build(node.orelse)]
+            fn = self.ifexp(parts[0].fn, parts[1].fn, parts[2].fn)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if not isinstance(func, ast.Name):  # pragma: no cover - refused by the validator
+                raise AssertionError(type(func).__name__)
+            parts = [self.build(a) for a in node.args]
+            fn = self.call(node, func.id, [p.fn for p in parts])
+        else:  # pragma: no cover - the validator refuses everything else
+            raise AssertionError(type(node).__name__)
+        if all(p.constant for p in parts):
+            return self.fold(node, fn)
+        return _Compiled(fn)
+
+    def binop(self, node: ast.BinOp, left: Fn, right: Fn) -> Fn:
+        symbol, op = BINOPS[type(node.op)]
+        where = self.src.where(node)
+        lim = MAX_INTERMEDIATE
+
+        def run(x: float) -> float:
+            a = left(x)
+            b = right(x)
+            try:
+                r = op(a, b)
+            except (ArithmeticError, ValueError) as exc:
+                raise Failure(_describe(exc, f"{_num(a)} {symbol} {_num(b)}"), where) from None
+            if not -lim <= r <= lim:
+                raise _range_failure(r, where)
+            return r  # type: ignore[no-any-return]
+
+        return run
+
+    @staticmethod
+    def unaryop(op: ast.unaryop, operand: Fn) -> Fn:
+        # Operands are bounded, so neither can fail.
+        if isinstance(op, ast.USub):
+            return lambda x: -operand(x)
+        if isinstance(op, ast.UAdd):
+            return lambda x: +operand(x)
+        return lambda x: not operand(x)
+
+    @staticmethod
+    def boolop(is_and: bool, values: list[Fn]) -> Fn:
+        first, rest = values[0], values[1:]
+
+        def run_and(x: float) -> float:
+            v = first(x)
+            for f in rest:
+                if not v:
+                    return v
+                v = f(x)
+            return v
+
+        def run_or(x: float) -> float:
+            v = first(x)
+            for f in rest:
+                if v:
+                    return v
+                v = f(x)
+            return v
+
+        return run_and if is_and else run_or
+
+    @staticmethod
+    def compare(ops: list[Callable[[Any, Any], Any]], operands: list[Fn]) -> Fn:
+        first = operands[0]
+        if len(ops) == 1:
+            op, second = ops[0], operands[1]
+            return lambda x: op(first(x), second(x))
+        pairs = list(zip(ops, operands[1:], strict=True))
+
+        def run(x: float) -> float:
+            a = first(x)
+            for op, f in pairs:
+                b = f(x)
+                if not op(a, b):
+                    return False
+                a = b
+            return True
+
+        return run
+
+    @staticmethod
+    def ifexp(test: Fn, body: Fn, orelse: Fn) -> Fn:
+        return lambda x: body(x) if test(x) else orelse(x)
+
+    def call(self, node: ast.Call, name: str, args: list[Fn]) -> Fn:
+        impl = FUNCTIONS[name][2]
+        where = self.src.where(node)
+        lim = MAX_INTERMEDIATE
+
+        def check(r: float) -> float:
+            if not -lim <= r <= lim:
+                raise _range_failure(r, where)
+            return r
+
+        def failure(exc: Exception, values: tuple[float, ...]) -> Failure:
+            shown = ", ".join(repr(v) for v in values)
+            return Failure(_describe(exc, f"{name}({shown})"), where)
+
+        if len(args) == 1:
+            (arg,) = args
+
+            def run1(x: float) -> float:
+                a = arg(x)
+                try:
+                    r = impl(a)
+                except (ArithmeticError, ValueError) as exc:
+                    raise failure(exc, (a,)) from None
+                return check(r)
+
+            return run1
+        if len(args) == 2:
+            arg1, arg2 = args
+
+            def run2(x: float) -> float:
+                a = arg1(x)
+                b = arg2(x)
+                try:
+                    r = impl(a, b)
+                except (ArithmeticError, ValueError) as exc:
+                    raise failure(exc, (a, b)) from None
+                return check(r)
+
+            return run2
+
+        def run(x: float) -> float:
+            values = tuple(f(x) for f in args)
+            try:
+                r = impl(*values)
+            except (ArithmeticError, ValueError) as exc:
+                raise failure(exc, values) from None
+            return check(r)
+
+        return run
