@@ -27,8 +27,10 @@ import grpc  # type: ignore[import-untyped, unused-ignore]
 
 from controller.config import CLIENT_CHANNEL_OPTIONS
 from lrctl.errors import LrctlError, OverrideError
+from lrctl.overrides import Event as CoreEvent
 from lrctl.overrides import Op
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+from lrctl.wire import event_from_proto
 
 __all__ = [
     "ADDRESS_ENV_VAR",
@@ -134,17 +136,8 @@ class Event:
 
         ``lr /= 2`` is stored as the scale it means, so it reads ``lr *= 0.5``.
         """
-        if self.op == "scale":
-            text = f"lr *= {self.value!r}"
-        elif self.op == "plateau_reduce":
-            text = "plateau reduction"
-        elif self.op == "set":
-            text = f"lr = {self.value!r}"
-        elif self.op == "replace_schedule":
-            text = f"schedule = {self.schedule}"
-        else:
-            text = self.op
-        return text if self.group is None else f"{text} (group {self.group})"
+        return CoreEvent(self.version, Op(self.op), self.value, self.schedule,
+                         self.group).describe()
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (times as ISO 8601 strings)."""
@@ -164,19 +157,11 @@ class Event:
     @classmethod
     def from_proto(cls, msg: Any) -> Event:
         """Build from an ``lrctl.v1.OverrideEvent``."""
-        op = _enum_name(lrctl_pb2.OverrideOp, msg.op, "OVERRIDE_OP_")
-        has_value = op in ("scale", "set")
+        core = event_from_proto(msg)
         return cls(
-            version=int(msg.version),
-            op=op,
-            value=float(msg.value) if has_value else None,
-            schedule=str(msg.schedule) or None,
-            group=int(msg.param_group) if msg.HasField("param_group") else None,
-            effective_step=(int(msg.effective_step) if msg.HasField("effective_step")
-                            else None),
-            actor=str(msg.actor),
-            reason=str(msg.reason),
-            created_at=_time(msg, "created_at"),
+            version=core.version, op=core.op.value, value=core.value, schedule=core.schedule,
+            group=core.group, effective_step=core.effective_step, actor=core.actor,
+            reason=core.reason, created_at=_time(msg, "created_at"),
             applied_at=_time(msg, "applied_at"),
         )
 

@@ -86,6 +86,8 @@ class Event:
             text = f"lr = {self.value!r}"
         elif self.op is Op.REPLACE_SCHEDULE:
             text = f"schedule = {self.schedule}"
+        elif self.op is Op.PLATEAU_REDUCE:
+            text = "plateau reduction"
         else:
             text = self.op.value
         return text + target
