@@ -59,6 +59,8 @@ __all__ = ["ControllerService", "JobView", "WatchKind", "WatchMessage", "check_j
 T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 100
+#: Longest time a rank-0 progress report (step, LRs) stays in memory only.
+PROGRESS_PERSIST_S = 2.0
 MAX_PAGE_SIZE = 1000
 #: Preview rows x param groups; keeps a response well under the message size limit.
 MAX_PREVIEW_VALUES = 1_000_000
@@ -73,6 +75,7 @@ class _Job:
     events: list[Event]
     plateau: JobPlateau
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    persisted_at: float = 0.0  # when the record (step, LRs) was last written
     # (key, program) of _display_lrs: the cached program for the current log.
     display: tuple[object, LRProgram | None] = (None, None)
     watchers: Counter[str] = field(default_factory=Counter)
@@ -336,7 +339,14 @@ class ControllerService:
                 job.record = record
                 job.plateau.commit()
 
-            await self._write(Change(record, new_events, done, consumed), apply)
+            # Effective steps, new events and plateau metrics are durable before the reply;
+            # bare progress (step, LRs, ~10/s from rank 0) is fsynced at most every few
+            # seconds; a restart may show a slightly older step, never another version.
+            if done or new_events or consumed or now - job.persisted_at >= PROGRESS_PERSIST_S:
+                await self._write(Change(record, new_events, done, consumed), apply)
+                job.persisted_at = now
+            else:
+                apply()
             if rec.verbose and lrs:
                 _log_lr_changes(job_id, step, rec.lrs, lrs)
             self._after_write(job, new_events, done)
