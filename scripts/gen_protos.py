@@ -16,27 +16,26 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_ROOT = ROOT / "proto"
 PACKAGE = Path("lrctl") / "v1"
 HEADER = '"""Generated from proto/lrctl/v1 by scripts/gen_protos.py. Do not edit."""\n'
 
 
-def generate(out_root: Path) -> list[Path]:
-    """Run protoc (grpcio-tools) into ``out_root``; return the generated files."""
+def generate(proto_root: Path, out_root: Path) -> list[Path]:
+    """Run protoc (grpcio-tools) on ``proto_root`` into ``out_root``; return the files."""
     from grpc_tools import protoc
 
-    protos = sorted((PROTO_ROOT / PACKAGE).glob("*.proto"))
+    protos = sorted((proto_root / PACKAGE).glob("*.proto"))
     include = Path(protoc.__file__).parent / "_proto"
     out_dir = out_root / PACKAGE
     out_dir.mkdir(parents=True, exist_ok=True)
     args = [
         "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
+        f"-I{proto_root}",
         f"-I{include}",
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
         f"--grpc_python_out={out_root}",
-        *(str(p.relative_to(PROTO_ROOT)) for p in protos),
+        *(str(p.relative_to(proto_root)) for p in protos),
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
@@ -47,10 +46,12 @@ def generate(out_root: Path) -> list[Path]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if lrctl/v1 is stale")
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="the checkout holding proto/ and lrctl/v1 (default: this one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = generate(Path(tmp))
-        target = ROOT / PACKAGE
+        fresh = generate(args.root / "proto", Path(tmp))
+        target = args.root / PACKAGE
         if args.check:
             stale = [
                 p.name
