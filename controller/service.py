@@ -52,7 +52,7 @@ from lrctl.errors import LrctlError
 from lrctl.overrides import Event, Op, resolve_pending, validate_override
 from lrctl.program import LRProgram
 from lrctl.program import preview as program_preview
-from lrctl.schedules import ReduceLROnPlateau, build_schedule
+from lrctl.schedules import ReduceLROnPlateau, Schedule, build_schedule
 
 __all__ = ["ControllerService", "JobView", "WatchKind", "WatchMessage", "check_job_id"]
 
@@ -76,6 +76,7 @@ class _Job:
     plateau: JobPlateau
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     persisted_at: float = 0.0  # when the record (step, LRs) was last written
+    built: dict[str, Schedule] = field(default_factory=dict)  # reused by display programs
     # (key, program) of _display_lrs: the cached program for the current log.
     display: tuple[object, LRProgram | None] = (None, None)
     watchers: Counter[str] = field(default_factory=Counter)
@@ -530,7 +531,7 @@ def _display_lrs(job: _Job) -> list[float]:
     try:
         if job.display[0] != key:
             events = resolve_pending(job.events, step)
-            job.display = (key, LRProgram(rec.schedule, rec.base_lrs, events))
+            job.display = (key, LRProgram(rec.schedule, rec.base_lrs, events, job.built))
         program = job.display[1]
         if program is None:
             raise LrctlError("no program")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from lrctl.errors import SpecError
 from lrctl.overrides import Event, Op, applied
 from lrctl.schedules import ReduceLROnPlateau, Schedule, build_schedule
-from lrctl.spec import Spec
+from lrctl.spec import Spec, parse_spec
 
 __all__ = ["LRProgram", "preview"]
 
@@ -39,20 +39,25 @@ class LRProgram:
         schedule: The job's initial spec (text, :class:`Spec` or dict form).
         base_lrs: One base LR per param group (torch's ``initial_lr``).
         events: The job's log; pending events (no ``effective_step``) are ignored.
+        schedules: Built schedules to reuse, by canonical spec text, filled as it goes. A
+            holder that rebuilds its program on every new version passes the same dict
+            each time, so recurrence schedules keep their cached checkpoints instead of
+            replaying from step 0.
 
     Raises:
         SpecError: invalid spec, base LRs or a replacement spec in the log.
     """
 
     def __init__(self, schedule: str | Spec, base_lrs: Sequence[float],
-                 events: Sequence[Event] = ()) -> None:
+                 events: Sequence[Event] = (),
+                 schedules: dict[str, Schedule] | None = None) -> None:
         self.base_lrs = _check_base_lrs(base_lrs)
         n = len(self.base_lrs)
-        self.schedule = build_schedule(schedule, n)
+        built: dict[str, Schedule] = {} if schedules is None else schedules
+        self.schedule = _build(schedule, n, built)
         state = [_Group(self.schedule, 0, plateau_lr=b) for b in self.base_lrs]
         self._starts: list[int] = [0]
         self._states: list[tuple[_Group, ...]] = [tuple(state)]
-        built: dict[str, Schedule] = {}
         log = applied(events)
         for event in log:
             step = event.effective_step
@@ -132,15 +137,22 @@ def _apply(st: _Group, event: Event, step: int, base: float, built: dict[str, Sc
         return replace(st, held=None, scale=1.0)
     if event.op is Op.REPLACE_SCHEDULE:
         text = event.schedule or ""
-        if text not in built:
-            built[text] = build_schedule(text, num_groups)
-        return _Group(built[text], step, plateau_lr=base)
+        return _Group(_build(text, num_groups, built), step, plateau_lr=base)
     if event.op is Op.PLATEAU_REDUCE:
         if isinstance(st.schedule, ReduceLROnPlateau) and st.plateau_lr is not None:
             lrs = [st.plateau_lr] * num_groups
             return replace(st, plateau_lr=st.schedule.reduce(lrs, group)[group])
         return st
     raise SpecError(f"unknown event op {event.op!r}")  # pragma: no cover
+
+
+def _build(spec: str | Spec, num_groups: int, built: dict[str, Schedule]) -> Schedule:
+    """Build ``spec`` once per text and group count (schedules are immutable but for caches)."""
+    key = f"{num_groups}:{spec if isinstance(spec, str) else parse_spec(spec).to_text()}"
+    schedule = built.get(key)
+    if schedule is None:
+        schedule = built[key] = build_schedule(spec, num_groups)
+    return schedule
 
 
 def _check_base_lrs(base_lrs: Sequence[float]) -> list[float]:

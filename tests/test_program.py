@@ -165,3 +165,16 @@ def test_plateau_reductions_match_torch(spec: str) -> None:
 def test_event_at_step_zero_applies() -> None:
     # An override made before any worker reported takes effect at step 0.
     assert LRProgram(STEP, [0.1], [ev(2, Op.SCALE, 0, 0.5)]).lrs(0) == [0.05]
+
+
+def test_rebuilt_programs_reuse_built_schedules_and_their_caches() -> None:
+    # A worker rebuilds its program on every new version; passing the same dict keeps a
+    # recurrence schedule's checkpoints, so a new version does not replay from step 0.
+    spec = "MultiplicativeLR(lr_lambda='0.9999')"
+    built: dict = {}
+    first = LRProgram(spec, [0.1], (), built)
+    value = first.lrs(50_000)
+    second = LRProgram(spec, [0.1], [ev(2, Op.SCALE, 50_001, 0.5)], built)
+    assert second.schedule is first.schedule
+    assert second.lrs(50_000) == value
+    assert second.lrs(50_001) == pytest.approx([0.1 * 0.9999**50_001 * 0.5], rel=1e-9)

@@ -15,7 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from lrctl.program import LRProgram
-from lrctl.schedules import ReduceLROnPlateau
+from lrctl.schedules import ReduceLROnPlateau, Schedule
 from lrctl.spec import Spec, parse_spec
 from worker._agreement import VersionAgreement
 from worker._config import WorkerConfig
@@ -83,6 +83,7 @@ class RemoteLRScheduler(LRScheduler):
                                     base_lrs=base_lrs, verbose=verbose)
         state = self._link.attach()
         self._applied_steps: dict[int, int] = {}  # version -> step it took effect here
+        self._built: dict[str, Schedule] = {}  # reused across versions (recurrence caches)
         # Pending events resolved at construction: the step they take effect at is only
         # final once load_state_dict() had its chance (a resume moves them), so they are
         # reported at the first step() instead.
@@ -243,7 +244,7 @@ class RemoteLRScheduler(LRScheduler):
                     self._link.post_applied(event.version, step)
             self._applied_steps[event.version] = local
             events.append(dataclasses.replace(event, effective_step=local))
-        self._program = LRProgram(state.schedule, state.base_lrs, events)
+        self._program = LRProgram(state.schedule, state.base_lrs, events, self._built)
         self._cycles = self._program.cycles_momentum
         self._plateau = isinstance(self._program.schedule, ReduceLROnPlateau)
         if version > self._applied_version and self._applied_version:
