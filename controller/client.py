@@ -30,7 +30,7 @@ from lrctl.errors import LrctlError, OverrideError
 from lrctl.overrides import Event as CoreEvent
 from lrctl.overrides import Op
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
-from lrctl.wire import event_from_proto
+from lrctl.wire import ADDRESS_ENV_VAR, DEFAULT_ADDRESS, TOKEN_ENV_VAR, event_from_proto
 
 __all__ = [
     "ADDRESS_ENV_VAR",
@@ -48,12 +48,6 @@ __all__ = [
     "WatchStream",
 ]
 
-#: Environment variable holding the controller's ``HOST:PORT``.
-ADDRESS_ENV_VAR = "LRCTL_ADDRESS"
-#: Environment variable holding the bearer token sent with every call.
-TOKEN_ENV_VAR = "LRCTL_TOKEN"
-#: Where the controller listens when nothing else is said (``lrctl serve``'s default).
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 #: Deadline of every unary call, in seconds. Watch streams have none.
 DEFAULT_TIMEOUT_SECONDS = 10.0
 

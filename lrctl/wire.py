@@ -13,15 +13,25 @@ from lrctl.overrides import Event, Op
 from lrctl.v1 import lrctl_pb2
 
 __all__ = [
+    "ADDRESS_ENV_VAR",
     "CLIENT_CHANNEL_OPTIONS",
+    "DEFAULT_ADDRESS",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "OP_TO_PROTO",
     "PROTO_TO_OP",
+    "TOKEN_ENV_VAR",
     "auth_metadata",
     "event_from_proto",
     "event_to_proto",
     "events_from_proto",
 ]
+
+#: Environment variable holding the controller's ``HOST:PORT`` (CLI and workers).
+ADDRESS_ENV_VAR = "LRCTL_ADDRESS"
+#: Environment variable holding the bearer token sent with every call.
+TOKEN_ENV_VAR = "LRCTL_TOKEN"
+#: Where the controller listens when nothing else is said (``lrctl serve``'s default).
+DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 #: A Watch snapshot carries the whole event log; 16 MiB holds ~100k events.
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024

@@ -11,8 +11,26 @@ import threading
 import time
 from pathlib import Path
 
+from controller.client import Client, ClientError
+
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on (?P<host>[\d.]+):(?P<port>\d+)")
+
+
+def wait_for_step(client: Client, job: str, step: int, timeout: float = 120) -> int:
+    """Wait until rank 0 has reported ``step`` (the job appears when the ranks attach)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            current = client.get_job(job).step
+        except ClientError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            current = -1
+        if current >= step:
+            return current
+        time.sleep(0.05)
+    raise AssertionError(f"job {job} never reached step {step}")
 
 
 class ControllerProcess:

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from controller.client import Client, ClientError
-from tests.procs import ROOT, ControllerProcess
+from controller.client import Client
+from tests.procs import ROOT, ControllerProcess, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -68,22 +68,6 @@ def check_consistent(ranks: list[dict[str, Any]]) -> None:
                 raise AssertionError(f"rank {r} differs from rank 0 at step {a[0]}: {b} != {a}")
         if other["params"] != first["params"]:
             raise AssertionError(f"rank {r}'s parameters differ from rank 0's")
-
-
-def wait_for_step(client: Client, job: str, step: int, timeout: float = 120) -> int:
-    """Wait until rank 0 has reported ``step`` (the job appears when the ranks attach)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            current = client.get_job(job).step
-        except ClientError as exc:
-            if exc.code != "NOT_FOUND":
-                raise
-            current = -1
-        if current >= step:
-            return current
-        time.sleep(0.05)
-    raise AssertionError(f"job {job} never reached step {step}")
 
 
 def send_overrides_at_random_moments(client: Client, job: str, rng: random.Random,

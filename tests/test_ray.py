@@ -14,14 +14,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from controller.client import Client, ClientError
-from tests.procs import ROOT, ControllerProcess
+from controller.client import Client
+from tests.procs import ROOT, ControllerProcess, wait_for_step
 
 pytestmark = pytest.mark.slow
 
@@ -37,19 +36,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for_step(client: Client, job: str, step: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if client.get_job(job).step >= step:
-                return
-        except ClientError as exc:
-            if exc.code != "NOT_FOUND":
-                raise
-        time.sleep(0.1)
-    raise AssertionError(f"{job} never reached step {step}")
 
 
 @pytest.fixture

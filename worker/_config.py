@@ -11,13 +11,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from lrctl.errors import LrctlError
+from lrctl.wire import ADDRESS_ENV_VAR, DEFAULT_ADDRESS, TOKEN_ENV_VAR
 
 __all__ = ["WorkerConfig", "WorkerError"]
 
-ADDRESS_ENV_VAR = "LRCTL_ADDRESS"
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 JOB_ENV_VAR = "LRCTL_JOB"
-TOKEN_ENV_VAR = "LRCTL_TOKEN"
 CONNECT_TIMEOUT_ENV_VAR = "LRCTL_CONNECT_TIMEOUT"
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 REPORT_INTERVAL_ENV_VAR = "LRCTL_REPORT_INTERVAL"
