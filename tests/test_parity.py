@@ -16,20 +16,25 @@ from lrctl.program import LRProgram, preview
 from tests.torch_ref import torch_rows
 
 REL = 1e-12
-# Near a value of exactly 0 relative error is meaningless: torch's recursions land a few
-# ulps of the *base* LR away from the closed form (LinearLR to end_factor=0 gives -7e-19;
-# CosineAnnealingLR's recursion near eta_min=0 is off by ~2e-16 of the base). The absolute
-# floor is 1e-15 of the largest base LR in every case here (all bases are <= 1).
-ABS = 1e-15
+# Where the closed form is exactly 0 (LinearLR to end_factor=0, PolynomialLR at total_iters)
+# torch's recursion can land on +-1e-19 instead: relative error is meaningless there.
+ABS = 1e-16
+# torch's CosineAnnealingLR recursion reaches eta_min a few ulps of the base LR off; at
+# T_max + 1 it re-anchors by adding (base - eta_min)(1 - cos(pi/T_max))/2, a tiny term, so
+# that absolute error becomes a relative one (1.3e-12 seen for T_max=243) that the
+# following multiplicative steps carry on. Random cosine cases are held to this; the closed
+# form is checked against torch's own at 1e-12 (test_matches_torch_closed_form_over_10k_steps).
+REL_COSINE_RECURSION = 1e-11
 BASE = [0.1, 0.05]
 STEPS = 1000
 
 
-def assert_rows_close(ours: list[list[float]], theirs: list[list[float]], what: str) -> None:
+def assert_rows_close(ours: list[list[float]], theirs: list[list[float]], what: str,
+                      rel: float = REL) -> None:
     assert len(ours) == len(theirs)
     for t, (a_row, b_row) in enumerate(zip(ours, theirs)):
         for g, (a, b) in enumerate(zip(a_row, b_row)):
-            if not math.isclose(a, b, rel_tol=REL, abs_tol=ABS):
+            if not math.isclose(a, b, rel_tol=rel, abs_tol=ABS):
                 raise AssertionError(
                     f"{what}: step {t} group {g}: lrctl {a!r} != torch {b!r} "
                     f"(rel {abs(a - b) / max(abs(b), 1e-300):.3g})")
@@ -203,7 +208,8 @@ def test_random_parameters_match_torch(spec: str, base: list[float]) -> None:
     steps = 300
     theirs, their_momenta = torch_rows(spec, base, steps, tensor_group=len(base) - 1)
     program = LRProgram(spec, base)
-    assert_rows_close(program.rows(steps), theirs, spec)
+    rel = REL_COSINE_RECURSION if "CosineAnnealingLR" in spec else REL
+    assert_rows_close(program.rows(steps), theirs, spec, rel)
     if program.cycles_momentum:
         assert_rows_close([program.momenta(t) for t in range(steps)],  # type: ignore[misc]
                           their_momenta, spec + " momentum")
