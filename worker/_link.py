@@ -98,7 +98,6 @@ class ControllerLink:
         self._sent: _Progress | None = None
         self._applied: collections.deque[tuple[int, int]] = collections.deque()
         self._plateau: collections.deque[tuple[int, float]] = collections.deque()
-        self._metrics: dict[str, float] = {}
 
     # -- construction ------------------------------------------------------------------------
 
@@ -147,9 +146,6 @@ class ControllerLink:
 
     def post_plateau_metric(self, step: int, value: float) -> None:
         self._plateau.append((step, value))
-
-    def post_metrics(self, metrics: dict[str, float]) -> None:
-        self._metrics = dict(metrics)
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -268,7 +264,6 @@ class ControllerLink:
             applied_version=progress[1], lrs=progress[2], final=final,
             applied=[lrctl_pb2.AppliedVersion(version=v, effective_step=s) for v, s in applied],
             plateau_metrics=[lrctl_pb2.PlateauMetric(step=s, value=x) for s, x in plateau],
-            metrics=self._metrics,
         )
         try:
             self._stub.Report(request, timeout=timeout, metadata=self._metadata)

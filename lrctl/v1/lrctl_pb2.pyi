@@ -59,7 +59,7 @@ class OverrideEvent(_message.Message):
     def __init__(self, version: _Optional[int] = ..., op: _Optional[_Union[OverrideOp, str]] = ..., value: _Optional[float] = ..., schedule: _Optional[str] = ..., param_group: _Optional[int] = ..., effective_step: _Optional[int] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., applied_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "schedule", "base_lrs", "version", "step", "lrs", "state", "events", "created_at", "updated_at", "verbose", "workers", "created_version")
+    __slots__ = ("job_id", "schedule", "base_lrs", "version", "step", "lrs", "state", "events", "created_at", "updated_at", "verbose", "workers", "created_version", "epoch", "world_size", "watch_streams", "applied_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     BASE_LRS_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,10 @@ class Job(_message.Message):
     VERBOSE_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     CREATED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WATCH_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     schedule: str
     base_lrs: _containers.RepeatedScalarFieldContainer[float]
@@ -86,29 +90,39 @@ class Job(_message.Message):
     verbose: bool
     workers: int
     created_version: int
-    def __init__(self, job_id: _Optional[str] = ..., schedule: _Optional[str] = ..., base_lrs: _Optional[_Iterable[float]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., lrs: _Optional[_Iterable[float]] = ..., state: _Optional[_Union[JobState, str]] = ..., events: _Optional[_Iterable[_Union[OverrideEvent, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verbose: _Optional[bool] = ..., workers: _Optional[int] = ..., created_version: _Optional[int] = ...) -> None: ...
+    epoch: int
+    world_size: int
+    watch_streams: int
+    applied_version: int
+    def __init__(self, job_id: _Optional[str] = ..., schedule: _Optional[str] = ..., base_lrs: _Optional[_Iterable[float]] = ..., version: _Optional[int] = ..., step: _Optional[int] = ..., lrs: _Optional[_Iterable[float]] = ..., state: _Optional[_Union[JobState, str]] = ..., events: _Optional[_Iterable[_Union[OverrideEvent, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., verbose: _Optional[bool] = ..., workers: _Optional[int] = ..., created_version: _Optional[int] = ..., epoch: _Optional[int] = ..., world_size: _Optional[int] = ..., watch_streams: _Optional[int] = ..., applied_version: _Optional[int] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
-    __slots__ = ("job_id", "schedule", "base_lrs", "replace", "verbose")
+    __slots__ = ("job_id", "schedule", "base_lrs", "replace", "verbose", "attach", "world_size")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     BASE_LRS_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     VERBOSE_FIELD_NUMBER: _ClassVar[int]
+    ATTACH_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     schedule: str
     base_lrs: _containers.RepeatedScalarFieldContainer[float]
     replace: bool
     verbose: bool
-    def __init__(self, job_id: _Optional[str] = ..., schedule: _Optional[str] = ..., base_lrs: _Optional[_Iterable[float]] = ..., replace: _Optional[bool] = ..., verbose: _Optional[bool] = ...) -> None: ...
+    attach: bool
+    world_size: int
+    def __init__(self, job_id: _Optional[str] = ..., schedule: _Optional[str] = ..., base_lrs: _Optional[_Iterable[float]] = ..., replace: _Optional[bool] = ..., verbose: _Optional[bool] = ..., attach: _Optional[bool] = ..., world_size: _Optional[int] = ...) -> None: ...
 
 class CreateJobResponse(_message.Message):
-    __slots__ = ("job", "created")
+    __slots__ = ("job", "created", "epoch")
     JOB_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     job: Job
     created: bool
-    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
+    epoch: int
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., created: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -256,15 +270,20 @@ class PlateauMetric(_message.Message):
     value: float
     def __init__(self, step: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
 
+class Divergence(_message.Message):
+    __slots__ = ("step", "version", "lr_checksums", "detail")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LR_CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    version: int
+    lr_checksums: _containers.RepeatedScalarFieldContainer[float]
+    detail: str
+    def __init__(self, step: _Optional[int] = ..., version: _Optional[int] = ..., lr_checksums: _Optional[_Iterable[float]] = ..., detail: _Optional[str] = ...) -> None: ...
+
 class ReportRequest(_message.Message):
-    __slots__ = ("job_id", "rank", "step", "applied_version", "lrs", "applied", "plateau_metrics", "metrics", "final")
-    class MetricsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: float
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    __slots__ = ("job_id", "rank", "step", "applied_version", "lrs", "applied", "plateau_metrics", "final", "epoch", "world_size", "divergences")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -272,8 +291,10 @@ class ReportRequest(_message.Message):
     LRS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     PLATEAU_METRICS_FIELD_NUMBER: _ClassVar[int]
-    METRICS_FIELD_NUMBER: _ClassVar[int]
     FINAL_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DIVERGENCES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     step: int
@@ -281,9 +302,11 @@ class ReportRequest(_message.Message):
     lrs: _containers.RepeatedScalarFieldContainer[float]
     applied: _containers.RepeatedCompositeFieldContainer[AppliedVersion]
     plateau_metrics: _containers.RepeatedCompositeFieldContainer[PlateauMetric]
-    metrics: _containers.ScalarMap[str, float]
     final: bool
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., applied_version: _Optional[int] = ..., lrs: _Optional[_Iterable[float]] = ..., applied: _Optional[_Iterable[_Union[AppliedVersion, _Mapping]]] = ..., plateau_metrics: _Optional[_Iterable[_Union[PlateauMetric, _Mapping]]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., final: _Optional[bool] = ...) -> None: ...
+    epoch: int
+    world_size: int
+    divergences: _containers.RepeatedCompositeFieldContainer[Divergence]
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., applied_version: _Optional[int] = ..., lrs: _Optional[_Iterable[float]] = ..., applied: _Optional[_Iterable[_Union[AppliedVersion, _Mapping]]] = ..., plateau_metrics: _Optional[_Iterable[_Union[PlateauMetric, _Mapping]]] = ..., final: _Optional[bool] = ..., epoch: _Optional[int] = ..., world_size: _Optional[int] = ..., divergences: _Optional[_Iterable[_Union[Divergence, _Mapping]]] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
     __slots__ = ("version",)
