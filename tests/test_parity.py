@@ -76,6 +76,12 @@ CASES = [
                  "base_momentum=0.7, max_momentum=[0.95, 0.9])", id="cyclic-scale-fn-iterations"),
     pytest.param("CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=10, cycle_momentum=False)",
                  id="cyclic-no-momentum"),
+    # torch's own test_lrscheduler cycles momentum between 1 and 5 (and up to 22): any
+    # finite momentum is the optimizer's business, not the scheduler's.
+    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=40, base_momentum=1, "
+                 "max_momentum=5)", id="cyclic-momentum-1-to-5"),
+    pytest.param("OneCycleLR(max_lr=0.1, total_steps=1000, base_momentum=1, max_momentum=22)",
+                 id="onecycle-momentum-1-to-22"),
     pytest.param("CosineAnnealingWarmRestarts(T_0=50, T_mult=2, eta_min=0.001)",
                  id="warm-restarts-seed"),
     pytest.param("CosineAnnealingWarmRestarts(T_0=13)", id="warm-restarts-mult1"),
@@ -130,6 +136,22 @@ def test_momentum_cycles_adam_beta1(spec: str) -> None:
     assert_rows_close(program.rows(STEPS), theirs, spec)
     assert_rows_close([program.momenta(t) for t in range(STEPS)],  # type: ignore[misc]
                       their_betas, spec + " beta1")
+
+
+@pytest.mark.parametrize("spec", [
+    pytest.param("CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=10, cycle_momentum=False, "
+                 "base_momentum=5, max_momentum=[1, 2, 3])", id="cyclic"),
+    pytest.param("OneCycleLR(max_lr=0.1, total_steps=1000, cycle_momentum=False, "
+                 "base_momentum=22, max_momentum=-1)", id="onecycle"),
+])
+def test_momentum_arguments_are_ignored_without_cycle_momentum(spec: str) -> None:
+    # torch never reads base_momentum/max_momentum when cycle_momentum=False (not even
+    # their count), and leaves the optimizer's momentum alone.
+    theirs, their_momenta = torch_rows(spec, BASE, STEPS)
+    program = LRProgram(spec, BASE)
+    assert_rows_close(program.rows(STEPS), theirs, spec)
+    assert not program.cycles_momentum and program.momenta(0) is None
+    assert {m for row in their_momenta for m in row} == {0.9}  # the optimizer's own value
 
 
 def test_any_step_without_replay_matches_sequential() -> None:

@@ -82,14 +82,23 @@ class CosineAnnealingWarmRestarts(Schedule):
 
 
 class _MomentumCycling(Schedule):
-    """Shared handling of ``cycle_momentum``, ``base_momentum`` and ``max_momentum``."""
+    """Shared handling of ``cycle_momentum``, ``base_momentum`` and ``max_momentum``.
+
+    As torch: any finite momentum is accepted (torch's own tests cycle between 1 and 5;
+    only the optimizer decides what momentum is valid), and both are ignored, unchecked,
+    when ``cycle_momentum=False``.
+    """
 
     def _momentum_args(self, cycle_momentum: Any, base_momentum: Any, max_momentum: Any) -> None:
         self.cycle_momentum = self._bool("cycle_momentum", cycle_momentum)
+        self.base_momentums: list[float] = []
+        self.max_momentums: list[float] = []
+        if not self.cycle_momentum:
+            return
         self.base_momentums = self._per_group(
-            "base_momentum", base_momentum, lambda k, v: self._float(k, v, maximum=1.0))
+            "base_momentum", base_momentum, lambda k, v: self._float(k, v, minimum=None))
         self.max_momentums = self._per_group(
-            "max_momentum", max_momentum, lambda k, v: self._float(k, v, maximum=1.0))
+            "max_momentum", max_momentum, lambda k, v: self._float(k, v, minimum=None))
 
     @property
     def cycles_momentum(self) -> bool:
