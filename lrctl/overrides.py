@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import html
 import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from lrctl._render import iso_time, json_float, short_time
 from lrctl.errors import OverrideError
 
-__all__ = ["Event", "Op", "parse_override", "resolve_pending", "validate_override"]
+__all__ = ["Event", "History", "Op", "parse_override", "resolve_pending", "validate_override"]
 
 
 class Op(str, enum.Enum):
@@ -91,6 +94,62 @@ class Event:
         else:
             text = self.op.value
         return text + target
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the CLI's JSON form (``lrctl history --json``).
+
+        ``op`` is the op's name (``"scale"``...), ``effective_step`` None while pending,
+        times ISO 8601 UTC strings (None when unset), a non-finite value a string.
+        """
+        return {
+            "version": self.version,
+            "op": self.op.value,
+            "value": None if self.value is None else json_float(self.value),
+            "schedule": self.schedule,
+            "group": self.group,
+            "effective_step": self.effective_step,
+            "actor": self.actor,
+            "reason": self.reason,
+            "created_at": iso_time(self.created_at),
+            "applied_at": iso_time(self.applied_at),
+        }
+
+
+_HISTORY_COLUMNS = ("version", "change", "effective step", "actor", "reason", "created",
+                    "applied")
+
+
+class History(tuple[Event, ...]):
+    """A job's override log, oldest first: a tuple of :class:`Event` that renders as a table.
+
+    In a notebook, ``client.history("run-42")`` shows an HTML table (no pandas needed);
+    :meth:`rows` gives the same cells as text, :meth:`to_dicts` the JSON form.
+    """
+
+    __slots__ = ()
+
+    def rows(self) -> list[list[str]]:
+        """Return one row of text cells per event, in :data:`_HISTORY_COLUMNS` order."""
+        return [[str(e.version), e.describe(),
+                 "pending" if e.effective_step is None else str(e.effective_step),
+                 e.actor or "-", e.reason or "-", short_time(e.created_at),
+                 short_time(e.applied_at)] for e in self]
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        """Return :meth:`Event.to_dict` of each event (``lrctl history --json``)."""
+        return [e.to_dict() for e in self]
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in _HISTORY_COLUMNS)
+        if not self:
+            return f"<table><thead><tr>{head}</tr></thead><tbody></tbody></table>" \
+                   "<p>no overrides</p>"
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row)
+                       + "</tr>" for row in self.rows())
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __repr__(self) -> str:
+        return f"History({list(self)!r})"
 
 
 _OVERRIDE_RE = re.compile(r"^\s*lr\s*(\*=|/=|=)\s*(\S+)\s*$")

@@ -1,0 +1,120 @@
+"""Every tunable of lrctl in one place, as ``*_ENV_VAR`` / ``DEFAULT_*`` pairs (Ray's style).
+
+Nothing here reads the environment: the loaders (:meth:`lrctl.client.TLSConfig.from_env`,
+:meth:`lrctl.client.Client`, ``worker.WorkerConfig.load``, ``controller.config``) do, when
+they are called, never at import time.
+
+Client and server names never collide: clients read ``LRCTL_ADDRESS``, ``LRCTL_TOKEN`` and
+``LRCTL_TLS_*``; ``lrctl serve`` reads ``LRCTL_<FLAG>`` and ``LRCTL_SERVER_TLS_*``.
+
+Keepalive (the contract between both sides; this is the one place it is written down):
+
+* Clients ping every :data:`CLIENT_KEEPALIVE_TIME_MS` (10 s) and give a ping
+  :data:`CLIENT_KEEPALIVE_TIMEOUT_MS` (5 s; set both as ``grpc.keepalive_timeout_ms`` and
+  ``grpc.http2.ping_timeout_ms``, which newer gRPC cores use for the same purpose), even
+  without calls in flight. A frozen or unreachable controller is so detected within ~15 s
+  even while a Watch stream sits idle between heartbeats.
+* The server accepts client pings as often as every :data:`SERVER_MIN_PING_INTERVAL_MS`
+  (5 s): clients must not ping more often, or the server answers GOAWAY ``too_many_pings``.
+* The server pings each client every :data:`SERVER_KEEPALIVE_TIME_MS` (30 s) and drops the
+  connection after :data:`SERVER_KEEPALIVE_TIMEOUT_MS` (10 s) without an answer: that ends
+  the Watch streams of a dead or partitioned worker, so ``lrctl_watch_streams`` drops.
+* Reconnect backoff of the channel is capped at :data:`CLIENT_MAX_RECONNECT_BACKOFF_MS`
+  (5 s), so workers catch up quickly after a controller restart.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ADDRESS_ENV_VAR",
+    "AGREE_EVERY_ENV_VAR",
+    "CLIENT_CHANNEL_OPTIONS",
+    "CLIENT_KEEPALIVE_TIMEOUT_MS",
+    "CLIENT_KEEPALIVE_TIME_MS",
+    "CLIENT_MAX_RECONNECT_BACKOFF_MS",
+    "CONNECT_TIMEOUT_ENV_VAR",
+    "DEFAULT_ADDRESS",
+    "DEFAULT_AGREE_EVERY",
+    "DEFAULT_BACKOFF_INITIAL_S",
+    "DEFAULT_BACKOFF_MAX_S",
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_REPORT_INTERVAL_S",
+    "DEFAULT_TIMEOUT_S",
+    "JOB_ENV_VAR",
+    "REPORT_INTERVAL_ENV_VAR",
+    "SERVER_KEEPALIVE_TIMEOUT_MS",
+    "SERVER_KEEPALIVE_TIME_MS",
+    "SERVER_MIN_PING_INTERVAL_MS",
+    "TIMEOUT_ENV_VAR",
+    "TLS_CA_ENV_VAR",
+    "TLS_CERT_ENV_VAR",
+    "TLS_KEY_ENV_VAR",
+    "TOKEN_ENV_VAR",
+]
+
+# -- clients (CLI, scripts, workers) -----------------------------------------------------------
+
+#: The controller's ``HOST:PORT`` (or ``HOST:PORT,HOST:PORT`` for replicas).
+ADDRESS_ENV_VAR = "LRCTL_ADDRESS"
+#: Where ``lrctl serve`` listens when nothing else is said.
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+#: The bearer token sent with every call (``authorization: Bearer <token>``).
+TOKEN_ENV_VAR = "LRCTL_TOKEN"
+#: PEM file of the CA that signed the controller's certificate; setting it turns TLS on.
+TLS_CA_ENV_VAR = "LRCTL_TLS_CA"
+#: PEM certificate chain the client presents (mutual TLS); needs :data:`TLS_KEY_ENV_VAR`.
+TLS_CERT_ENV_VAR = "LRCTL_TLS_CERT"
+#: PEM private key of :data:`TLS_CERT_ENV_VAR`.
+TLS_KEY_ENV_VAR = "LRCTL_TLS_KEY"
+#: Deadline of every unary call, in seconds (Watch streams have none).
+TIMEOUT_ENV_VAR = "LRCTL_TIMEOUT"
+DEFAULT_TIMEOUT_S = 10.0
+
+#: A Watch snapshot carries the whole event log; 16 MiB holds ~100k events.
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+CLIENT_KEEPALIVE_TIME_MS = 10_000
+CLIENT_KEEPALIVE_TIMEOUT_MS = 5_000
+CLIENT_MAX_RECONNECT_BACKOFF_MS = 5_000
+
+#: gRPC channel arguments of every client (see the module docstring for the keepalive).
+CLIENT_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", CLIENT_KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", CLIENT_KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", CLIENT_KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", CLIENT_MAX_RECONNECT_BACKOFF_MS),
+    ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+)
+
+#: First delay before the Watch follower reconnects; doubles (with jitter) per failure.
+DEFAULT_BACKOFF_INITIAL_S = 0.2
+#: Longest delay between two reconnect attempts of the Watch follower.
+DEFAULT_BACKOFF_MAX_S = 5.0
+
+# -- workers (RemoteLRScheduler) ---------------------------------------------------------------
+
+#: The job id; else the Ray Train run name or torchrun's ``TORCHELASTIC_RUN_ID``.
+JOB_ENV_VAR = "LRCTL_JOB"
+#: How long construction waits for the controller before raising, in seconds.
+CONNECT_TIMEOUT_ENV_VAR = "LRCTL_CONNECT_TIMEOUT"
+DEFAULT_CONNECT_TIMEOUT_S = 30.0
+#: Minimum time between two progress reports from rank 0, in seconds (~10 per second).
+REPORT_INTERVAL_ENV_VAR = "LRCTL_REPORT_INTERVAL"
+DEFAULT_REPORT_INTERVAL_S = 0.1
+#: Ranks agree on the version to apply every this many steps.
+AGREE_EVERY_ENV_VAR = "LRCTL_AGREE_EVERY"
+DEFAULT_AGREE_EVERY = 1
+
+# -- the controller (lrctl serve) --------------------------------------------------------------
+# The keepalive contract (module docstring). The ``lrctl serve`` flags' LRCTL_<FLAG> names,
+# LRCTL_SERVER_TLS_*, LRCTL_METRICS_TLS_* and the default limits follow here.
+
+SERVER_KEEPALIVE_TIME_MS = 30_000
+SERVER_KEEPALIVE_TIMEOUT_MS = 10_000
+SERVER_MIN_PING_INTERVAL_MS = 5_000

@@ -1,0 +1,225 @@
+"""The only conversion between protobuf messages (``lrctl.v1``) and the domain model.
+
+The servicer, the client and the worker all convert here, so a field added to the proto is
+mapped once. Times are float Unix seconds on the domain side and ``Timestamp`` on the wire
+(unset when the domain has 0.0 / None).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from lrctl.model import Job, JobState, Report, WatchKind, WatchMessage
+from lrctl.overrides import Event, Op
+from lrctl.v1 import lrctl_pb2
+
+__all__ = [
+    "CLIENT_OPS",
+    "OP_TO_PROTO",
+    "PROTO_TO_OP",
+    "event_from_proto",
+    "event_to_proto",
+    "events_from_proto",
+    "job_from_proto",
+    "job_to_proto",
+    "report_from_proto",
+    "report_to_proto",
+    "watch_from_proto",
+    "watch_to_proto",
+]
+
+OP_TO_PROTO: dict[Op, int] = {
+    Op.SCALE: lrctl_pb2.OVERRIDE_OP_SCALE,
+    Op.SET: lrctl_pb2.OVERRIDE_OP_SET,
+    Op.CLEAR: lrctl_pb2.OVERRIDE_OP_CLEAR,
+    Op.REPLACE_SCHEDULE: lrctl_pb2.OVERRIDE_OP_REPLACE_SCHEDULE,
+    Op.PLATEAU_REDUCE: lrctl_pb2.OVERRIDE_OP_PLATEAU_REDUCE,
+}
+PROTO_TO_OP: dict[int, Op] = {v: k for k, v in OP_TO_PROTO.items()}
+#: The ops a client may ask for in an Override call (plateau reductions are the controller's).
+CLIENT_OPS: frozenset[Op] = frozenset({Op.SCALE, Op.SET, Op.CLEAR, Op.REPLACE_SCHEDULE})
+
+_STATE_TO_PROTO: dict[JobState, int] = {
+    JobState.RUNNING: lrctl_pb2.JOB_STATE_RUNNING,
+    JobState.FINISHED: lrctl_pb2.JOB_STATE_FINISHED,
+}
+_KIND = lrctl_pb2.WatchResponse
+_KIND_TO_PROTO: dict[WatchKind, int] = {
+    WatchKind.SNAPSHOT: _KIND.KIND_SNAPSHOT,
+    WatchKind.EVENT: _KIND.KIND_EVENT,
+    WatchKind.RESYNC: _KIND.KIND_RESYNC,
+    WatchKind.HEARTBEAT: _KIND.KIND_HEARTBEAT,
+    WatchKind.FINISHED: _KIND.KIND_FINISHED,
+}
+_PROTO_TO_KIND: dict[int, WatchKind] = {v: k for k, v in _KIND_TO_PROTO.items()}
+
+
+def _seconds(msg: Any, field: str) -> float | None:
+    """Return a ``Timestamp`` field as Unix seconds, None when unset."""
+    if not msg.HasField(field):
+        return None
+    stamp = getattr(msg, field)
+    return float(stamp.seconds) + float(stamp.nanos) / 1e9
+
+
+def _stamp(msg: Any, field: str, seconds: float | None) -> None:
+    """Set a ``Timestamp`` field from Unix seconds; None and 0.0 leave it unset."""
+    if seconds:
+        whole = math.floor(seconds)
+        nanos = round((seconds - whole) * 1e9)  # exact for times with few decimals
+        if nanos >= 1_000_000_000:
+            whole, nanos = whole + 1, nanos - 1_000_000_000
+        stamp = getattr(msg, field)
+        stamp.seconds, stamp.nanos = whole, nanos
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def event_from_proto(msg: lrctl_pb2.OverrideEvent) -> Event:
+    """Convert an ``OverrideEvent`` message to the domain :class:`Event`.
+
+    Raises:
+        ValueError: an op this version does not know (a newer controller).
+    """
+    op = PROTO_TO_OP.get(msg.op)
+    if op is None:
+        raise ValueError(f"expected a known override op, got {msg.op}")
+    return Event(
+        version=msg.version,
+        op=op,
+        value=msg.value if op in (Op.SCALE, Op.SET) else None,
+        schedule=msg.schedule or None,
+        group=msg.param_group if msg.HasField("param_group") else None,
+        effective_step=msg.effective_step if msg.HasField("effective_step") else None,
+        actor=msg.actor,
+        reason=msg.reason,
+        created_at=_seconds(msg, "created_at") or 0.0,
+        applied_at=_seconds(msg, "applied_at"),
+    )
+
+
+def events_from_proto(msgs: Iterable[lrctl_pb2.OverrideEvent]) -> tuple[Event, ...]:
+    """Convert a repeated ``OverrideEvent`` field, oldest first."""
+    return tuple(event_from_proto(m) for m in msgs)
+
+
+def event_to_proto(event: Event) -> lrctl_pb2.OverrideEvent:
+    """Convert a domain :class:`Event` to its ``OverrideEvent`` message."""
+    msg = lrctl_pb2.OverrideEvent(
+        version=event.version,
+        op=OP_TO_PROTO[event.op],  # type: ignore[arg-type]
+        value=event.value or 0.0,
+        schedule=event.schedule or "",
+        actor=event.actor,
+        reason=event.reason,
+    )
+    if event.group is not None:
+        msg.param_group = event.group
+    if event.effective_step is not None:
+        msg.effective_step = event.effective_step
+    _stamp(msg, "created_at", event.created_at)
+    _stamp(msg, "applied_at", event.applied_at)
+    return msg
+
+
+# -- jobs --------------------------------------------------------------------------------------
+
+
+def job_from_proto(msg: lrctl_pb2.Job) -> Job:
+    """Convert a ``Job`` message (with or without its event log) to the domain :class:`Job`."""
+    return Job(
+        job_id=msg.job_id,
+        schedule=msg.schedule,
+        base_lrs=tuple(msg.base_lrs),
+        version=msg.version,
+        created_version=msg.created_version or 1,
+        step=msg.step,
+        lr=tuple(msg.lrs),
+        state=(JobState.FINISHED if msg.state == lrctl_pb2.JOB_STATE_FINISHED
+               else JobState.RUNNING),
+        verbose=msg.verbose,
+        workers=msg.workers,
+        epoch=msg.epoch,
+        world_size=msg.world_size,
+        watch_streams=msg.watch_streams,
+        applied_version=msg.applied_version,
+        created_at=_seconds(msg, "created_at") or 0.0,
+        updated_at=_seconds(msg, "updated_at") or 0.0,
+        events=events_from_proto(msg.events),
+    )
+
+
+def job_to_proto(job: Job, *, events: bool = True) -> lrctl_pb2.Job:
+    """Convert a domain :class:`Job`; ``events=False`` sends its head only."""
+    msg = lrctl_pb2.Job(
+        job_id=job.job_id, schedule=job.schedule, base_lrs=job.base_lrs,
+        version=job.version, created_version=job.created_version, step=job.step,
+        lrs=job.lr, state=_STATE_TO_PROTO[job.state],  # type: ignore[arg-type]
+        verbose=job.verbose, workers=job.workers, epoch=job.epoch,
+        world_size=job.world_size, watch_streams=job.watch_streams,
+        applied_version=job.applied_version,
+        events=[event_to_proto(e) for e in job.events] if events else [])
+    _stamp(msg, "created_at", job.created_at)
+    _stamp(msg, "updated_at", job.updated_at)
+    return msg
+
+
+# -- watch -------------------------------------------------------------------------------------
+
+
+def watch_from_proto(msg: lrctl_pb2.WatchResponse) -> WatchMessage:
+    """Convert a ``WatchResponse``.
+
+    Raises:
+        ValueError: a kind this version does not know (a newer controller).
+    """
+    kind = _PROTO_TO_KIND.get(msg.kind)
+    if kind is None:
+        raise ValueError(f"expected a known Watch message kind, got {msg.kind}")
+    return WatchMessage(
+        kind=kind,
+        version=msg.version,
+        job=job_from_proto(msg.job) if msg.HasField("job") else None,
+        event=event_from_proto(msg.event) if msg.HasField("event") else None,
+    )
+
+
+def watch_to_proto(message: WatchMessage) -> lrctl_pb2.WatchResponse:
+    """Convert a :class:`WatchMessage` to a ``WatchResponse``."""
+    msg = lrctl_pb2.WatchResponse(kind=_KIND_TO_PROTO[message.kind],  # type: ignore[arg-type]
+                                  version=message.version)
+    if message.job is not None:
+        msg.job.CopyFrom(job_to_proto(message.job))
+    if message.event is not None:
+        msg.event.CopyFrom(event_to_proto(message.event))
+    return msg
+
+
+# -- reports -----------------------------------------------------------------------------------
+
+
+def report_to_proto(report: Report) -> lrctl_pb2.ReportRequest:
+    """Convert a :class:`Report` to a ``ReportRequest``."""
+    return lrctl_pb2.ReportRequest(
+        job_id=report.job_id, rank=report.rank, step=report.step,
+        applied_version=report.applied_version, lrs=report.lrs, final=report.final,
+        epoch=report.epoch, world_size=report.world_size,
+        applied=[lrctl_pb2.AppliedVersion(version=v, effective_step=s)
+                 for v, s in report.applied],
+        plateau_metrics=[lrctl_pb2.PlateauMetric(step=s, value=x)
+                         for s, x in report.plateau_metrics],
+    )
+
+
+def report_from_proto(msg: lrctl_pb2.ReportRequest) -> Report:
+    """Convert a ``ReportRequest`` to a :class:`Report` (divergences are not modelled yet)."""
+    return Report(
+        job_id=msg.job_id, rank=msg.rank, step=msg.step,
+        applied_version=msg.applied_version, lrs=tuple(msg.lrs),
+        applied=tuple((a.version, a.effective_step) for a in msg.applied),
+        plateau_metrics=tuple((m.step, m.value) for m in msg.plateau_metrics),
+        final=msg.final, epoch=msg.epoch, world_size=msg.world_size,
+    )
