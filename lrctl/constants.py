@@ -33,24 +33,54 @@ __all__ = [
     "CLIENT_KEEPALIVE_TIME_MS",
     "CLIENT_MAX_RECONNECT_BACKOFF_MS",
     "CONNECT_TIMEOUT_ENV_VAR",
+    "DB_ENV_VAR",
     "DEFAULT_ADDRESS",
     "DEFAULT_AGREE_EVERY",
     "DEFAULT_BACKOFF_INITIAL_S",
     "DEFAULT_BACKOFF_MAX_S",
     "DEFAULT_CONNECT_TIMEOUT_S",
+    "DEFAULT_DB",
+    "DEFAULT_GRACE_SECONDS",
+    "DEFAULT_HEARTBEAT_SECONDS",
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_ACTOR_CHARS",
+    "DEFAULT_MAX_EVENTS_PER_JOB",
+    "DEFAULT_MAX_JOBS",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "DEFAULT_MAX_PARAM_GROUPS",
+    "DEFAULT_MAX_REASON_BYTES",
+    "DEFAULT_MAX_SPEC_BYTES",
+    "DEFAULT_MAX_WATCH_STREAMS_PER_JOB",
+    "DEFAULT_METRICS_PORT",
+    "DEFAULT_PAGE_SIZE",
+    "DEFAULT_PORT",
     "DEFAULT_REPORT_INTERVAL_S",
     "DEFAULT_TIMEOUT_S",
+    "GRACE_SECONDS_ENV_VAR",
+    "HEARTBEAT_SECONDS_ENV_VAR",
+    "HOST_ENV_VAR",
     "JOB_ENV_VAR",
+    "MAX_PAGE_SIZE",
+    "MAX_PREVIEW_VALUES",
+    "METRICS_PORT_ENV_VAR",
+    "METRICS_TLS_CERT_ENV_VAR",
+    "METRICS_TLS_CLIENT_CA_ENV_VAR",
+    "METRICS_TLS_KEY_ENV_VAR",
+    "PORT_ENV_VAR",
+    "PROGRESS_PERSIST_S",
     "REPORT_INTERVAL_ENV_VAR",
     "SERVER_KEEPALIVE_TIMEOUT_MS",
     "SERVER_KEEPALIVE_TIME_MS",
     "SERVER_MIN_PING_INTERVAL_MS",
+    "SERVER_TLS_CERT_ENV_VAR",
+    "SERVER_TLS_CLIENT_CA_ENV_VAR",
+    "SERVER_TLS_KEY_ENV_VAR",
     "TIMEOUT_ENV_VAR",
     "TLS_CA_ENV_VAR",
     "TLS_CERT_ENV_VAR",
     "TLS_KEY_ENV_VAR",
     "TOKEN_ENV_VAR",
+    "TOKEN_FILE_ENV_VAR",
 ]
 
 # -- clients (CLI, scripts, workers) -----------------------------------------------------------
@@ -112,9 +142,56 @@ AGREE_EVERY_ENV_VAR = "LRCTL_AGREE_EVERY"
 DEFAULT_AGREE_EVERY = 1
 
 # -- the controller (lrctl serve) --------------------------------------------------------------
-# The keepalive contract (module docstring). The ``lrctl serve`` flags' LRCTL_<FLAG> names,
-# LRCTL_SERVER_TLS_*, LRCTL_METRICS_TLS_* and the default limits follow here.
+# Each ``lrctl serve --flag`` also reads ``LRCTL_<FLAG>``: the flag wins, then the variable,
+# then the default (``controller.config.ServerConfig.from_env`` and ``from_args``).
 
 SERVER_KEEPALIVE_TIME_MS = 30_000
 SERVER_KEEPALIVE_TIMEOUT_MS = 10_000
 SERVER_MIN_PING_INTERVAL_MS = 5_000
+
+#: ``--host``: interface the gRPC server binds (``0.0.0.0`` for every IPv4 interface).
+HOST_ENV_VAR = "LRCTL_HOST"
+DEFAULT_HOST = "127.0.0.1"
+#: ``--port``: gRPC port; 0 picks a free one.
+PORT_ENV_VAR = "LRCTL_PORT"
+DEFAULT_PORT = 50051
+#: ``--metrics-port``: Prometheus exposition port; 0 picks a free one, negative turns it off.
+METRICS_PORT_ENV_VAR = "LRCTL_METRICS_PORT"
+DEFAULT_METRICS_PORT = 9464
+#: ``--db``: the SQLite file holding every job and event.
+DB_ENV_VAR = "LRCTL_DB"
+DEFAULT_DB = "lrctl.db"
+#: ``--token-file``: JSON ``{"TOKEN": "ROLE"}``; enables authentication.
+TOKEN_FILE_ENV_VAR = "LRCTL_TOKEN_FILE"
+#: ``--heartbeat-seconds``: idle Watch streams get a heartbeat about this often.
+HEARTBEAT_SECONDS_ENV_VAR = "LRCTL_HEARTBEAT_SECONDS"
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+#: ``--grace-seconds``: on SIGTERM/SIGINT, in-flight RPCs get this long.
+GRACE_SECONDS_ENV_VAR = "LRCTL_GRACE_SECONDS"
+DEFAULT_GRACE_SECONDS = 5.0
+#: Reserved for server TLS (``--tls-cert``, ``--tls-key``, ``--tls-client-ca``): PEM files.
+SERVER_TLS_CERT_ENV_VAR = "LRCTL_SERVER_TLS_CERT"
+SERVER_TLS_KEY_ENV_VAR = "LRCTL_SERVER_TLS_KEY"
+SERVER_TLS_CLIENT_CA_ENV_VAR = "LRCTL_SERVER_TLS_CLIENT_CA"
+#: Reserved for TLS on ``/metrics`` (``--metrics-tls-cert``, ...): PEM files.
+METRICS_TLS_CERT_ENV_VAR = "LRCTL_METRICS_TLS_CERT"
+METRICS_TLS_KEY_ENV_VAR = "LRCTL_METRICS_TLS_KEY"
+METRICS_TLS_CLIENT_CA_ENV_VAR = "LRCTL_METRICS_TLS_CLIENT_CA"
+
+#: Longest time rank 0's bare progress (step, LRs) stays in memory only; effective steps,
+#: new events, plateau metrics and final reports are written before the reply.
+PROGRESS_PERSIST_S = 2.0
+#: ListJobs page size when the request says 0, and the largest one served.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+#: Preview rows x param groups; keeps a response well under the message size limit.
+MAX_PREVIEW_VALUES = 1_000_000
+
+# Default limits (DESIGN "Default limits"; RESOURCE_EXHAUSTED past them once enforced).
+DEFAULT_MAX_EVENTS_PER_JOB = 10_000
+DEFAULT_MAX_JOBS = 100_000
+DEFAULT_MAX_WATCH_STREAMS_PER_JOB = 1_024
+DEFAULT_MAX_PARAM_GROUPS = 1_024
+DEFAULT_MAX_SPEC_BYTES = 4 * 1024
+DEFAULT_MAX_ACTOR_CHARS = 256
+DEFAULT_MAX_REASON_BYTES = 1024
