@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -16,6 +17,14 @@ from lrctl.wire import ADDRESS_ENV_VAR, DEFAULT_ADDRESS, TOKEN_ENV_VAR
 __all__ = ["WorkerConfig", "WorkerError"]
 
 JOB_ENV_VAR = "LRCTL_JOB"
+#: Set by torchrun in every rank: its ``--rdzv-id`` (a fresh UUID for a single-node launch
+#: without rendezvous options), the job id when ``LRCTL_JOB`` is unset.
+TORCHELASTIC_RUN_ID_ENV_VAR = "TORCHELASTIC_RUN_ID"
+#: torchrun's ``--rdzv-id`` when none is given (static rendezvous: ``--master-port``, several
+#: nodes): the same for every launch, so never a job id.
+TORCHELASTIC_DEFAULT_RUN_ID = "none"
+#: Job ids (DESIGN.md): no glob characters, at most 128 characters.
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}")
 CONNECT_TIMEOUT_ENV_VAR = "LRCTL_CONNECT_TIMEOUT"
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 REPORT_INTERVAL_ENV_VAR = "LRCTL_REPORT_INTERVAL"
@@ -35,7 +44,8 @@ class WorkerConfig:
     """How a worker reaches the controller and paces its traffic."""
 
     job: str
-    """Job id on the controller (``LRCTL_JOB``; inside Ray Train, the run name)."""
+    """Job id on the controller (``LRCTL_JOB``; inside Ray Train, the run name; under
+    torchrun, ``TORCHELASTIC_RUN_ID``)."""
     address: str = DEFAULT_ADDRESS
     """Controller ``HOST:PORT`` (``LRCTL_ADDRESS``)."""
     token: str | None = None
@@ -50,10 +60,17 @@ class WorkerConfig:
     """First reconnect delay after the Watch stream breaks; doubles, with jitter."""
     backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
     """Longest reconnect delay."""
+    job_source: str = "job="
+    """Where ``job`` came from (``job=``, ``LRCTL_JOB``, ``the Ray Train run name``,
+    ``TORCHELASTIC_RUN_ID``), for rank 0's log line and error messages."""
 
     def __post_init__(self) -> None:
         if not self.job:
-            raise WorkerError("no job id: pass job=..., set LRCTL_JOB, or run inside Ray Train")
+            raise WorkerError("no job id: pass job=..., set LRCTL_JOB, or run inside Ray Train "
+                              "or torchrun")
+        if not JOB_ID_PATTERN.fullmatch(self.job):
+            raise WorkerError(f"job id {self.job!r} (from {self.job_source}) is not valid: "
+                              f"expected {JOB_ID_PATTERN.pattern}")
         if self.connect_timeout_s <= 0 or self.report_interval_s < 0.01:
             raise WorkerError(f"expected connect_timeout_s > 0 and report_interval_s >= 0.01, "
                               f"got connect_timeout_s={self.connect_timeout_s}, "
@@ -68,14 +85,19 @@ class WorkerConfig:
         """Fill the config from arguments, then ``LRCTL_*`` variables, then defaults.
 
         Args:
-            job: Job id; else ``LRCTL_JOB``; else ``default_job()`` (the Ray Train run name).
+            job: Job id; else ``LRCTL_JOB``; else ``default_job()`` (the Ray Train run name);
+                else torchrun's ``TORCHELASTIC_RUN_ID``.
             address: Controller address; else ``LRCTL_ADDRESS``; else 127.0.0.1:50051.
             token: Bearer token; else ``LRCTL_TOKEN``.
             environ: The environment to read (default ``os.environ``).
             default_job: Fallback job id provider.
+
+        Raises:
+            WorkerError: a default job id (run name, torchrun run id) that is not a valid
+                job id, or torchrun's placeholder ``none``: the message names ``LRCTL_JOB``.
         """
         env = os.environ if environ is None else environ
-        job = job or env.get(JOB_ENV_VAR) or (default_job() if default_job else None) or ""
+        job, source = _job_id(job, env, default_job)
 
         def number(key: str, default: float) -> float:
             raw = env.get(key)
@@ -93,4 +115,27 @@ class WorkerConfig:
             connect_timeout_s=number(CONNECT_TIMEOUT_ENV_VAR, DEFAULT_CONNECT_TIMEOUT_S),
             report_interval_s=number(REPORT_INTERVAL_ENV_VAR, DEFAULT_REPORT_INTERVAL_S),
             agree_every=int(number(AGREE_EVERY_ENV_VAR, DEFAULT_AGREE_EVERY)),
+            job_source=source,
         )
+
+
+def _job_id(job: str | None, env: Mapping[str, str],
+            default_job: Callable[[], str | None] | None) -> tuple[str, str]:
+    """Return the job id and where it came from; check a default id before it is used."""
+    if job:
+        return job, "job="
+    if env.get(JOB_ENV_VAR):
+        return env[JOB_ENV_VAR], JOB_ENV_VAR
+    default, source = (default_job() if default_job else None), "the Ray Train run name"
+    if not default:
+        default, source = env.get(TORCHELASTIC_RUN_ID_ENV_VAR), TORCHELASTIC_RUN_ID_ENV_VAR
+        if default == TORCHELASTIC_DEFAULT_RUN_ID:
+            raise WorkerError(
+                f"no job id: torchrun's run id is its placeholder {default!r}, the same for "
+                f"every launch; set {JOB_ENV_VAR}, or give torchrun --rdzv-id=<job id>")
+    if not default:
+        return "", ""
+    if not JOB_ID_PATTERN.fullmatch(default):
+        raise WorkerError(f"{source} {default!r} cannot be a job id (expected "
+                          f"{JOB_ID_PATTERN.pattern}); set {JOB_ENV_VAR} to a valid one")
+    return default, source

@@ -79,6 +79,9 @@ class RemoteLRScheduler(LRScheduler):
         self.job = config.job
         self.verbose = verbose
         self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if self.rank == 0:
+            log.info("lrctl: following job %r (from %s) on %s", config.job, config.job_source,
+                     config.address)
         self._link = ControllerLink(config, rank=self.rank, schedule=self.spec.to_text(),
                                     base_lrs=base_lrs, verbose=verbose)
         state = self._link.attach()
