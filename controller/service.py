@@ -80,6 +80,7 @@ class _Job:
     # (key, program) of _display_lrs: the cached program for the current log.
     display: tuple[object, LRProgram | None] = (None, None)
     watchers: Counter[str] = field(default_factory=Counter)
+    streams: int = 0  # open Watch streams, counted or not in ``watchers``
 
     @property
     def running(self) -> bool:
@@ -295,7 +296,8 @@ class ControllerService:
 
     async def report(self, job_id: str, *, rank: int, step: int, lrs: Sequence[float] = (),
                      applied: Iterable[tuple[int, int]] = (),
-                     plateau_metrics: Iterable[tuple[int, float]] = ()) -> int:
+                     plateau_metrics: Iterable[tuple[int, float]] = (),
+                     divergences: int = 0) -> int:
         """Record a worker's progress; only rank 0's report changes anything.
 
         Rank 0's ``applied`` ``(version, effective_step)`` pairs set each pending event's
@@ -351,6 +353,8 @@ class ControllerService:
             if rec.verbose and lrs:
                 _log_lr_changes(job_id, step, rec.lrs, lrs)
             self._after_write(job, new_events, done)
+            if self._metrics is not None and job.running:
+                self._metrics.count_divergence(job_id, divergences)
             return record.version
 
     # -- watch ---------------------------------------------------------------------------------
@@ -484,19 +488,22 @@ class ControllerService:
         rec = job.record
         self._metrics.update_job(rec.job_id, _display_lrs(job), rec.step, rec.version)
         self._metrics.set_workers(rec.job_id, _count_workers(job))
+        self._metrics.set_watch_streams(rec.job_id, job.streams)
+        self._metrics.update_overrides(rec.job_id, job.events)
 
     def _notify(self, job: _Job) -> None:
         old, job.changed = job.changed, asyncio.Event()
         old.set()
 
     def _watchers(self, job: _Job, worker_id: str, delta: int) -> None:
-        if not worker_id:
-            return
-        job.watchers[worker_id] += delta
-        if job.watchers[worker_id] <= 0:
-            del job.watchers[worker_id]
+        job.streams += delta
+        if worker_id:
+            job.watchers[worker_id] += delta
+            if job.watchers[worker_id] <= 0:
+                del job.watchers[worker_id]
         if self._metrics is not None and job.running:
             self._metrics.set_workers(job.record.job_id, _count_workers(job))
+            self._metrics.set_watch_streams(job.record.job_id, job.streams)
 
     def _next_heartbeat(self) -> float:
         # Jitter (75-100% of the interval) keeps thousands of streams from beating in step.

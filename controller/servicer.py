@@ -292,5 +292,6 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
         version = await self.service.report(
             request.job_id, rank=request.rank, step=request.step, lrs=list(request.lrs),
             applied=[(a.version, a.effective_step) for a in request.applied],
-            plateau_metrics=[(m.step, m.value) for m in request.plateau_metrics])
+            plateau_metrics=[(m.step, m.value) for m in request.plateau_metrics],
+            divergences=len(request.divergences))
         return lrctl_pb2.ReportResponse(version=version)
