@@ -11,15 +11,21 @@ connection), so the event loop never blocks on fsync and the connection is never
 
 Tables (schema version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
 
-* ``jobs``: one row per job id; ``version`` is the job's latest version and
-  ``created_version`` the version at which the job was last (re)created.
+* ``jobs``: one row per job id, a :class:`lrctl.model.Job` without its log; ``version`` is
+  the job's latest version, ``created_version`` the version at which the job was last
+  (re)created, and ``lrs`` the LRs rank 0 last reported (``Job.lr`` as stored; views
+  recompute the displayed LR from the schedule).
 * ``events``: the override log, primary key ``(job_id, version)``. Events of a job's earlier
   incarnations (``version <= created_version``) stay in the file but are not loaded.
 * ``plateau_metrics``: every ``step(metric)`` value consumed for a ReduceLROnPlateau job, so
   the tracker is rebuilt exactly on restart.
 
 Migrations are plain functions in :data:`MIGRATIONS`; migration *i* takes the schema from
-version *i* to *i + 1* and runs in the same transaction that bumps ``user_version``.
+version *i* to *i + 1* and runs in the same transaction that bumps ``user_version``. Version 3
+adds ``jobs.applied_version`` and ``jobs.world_size`` (what rank 0 last reported).
+
+The row converters (:func:`job_to_row`, :func:`job_from_row`, :func:`event_to_row`,
+:func:`event_from_row`) are public so that other stores write the same rows.
 """
 
 from __future__ import annotations
@@ -36,61 +42,39 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from lrctl.errors import LrctlError
+from lrctl.model import Job, JobState
 from lrctl.overrides import Event, Op
+from lrctl.schedules import stored_spec_text
 
 __all__ = [
-    "FINISHED",
+    "EVENT_COLUMNS",
+    "JOB_COLUMNS",
     "MIGRATIONS",
-    "RUNNING",
     "SCHEMA_VERSION",
     "Change",
     "ConsumedMetric",
-    "JobRecord",
     "Store",
     "StoreError",
     "StoredJob",
+    "event_from_row",
+    "event_to_row",
+    "job_from_row",
+    "job_to_row",
     "migrate",
 ]
 
-RUNNING = "running"
-FINISHED = "finished"
-
 T = TypeVar("T")
+
+#: Columns of ``jobs``, in the order of :func:`job_to_row`.
+JOB_COLUMNS = ("job_id", "schedule", "base_lrs", "version", "created_version", "step", "state",
+               "verbose", "created_at", "updated_at", "lrs", "applied_version", "world_size")
+#: Columns of ``events`` after ``job_id``, in the order of :func:`event_to_row`.
+EVENT_COLUMNS = ("version", "op", "value", "schedule", "param_group", "effective_step",
+                 "actor", "reason", "created_at", "applied_at")
 
 
 class StoreError(LrctlError):
     """The database cannot be opened, is locked by another controller, or is too new."""
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """One row of ``jobs``: everything about a job except its event log.
-
-    Attributes:
-        job_id: The job's id.
-        schedule: The initial spec, canonical text.
-        base_lrs: One base LR per param group.
-        version: Latest version (creation, every event and the finish bump it).
-        created_version: Version at which this incarnation of the job was created.
-        step: Latest step reported by rank 0, -1 before any report.
-        state: :data:`RUNNING` or :data:`FINISHED`.
-        verbose: Log every LR change.
-        created_at: Unix time of (re)creation.
-        updated_at: Unix time of the latest write.
-        lrs: The LRs rank 0 last reported, or None.
-    """
-
-    job_id: str
-    schedule: str
-    base_lrs: tuple[float, ...]
-    version: int
-    created_version: int
-    step: int = -1
-    state: str = RUNNING
-    verbose: bool = False
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    lrs: tuple[float, ...] | None = None
 
 
 class ConsumedMetric(NamedTuple):
@@ -103,11 +87,19 @@ class ConsumedMetric(NamedTuple):
 
 @dataclass(frozen=True)
 class StoredJob:
-    """A job as loaded at startup: its row, its current log and its consumed metrics."""
+    """A job as loaded at startup: its row, its current log and its consumed metrics.
 
-    record: JobRecord
+    Attributes:
+        record: The job without its log (``lr``: what rank 0 last reported).
+        events: The current incarnation's log, oldest first.
+        plateau_metrics: The metrics the plateau tracker consumed, step order.
+        rev: The row's revision in a shared store (0 for SQLite, its only writer).
+    """
+
+    record: Job
     events: list[Event]
     plateau_metrics: list[ConsumedMetric]
+    rev: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,14 +107,15 @@ class Change:
     """One atomic write about one job.
 
     Attributes:
-        job: The job's new row (inserted or replacing the old one).
+        job: The job's new row (inserted or replacing the old one); its events are not
+            written (``new_events`` and ``applied`` are).
         new_events: Events to append.
         applied: Existing events whose ``effective_step``/``applied_at`` are now set.
         plateau_metrics: Metrics consumed by the plateau tracker.
         reset: The job was recreated: forget its consumed plateau metrics.
     """
 
-    job: JobRecord
+    job: Job
     new_events: Sequence[Event] = ()
     applied: Sequence[Event] = ()
     plateau_metrics: Sequence[ConsumedMetric] = ()
@@ -175,8 +168,14 @@ def _v2(conn: sqlite3.Connection) -> None:
         )""")
 
 
+def _v3(conn: sqlite3.Connection) -> None:
+    # Reports: the agreed version every rank applied, and the run's world size.
+    conn.execute("ALTER TABLE jobs ADD COLUMN applied_version INTEGER NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE jobs ADD COLUMN world_size INTEGER NOT NULL DEFAULT 0")
+
+
 #: ``MIGRATIONS[i]`` upgrades a database at schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -297,13 +296,13 @@ class Store:
     def _load(self) -> list[StoredJob]:
         conn = self._conn
         events: dict[str, list[Event]] = {}
+        columns = ", ".join(f"e.{c}" for c in EVENT_COLUMNS)
         rows = conn.execute(
-            "SELECT e.job_id, e.version, e.op, e.value, e.schedule, e.param_group, "
-            "e.effective_step, e.actor, e.reason, e.created_at, e.applied_at FROM events e "
+            f"SELECT e.job_id, {columns} FROM events e "
             "JOIN jobs j ON j.job_id = e.job_id AND e.version > j.created_version "
             "ORDER BY e.job_id, e.version")
         for row in rows:
-            events.setdefault(row[0], []).append(_event_from_row(row[1:]))
+            events.setdefault(row[0], []).append(event_from_row(row[1:]))
         metrics: dict[str, list[ConsumedMetric]] = {}
         for job_id, step, value, version in conn.execute(
                 "SELECT job_id, step, value, schedule_version FROM plateau_metrics "
@@ -312,10 +311,8 @@ class Store:
             metric = ConsumedMetric(step, math.nan if value is None else value, version)
             metrics.setdefault(job_id, []).append(metric)
         out = []
-        for row in conn.execute("SELECT job_id, schedule, base_lrs, version, created_version, "
-                                "step, state, verbose, created_at, updated_at, lrs FROM jobs "
-                                "ORDER BY job_id"):
-            record = _record_from_row(row)
+        for row in conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY job_id"):
+            record = job_from_row(row)
             log = events.get(record.job_id, [])
             out.append(StoredJob(record, log, metrics.get(record.job_id, [])))
         return out
@@ -323,27 +320,11 @@ class Store:
     def _commit(self, change: Change) -> None:
         conn, job = self._conn, change.job
         with _transaction(conn):
-            conn.execute(
-                "INSERT INTO jobs (job_id, schedule, base_lrs, version, created_version, step, "
-                "state, verbose, created_at, updated_at, lrs) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (job_id) DO UPDATE SET schedule=excluded.schedule, "
-                "base_lrs=excluded.base_lrs, version=excluded.version, "
-                "created_version=excluded.created_version, step=excluded.step, "
-                "state=excluded.state, verbose=excluded.verbose, "
-                "created_at=excluded.created_at, updated_at=excluded.updated_at, "
-                "lrs=excluded.lrs",
-                (job.job_id, job.schedule, json.dumps(list(job.base_lrs)), job.version,
-                 job.created_version, job.step, job.state, int(job.verbose), job.created_at,
-                 job.updated_at, None if job.lrs is None else json.dumps(list(job.lrs))))
+            conn.execute(_UPSERT_JOB, job_to_row(job))
             if change.reset:
                 conn.execute("DELETE FROM plateau_metrics WHERE job_id = ?", (job.job_id,))
-            conn.executemany(
-                "INSERT INTO events (job_id, version, op, value, schedule, param_group, "
-                "effective_step, actor, reason, created_at, applied_at) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [(job.job_id, e.version, e.op.value, e.value, e.schedule, e.group,
-                  e.effective_step, e.actor, e.reason, e.created_at, e.applied_at)
-                 for e in change.new_events])
+            conn.executemany(_INSERT_EVENT, [(job.job_id, *event_to_row(e))
+                                             for e in change.new_events])
             conn.executemany(
                 "UPDATE events SET effective_step = ?, applied_at = ? "
                 "WHERE job_id = ? AND version = ?",
@@ -355,20 +336,51 @@ class Store:
                   m.schedule_version) for m in change.plateau_metrics])
 
 
-def _event_from_row(row: Sequence[Any]) -> Event:
-    version, op, value, schedule, group, effective_step, actor, reason, created, applied = row
-    return Event(version=version, op=Op(op), value=value, schedule=schedule, group=group,
-                 effective_step=effective_step, actor=actor, reason=reason,
-                 created_at=created, applied_at=applied)
+_UPSERT_JOB = (
+    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))}) "
+    "ON CONFLICT (job_id) DO UPDATE SET "
+    + ", ".join(f"{c}=excluded.{c}" for c in JOB_COLUMNS[1:]))
+_INSERT_EVENT = (f"INSERT INTO events (job_id, {', '.join(EVENT_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))})")
 
 
-def _record_from_row(row: Sequence[Any]) -> JobRecord:
+def job_to_row(job: Job) -> tuple[Any, ...]:
+    """Return the ``jobs`` row of ``job`` (:data:`JOB_COLUMNS`; its events are not in it)."""
+    return (job.job_id, job.schedule, json.dumps(list(job.base_lrs)), job.version,
+            job.created_version, job.step, job.state.value, int(job.verbose), job.created_at,
+            job.updated_at, json.dumps(list(job.lr)) if job.lr else None, job.applied_version,
+            job.world_size)
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    """Return the job (without events) of a ``jobs`` row in :data:`JOB_COLUMNS` order.
+
+    A spec stored by an older release is read back in today's canonical text.
+    """
     (job_id, schedule, base_lrs, version, created_version, step, state, verbose,
-     created_at, updated_at, lrs) = row
-    return JobRecord(job_id=job_id, schedule=schedule,
-                     base_lrs=tuple(float(b) for b in json.loads(base_lrs)),
-                     version=version, created_version=created_version, step=step,
-                     state=state, verbose=bool(verbose), created_at=created_at,
-                     updated_at=updated_at,
-                     lrs=None if lrs is None else tuple(float(x) for x in json.loads(lrs)))
+     created_at, updated_at, lrs, applied_version, world_size) = row
+    return Job(job_id=job_id, schedule=stored_spec_text(schedule),
+               base_lrs=tuple(float(b) for b in json.loads(base_lrs)),
+               version=int(version), created_version=int(created_version), step=int(step),
+               state=JobState(state), verbose=bool(verbose), created_at=float(created_at),
+               updated_at=float(updated_at),
+               lr=() if lrs is None else tuple(float(x) for x in json.loads(lrs)),
+               applied_version=int(applied_version), world_size=int(world_size))
 
+
+def event_to_row(e: Event) -> tuple[Any, ...]:
+    """Return the ``events`` row of ``e`` after ``job_id`` (:data:`EVENT_COLUMNS`)."""
+    return (e.version, e.op.value, e.value, e.schedule, e.group, e.effective_step, e.actor,
+            e.reason, e.created_at, e.applied_at)
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    """Return the event of an ``events`` row in :data:`EVENT_COLUMNS` order.
+
+    A replacement spec stored by an older release is read back in today's canonical text.
+    """
+    version, op, value, schedule, group, effective_step, actor, reason, created, applied = row
+    return Event(version=version, op=Op(op), value=value,
+                 schedule=None if schedule is None else stored_spec_text(schedule),
+                 group=group, effective_step=effective_step, actor=actor, reason=reason,
+                 created_at=created, applied_at=applied)

@@ -45,10 +45,10 @@ async def scale(stub: Stub, factor: float, job_id: str = "run-1", **kw: Any
 async def test_create_get_and_attach_is_idempotent(stub: Stub) -> None:
     first = await create(stub, schedule="StepLR(gamma=0.5, step_size=2)")
     assert first.created
-    assert first.job.schedule == "StepLR(gamma=0.5, step_size=2)"
+    assert first.job.schedule == "StepLR(step_size=2, gamma=0.5)"  # torch's parameter order
     assert (first.job.version, first.job.step, list(first.job.lrs)) == (1, -1, [0.1, 0.01])
     assert first.job.state == pb.JOB_STATE_RUNNING
-    again = await create(stub, schedule="StepLR( gamma=0.5,step_size=2 )")  # same canonical text
+    again = await create(stub, schedule="StepLR( 2,gamma=0.5 )")  # same canonical spec
     assert not again.created
     assert again.job.version == 1
     got = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))

@@ -4,7 +4,14 @@
 what torch's ``get_last_lr()`` returns after ``t`` calls of ``step()``.
 """
 
-from lrctl.schedules._base import SCHEDULES, Schedule, build_schedule, register
+from lrctl.schedules._base import (
+    SCHEDULES,
+    Schedule,
+    build_schedule,
+    canonical_spec,
+    register,
+    stored_spec_text,
+)
 from lrctl.schedules._composite import ChainedScheduler, SequentialLR
 from lrctl.schedules._cyclic import (
     CosineAnnealingLR,
@@ -48,5 +55,7 @@ __all__ = [
     "WarmupCosineLR",
     "WarmupStableDecayLR",
     "build_schedule",
+    "canonical_spec",
     "register",
+    "stored_spec_text",
 ]

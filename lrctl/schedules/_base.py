@@ -8,16 +8,18 @@ caches, so the controller and every worker evaluate any step in any order.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from lrctl.errors import SpecError
 from lrctl.spec import Spec, SpecValue, parse_spec
 
-__all__ = ["SCHEDULES", "Schedule", "build_schedule", "register"]
+__all__ = ["SCHEDULES", "Schedule", "build_schedule", "canonical_spec", "register",
+           "stored_spec_text"]
 
 SCHEDULES: dict[str, type[Schedule]] = {}
 """Scheduler name -> implementing class."""
@@ -43,25 +45,15 @@ class Schedule(ABC):
     chainable: ClassVar[bool] = False
 
     def __init__(self, spec: Spec, num_groups: int) -> None:
-        self.spec = spec
         self.num_groups = num_groups
-        setup = self.setup  # type: ignore[attr-defined]
-        sig = inspect.signature(setup)
-        for key, _ in spec.kwargs:
-            if key in _OBJECT_ARGS:
-                raise SpecError(f"{spec.name}: {key!r} is not part of a schedule spec; "
-                                f"{_OBJECT_ARGS[key]}")
-        try:
-            bound = sig.bind(*spec.args, **dict(spec.kwargs))
-        except TypeError as exc:
-            params = ", ".join(sig.parameters)
-            raise SpecError(f"{spec.name}: {exc}; expected arguments ({params}), "
-                            f"got {spec.to_text()}") from None
+        bound = _bind(type(self), spec)
         for key, value in bound.arguments.items():
             if key != "schedulers" and _contains_spec(value):
                 raise SpecError(f"{spec.name}.{key}: expected a literal (number, string, "
                                 f"True/False/None, list), got {_text(value)}")
-        setup(*bound.args, **bound.kwargs)
+        self.setup(*bound.args, **bound.kwargs)  # type: ignore[attr-defined]
+        #: The validated spec in its normal form (see :func:`canonical_spec`).
+        self.spec = _normal_form(spec.name, bound)
 
     @abstractmethod
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
@@ -145,6 +137,93 @@ def _text(value: Any) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(_text(v) for v in value) + "]"
     return value.to_text() if isinstance(value, Spec) else repr(value)
+
+
+@functools.cache
+def _signature(cls: type[Schedule]) -> inspect.Signature:
+    """``cls.setup``'s signature without ``self``: torch's parameters after the optimizer."""
+    sig = inspect.signature(cls.setup)  # type: ignore[attr-defined]
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
+def _bind(cls: type[Schedule], spec: Spec) -> inspect.BoundArguments:
+    """Bind ``spec``'s arguments to torch's signature, as torch's constructor would."""
+    for key, _ in spec.kwargs:
+        if key in _OBJECT_ARGS:
+            raise SpecError(f"{spec.name}: {key!r} is not part of a schedule spec; "
+                            f"{_OBJECT_ARGS[key]}")
+    sig = _signature(cls)
+    try:
+        return sig.bind(*spec.args, **dict(spec.kwargs))
+    except TypeError as exc:
+        params = ", ".join(sig.parameters)
+        raise SpecError(f"{spec.name}: {exc}; expected arguments ({params}), "
+                        f"got {spec.to_text()}") from None
+
+
+def _normal_form(name: str, bound: inspect.BoundArguments) -> Spec:
+    kwargs = []
+    for key, value in bound.arguments.items():  # in signature order
+        default = bound.signature.parameters[key].default
+        if default is not inspect.Parameter.empty and _is_default(value, default):
+            continue
+        kwargs.append((key, _normal_value(value)))
+    return Spec(name, tuple(kwargs))
+
+
+def _normal_value(value: SpecValue) -> SpecValue:
+    if isinstance(value, Spec):
+        return canonical_spec(value)
+    if isinstance(value, tuple):
+        return tuple(_normal_value(v) for v in value)
+    return value
+
+
+def _is_default(value: SpecValue, default: Any) -> bool:
+    """Whether ``value`` means the default: the same kind of literal and equal to it.
+
+    ``0`` for a default of ``0.0`` is the default; ``0`` for ``False`` (or ``1`` for
+    ``True``) is not, so dropping a default never turns a refused spec into an accepted one.
+    """
+    if isinstance(value, bool) or isinstance(default, bool):
+        return isinstance(value, bool) and isinstance(default, bool) and value == default
+    if isinstance(value, (int, float)) and isinstance(default, (int, float)):
+        return value == default
+    return type(value) is type(default) and value == default
+
+
+def canonical_spec(spec: str | Spec | Mapping[str, Any]) -> Spec:
+    """Return ``spec`` in its one normal form, whose ``to_text()`` is the canonical text.
+
+    Positional arguments are bound to their names, keyword arguments follow torch's
+    parameter order, arguments equal to torch's default are dropped, and nested schedulers
+    are normalised the same way: ``StepLR(2, 0.5)`` and ``StepLR(gamma=0.5, step_size=2)``
+    both become ``StepLR(step_size=2, gamma=0.5)``; ``StepLR(step_size=2, gamma=0.1)``
+    becomes ``StepLR(step_size=2)``. Values are kept as written (``gamma=1`` and
+    ``gamma=1.0`` are equal specs). The values themselves are not validated:
+    ``build_schedule(spec, n).spec`` is the validated normal form.
+
+    Raises:
+        SpecError: not a spec, an unknown scheduler, or arguments torch's signature refuses.
+    """
+    parsed = parse_spec(spec)
+    cls = SCHEDULES.get(parsed.name)
+    if cls is None:
+        known = ", ".join(sorted(SCHEDULES))
+        raise SpecError(f"unknown scheduler {parsed.name!r}; expected one of {known}")
+    return _normal_form(parsed.name, _bind(cls, parsed))
+
+
+def stored_spec_text(text: str) -> str:
+    """Return a spec stored by an older release in today's canonical text.
+
+    For a store's load path: a text that no longer reads as a spec is returned unchanged
+    (building it reports the problem where the job is used).
+    """
+    try:
+        return canonical_spec(text).to_text()
+    except SpecError:
+        return text
 
 
 S = TypeVar("S", bound=type[Schedule])
