@@ -1,0 +1,473 @@
+"""The PostgreSQL store: one database shared by several controller replicas.
+
+``lrctl serve --db postgresql://USER@HOST:PORT/DB`` opens it. The password comes from the
+URL, ``PGPASSWORD`` or ``PGPASSFILE`` (libpq's rules, as implemented by asyncpg) and never
+appears in a log line or an error message (:func:`controller.store_api.redact_url`).
+
+Tables (prefixed ``lrctl_`` so the database can be shared with other applications) hold the
+same rows as the SQLite store's, plus two bookkeeping columns:
+
+* ``lrctl_jobs.rev`` counts the writes of the job's row; every ``lrctl_events`` and
+  ``lrctl_plateau_metrics`` row records the ``rev`` that last wrote it, so a replica loads
+  exactly what changed after the revision it holds (:meth:`PgStore.since`);
+* ``lrctl_jobs.created_rev`` is the revision of the job's latest (re)creation: a replica
+  holding an older revision reloads the job whole.
+
+Writes (:meth:`PgStore.lock`): ``BEGIN; SELECT ... FOR UPDATE`` on the job's row (plus a
+transaction-scoped advisory lock on the job id while the row does not exist, so two replicas
+cannot both create it), then the service applies what other replicas wrote, decides, and
+:meth:`_PgLock.commit` writes, checks that the row is still at the revision it locked,
+``NOTIFY lrctl_jobs, '<job_id> <rev>'`` and ``COMMIT``. The notification is delivered at
+commit to every replica's listener connection; a replica whose listener connection drops
+reconnects and resyncs every job from the database (and checks every
+:data:`RESYNC_SECONDS` anyway), so a missed notification delays a change, never loses it,
+and the log a replica serves is always a gap-free prefix of the database's.
+
+Migrations: ``MIGRATIONS[i]`` (SQL statements) takes the schema from version *i* to *i + 1*,
+numbered like the SQLite store's; the version lives in ``lrctl_schema``. Every replica
+migrates at startup inside one transaction that first takes a database-wide advisory lock,
+so replicas starting together on an empty database migrate it exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+try:
+    import asyncpg
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError("PostgreSQL support needs asyncpg: pip install 'lrctl[controller]'") from exc
+
+from controller.store import (
+    EVENT_COLUMNS,
+    JOB_COLUMNS,
+    Change,
+    ConsumedMetric,
+    StoredJob,
+    StoreError,
+    event_from_row,
+    event_to_row,
+    job_from_row,
+    job_to_row,
+)
+from controller.store_api import Delta, redact_url
+from lrctl.overrides import Event
+
+__all__ = ["CHANNEL", "MIGRATIONS", "RESYNC_SECONDS", "SCHEMA_VERSION", "PgStore", "migrate"]
+
+_log = logging.getLogger("lrctl.controller.store")
+
+#: The LISTEN/NOTIFY channel; payload ``"<job_id> <rev>"`` (job ids hold no spaces).
+CHANNEL = "lrctl_jobs"
+#: Even with a healthy listener, every job's revision is compared this often.
+RESYNC_SECONDS = 30.0
+#: Advisory lock keys: the migration lock (one bigint) and the per-job creation locks
+#: (two ints: this class id and ``hashtext(job_id)``; a separate key space).
+_MIGRATION_LOCK = 0x6C7263746C5F6D69  # "lrctl_mi"
+_JOB_LOCK_CLASS = 0x6C726374  # "lrct"
+
+_V1 = (
+    """CREATE TABLE lrctl_jobs (
+        job_id text PRIMARY KEY,
+        schedule text NOT NULL,
+        base_lrs text NOT NULL,
+        version bigint NOT NULL,
+        created_version bigint NOT NULL,
+        step bigint NOT NULL,
+        state text NOT NULL,
+        "verbose" integer NOT NULL,  -- quoted: VERBOSE is a reserved word
+        created_at double precision NOT NULL,
+        updated_at double precision NOT NULL,
+        lrs text,
+        rev bigint NOT NULL,
+        created_rev bigint NOT NULL
+    )""",
+    """CREATE TABLE lrctl_events (
+        job_id text NOT NULL REFERENCES lrctl_jobs (job_id),
+        version bigint NOT NULL,
+        op text NOT NULL,
+        value double precision,
+        schedule text,
+        param_group integer,
+        effective_step bigint,
+        actor text NOT NULL,
+        reason text NOT NULL,
+        created_at double precision NOT NULL,
+        applied_at double precision,
+        rev bigint NOT NULL,
+        PRIMARY KEY (job_id, version)
+    )""",
+    "CREATE INDEX lrctl_events_rev ON lrctl_events (job_id, rev)",
+)
+_V2 = (
+    # ReduceLROnPlateau: the consumed metrics (as SQLite's schema version 2).
+    """CREATE TABLE lrctl_plateau_metrics (
+        job_id text NOT NULL REFERENCES lrctl_jobs (job_id),
+        step bigint NOT NULL,
+        value double precision,
+        schedule_version bigint NOT NULL,
+        rev bigint NOT NULL,
+        PRIMARY KEY (job_id, step)
+    )""",
+)
+
+_V3 = (
+    # Reports: the agreed version every rank applied, and the run's world size.
+    "ALTER TABLE lrctl_jobs ADD COLUMN applied_version bigint NOT NULL DEFAULT 0",
+    "ALTER TABLE lrctl_jobs ADD COLUMN world_size bigint NOT NULL DEFAULT 0",
+)
+
+#: ``MIGRATIONS[i]`` upgrades a database at schema version ``i`` to ``i + 1``.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# The rows are the SQLite store's (controller.store's converters), plus the bookkeeping.
+# Quoted: ``verbose`` is a reserved word in PostgreSQL.
+_JOB_COLUMNS = ", ".join(f'"{c}"' for c in JOB_COLUMNS)
+_EVENT_COLUMNS = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+_N = len(JOB_COLUMNS)
+_SELECT_JOB = f"SELECT {_JOB_COLUMNS}, rev, created_rev FROM lrctl_jobs WHERE job_id = $1"
+_UPSERT_JOB = f"""
+    INSERT INTO lrctl_jobs AS j ({_JOB_COLUMNS}, rev, created_rev)
+    VALUES ({", ".join(f"${i + 1}" for i in range(_N))}, 1, 1)
+    ON CONFLICT (job_id) DO UPDATE SET
+        {", ".join(f'"{c}" = excluded."{c}"' for c in JOB_COLUMNS[1:])},
+        rev = j.rev + 1,
+        created_rev = CASE WHEN excluded.created_version <> j.created_version
+                           THEN j.rev + 1 ELSE j.created_rev END
+    WHERE j.rev = ${_N + 1}
+    RETURNING rev"""
+_INSERT_EVENT = (f"INSERT INTO lrctl_events (job_id, {_EVENT_COLUMNS}, rev) VALUES "
+                 f"({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS) + 2))})")
+
+
+async def migrate(conn: Any, target: int = SCHEMA_VERSION) -> int:
+    """Upgrade the schema behind ``conn`` to ``target`` in one transaction.
+
+    Safe when several replicas call it at the same moment: the transaction first takes a
+    database-wide advisory lock, so one migrates and the others then find it done.
+
+    Returns:
+        The schema version found before upgrading.
+
+    Raises:
+        StoreError: the database is newer than this code.
+    """
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS lrctl_schema (version integer NOT NULL)")
+        found = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM lrctl_schema"))
+        if found > SCHEMA_VERSION:
+            raise StoreError(f"database schema version {found} is newer than this controller "
+                             f"supports ({SCHEMA_VERSION}); upgrade lrctl")
+        if found >= target:
+            return found
+        for statements in MIGRATIONS[found:target]:
+            for statement in statements:
+                await conn.execute(statement)
+        await conn.execute("DELETE FROM lrctl_schema")
+        await conn.execute("INSERT INTO lrctl_schema (version) VALUES ($1)", target)
+    return found
+
+
+class _PgLock:
+    """One job's write transaction; see :meth:`PgStore.lock`."""
+
+    def __init__(self, store: PgStore, conn: Any, job_id: str) -> None:
+        self._store = store
+        self._conn = conn
+        self._job_id = job_id
+        self.rev = 0
+        self.delta: Delta | None = None
+        self.committed = False
+
+    async def commit(self, change: Change) -> int:
+        job = change.job
+        if job.job_id != self._job_id:
+            raise StoreError(f"expected a change of job {self._job_id!r}, got {job.job_id!r}")
+        conn = self._conn
+        rev = await conn.fetchval(_UPSERT_JOB, *job_to_row(job), self.rev)
+        if rev is None:
+            # Cannot happen while every writer holds the row lock; refuse rather than guess.
+            raise StoreError(f"job {job.job_id!r} changed under its row lock (revision "
+                             f"{self.rev}); not written")
+        if change.reset:
+            await conn.execute("DELETE FROM lrctl_plateau_metrics WHERE job_id = $1", job.job_id)
+        if change.new_events:
+            await conn.executemany(_INSERT_EVENT, [(job.job_id, *event_to_row(e), rev)
+                                                   for e in change.new_events])
+        if change.applied:
+            await conn.executemany(
+                "UPDATE lrctl_events SET effective_step = $1, applied_at = $2, rev = $3 "
+                "WHERE job_id = $4 AND version = $5",
+                [(e.effective_step, e.applied_at, rev, job.job_id, e.version)
+                 for e in change.applied])
+        if change.plateau_metrics:
+            await conn.executemany(
+                "INSERT INTO lrctl_plateau_metrics (job_id, step, value, schedule_version, rev) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                [(job.job_id, m.step, m.value, m.schedule_version, rev)
+                 for m in change.plateau_metrics])
+        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{job.job_id} {rev}")
+        await conn.execute("COMMIT")
+        self.committed = True
+        self.rev = int(rev)
+        return self.rev
+
+
+class PgStore:
+    """A PostgreSQL database shared by controller replicas. Build with :meth:`open`.
+
+    Attributes:
+        shared: Always True: other replicas write the same database.
+        description: The URL without its password.
+    """
+
+    shared = True
+
+    def __init__(self, dsn: str, pool: Any, *, resync_seconds: float = RESYNC_SECONDS) -> None:
+        self._dsn = dsn
+        self._pool = pool
+        self.description = redact_url(dsn)
+        self._resync_seconds = resync_seconds
+        self._callbacks: list[Callable[[str, int], None]] = []
+        self._listener: Any = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, dsn: str, *, pool_size: int = 10,
+                   resync_seconds: float = RESYNC_SECONDS) -> PgStore:
+        """Connect, migrate, and start listening for other replicas' changes.
+
+        Raises:
+            StoreError: unreachable server, authentication failure, a newer schema.
+        """
+        description = redact_url(dsn)
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=pool_size,
+                server_settings={"application_name": "lrctl-controller",
+                                 # A replica that dies mid-transaction must not hold a row
+                                 # lock for long (the server also notices the closed socket).
+                                 "idle_in_transaction_session_timeout": "30000"})
+        except Exception as exc:  # asyncpg raises OSError, PostgresError, ValueError, ...
+            raise StoreError(f"cannot open database {description}: {_scrub(exc, dsn)}") from None
+        store = cls(dsn, pool, resync_seconds=resync_seconds)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            await store._connect_listener()
+        except BaseException as exc:
+            await pool.close()
+            if isinstance(exc, StoreError) or not isinstance(exc, Exception):
+                raise
+            raise StoreError(f"cannot open database {description}: {_scrub(exc, dsn)}") from None
+        store._listen_task = asyncio.ensure_future(store._keep_listening())
+        return store
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def load(self) -> list[StoredJob]:
+        """Return every job (current incarnation's log, consumed metrics, revision)."""
+        async with self._pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            events: dict[str, list[Event]] = {}
+            for row in await conn.fetch(
+                    f"SELECT e.job_id, {', '.join('e.' + c for c in _EVENT_COLUMNS.split(', '))} "
+                    "FROM lrctl_events e JOIN lrctl_jobs j ON j.job_id = e.job_id "
+                    "AND e.version > j.created_version ORDER BY e.job_id, e.version"):
+                events.setdefault(row[0], []).append(event_from_row(tuple(row)[1:]))
+            metrics: dict[str, list[ConsumedMetric]] = {}
+            for row in await conn.fetch("SELECT job_id, step, value, schedule_version "
+                                        "FROM lrctl_plateau_metrics ORDER BY job_id, step"):
+                metrics.setdefault(row[0], []).append(_metric_from_row(tuple(row)[1:]))
+            out: list[StoredJob] = []
+            for row in await conn.fetch(f"SELECT {_JOB_COLUMNS}, rev FROM lrctl_jobs "
+                                        "ORDER BY job_id"):
+                record = job_from_row(tuple(row)[:-1])
+                out.append(StoredJob(record, events.get(record.job_id, []),
+                                     metrics.get(record.job_id, []), rev=int(row["rev"])))
+            return out
+
+    async def since(self, job_id: str, rev: int) -> Delta | None:
+        """Return what changed in ``job_id`` after ``rev`` (one consistent snapshot)."""
+        async with self._pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            row = await conn.fetchrow(_SELECT_JOB, job_id)
+            if row is None or int(row["rev"]) == rev:
+                return None
+            return await _delta(conn, row, rev)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lock(self, job_id: str, rev: int) -> AsyncIterator[_PgLock]:
+        """Hold ``job_id``'s row lock in a transaction; ``.delta`` is what moved past ``rev``."""
+        async with self._locked(job_id, rev, want_delta=True) as lk:
+            yield lk
+
+    async def commit(self, change: Change) -> None:
+        """Write ``change`` in its own locked transaction (no staleness check by the caller)."""
+        async with self._locked(change.job.job_id, 0, want_delta=False) as lk:
+            await lk.commit(change)
+
+    @asynccontextmanager
+    async def _locked(self, job_id: str, rev: int, *, want_delta: bool) -> AsyncIterator[_PgLock]:
+        if self._closed:
+            raise StoreError(f"database {self.description} is closed")
+        async with self._pool.acquire() as conn:
+            lk = _PgLock(self, conn, job_id)
+            await conn.execute("BEGIN")
+            try:
+                row = await conn.fetchrow(_SELECT_JOB + " FOR UPDATE", job_id)
+                if row is None:
+                    # No row to lock yet: serialize creations of this id instead, then look
+                    # again (a replica may have created it while we waited).
+                    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                                       _JOB_LOCK_CLASS, job_id)
+                    row = await conn.fetchrow(_SELECT_JOB + " FOR UPDATE", job_id)
+                if row is not None:
+                    lk.rev = int(row["rev"])
+                    if want_delta and lk.rev != rev:
+                        lk.delta = await _delta(conn, row, rev)
+                yield lk
+            finally:
+                if not lk.committed and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+
+    # -- other replicas' changes ---------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[str, int], None]) -> None:
+        """Call ``callback(job_id, rev)`` for every committed change (any replica), and once
+        for every job now and after each reconnection of the listener (resync)."""
+        self._callbacks.append(callback)
+        self._tasks.add(task := asyncio.ensure_future(self._resync_quietly()))
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        job_id, _, rev = payload.rpartition(" ")
+        if job_id and rev.isdigit():
+            self._announce(job_id, int(rev))
+
+    def _announce(self, job_id: str, rev: int) -> None:
+        for callback in self._callbacks:
+            try:
+                callback(job_id, rev)
+            except Exception:  # one broken subscriber must not starve the others
+                _log.exception("store change callback failed for job %s", job_id)
+
+    async def _connect_listener(self) -> None:
+        conn = await asyncpg.connect(self._dsn, server_settings={
+            "application_name": "lrctl-controller-listener"})
+        await conn.add_listener(CHANNEL, self._on_notify)
+        self._listener = conn
+
+    async def _resync(self) -> None:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch("SELECT job_id, rev FROM lrctl_jobs")
+        for row in rows:
+            self._announce(row["job_id"], int(row["rev"]))
+
+    async def _resync_quietly(self) -> None:
+        try:
+            await self._resync()
+        except Exception as exc:
+            _log.warning("resync from %s failed: %s", self.description, _scrub(exc, self._dsn))
+
+    async def _keep_listening(self) -> None:
+        """Keep the LISTEN connection alive; after reconnecting, resync every job."""
+        backoff = 0.1
+        while not self._closed:
+            conn = self._listener
+            try:
+                if conn is None or conn.is_closed():
+                    await self._connect_listener()
+                    _log.info("listening on %s again; resyncing every job", self.description)
+                    await self._resync()
+                    conn = self._listener
+                    backoff = 0.1
+                await asyncio.sleep(self._resync_seconds)
+                # A query proves the connection is alive (a half-open TCP connection would
+                # otherwise swallow notifications silently), then compare every revision.
+                await conn.fetchval("SELECT 1", timeout=10)
+                await self._resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._closed:
+                    return
+                _log.warning("lost the change feed of %s (%s); reconnecting",
+                             self.description, _scrub(exc, self._dsn))
+                if self._listener is not None:
+                    with contextlib.suppress(Exception):
+                        self._listener.terminate()
+                    self._listener = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def close(self) -> None:
+        """Stop listening and close every connection; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in [self._listen_task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close(timeout=5)
+        await self._pool.close()
+
+
+async def _delta(conn: Any, row: Any, rev: int) -> Delta:
+    """What changed after ``rev`` in the job of ``row`` (read within the caller's snapshot)."""
+    job_id, now = row["job_id"], int(row["rev"])
+    full = rev <= 0 or rev < int(row["created_rev"]) or rev > now
+    cond = "" if full else " AND rev > $3"
+    args: list[Any] = [job_id, int(row["created_version"])] + ([] if full else [rev])
+    events = [event_from_row(tuple(r)) for r in await conn.fetch(
+        f"SELECT {_EVENT_COLUMNS} FROM lrctl_events WHERE job_id = $1 AND version > $2{cond} "
+        "ORDER BY version", *args)]
+    mcond = "" if full else " AND rev > $2"
+    margs: list[Any] = [job_id] + ([] if full else [rev])
+    metrics = [_metric_from_row(tuple(r)) for r in await conn.fetch(
+        f"SELECT step, value, schedule_version FROM lrctl_plateau_metrics WHERE job_id = $1"
+        f"{mcond} ORDER BY step", *margs)]
+    record = job_from_row(tuple(row)[:-2])
+    return Delta(record=record, rev=now, events=events, plateau_metrics=metrics, full=full)
+
+
+def _metric_from_row(row: Sequence[Any]) -> ConsumedMetric:
+    step, value, version = row
+    return ConsumedMetric(int(step), math.nan if value is None else float(value), int(version))
+
+
+def _scrub(exc: BaseException, dsn: str) -> str:
+    """``exc`` as text without the password of ``dsn`` or ``PGPASSWORD`` (defence in depth:
+    asyncpg's messages do not carry it, but a parse error may echo the URL)."""
+    text = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+    secrets = [os.environ.get("PGPASSWORD", "")]
+    try:
+        parts = urlsplit(dsn)
+        if parts.password:
+            secrets += [parts.password, unquote(parts.password)]
+    except ValueError:
+        pass
+    text = text.replace(dsn, redact_url(dsn))
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
