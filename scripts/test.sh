@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/install-prometheus.sh
+scripts/install-postgres.sh
 venv=${LRCTL_VENV:-.venv}
 case $venv in /*) ;; *) venv=$PWD/$venv ;; esac
 export PATH="$venv/bin:$PATH"
