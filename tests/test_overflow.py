@@ -53,9 +53,9 @@ PAST_THE_RANGE = [
     pytest.param("MultiplicativeLR(lr_lambda='1.5')",
                  lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 1.5), 2000,
                  id="multiplicative-grows-to-inf"),
-    pytest.param("MultiplicativeLR(lr_lambda='1.5 if epoch < 1000 else 1.01')",
+    pytest.param("MultiplicativeLR(lr_lambda='1.01 if epoch < 100 else 1.5')",
                  lambda o: lr_scheduler.MultiplicativeLR(
-                     o, lambda e: 1.5 if e < 1000 else 1.01), 2000,
+                     o, lambda e: 1.01 if e < 100 else 1.5), 2000,
                  id="multiplicative-piecewise-to-inf"),
     pytest.param("ChainedScheduler(schedulers=[ExponentialLR(gamma=1.5), "
                  "StepLR(step_size=100, gamma=2.0)])",
