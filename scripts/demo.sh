@@ -67,8 +67,8 @@ logs_pid=$!
 echo "== 4. waiting for step 100, then: lrctl override demo 'lr /= 2'"
 python - <<'EOF'
 import sys, time
-from controller.client import Client, ClientError
-with Client.from_env() as client:
+from lrctl.client import Client, ClientError
+with Client() as client:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         try:

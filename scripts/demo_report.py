@@ -10,8 +10,8 @@ import csv
 import sys
 from pathlib import Path
 
-from controller.client import Client
-from controller.plot import plot_lr_curves
+from lrctl.client import Client
+from lrctl.plot import plot_lr_curves
 
 
 def read_rank(path: Path) -> list[tuple[int, float, int]]:
@@ -27,7 +27,7 @@ def main() -> int:
     args = parser.parse_args()
 
     ranks = [read_rank(p) for p in sorted(args.lr_dir.glob("rank-*.csv"))]
-    with Client.from_env() as client:
+    with Client() as client:
         history = client.history(args.job)
         spec = client.get_job(args.job).schedule
     switch = next((e.effective_step for e in history if e.effective_step is not None), None)

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from controller.client import Client, ClientError
+from lrctl.client import Client, ClientError
 
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on (?P<host>[\d.]+):(?P<port>\d+)")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from controller.client import Client
+from lrctl.client import Client
 from tests.procs import ROOT, ControllerProcess, wait_for_step
 
 pytestmark = pytest.mark.slow
@@ -73,13 +73,14 @@ def check_consistent(ranks: list[dict[str, Any]]) -> None:
 def send_overrides_at_random_moments(client: Client, job: str, rng: random.Random,
                                      count: int) -> None:
     wait_for_step(client, job, 15)  # let training get going first
-    ops: list[tuple[str, float | None, int | None]] = [
-        ("scale", 0.5, None), ("scale", 0.1, 1), ("set", 3e-3, None), ("clear", None, None),
-        ("scale", 2.0, 0), ("set", 1e-2, 1)]
+    ops: list[tuple[str | None, int | None]] = [
+        ("lr *= 0.5", None), ("lr *= 0.1", 1), ("lr = 3e-3", None), (None, None),
+        ("lr *= 2.0", 0), ("lr = 1e-2", 1)]
     for i in range(count):
         time.sleep(rng.uniform(0.05, 0.5))
-        op, value, group = ops[i % len(ops)]
-        client.override(job, op, value, group=group, reason=f"random override {i}")
+        statement, group = ops[i % len(ops)]
+        client.override(job, statement, clear=statement is None, group=group,
+                        reason=f"random override {i}")
 
 
 @pytest.mark.parametrize("world", [pytest.param(2, id="2-ranks"), pytest.param(3, id="3-ranks")])
@@ -111,7 +112,7 @@ def test_negative_control_catches_a_rank_that_switches_late(tmp_path: Path) -> N
         procs = launch_ranks(tmp_path, controller.address, "late", 2, steps=80, late_rank=1,
                              schedule="StepLR(step_size=1000)")
         wait_for_step(client, "late", 15)
-        client.override("late", "scale", 0.5, reason="negative control")
+        client.override("late", "lr *= 0.5", reason="negative control")
         wait_ranks(procs)
     ranks = read_ranks(tmp_path, "late", 2)
     with pytest.raises(AssertionError, match="rank 1 differs from rank 0 at step"):
@@ -128,7 +129,7 @@ def test_training_survives_a_controller_kill(tmp_path: Path) -> None:
             # Long enough for the ranks' reconnect backoff (capped at 5 s) after the restart.
             procs = launch_ranks(tmp_path, controller.address, "kill9", 2, steps=600)
             wait_for_step(client, "kill9", 20)
-            client.override("kill9", "scale", 0.5, reason="before the outage")
+            client.override("kill9", "lr *= 0.5", reason="before the outage")
         time.sleep(0.5)
         controller.kill()  # SIGKILL mid-run
         time.sleep(1.5)
@@ -140,7 +141,7 @@ def test_training_survives_a_controller_kill(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "the ranks never reconnected"
                 time.sleep(0.1)
             step_before = client.get_job("kill9").step
-            client.override("kill9", "set", 1e-3, reason="after the restart")
+            client.override("kill9", "lr = 1e-3", reason="after the restart")
             wait_ranks(procs)
             history = client.history("kill9")
     finally:

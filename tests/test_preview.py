@@ -1,4 +1,4 @@
-"""``lrctl preview`` and controller.plot: no controller needed."""
+"""``lrctl preview`` and lrctl.plot: no controller needed."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli import main
-from controller.plot import lr_figure, plot_lr_curves
+from lrctl.plot import lr_figure, plot_lr_curves
 from lrctl.program import preview
 from tests.torch_ref import torch_rows
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.client import Client
+from lrctl.client import Client
 from tests.procs import ROOT, ControllerProcess, wait_for_step
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_torch_trainer_ranks_follow_the_controller(
         with Client(controller.address) as client:
             overrider = threading.Thread(target=lambda: (
                 wait_for_step(client, "ray-run-7", 30),
-                client.override("ray-run-7", "scale", 0.5, reason="from the test")))
+                client.override("ray-run-7", "lr *= 0.5", reason="from the test")))
             overrider.start()
             result = trainer.fit()
             overrider.join()

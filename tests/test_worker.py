@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from controller.client import Client
+from lrctl.client import Client
 from lrctl.errors import SpecError
 from tests.procs import ControllerProcess
 from tests.torch_ref import build_torch
@@ -80,7 +80,7 @@ def test_override_takes_effect_and_resume_replays_exactly(
     opt = make_optimizer()
     first = RemoteLRScheduler(opt, spec, job="resume", address=controller.address)
     rows = run(first, opt, 30)
-    version = client.override("resume", "scale", 0.5, reason="spike").event.version
+    version = client.override("resume", "lr *= 0.5", reason="spike").event.version
     wait_for_version(first, version)
     opt.step()
     first.step()  # applied at step 30
@@ -88,7 +88,7 @@ def test_override_takes_effect_and_resume_replays_exactly(
     rows.append([float(x) for x in first.get_last_lr()])
     rows += run(first, opt, 31)[1:]  # to step 60
     checkpoint = first.state_dict()
-    version = client.override("resume", "set", 1e-3, group=1).event.version
+    version = client.override("resume", "lr = 1e-3", group=1).event.version
     wait_for_version(first, version)
     rows += run(first, opt, 41)[1:]  # to step 100
     first.close()
@@ -173,7 +173,7 @@ def test_override_made_while_down_takes_effect_at_the_resume_step(
     with RemoteLRScheduler(opt, spec, job="resume-pending", address=controller.address) as s:
         run(s, opt, 21)  # to step 20
         checkpoint = s.state_dict()
-    client.override("resume-pending", "set", 1e-3, reason="while down")
+    client.override("resume-pending", "lr = 1e-3", reason="while down")
     opt2 = make_optimizer()
     with RemoteLRScheduler(opt2, spec, job="resume-pending", address=controller.address) as s:
         s.load_state_dict(checkpoint)
@@ -186,13 +186,14 @@ def test_override_made_while_down_takes_effect_at_the_resume_step(
 
 
 def test_a_recreated_job_answers_older_versions_from_its_previous_incarnation() -> None:
+    from lrctl.model import Job
     from lrctl.overrides import Event, Op
-    from worker._link import JobState
+    from worker._link import Held
 
-    old = JobState(version=3, schedule="StepLR(step_size=10)", base_lrs=(0.1,),
-                   events=(Event(2, Op.SCALE, 0.5), Event(3, Op.CLEAR)))
-    new = JobState(version=4, schedule="ExponentialLR(gamma=0.9)", base_lrs=(0.1,),
-                   created_version=4, previous=old)
+    old = Held(Job("j", "StepLR(step_size=10)", (0.1,), version=3,
+                   events=(Event(2, Op.SCALE, 0.5), Event(3, Op.CLEAR))))
+    new = Held(Job("j", "ExponentialLR(gamma=0.9)", (0.1,), version=4, created_version=4),
+               previous=old)
     # A rank holding the new incarnation and one still on the old agree on version 2:
     assert new.at(2) == old.at(2)
     assert new.at(2).schedule == "StepLR(step_size=10)"

@@ -11,12 +11,25 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from lrctl.client import TLSConfig
+from lrctl.constants import (
+    ADDRESS_ENV_VAR,
+    AGREE_EVERY_ENV_VAR,
+    CONNECT_TIMEOUT_ENV_VAR,
+    DEFAULT_ADDRESS,
+    DEFAULT_AGREE_EVERY,
+    DEFAULT_BACKOFF_INITIAL_S,
+    DEFAULT_BACKOFF_MAX_S,
+    DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_REPORT_INTERVAL_S,
+    JOB_ENV_VAR,
+    REPORT_INTERVAL_ENV_VAR,
+    TOKEN_ENV_VAR,
+)
 from lrctl.errors import LrctlError
-from lrctl.wire import ADDRESS_ENV_VAR, DEFAULT_ADDRESS, TOKEN_ENV_VAR
 
 __all__ = ["WorkerConfig", "WorkerError"]
 
-JOB_ENV_VAR = "LRCTL_JOB"
 #: Set by torchrun in every rank: its ``--rdzv-id`` (a fresh UUID for a single-node launch
 #: without rendezvous options), the job id when ``LRCTL_JOB`` is unset.
 TORCHELASTIC_RUN_ID_ENV_VAR = "TORCHELASTIC_RUN_ID"
@@ -25,14 +38,6 @@ TORCHELASTIC_RUN_ID_ENV_VAR = "TORCHELASTIC_RUN_ID"
 TORCHELASTIC_DEFAULT_RUN_ID = "none"
 #: Job ids (DESIGN.md): no glob characters, at most 128 characters.
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}")
-CONNECT_TIMEOUT_ENV_VAR = "LRCTL_CONNECT_TIMEOUT"
-DEFAULT_CONNECT_TIMEOUT_S = 30.0
-REPORT_INTERVAL_ENV_VAR = "LRCTL_REPORT_INTERVAL"
-DEFAULT_REPORT_INTERVAL_S = 0.1  # at most ~10 reports per second from rank 0
-AGREE_EVERY_ENV_VAR = "LRCTL_AGREE_EVERY"
-DEFAULT_AGREE_EVERY = 1
-DEFAULT_BACKOFF_INITIAL_S = 0.2
-DEFAULT_BACKOFF_MAX_S = 5.0
 
 
 class WorkerError(LrctlError):
@@ -63,6 +68,8 @@ class WorkerConfig:
     job_source: str = "job="
     """Where ``job`` came from (``job=``, ``LRCTL_JOB``, ``the Ray Train run name``,
     ``TORCHELASTIC_RUN_ID``), for rank 0's log line and error messages."""
+    tls: TLSConfig | None = None
+    """TLS to the controller (``LRCTL_TLS_CA``/``_CERT``/``_KEY``); None for plaintext."""
 
     def __post_init__(self) -> None:
         if not self.job:
@@ -92,6 +99,8 @@ class WorkerConfig:
             environ: The environment to read (default ``os.environ``).
             default_job: Fallback job id provider.
 
+        TLS comes from ``LRCTL_TLS_CA``/``LRCTL_TLS_CERT``/``LRCTL_TLS_KEY``.
+
         Raises:
             WorkerError: a default job id (run name, torchrun run id) that is not a valid
                 job id, or torchrun's placeholder ``none``: the message names ``LRCTL_JOB``.
@@ -112,6 +121,7 @@ class WorkerConfig:
             job=job,
             address=address or env.get(ADDRESS_ENV_VAR) or DEFAULT_ADDRESS,
             token=token or env.get(TOKEN_ENV_VAR) or None,
+            tls=TLSConfig.from_env(env),
             connect_timeout_s=number(CONNECT_TIMEOUT_ENV_VAR, DEFAULT_CONNECT_TIMEOUT_S),
             report_interval_s=number(REPORT_INTERVAL_ENV_VAR, DEFAULT_REPORT_INTERVAL_S),
             agree_every=int(number(AGREE_EVERY_ENV_VAR, DEFAULT_AGREE_EVERY)),

@@ -19,7 +19,7 @@ from lrctl.schedules import ReduceLROnPlateau, Schedule
 from lrctl.spec import Spec, parse_spec
 from worker._agreement import VersionAgreement
 from worker._config import WorkerConfig
-from worker._link import ControllerLink, JobState
+from worker._link import ControllerLink, Held
 
 __all__ = ["RemoteLRScheduler"]
 
@@ -78,13 +78,15 @@ class RemoteLRScheduler(LRScheduler):
         self.config = config
         self.job = config.job
         self.verbose = verbose
-        self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if distributed else 0
         if self.rank == 0:
             log.info("lrctl: following job %r (from %s) on %s", config.job, config.job_source,
                      config.address)
         self._link = ControllerLink(config, rank=self.rank, schedule=self.spec.to_text(),
-                                    base_lrs=base_lrs, verbose=verbose)
-        state = self._link.attach()
+                                    base_lrs=base_lrs, verbose=verbose,
+                                    world_size=dist.get_world_size() if distributed else 1)
+        attached = self._link.attach()
         self._applied_steps: dict[int, int] = {}  # version -> step it took effect here
         self._built: dict[str, Schedule] = {}  # reused across versions (recurrence caches)
         # Pending events resolved at construction: the step they take effect at is only
@@ -101,8 +103,8 @@ class RemoteLRScheduler(LRScheduler):
 
             self._on_lr: Callable[[int, list[float]], None] | None = lr_metrics_hook(
                 self.job, self.rank)
-            agreed = self._agreement.initial(state.version, config.agree_every)
-            self._switch(state, agreed, last_epoch + 1, provisional=True)
+            agreed = self._agreement.initial(attached.version, config.agree_every)
+            self._switch(Held(attached), agreed, last_epoch + 1, provisional=True)
             self._link.start()
             super().__init__(optimizer, last_epoch)
         except BaseException:
@@ -116,11 +118,11 @@ class RemoteLRScheduler(LRScheduler):
         """Advance one step; ``metrics`` is ReduceLROnPlateau's ``step(metric)`` argument."""
         upcoming = self.last_epoch + 1
         if upcoming % self.config.agree_every == 0:
-            state = self._link.state
-            if state is not None:
-                agreed = self._agreement.exchange(state.version)
+            held = self._link.held
+            if held is not None:
+                agreed = self._agreement.exchange(held.version)
                 if agreed is not None and agreed > self._applied_version:
-                    self._switch(state, agreed, upcoming)
+                    self._switch(held, agreed, upcoming)
         super().step()
         step = self.last_epoch
         if self._provisional and not self._constructing:
@@ -178,10 +180,10 @@ class RemoteLRScheduler(LRScheduler):
             del self._applied_steps[version]  # re-resolved below, at the resume step
         self._provisional -= set(saved)
         self._applied_steps.update(saved)
-        state = self._link.state
-        if state is not None:
+        held = self._link.held
+        if held is not None:
             version = max(self._applied_version, int(state_dict.get("applied_version", 0)))
-            self._switch(state, min(version, state.version), self.last_epoch + 1,
+            self._switch(held, min(version, held.version), self.last_epoch + 1,
                          provisional=True)
         # Put the step's LRs in param_groups, as the run that saved the checkpoint had them.
         self._values = self._program.lrs(self.last_epoch)
@@ -230,7 +232,7 @@ class RemoteLRScheduler(LRScheduler):
                 self._link.post_applied(version, self._applied_steps[version])
         self._provisional.clear()
 
-    def _switch(self, held: JobState, version: int, step: int, *,
+    def _switch(self, held: Held, version: int, step: int, *,
                 provisional: bool = False) -> None:
         """Apply the job as of ``version`` from ``step`` on (off the per-step path)."""
         state = held.at(version)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Sequence
-from datetime import datetime
 from typing import Any, TextIO
 
-__all__ = ["fmt_lr", "fmt_lrs", "fmt_step", "fmt_time", "print_json", "table"]
+from lrctl._render import short_time
+
+__all__ = ["fmt_lr", "fmt_lrs", "fmt_time", "print_json", "table"]
 
 
 def fmt_lr(value: float) -> str:
@@ -20,14 +21,9 @@ def fmt_lrs(values: Sequence[float]) -> str:
     return ", ".join(fmt_lr(v) for v in values) or "-"
 
 
-def fmt_step(step: int | None, *, pending: str = "pending") -> str:
-    """Return a step, or ``pending`` for an event not applied yet."""
-    return pending if step is None else str(step)
-
-
-def fmt_time(moment: datetime | None) -> str:
-    """Return a UTC time as ``2025-01-31 12:00:00Z``, or ``-``."""
-    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%SZ")
+def fmt_time(seconds: float | None) -> str:
+    """Return Unix seconds as ``2025-01-31 12:00:00Z`` (UTC), or ``-`` when unset."""
+    return short_time(seconds)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *,

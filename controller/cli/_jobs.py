@@ -1,4 +1,9 @@
-"""``lrctl job ...``, ``lrctl override`` and ``lrctl history``: one call each to the controller."""
+"""``lrctl job ...``, ``lrctl override`` and ``lrctl history``: one call each to the controller.
+
+The rules (what a valid spec, override or group is) are the core's (:mod:`lrctl.spec`,
+:mod:`lrctl.overrides`); these commands only check them early, before any call, to name
+the flag at fault, and format what :class:`lrctl.client.Client` returns.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from controller.cli._format import fmt_lrs, fmt_step, fmt_time, print_json, table
-from controller.client import Client, Event, Job
-from lrctl.overrides import parse_override
+from controller.cli._format import fmt_lrs, fmt_time, print_json, table
+from lrctl.client import Client
+from lrctl.errors import OverrideError
+from lrctl.model import Job
+from lrctl.overrides import Event, History, Op, validate_override
 from lrctl.spec import parse_spec
 
 __all__ = ["create", "finish", "get", "history", "list_jobs", "override"]
@@ -52,8 +59,8 @@ def list_jobs(client: Client, args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs" if args.all else "no running jobs (--all includes finished ones)")
         return 0
-    rows = [[j.job_id, j.state, str(j.version), _step(j.step), fmt_lrs(j.lr), str(j.workers),
-             j.schedule] for j in jobs]
+    rows = [[j.job_id, j.state.value, str(j.version), _step(j.step), fmt_lrs(j.lr),
+             str(j.workers), j.schedule] for j in jobs]
     print(table(["JOB", "STATE", "VERSION", "STEP", "LR", "WORKERS", "SCHEDULE"], rows,
                 right={2, 3, 5}))
     return 0
@@ -72,23 +79,18 @@ def finish(client: Client, args: argparse.Namespace) -> int:
 
 def override(client: Client, args: argparse.Namespace) -> int:
     """``lrctl override JOB ('lr /= 2' | --clear | --schedule SPEC)``."""
-    expression = " ".join(args.expression).strip()
-    given = [bool(expression), args.clear, args.schedule is not None]
-    if sum(given) != 1:
+    statement = " ".join(args.expression).strip() or None
+    if (statement is not None) + args.clear + (args.schedule is not None) != 1:
         raise UsageError("give exactly one of an expression ('lr /= 2', 'lr *= 0.1', "
                          "'lr = 3e-4'), --clear or --schedule SPEC")
-    value: float | None = None
-    if expression:
-        op, value = parse_override(expression)
-        op_name = op.value
-    elif args.clear:
-        op_name = "clear"
-    else:
-        parse_spec(args.schedule)
-        op_name = "replace_schedule"
-    if args.group is not None and args.group < 0:
-        raise UsageError(f"--group must be a param group index >= 0, got {args.group}")
-    result = client.override(args.job, op_name, value, schedule=args.schedule,
+    if args.schedule is not None:
+        parse_spec(args.schedule)  # the core's SpecError, before any network call
+    if args.group is not None:
+        try:
+            validate_override(Op.CLEAR, group=args.group)
+        except OverrideError as error:
+            raise UsageError(f"--group: {error}") from None
+    result = client.override(args.job, statement, clear=args.clear, schedule=args.schedule,
                              group=args.group, reason=args.reason,
                              expected_version=args.expected_version)
     if args.json:
@@ -107,7 +109,7 @@ def history(client: Client, args: argparse.Namespace) -> int:
     """``lrctl history JOB``."""
     events = client.history(args.job)
     if args.json:
-        print_json([e.to_dict() for e in events], sys.stdout)
+        print_json(events.to_dicts(), sys.stdout)
     elif not events:
         print(f"no overrides for {args.job}")
     else:
@@ -117,11 +119,8 @@ def history(client: Client, args: argparse.Namespace) -> int:
 
 def events_table(events: Sequence[Event]) -> str:
     """Return an override log as a table, oldest first."""
-    rows = [[str(e.version), e.describe(), fmt_step(e.effective_step), e.actor or "-",
-             e.reason or "-", fmt_time(e.created_at), fmt_time(e.applied_at)]
-            for e in events]
     return table(["VERSION", "CHANGE", "EFFECTIVE STEP", "ACTOR", "REASON", "CREATED",
-                  "APPLIED"], rows, right={0, 2})
+                  "APPLIED"], History(events).rows(), right={0, 2})
 
 
 def describe_job(job: Job) -> str:
@@ -130,7 +129,7 @@ def describe_job(job: Job) -> str:
            else "  ".join(f"group {g}: {fmt_lrs([x])}" for g, x in enumerate(job.lr)))
     fields = [
         ("job", job.job_id),
-        ("state", job.state),
+        ("state", job.state.value),
         ("schedule", job.schedule),
         ("base LRs", fmt_lrs(job.base_lrs)),
         ("version", str(job.version)),

@@ -1,10 +1,10 @@
 """The ``lrctl`` argument parser, dispatch and exit codes.
 
 Exit codes: 0 success; 1 the controller refused or could not be reached (NOT_FOUND,
-FAILED_PRECONDITION, ABORTED, UNAVAILABLE, ...) or a file could not be written; 2 bad
-usage or bad input (argparse errors, a bad spec or override expression, or the controller
-answering INVALID_ARGUMENT); 130 interrupted (Ctrl-C). Errors are one line on stderr,
-``lrctl: error: ...``, never a traceback.
+FAILED_PRECONDITION, ABORTED, UNAVAILABLE, ...), a file could not be written, or an extra
+the command needs is not installed; 2 bad usage or bad input (argparse errors, a bad spec
+or override expression, or the controller answering INVALID_ARGUMENT); 130 interrupted
+(Ctrl-C). Errors are one line on stderr, ``lrctl: error: ...``, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from controller.cli import _jobs, _preview, _serve, _watch
-from controller.client import Client, ClientError
+from lrctl.client import Client, ClientError
 from lrctl.errors import LrctlError
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
@@ -34,7 +34,7 @@ def _with_client(target: _ClientHandler) -> Callable[[argparse.Namespace], int]:
     """Return a handler that runs ``target`` with a :class:`Client` for ``--address``."""
 
     def handler(args: argparse.Namespace) -> int:
-        with Client.from_env(address=args.address) as client:
+        with Client(args.address) as client:  # LRCTL_ADDRESS, LRCTL_TOKEN, LRCTL_TLS_*
             return target(client, args)
 
     return handler
@@ -52,8 +52,9 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``lrctl`` parser; each leaf command sets ``handler``."""
-    address_help = ("controller HOST:PORT (default: $LRCTL_ADDRESS, else 127.0.0.1:50051); "
-                    "the token comes from $LRCTL_TOKEN")
+    address_help = ("controller HOST:PORT[,HOST:PORT...] (default: $LRCTL_ADDRESS, else "
+                    "127.0.0.1:50051); the token comes from $LRCTL_TOKEN, TLS from "
+                    "$LRCTL_TLS_CA/$LRCTL_TLS_CERT/$LRCTL_TLS_KEY")
     # --address works before or after the command: the leaf copies leave it alone unless set.
     address = argparse.ArgumentParser(add_help=False)
     address.add_argument("--address", metavar="HOST:PORT", default=argparse.SUPPRESS,
@@ -164,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LrctlError, ValueError) as error:  # SpecError, OverrideError, bad flag values
         _error(str(error))
         return EXIT_USAGE
+    except ImportError as error:  # an extra that is not installed names itself
+        _error(str(error))
+        return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("\n")
         return EXIT_INTERRUPTED

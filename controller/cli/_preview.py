@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     spec = parse_spec(args.spec).to_text()
     lrs = ", ".join(repr(b) for b in args.base_lrs)
     if args.format == "png":
-        from controller.plot import plot_lr_curves  # matplotlib is slow to import
+        from lrctl.plot import plot_lr_curves  # matplotlib (the [plot] extra) loads lazily
 
         out = args.out or DEFAULT_PNG
         plot_lr_curves(rows, title=f"{spec}\nbase LRs: {lrs}", out=out,

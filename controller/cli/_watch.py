@@ -1,10 +1,11 @@
 """``lrctl watch JOB``: a live view of one job that follows its Watch stream.
 
-A background thread reads the stream into a queue; the main thread applies each update
-and, between updates, polls ``GetJob`` every ``--interval`` seconds (the step, LRs and
-worker count change with every report, which is not a new version). On a terminal the
-view redraws in place; otherwise it prints one line per change. A lost connection is
-retried with exponential backoff, resuming from the last version seen.
+A :class:`lrctl.client.WatchFollower` (the same one the workers use) reads the stream on a
+background thread into a queue; it reconnects with jittered exponential backoff, resuming
+from the last version seen. The main thread applies each update and, between updates, polls
+``GetJob`` every ``--interval`` seconds (the step, LRs and worker count change with every
+report, which is not a new version). On a terminal the view redraws in place; otherwise it
+prints one line per change.
 """
 
 from __future__ import annotations
@@ -14,23 +15,18 @@ import queue
 import shutil
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TextIO
 
 from controller.cli._format import fmt_lrs
-from controller.client import Client, ClientError, Event, Job, Update, WatchStream
+from lrctl.client import Client, ClientError, FollowUpdate, WatchFollower
+from lrctl.model import Job, WatchKind
+from lrctl.overrides import Event
 
-__all__ = ["INITIAL_BACKOFF_SECONDS", "MAX_BACKOFF_SECONDS", "RETRYABLE_CODES", "run"]
+__all__ = ["run"]
 
-#: Stream errors after which the view reconnects (others end it with exit code 1).
-RETRYABLE_CODES = frozenset({"UNAVAILABLE", "INTERNAL", "UNKNOWN", "CANCELLED",
-                             "DEADLINE_EXCEEDED"})
-INITIAL_BACKOFF_SECONDS = 0.5
-MAX_BACKOFF_SECONDS = 10.0
-
-_END = object()  # the stream ended without FINISHED
+_END = object()  # the follower stopped: the job finished, or it was closed
 
 
 @dataclass
@@ -101,7 +97,7 @@ def _block(job_id: str, state: _State) -> list[str]:
     step = "-" if job.step < 0 else str(job.step)
     lrs = "  ".join(f"group {g}: {fmt_lrs([x])}" for g, x in enumerate(job.lr))
     return [
-        f"{job_id}  {job.state}  version {state.version}  step {step}  "
+        f"{job_id}  {job.state.value}  version {state.version}  step {step}  "
         f"workers {job.workers}",
         f"  lr    {lrs}",
         f"  last  {_last(state)}",
@@ -113,17 +109,16 @@ def _line(job_id: str, state: _State) -> str:
     job = state.job
     if job is None:
         return f"job={job_id} {state.status}"
-    return (f"job={job_id} state={job.state} version={state.version} step={job.step} "
+    return (f"job={job_id} state={job.state.value} version={state.version} step={job.step} "
             f"lr=[{fmt_lrs(job.lr)}] workers={job.workers} last={_last(state)!r}")
 
 
-def _pump(stream: WatchStream, updates: queue.Queue[object]) -> None:
+def _pump(follower: WatchFollower, updates: queue.Queue[object]) -> None:
     try:
-        for update in stream:
+        for update in follower:
             updates.put(update)
-    except BaseException as error:  # handed to the main thread, which raises or retries
+    except BaseException as error:  # handed to the main thread, which raises it
         updates.put(error)
-        return
     updates.put(_END)
 
 
@@ -134,37 +129,14 @@ class _Watcher:
         self._screen = screen
         self._interval = interval
         self._state = _State()
-        self._stream: WatchStream | None = None
-        self._connected = False
+        # Transient errors reconnect; the first attempt failing (a wrong address, an
+        # unknown job) ends the command at once.
+        self._follower = WatchFollower(client, job_id, raise_first=True)
 
     def run(self) -> int:
-        delay = INITIAL_BACKOFF_SECONDS
-        while True:
-            self._stream = self._client.watch(self._job_id, from_version=self._state.version)
-            updates: queue.Queue[object] = queue.Queue()
-            threading.Thread(target=_pump, args=(self._stream, updates), daemon=True,
-                             name="lrctl-watch").start()
-            outcome = self._consume(updates)
-            self._stream.cancel()
-            if outcome is None:
-                return 0
-            if not self._connected or outcome.code not in RETRYABLE_CODES:
-                raise outcome
-            if self._state.online:
-                delay = INITIAL_BACKOFF_SECONDS  # the last attempt got through
-            self._state.online = False
-            self._screen.note(self._job_id, self._state,
-                              f"connection lost ({outcome.code}); reconnecting in "
-                              f"{delay:.1f}s from version {self._state.version}")
-            time.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-
-    def stop(self) -> None:
-        if self._stream is not None:
-            self._stream.cancel()
-
-    def _consume(self, updates: queue.Queue[object]) -> ClientError | None:
-        """Apply updates until FINISHED (None) or the stream breaks (the error)."""
+        updates: queue.Queue[object] = queue.Queue()
+        threading.Thread(target=_pump, args=(self._follower, updates), daemon=True,
+                         name="lrctl-watch").start()
         while True:
             try:
                 item = updates.get(timeout=self._interval)
@@ -174,40 +146,45 @@ class _Watcher:
                     self._screen.show(self._job_id, self._state)
                 continue
             if item is _END:
-                return ClientError("UNAVAILABLE", "the Watch stream ended",
-                                   self._client.address)
-            if isinstance(item, ClientError):
-                return item
+                return 0
             if isinstance(item, BaseException):
                 raise item
-            if not isinstance(item, Update):
-                continue
-            if self._apply(item):
-                return None
+            if isinstance(item, FollowUpdate) and self._apply(item):
+                return 0
 
-    def _apply(self, update: Update) -> bool:
+    def stop(self) -> None:
+        self._follower.close()
+
+    def _apply(self, update: FollowUpdate) -> bool:
         """Fold one update into the view; True once the job is finished."""
         state = self._state
-        if self._connected and not state.online:
+        if update.error is not None:
+            state.online = False
+            self._screen.note(self._job_id, state,
+                              f"connection lost ({update.error.code}); reconnecting in "
+                              f"{update.retry_in:.1f}s from version {state.version}")
+            return False
+        if update.reconnected:
             self._screen.note(self._job_id, state, f"reconnected to {self._client.address}")
-        self._connected = True
         state.online = True
         state.status = "connected"
-        state.version = max(state.version, update.version)
+        message = update.message
         if update.job is not None:
-            state.job = update.job
-        elif update.kind == "event":
-            self._refresh()
-        if update.event is not None:
-            state.last_event = update.event
+            state.version = max(state.version, update.job.version)
+            if message is not None and message.kind is WatchKind.EVENT:
+                state.job = update.job
+                self._refresh()  # the new LR and step: the event alone does not say
+            elif message is None or message.kind is not WatchKind.HEARTBEAT \
+                    or state.job is None:
+                state.job = update.job
+        if message is not None and message.event is not None:
+            state.last_event = message.event
         elif state.job is not None and state.job.events:
             state.last_event = state.job.events[-1]
-        finished = update.kind == "finished" or (state.job is not None
-                                                 and state.job.state == "finished")
-        if finished:
+        if update.finished:
             state.status = "job finished"
         self._screen.show(self._job_id, state)
-        return finished
+        return update.finished
 
     def _refresh(self) -> None:
         try:

@@ -1,7 +1,9 @@
-"""Charts of learning-rate curves: ``lrctl preview --format png`` and the demo's live run.
+"""Charts of learning-rate curves: ``lrctl preview --format png``, notebooks, the demo.
 
 Rendering uses matplotlib's Agg canvas on a :class:`matplotlib.figure.Figure` built here,
 never ``pyplot``: no global figure registry, no GUI backend, safe in threads and servers.
+matplotlib is the ``[plot]`` extra (``pip install 'lrctl[plot]'``); it is imported when a
+chart is drawn, never when this module is.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-__all__ = ["lr_figure", "plot_lr_curves"]
+__all__ = ["PLOT_EXTRA_HINT", "lr_figure", "plot_lr_curves", "preview_figure"]
+
+#: What to run when matplotlib is missing.
+PLOT_EXTRA_HINT = "pip install 'lrctl[plot]'"
 
 _SIZE_INCHES = (8.0, 4.5)
 _DPI = 120
@@ -41,6 +46,7 @@ def lr_figure(rows: Sequence[Sequence[float]], *, title: str, log_scale: bool = 
 
     Raises:
         ValueError: no rows, rows of different lengths, or a wrong number of labels.
+        ImportError: matplotlib is not installed (``pip install 'lrctl[plot]'``).
     """
     if not rows:
         raise ValueError("expected at least one row of LRs, got none")
@@ -52,8 +58,9 @@ def lr_figure(rows: Sequence[Sequence[float]], *, title: str, log_scale: bool = 
     if len(labels) != groups:
         raise ValueError(f"expected {groups} group label(s), got {len(labels)}")
 
-    figure = Figure(figsize=_SIZE_INCHES, dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(figure)
+    figure_class, canvas_class = _matplotlib()
+    figure: Figure = figure_class(figsize=_SIZE_INCHES, dpi=_DPI, layout="constrained")
+    canvas_class(figure)
     axes = figure.add_subplot()
     steps = range(len(rows))
     single = len(rows) == 1
@@ -98,3 +105,46 @@ def plot_lr_curves(rows: Sequence[Sequence[float]], *, title: str,
     figure = lr_figure(rows, title=title, log_scale=log_scale, markers=markers,
                        group_labels=group_labels)
     figure.savefig(out, format="png")
+
+
+def preview_figure(schedule: str, base_lrs: Sequence[float], steps: int, *,
+                   log_scale: bool = False, title: str | None = None) -> Figure:
+    """Evaluate ``schedule`` locally (:func:`lrctl.program.preview`) and draw it.
+
+    In a notebook the returned figure shows itself::
+
+        from lrctl.plot import preview_figure
+        preview_figure("OneCycleLR(max_lr=0.1, total_steps=100)", [0.1], 100)
+
+    Args:
+        schedule: A spec, e.g. ``"CosineAnnealingLR(T_max=100)"``.
+        base_lrs: One base LR per param group.
+        steps: Rows: row t is each group's LR after t calls of ``step()``.
+        log_scale: Use a logarithmic LR axis.
+        title: The chart's title; the canonical spec and base LRs by default.
+
+    Returns:
+        The figure, attached to an Agg canvas (``figure.savefig(...)`` writes it).
+
+    Raises:
+        SpecError: invalid spec, base LRs or number of steps.
+        ImportError: matplotlib is not installed (``pip install 'lrctl[plot]'``).
+    """
+    from lrctl.program import preview
+    from lrctl.spec import parse_spec
+
+    rows = preview(schedule, base_lrs, steps)
+    if title is None:
+        lrs = ", ".join(repr(float(b)) for b in base_lrs)
+        title = f"{parse_spec(schedule).to_text()}\nbase LRs: {lrs}"
+    return lr_figure(rows, title=title, log_scale=log_scale)
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    """Import matplotlib's Figure and Agg canvas, or say which extra installs them."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(f"drawing LR charts needs matplotlib: {PLOT_EXTRA_HINT}") from error
+    return Figure, FigureCanvasAgg

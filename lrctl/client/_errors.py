@@ -1,0 +1,63 @@
+"""The one error of the client: :class:`ClientError`, and the mapping from gRPC errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from lrctl.errors import LrctlError
+
+__all__ = ["TRANSIENT_CODES", "ClientError", "from_rpc_error"]
+
+#: Status codes after which the same call may succeed later (the controller restarts, a
+#: network blip, a limit that frees up): reports are retried, Watch followers reconnect.
+TRANSIENT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+                             "INTERNAL", "UNKNOWN", "CANCELLED"})
+
+
+class ClientError(LrctlError):
+    """A call to the controller failed, or the client cannot be set up.
+
+    ``str(error)`` is one line meant for people: ``NOT_FOUND: job 'run-9' not found``, or
+    ``cannot reach the lrctl controller at 127.0.0.1:50051 (is 'lrctl serve' running?)``.
+    It pickles (``__reduce__``), so it crosses Ray actor and process boundaries intact.
+
+    Attributes:
+        code: The gRPC status code's name, e.g. ``"NOT_FOUND"``, ``"INVALID_ARGUMENT"``.
+        details: The controller's message, verbatim.
+        address: The controller address the call went to.
+    """
+
+    def __init__(self, code: str, details: str, address: str = "") -> None:
+        self.code = code
+        self.details = details
+        self.address = address
+        super().__init__(_describe(code, details, address))
+
+    @property
+    def transient(self) -> bool:
+        """True if the same call may succeed later (see :data:`TRANSIENT_CODES`)."""
+        return self.code in TRANSIENT_CODES
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.code, self.details, self.address))
+
+
+def _describe(code: str, details: str, address: str) -> str:
+    details = " ".join(details.split())  # one line, whatever the server sent
+    where = address or "its address"
+    if code == "UNAVAILABLE":
+        return f"cannot reach the lrctl controller at {where} (is 'lrctl serve' running?)"
+    if code == "DEADLINE_EXCEEDED":
+        return f"DEADLINE_EXCEEDED: the lrctl controller at {where} did not answer in time"
+    return f"{code}: {details}" if details else code
+
+
+def from_rpc_error(error: grpc.RpcError, address: str) -> ClientError:
+    """Return the :class:`ClientError` for a failed gRPC call."""
+    if isinstance(error, grpc.Call):
+        code = error.code()
+        return ClientError(code.name if code is not None else "UNKNOWN",
+                           error.details() or "", address)
+    return ClientError("UNKNOWN", str(error), address)
