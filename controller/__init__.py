@@ -1,7 +1,7 @@
 """lrctl controller: the asyncio gRPC server that owns every job's LR schedule.
 
-Public entry points (imported lazily, so ``controller.client`` and the CLI's client
-commands never load the server stack)::
+Public entry points (imported lazily, so the CLI's client commands never load the server
+stack)::
 
     from controller import ServerConfig, start, serve
 
@@ -17,12 +17,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from controller.config import CLIENT_CHANNEL_OPTIONS, ServerConfig, load_tokens
+    from controller.config import ServerConfig, load_tokens
     from controller.server import Controller, serve, start
     from controller.service import ControllerService
 
 __all__ = [
-    "CLIENT_CHANNEL_OPTIONS",
     "Controller",
     "ControllerService",
     "ServerConfig",
@@ -32,7 +31,6 @@ __all__ = [
 ]
 
 _HOMES = {
-    "CLIENT_CHANNEL_OPTIONS": "controller.config",
     "ServerConfig": "controller.config",
     "load_tokens": "controller.config",
     "Controller": "controller.server",

@@ -1,7 +1,8 @@
 """Domain errors of the controller, one class per gRPC status they map to.
 
 The service layer (:mod:`controller.service`) raises these and never imports grpc; the
-servicer maps each class to its status code in one place (:func:`controller.servicer.status_for`).
+server maps each class to its status code in one place
+(:func:`controller.interceptors.status_for`).
 Messages say what was expected and what came, and are sent to the client verbatim.
 """
 
@@ -16,6 +17,7 @@ __all__ = [
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
+    "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
 ]
@@ -41,12 +43,16 @@ class Conflict(ControllerError):
     """``expected_version`` does not match the job's version (optimistic concurrency)."""
 
 
+class ResourceExhausted(ControllerError):
+    """A configured limit would be exceeded (events per job, jobs, Watch streams, sizes)."""
+
+
 class Unauthenticated(ControllerError):
     """No token, or a token the controller does not know."""
 
 
 class PermissionDenied(ControllerError):
-    """The token's role does not allow the request (a reader calling a mutating RPC)."""
+    """The token's role does not allow the request (e.g. a reader calling Override)."""
 
 
 class Unavailable(ControllerError):

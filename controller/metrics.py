@@ -43,8 +43,8 @@ class ControllerMetrics:
                           ["job_id"], registry=registry)
         self.overrides = Counter("lrctl_overrides", "Override events accepted, by operation.",
                                  ["job_id", "op"], registry=registry)
-        self.workers = Gauge("lrctl_workers", "Ranks with an open Watch stream.", ["job_id"],
-                             registry=registry)
+        self.workers = Gauge("lrctl_workers", "World size reported by the job's attached rank 0 "
+                             "(0 when none).", ["job_id"], registry=registry)
         self.schedule_version = Gauge("lrctl_schedule_version", "The job's current version.",
                                       ["job_id"], registry=registry)
         self.override_apply_seconds = Histogram(
@@ -94,13 +94,18 @@ class ControllerMetrics:
                       self.rank_divergence):
             gauge.labels(job_id)  # present (0) from creation on
 
-    def update_overrides(self, job_id: str, events: Sequence[Event]) -> None:
+    def update_overrides(self, job_id: str, events: Sequence[Event],
+                         pending: int | None = None) -> None:
         """Export a running job's pending count and its latest overrides' info series.
 
-        ``events`` is the job's whole log (current incarnation). The info series change only
-        when the log grows or the job is recreated, so a bare progress report costs one count.
+        ``events`` is the job's whole log (current incarnation); ``pending`` the events not
+        yet applied by every rank (default: those without an effective step). The info series
+        change only when the log grows or the job is recreated, so a bare progress report
+        costs one count.
         """
-        self.overrides_pending.labels(job_id).set(sum(1 for e in events if e.pending))
+        if pending is None:
+            pending = sum(1 for e in events if e.pending)
+        self.overrides_pending.labels(job_id).set(pending)
         key = (len(events), events[-1].version if events else 0)
         if self._info_key.get(job_id) == key:
             return
@@ -130,7 +135,7 @@ class ControllerMetrics:
         self.overrides.labels(job_id, op).inc()
 
     def set_workers(self, job_id: str, count: int) -> None:
-        """Set the number of ranks watching a running job."""
+        """Set the world size of a running job's attached training run."""
         self.workers.labels(job_id).set(count)
 
     def observe_apply(self, seconds: float) -> None:

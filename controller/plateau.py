@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from copy import copy
 
-from controller.store import ConsumedMetric, JobRecord
+from controller.store import ConsumedMetric
+from lrctl.model import Job
 from lrctl.overrides import Event, Op
 from lrctl.schedules import PlateauTracker, ReduceLROnPlateau, build_schedule
 
@@ -20,13 +21,13 @@ class JobPlateau:
     replaying the stored metrics consumed under the current schedule.
     """
 
-    def __init__(self, record: JobRecord, events: Sequence[Event],
+    def __init__(self, job: Job, events: Sequence[Event],
                  consumed: Sequence[ConsumedMetric]) -> None:
-        self.num_groups = len(record.base_lrs)
+        self.num_groups = len(job.base_lrs)
         self.last_step = max((m.step for m in consumed), default=-1)
-        self.schedule_version = record.created_version
+        self.schedule_version = job.created_version
         self.tracker: PlateauTracker | None = None
-        self._install(record.schedule, record.created_version)
+        self._install(job.schedule, job.created_version)
         self.on_events(events)
         for metric in consumed:
             if self.tracker is not None and metric.schedule_version == self.schedule_version:

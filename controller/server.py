@@ -1,29 +1,27 @@
 """The controller process: gRPC server, health, reflection, metrics endpoint, lifecycle.
 
-``python -m controller.server --port 0 --metrics-port 0 --db lrctl.db`` runs it in the
-foreground with the same flags as ``lrctl serve`` and prints one line to stderr::
+``lrctl serve`` (:func:`serve`) is the one way to run it from a shell; once serving it
+prints one line to stderr::
 
     lrctl controller listening on 127.0.0.1:50051 (metrics on 127.0.0.1:9464, db lrctl.db)
 
-Keepalive and message-size options are in :func:`controller.config.server_channel_options`
-(the module docstring of :mod:`controller.config` explains the numbers and what clients
-must set). On SIGTERM or SIGINT the health service turns NOT_SERVING, open Watch streams end
-with UNAVAILABLE (workers reconnect and resume from their version), in-flight unary calls
-get ``grace_seconds`` to finish, then the database is closed.
+:func:`start` embeds it in a running event loop (tests do). Keepalive and message-size
+options are :func:`controller.config.server_channel_options` (the numbers and their
+rationale: :mod:`lrctl.constants`). Every ``lrctl.v1.LRController`` call passes three
+interceptors, outermost first: metrics, errors to status codes, authentication. On SIGTERM
+or SIGINT the health service turns NOT_SERVING, open Watch streams end with UNAVAILABLE
+(workers reconnect and resume from their version), in-flight unary calls get
+``grace_seconds`` to finish, then the database is closed.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import inspect
 import logging
 import signal
 import socket
 import sys
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -34,85 +32,19 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 
-from controller.config import ServerConfig, add_server_arguments, server_channel_options
-from controller.logs import configure_logging
+from controller.auth import Authenticator, AuthInterceptor
+from controller.config import ServerConfig, server_channel_options
+from controller.interceptors import MetricsInterceptor, StatusInterceptor
 from controller.metrics import ControllerMetrics
 from controller.service import ControllerService
 from controller.servicer import LRControllerServicer
 from controller.store import Store
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 
-__all__ = ["SERVICE_NAME", "Controller", "main", "serve", "start"]
+__all__ = ["SERVICE_NAME", "Controller", "serve", "start"]
 
 SERVICE_NAME = lrctl_pb2.DESCRIPTOR.services_by_name["LRController"].full_name
 _log = logging.getLogger("lrctl.controller.server")
-
-
-class _MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every RPC by method and final status and times it (streams: at stream end)."""
-
-    def __init__(self, metrics: ControllerMetrics) -> None:
-        self._metrics = metrics
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails],
-                                     Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, service, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, service, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        return handler  # client-streaming (reflection): not instrumented
-
-    def _done(self, service: str, method: str, context: Any, start: float,
-              error: BaseException | None) -> None:
-        if isinstance(error, asyncio.CancelledError):
-            code = "CANCELLED"
-        else:
-            status = context.code()
-            ok = error is None or isinstance(error, grpc.aio.AbortError)
-            code = status.name if status is not None else ("OK" if ok else "UNKNOWN")
-        self._metrics.observe_rpc(service, method, code, time.perf_counter() - start)
-
-    def _unary(self, behavior: Any, service: str, method: str) -> Any:
-        async def wrapper(request: Any, context: Any) -> Any:
-            start, error = time.perf_counter(), None
-            try:
-                return await behavior(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._done(service, method, context, start, error)
-        return wrapper
-
-    def _stream(self, behavior: Any, service: str, method: str) -> Any:
-        if not inspect.isasyncgenfunction(behavior):
-            # A handler that writes with context.write() (grpc_health's Watch).
-            return self._unary(behavior, service, method)
-
-        async def wrapper(request: Any, context: Any) -> AsyncIterator[Any]:
-            start, error = time.perf_counter(), None
-            try:
-                async for response in behavior(request, context):
-                    yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._done(service, method, context, start, error)
-        return wrapper
 
 
 class Controller:
@@ -206,10 +138,11 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
     try:
         service = await ControllerService.open(store, metrics,
                                                heartbeat_seconds=config.heartbeat_seconds)
-        server = grpc.aio.server(interceptors=[_MetricsInterceptor(metrics)],
+        interceptors = [MetricsInterceptor(metrics), StatusInterceptor(SERVICE_NAME),
+                        AuthInterceptor(Authenticator(config.tokens), SERVICE_NAME)]
+        server = grpc.aio.server(interceptors=interceptors,
                                  options=server_channel_options(config))
-        lrctl_pb2_grpc.add_LRControllerServicer_to_server(  # type: ignore[no-untyped-call]
-            LRControllerServicer(service, config.tokens), server)  # (generated, untyped)
+        lrctl_pb2_grpc.add_LRControllerServicer_to_server(LRControllerServicer(service), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -282,23 +215,3 @@ async def _serve(config: ServerConfig) -> int:
     await stop.wait()
     await controller.stop(config.grace_seconds)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m controller.server``: the ``lrctl serve`` flags plus ``--log-level``."""
-    parser = argparse.ArgumentParser(prog="python -m controller.server",
-                                     description="Run the lrctl controller.")
-    add_server_arguments(parser)
-    parser.add_argument("--log-level", default="info",
-                        choices=("debug", "info", "warning", "error"))
-    args = parser.parse_args(argv)
-    try:
-        config = ServerConfig.from_args(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    configure_logging(getattr(logging, args.log_level.upper()))
-    return serve(config)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,12 @@
-"""The controller's domain service: jobs, override logs, reports and watches.
+"""The controller's domain service: the commands and queries behind every RPC.
 
-Plain Python and asyncio; never imports grpc (the servicer adapts it). Every job lives in
-memory and in the :class:`~controller.store.Store`. A mutation is serialized per job, written
-through to SQLite, and only then applied in memory and announced to watchers, so what a
-client was told is always on disk, and versions per job strictly increase across restarts.
+Plain Python and asyncio; never imports grpc (:mod:`controller.servicer` adapts it). Every job
+lives in memory (:class:`~controller.jobs.JobEntry`) and in the store. A mutation is
+serialized per job, written through to the store, and only then applied in memory, shown
+(:class:`~controller.projection.Projection`: metrics, change log) and announced to watchers
+(:class:`~controller.watch.WatchHub`), so what a client was told is always on disk, and
+versions per job strictly increase across restarts. Validation is the core's
+(:mod:`lrctl.program`, :mod:`lrctl.overrides`); its errors reach clients as INVALID_ARGUMENT.
 
 Decisions documented in docs/controller.md:
 
@@ -19,72 +22,29 @@ Decisions documented in docs/controller.md:
 from __future__ import annotations
 
 import asyncio
-import logging
-import math
-import random
 import time
-from bisect import bisect_right
-from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
-from controller import logs
-from controller.errors import (
-    Conflict,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-)
+from controller.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from controller.jobs import JobEntry, check_job_id, decode_token, encode_token
 from controller.metrics import ControllerMetrics
 from controller.plateau import JobPlateau
-from controller.store import FINISHED, RUNNING, Change, ConsumedMetric, JobRecord, Store
-from controller.views import (
-    JobView,
-    WatchKind,
-    WatchMessage,
-    check_job_id,
-    decode_token,
-    encode_token,
-)
+from controller.projection import Projection
+from controller.store import Change, ConsumedMetric, Store
+from controller.watch import WatchHub
+from lrctl import constants
 from lrctl.errors import LrctlError
-from lrctl.overrides import Event, Op, resolve_pending, validate_override
+from lrctl.model import Job, JobState, Report, WatchMessage
+from lrctl.overrides import Event, Op, validate_override
 from lrctl.program import LRProgram
 from lrctl.program import preview as program_preview
-from lrctl.schedules import ReduceLROnPlateau, Schedule, build_schedule
+from lrctl.schedules import ReduceLROnPlateau, build_schedule, canonical_spec
 
-__all__ = ["ControllerService", "JobView", "WatchKind", "WatchMessage", "check_job_id"]
+__all__ = ["ControllerService"]
 
 T = TypeVar("T")
-
-DEFAULT_PAGE_SIZE = 100
-#: Longest time a rank-0 progress report (step, LRs) stays in memory only.
-PROGRESS_PERSIST_S = 2.0
-MAX_PAGE_SIZE = 1000
-#: Preview rows x param groups; keeps a response well under the message size limit.
-MAX_PREVIEW_VALUES = 1_000_000
-
-_lr_log = logging.getLogger("lrctl.controller.lr")
-
-@dataclass
-class _Job:
-    """In-memory state of one job; replaced field by field only after a commit."""
-
-    record: JobRecord
-    events: list[Event]
-    plateau: JobPlateau
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    persisted_at: float = 0.0  # when the record (step, LRs) was last written
-    built: dict[str, Schedule] = field(default_factory=dict)  # reused by display programs
-    # (key, program) of _display_lrs: the cached program for the current log.
-    display: tuple[object, LRProgram | None] = (None, None)
-    watchers: Counter[str] = field(default_factory=Counter)
-    streams: int = 0  # open Watch streams, counted or not in ``watchers``
-
-    @property
-    def running(self) -> bool:
-        return self.record.state == RUNNING
 
 
 class ControllerService:
@@ -98,80 +58,75 @@ class ControllerService:
     """
 
     def __init__(self, store: Store, metrics: ControllerMetrics | None = None, *,
-                 heartbeat_seconds: float = 5.0,
+                 heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
-        self._metrics = metrics
-        self._heartbeat = heartbeat_seconds
         self._clock = clock
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, JobEntry] = {}
         # One lock per job id for the service's lifetime: mutations of a job are serialized.
         self._locks: dict[str, asyncio.Lock] = {}
-        self._closing = False
+        self._projection = Projection(metrics)
+        self._hub = WatchHub(heartbeat_seconds, on_count=self._streams_changed)
 
     @classmethod
     async def open(cls, store: Store, metrics: ControllerMetrics | None = None, *,
-                   heartbeat_seconds: float = 5.0) -> ControllerService:
+                   heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
+                   ) -> ControllerService:
         """Load every job from ``store`` and export the running ones' metrics."""
         service = cls(store, metrics, heartbeat_seconds=heartbeat_seconds)
         for stored in await store.load():
-            record = stored.record
-            top = max([record.version, *(e.version for e in stored.events)])
-            record = replace(record, version=top)
-            plateau = JobPlateau(record, stored.events, stored.plateau_metrics)
-            job = _Job(record, list(stored.events), plateau)
-            service._jobs[record.job_id] = job
-            if job.running:
-                service._export(job)
+            top = max([stored.record.version, *(e.version for e in stored.events)])
+            job = replace(stored.record, version=top, events=tuple(stored.events))
+            entry = JobEntry(job, JobPlateau(job, stored.events, stored.plateau_metrics))
+            service._jobs[job.job_id] = entry
+            service._projection.export(job, 0)
         return service
-
-    def _now(self) -> float:
-        return float(self._clock())
 
     # -- jobs ----------------------------------------------------------------------------------
 
     async def create_job(self, job_id: str, schedule: str, base_lrs: Sequence[float], *,
                          replace_existing: bool = False,
-                         verbose: bool = False) -> tuple[JobView, bool]:
-        """Create a job, or attach to the existing one with the same spec and base LRs.
+                         verbose: bool = False) -> tuple[Job, bool]:
+        """Create a job, or attach to the running one with the same spec and base LRs.
 
         Returns:
             The job and whether it was (re)created.
 
         Raises:
-            InvalidArgument: bad job id, spec or base LRs.
+            InvalidArgument: bad job id.
+            SpecError: bad spec or base LRs.
             FailedPrecondition: the job exists with another spec (or is finished) and
                 ``replace_existing`` is false.
         """
         check_job_id(job_id)
-        canonical, lrs = _validate_job(schedule, base_lrs)
+        program = LRProgram(schedule, list(base_lrs))
+        canonical, lrs = program.schedule.spec.to_text(), tuple(program.base_lrs)
         async with self._lock(job_id, create=True):
             old = self._jobs.get(job_id)
             if old is not None:
-                same = old.record.schedule == canonical and old.record.base_lrs == lrs
+                same = _same_spec(old.job.schedule, canonical) and old.job.base_lrs == lrs
                 if same and old.running:
                     return self._view(old), False
                 if not replace_existing:
-                    raise FailedPrecondition(_create_conflict(old.record, canonical, lrs))
+                    raise FailedPrecondition(_create_conflict(old.job, canonical, lrs))
             now = self._now()
-            version = 1 if old is None else old.record.version + 1
-            record = JobRecord(job_id=job_id, schedule=canonical, base_lrs=lrs, version=version,
-                               created_version=version, verbose=verbose, created_at=now,
-                               updated_at=now)
-            def apply() -> _Job:
-                job = self._jobs.setdefault(job_id, _Job(record, [], JobPlateau(record, [], [])))
+            version = 1 if old is None else old.job.version + 1
+            job = Job(job_id=job_id, schedule=canonical, base_lrs=lrs, version=version,
+                      created_version=version, verbose=verbose, created_at=now, updated_at=now)
+
+            def apply() -> JobEntry:
                 # Recreated in place: the old incarnation's watchers wake up to a RESYNC.
-                job.record, job.events, job.plateau = record, [], JobPlateau(record, [], [])
-                return job
+                entry = JobEntry(job, JobPlateau(job, [], []))
+                self._jobs[job_id] = entry
+                return entry
 
-            job = await self._write(Change(record, reset=old is not None), apply)
-            self._notify(job)
-            self._export(job)
-            logs.log_change(job_id, version, "create" if old is None else "recreate",
-                            schedule=canonical, base_lrs=list(lrs))
-            return self._view(job), True
+            entry = await self._write(Change(job, reset=old is not None), apply)
+            self._hub.notify(job_id)
+            self._projection.created(job, recreated=old is not None,
+                                     streams=self._hub.streams(job_id))
+            return self._view(entry), True
 
-    def get_job(self, job_id: str) -> JobView:
+    def get_job(self, job_id: str) -> Job:
         """Return a job with its event log.
 
         Raises:
@@ -181,23 +136,23 @@ class ControllerService:
         return self._view(self._get(job_id))
 
     def list_jobs(self, page_size: int = 0, page_token: str = "", *,
-                  include_finished: bool = False) -> tuple[list[JobView], str]:
-        """Return one page of jobs ordered by id (without logs) and the next page's token.
+                  include_finished: bool = False) -> tuple[list[Job], str]:
+        """Return one page of jobs ordered by id (heads, no logs) and the next page's token.
 
         Raises:
             InvalidArgument: negative page size or a token this controller did not issue.
         """
         if page_size < 0:
             raise InvalidArgument(f"expected page_size >= 0, got {page_size}")
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = min(page_size or constants.DEFAULT_PAGE_SIZE, constants.MAX_PAGE_SIZE)
         after = decode_token(page_token)
-        ids = sorted(j for j, job in self._jobs.items()
-                     if j > after and (include_finished or job.running))
+        ids = sorted(j for j, entry in self._jobs.items()
+                     if j > after and (include_finished or entry.running))
         page = ids[:size]
         token = encode_token(page[-1]) if len(ids) > size else ""
         return [self._view(self._jobs[j], events=False) for j in page], token
 
-    async def finish_job(self, job_id: str) -> JobView:
+    async def finish_job(self, job_id: str) -> Job:
         """Mark a job finished: bump its version, end its watches, drop its metric series.
 
         Raises:
@@ -205,72 +160,79 @@ class ControllerService:
             NotFound: no such job.
         """
         async with self._lock(job_id):
-            job = self._get(job_id)
-            if not job.running:
-                return self._view(job)
-            now = self._now()
-            record = replace(job.record, state=FINISHED, version=job.record.version + 1,
-                             updated_at=now)
-            def apply() -> None:
-                job.record = record
+            entry = self._get(job_id)
+            if not entry.running:
+                return self._view(entry)
+            job = replace(entry.job, state=JobState.FINISHED, version=entry.job.version + 1,
+                          updated_at=self._now())
 
-            await self._write(Change(record), apply)
-            self._notify(job)
-            if self._metrics is not None:
-                self._metrics.remove_job(job_id)
-            logs.log_change(job_id, record.version, "finish")
-            return self._view(job)
+            def apply() -> None:
+                entry.job = job
+
+            await self._write(Change(job), apply)
+            self._hub.notify(job_id)
+            self._projection.finished(job)
+            return self._view(entry)
 
     # -- overrides -----------------------------------------------------------------------------
 
     async def override(self, job_id: str, op: Op, *, value: float | None = None,
                        schedule: str | None = None, group: int | None = None,
                        actor: str = "", reason: str = "",
-                       expected_version: int | None = None) -> tuple[Event, JobView]:
+                       expected_version: int | None = None) -> tuple[Event, Job]:
         """Append an override event (SCALE, SET, CLEAR or REPLACE_SCHEDULE) to a job's log.
 
+        Returns:
+            The event and the job's head after it (no log).
+
         Raises:
-            InvalidArgument: bad value, group or replacement spec, or a PLATEAU_REDUCE
-                (only the controller decides those).
             NotFound: no such job.
+            InvalidArgument: a PLATEAU_REDUCE (only the controller decides those), or no
+                replacement spec.
+            OverrideError, SpecError: bad value, group or replacement spec.
             FailedPrecondition: the job is finished.
             Conflict: ``expected_version`` is not the job's version.
         """
-        if op is Op.PLATEAU_REDUCE or not isinstance(op, Op):
-            raise InvalidArgument(f"expected an override op of scale, set, clear or "
-                                  f"replace_schedule, got {op!r}")
         async with self._lock(job_id):
-            job = self._get(job_id)
-            n = len(job.record.base_lrs)
-            try:
-                validate_override(op, value, group, n)
-                if op is Op.REPLACE_SCHEDULE:
-                    if not schedule:
-                        raise InvalidArgument("expected a schedule spec to replace with, got ''")
-                    built = build_schedule(schedule, n)
-                    if group is not None and isinstance(built, ReduceLROnPlateau):
-                        raise InvalidArgument(
-                            "expected a job-wide ReduceLROnPlateau replacement (its metric "
-                            f"drives every group), got one for param group {group}")
-                    schedule = built.spec.to_text()
-            except LrctlError as exc:
-                raise InvalidArgument(str(exc)) from None
-            if not job.running:
+            entry = self._get(job_id)
+            n = entry.job.num_groups
+            if not isinstance(op, Op) or op is Op.PLATEAU_REDUCE:
+                raise InvalidArgument(f"expected an override op of scale, set, clear or "
+                                      f"replace_schedule, got {getattr(op, 'value', op)!r}")
+            validate_override(op, value, group, n)
+            if op is Op.REPLACE_SCHEDULE:
+                if not schedule:
+                    raise InvalidArgument("expected a schedule spec to replace with, got ''")
+                built = build_schedule(schedule, n)
+                if group is not None and isinstance(built, ReduceLROnPlateau):
+                    raise InvalidArgument(
+                        "expected a job-wide ReduceLROnPlateau replacement (its metric "
+                        f"drives every group), got one for param group {group}")
+                schedule = built.spec.to_text()
+            if not entry.running:
                 raise FailedPrecondition(f"job {job_id!r} is finished; expected a running job")
-            if expected_version is not None and expected_version != job.record.version:
+            if expected_version is not None and expected_version != entry.job.version:
                 raise Conflict(f"expected job {job_id!r} at version {expected_version}, "
-                               f"but it is at version {job.record.version}")
+                               f"but it is at version {entry.job.version}")
             keeps_value = op in (Op.SCALE, Op.SET)
-            event = Event(version=job.record.version + 1, op=op,
+            event = Event(version=entry.job.version + 1, op=op,
                           value=float(value) if keeps_value and value is not None else None,
                           schedule=schedule if op is Op.REPLACE_SCHEDULE else None,
                           group=group, actor=actor, reason=reason, created_at=self._now())
-            await self._append(job, [event])
-            return event, self._view(job)
+            job = replace(entry.job, version=event.version, updated_at=event.created_at,
+                          events=(*entry.job.events, event))
 
-    def history(self, job_id: str) -> list[Event]:
+            def apply() -> None:
+                entry.job = job
+                entry.plateau.on_events([event])
+
+            await self._write(Change(job.head(), [event]), apply)
+            self._after_write(entry, [event], [])
+            return event, self._view(entry, events=False)
+
+    def history(self, job_id: str) -> tuple[Event, ...]:
         """Return a job's event log, oldest first."""
-        return list(self._get(job_id).events)
+        return self._get(job_id).job.events
 
     @staticmethod
     def preview(schedule: str, base_lrs: Sequence[float],
@@ -281,81 +243,88 @@ class ControllerService:
             The canonical spec text and ``steps`` rows of per-group LRs.
 
         Raises:
-            InvalidArgument: bad spec, base LRs or step count.
+            SpecError: bad spec, base LRs or step count.
+            InvalidArgument: more than ``MAX_PREVIEW_VALUES`` values.
         """
-        canonical, lrs = _validate_job(schedule, base_lrs)
-        if steps * len(lrs) > MAX_PREVIEW_VALUES:
-            raise InvalidArgument(f"expected steps x param groups <= {MAX_PREVIEW_VALUES}, "
-                                  f"got {steps} x {len(lrs)}")
-        try:
-            return canonical, program_preview(canonical, lrs, steps)
-        except LrctlError as exc:
-            raise InvalidArgument(str(exc)) from None
+        program = LRProgram(schedule, list(base_lrs))
+        canonical, n = program.schedule.spec.to_text(), program.num_groups
+        if steps * n > constants.MAX_PREVIEW_VALUES:
+            raise InvalidArgument(f"expected steps x param groups <= "
+                                  f"{constants.MAX_PREVIEW_VALUES}, got {steps} x {n}")
+        return canonical, program_preview(canonical, program.base_lrs, steps)
 
     # -- reports -------------------------------------------------------------------------------
 
-    async def report(self, job_id: str, *, rank: int, step: int, lrs: Sequence[float] = (),
-                     applied: Iterable[tuple[int, int]] = (),
-                     plateau_metrics: Iterable[tuple[int, float]] = (),
-                     divergences: int = 0) -> int:
+    async def report(self, report: Report, *, divergences: int = 0) -> int:
         """Record a worker's progress; only rank 0's report changes anything.
 
         Rank 0's ``applied`` ``(version, effective_step)`` pairs set each pending event's
-        effective step (once); its ``step``/``lrs`` become the job's; for a ReduceLROnPlateau
-        job its ``plateau_metrics`` ``(step, value)`` are consumed in step order (steps
-        already consumed are skipped) and may append PLATEAU_REDUCE events. A finished job
-        only records effective steps.
+        effective step (once); its ``step``, ``lrs``, ``applied_version`` and ``world_size``
+        become the job's (a ``final`` report, the run's last, sets the world size to 0); for a
+        ReduceLROnPlateau job its ``plateau_metrics`` ``(step, value)`` are consumed in step
+        order (steps already consumed are skipped) and may append PLATEAU_REDUCE events. A
+        finished job only records effective steps. ``epoch`` is not checked yet.
+
+        Args:
+            report: What rank 0 (or another rank) sent.
+            divergences: Rank divergences the report carried (counted in metrics).
 
         Returns:
             The job's version afterwards (including any plateau reduction it triggered).
 
         Raises:
-            InvalidArgument: negative rank or steps, wrong number of LRs, unknown versions.
+            InvalidArgument: negative rank, steps or world size, wrong number of LRs,
+                unknown versions.
             NotFound: no such job.
         """
-        if rank < 0 or step < -1:
-            raise InvalidArgument(f"expected rank >= 0 and step >= -1, got rank={rank}, "
-                                  f"step={step}")
-        async with self._lock(job_id):
-            job = self._get(job_id)
-            rec = job.record
-            if rank != 0:
-                return rec.version
-            pairs = sorted(set(applied))
-            _check_report(rec, lrs, pairs)
+        if report.rank < 0 or report.step < -1 or report.world_size < 0:
+            raise InvalidArgument(f"expected rank >= 0, step >= -1 and world_size >= 0, got "
+                                  f"rank={report.rank}, step={report.step}, "
+                                  f"world_size={report.world_size}")
+        async with self._lock(report.job_id):
+            entry = self._get(report.job_id)
+            before = entry.job
+            if report.rank != 0:
+                return before.version
+            pairs = sorted(set(report.applied))
+            _check_report(before, report, pairs)
             now = self._now()
-            done = _mark_applied(job.events, pairs, now)
-            record = rec
+            done = _mark_applied(before.events, pairs, now)
             new_events: list[Event] = []
             consumed: list[ConsumedMetric] = []
-            if job.running:
-                record = replace(rec, step=step, lrs=tuple(lrs) if lrs else rec.lrs,
-                                 updated_at=now)
-                new_events, consumed = job.plateau.consume(plateau_metrics, rec.version, now)
-                if new_events:
-                    record = replace(record, version=new_events[-1].version)
+            job = before
+            if entry.running:
+                new_events, consumed = entry.plateau.consume(report.plateau_metrics,
+                                                             before.version, now)
+                job = replace(before, step=report.step, lr=report.lrs or before.lr,
+                              applied_version=report.applied_version,
+                              world_size=0 if report.final else report.world_size,
+                              updated_at=now)
             elif not done:
-                return rec.version
-            def apply() -> None:
+                return before.version
+            if done or new_events:
                 by_version = {e.version: e for e in done}
-                job.events = [by_version.get(e.version, e) for e in job.events] + new_events
-                job.record = record
-                job.plateau.commit()
+                job = replace(job, version=new_events[-1].version if new_events else job.version,
+                              events=(*(by_version.get(e.version, e) for e in job.events),
+                                      *new_events))
 
-            # Effective steps, new events and plateau metrics are durable before the reply;
-            # bare progress (step, LRs, ~10/s from rank 0) is fsynced at most every few
-            # seconds; a restart may show a slightly older step, never another version.
-            if done or new_events or consumed or now - job.persisted_at >= PROGRESS_PERSIST_S:
-                await self._write(Change(record, new_events, done, consumed), apply)
-                job.persisted_at = now
+            def apply() -> None:
+                entry.job = job
+                entry.plateau.commit()
+
+            # Effective steps, new events, plateau metrics and a run's final report are
+            # durable before the reply; bare progress (step, LRs, ~10/s from rank 0) is
+            # fsynced at most every PROGRESS_PERSIST_S; a restart may show a slightly older
+            # step, never another version.
+            if (done or new_events or consumed or report.final
+                    or now - entry.persisted_at >= constants.PROGRESS_PERSIST_S):
+                await self._write(Change(job.head(), new_events, done, consumed), apply)
+                entry.persisted_at = now
             else:
                 apply()
-            if rec.verbose and lrs:
-                _log_lr_changes(job_id, step, rec.lrs, lrs)
-            self._after_write(job, new_events, done)
-            if self._metrics is not None and job.running:
-                self._metrics.count_divergence(job_id, divergences)
-            return record.version
+            self._projection.reported(before, job, report.lrs, divergences=divergences)
+            self._after_write(entry, new_events, done)
+            return job.version
 
     # -- watch ---------------------------------------------------------------------------------
 
@@ -373,52 +342,26 @@ class ControllerService:
             NotFound: no such job.
             Unavailable: the controller is shutting down (reconnect and resume).
         """
-        job = self._get(job_id)
-        self._watchers(job, worker_id, +1)
-        try:
-            sent = from_version
-            rec = job.record
-            if from_version == 0:
-                yield WatchMessage(WatchKind.SNAPSHOT, rec.version, job=self._view(job))
-                sent = rec.version
-            deadline = self._next_heartbeat()
-            while True:
-                if self._closing:
-                    raise Unavailable("controller is shutting down; reconnect and resume")
-                changed = job.changed  # taken before reading state: no missed wake-up
-                rec = job.record
-                if sent > rec.version or sent < rec.created_version:
-                    # The resume point is gone: ahead of us, or from an earlier incarnation.
-                    yield WatchMessage(WatchKind.RESYNC, rec.version, job=self._view(job))
-                    sent = rec.version
-                    deadline = self._next_heartbeat()
-                    continue
-                start = bisect_right(job.events, sent, key=lambda e: e.version)
-                for event in job.events[start:]:
-                    yield WatchMessage(WatchKind.EVENT, event.version, event=event)
-                    sent = event.version
-                if start < len(job.events):
-                    deadline = self._next_heartbeat()
-                    continue
-                if not job.running:
-                    yield WatchMessage(WatchKind.FINISHED, rec.version, job=self._view(job))
-                    return
-                sent = max(sent, rec.version)
-                try:
-                    await asyncio.wait_for(changed.wait(), max(deadline - time.monotonic(), 0))
-                except asyncio.TimeoutError:
-                    yield WatchMessage(WatchKind.HEARTBEAT, job.record.version)
-                    deadline = self._next_heartbeat()
-        finally:
-            self._watchers(job, worker_id, -1)
+        self._get(job_id)
+
+        def current() -> Job:
+            return self._jobs[job_id].job
+
+        def snapshot() -> Job:
+            return self._view(self._jobs[job_id])
+
+        async for message in self._hub.follow(job_id, from_version, worker_id, current,
+                                              snapshot):
+            yield message
 
     def close(self) -> None:
         """End every watch stream with :class:`Unavailable` (shutdown); idempotent."""
-        self._closing = True
-        for job in self._jobs.values():
-            self._notify(job)
+        self._hub.close()
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return float(self._clock())
 
     def _lock(self, job_id: str, *, create: bool = False) -> asyncio.Lock:
         # Only CreateJob makes a lock for an unknown id, so bad ids cannot grow the dict.
@@ -426,23 +369,18 @@ class ControllerService:
             self._get(job_id)
         return self._locks.setdefault(job_id, asyncio.Lock())
 
-    def _get(self, job_id: str) -> _Job:
+    def _get(self, job_id: str) -> JobEntry:
         check_job_id(job_id)
-        job = self._jobs.get(job_id)
-        if job is None:
+        entry = self._jobs.get(job_id)
+        if entry is None:
             raise NotFound(f"no job {job_id!r}; create it with CreateJob (lrctl job create)")
-        return job
+        return entry
 
-    async def _append(self, job: _Job, events: list[Event]) -> None:
-        record = replace(job.record, version=events[-1].version, updated_at=self._now())
-
-        def apply() -> None:
-            job.record = record
-            job.events = [*job.events, *events]
-            job.plateau.on_events(events)
-
-        await self._write(Change(record, events), apply)
-        self._after_write(job, events, [])
+    def _view(self, entry: JobEntry, *, events: bool = True) -> Job:
+        job_id = entry.job.job_id
+        return self._projection.view(entry.job, events=events,
+                                     workers=self._hub.workers(job_id),
+                                     streams=self._hub.streams(job_id))
 
     async def _write(self, change: Change, apply: Callable[[], T]) -> T:
         """Commit ``change``, then ``apply`` it in memory, as one step a cancel cannot split.
@@ -464,100 +402,29 @@ class ControllerService:
                 await asyncio.wait([task])
             raise
 
-    def _after_write(self, job: _Job, new_events: Sequence[Event],
+    def _after_write(self, entry: JobEntry, new_events: Sequence[Event],
                      applied: Sequence[Event]) -> None:
-        for event in new_events:
-            logs.log_change(job.record.job_id, event.version, event.op.value, event.actor,
-                            event.reason, value=event.value, schedule=event.schedule,
-                            group=event.group, effective_step=event.effective_step)
         if new_events:
-            self._notify(job)
-        if self._metrics is None:
-            return
-        for event in applied:
-            if event.applied_at is not None:
-                self._metrics.observe_apply(event.applied_at - event.created_at)
-        if job.running:
-            for event in new_events:
-                self._metrics.count_override(job.record.job_id, event.op.value)
-            self._export(job)
+            self._hub.notify(entry.job.job_id)
+        self._projection.appended(entry.job, new_events, applied,
+                                  streams=self._hub.streams(entry.job.job_id))
 
-    def _export(self, job: _Job) -> None:
-        if self._metrics is None or not job.running:
-            return
-        rec = job.record
-        self._metrics.update_job(rec.job_id, _display_lrs(job), rec.step, rec.version)
-        self._metrics.set_workers(rec.job_id, _count_workers(job))
-        self._metrics.set_watch_streams(rec.job_id, job.streams)
-        self._metrics.update_overrides(rec.job_id, job.events)
-
-    def _notify(self, job: _Job) -> None:
-        old, job.changed = job.changed, asyncio.Event()
-        old.set()
-
-    def _watchers(self, job: _Job, worker_id: str, delta: int) -> None:
-        job.streams += delta
-        if worker_id:
-            job.watchers[worker_id] += delta
-            if job.watchers[worker_id] <= 0:
-                del job.watchers[worker_id]
-        if self._metrics is not None and job.running:
-            self._metrics.set_workers(job.record.job_id, _count_workers(job))
-            self._metrics.set_watch_streams(job.record.job_id, job.streams)
-
-    def _next_heartbeat(self) -> float:
-        # Jitter (75-100% of the interval) keeps thousands of streams from beating in step.
-        return time.monotonic() + self._heartbeat * random.uniform(0.75, 1.0)
-
-    def _view(self, job: _Job, *, events: bool = True) -> JobView:
-        rec = job.record
-        return JobView(job_id=rec.job_id, schedule=rec.schedule, base_lrs=rec.base_lrs,
-                       version=rec.version, step=rec.step, lrs=tuple(_display_lrs(job)),
-                       finished=not job.running, verbose=rec.verbose,
-                       created_at=rec.created_at, updated_at=rec.updated_at,
-                       workers=_count_workers(job), created_version=rec.created_version,
-                       events=tuple(job.events) if events else ())
+    def _streams_changed(self, job_id: str) -> None:
+        entry = self._jobs.get(job_id)
+        if entry is not None:
+            self._projection.streams_changed(entry.job, self._hub.streams(job_id))
 
 
-def _count_workers(job: _Job) -> int:
-    return len(job.watchers)
-
-
-def _display_lrs(job: _Job) -> list[float]:
-    """The LR at the job's step with pending events taking effect now (GetJob, metrics).
-
-    The program is cached per job and rebuilt only when the log changes (or, while events
-    are pending, the step), so recurrence schedules advance incrementally between reports
-    instead of replaying from step 0 on every call.
-    """
-    rec = job.record
-    step = max(rec.step, 0)
-    pending = any(e.pending for e in job.events)
-    key = (rec.schedule, rec.base_lrs, tuple((e.version, e.effective_step) for e in job.events),
-           step if pending else None)
+def _same_spec(a: str, b: str) -> bool:
+    """Attach compares parsed specs: ``gamma=1`` and ``gamma=1.0`` are the same schedule."""
     try:
-        if job.display[0] != key:
-            events = resolve_pending(job.events, step)
-            job.display = (key, LRProgram(rec.schedule, rec.base_lrs, events, job.built))
-        program = job.display[1]
-        if program is None:
-            raise LrctlError("no program")
-        return program.lrs(step)
-    except LrctlError:
-        # e.g. OneCycleLR stepped past total_steps: torch raises too; show what rank 0 saw.
-        return list(rec.lrs) if rec.lrs is not None else [math.nan] * len(rec.base_lrs)
+        return a == b or canonical_spec(a) == canonical_spec(b)
+    except LrctlError:  # a stored spec this release no longer reads: not the same
+        return False
 
 
-def _validate_job(schedule: str, base_lrs: Sequence[float]) -> tuple[str, tuple[float, ...]]:
-    try:
-        program = LRProgram(schedule, list(base_lrs))
-    except LrctlError as exc:
-        raise InvalidArgument(str(exc)) from None
-    return program.schedule.spec.to_text(), tuple(program.base_lrs)
-
-
-def _create_conflict(old: JobRecord, schedule: str, base_lrs: tuple[float, ...]) -> str:
-    if old.state == FINISHED and old.schedule == schedule and old.base_lrs == base_lrs:
+def _create_conflict(old: Job, schedule: str, base_lrs: tuple[float, ...]) -> str:
+    if old.finished and _same_spec(old.schedule, schedule) and old.base_lrs == base_lrs:
         return (f"job {old.job_id!r} is finished; expected a running job to attach to "
                 f"(pass replace to start it again)")
     return (f"job {old.job_id!r} exists with schedule {old.schedule} and base_lrs "
@@ -565,15 +432,17 @@ def _create_conflict(old: JobRecord, schedule: str, base_lrs: tuple[float, ...])
             f"{list(base_lrs)} (pass replace to replace it)")
 
 
-def _check_report(rec: JobRecord, lrs: Sequence[float],
-                  pairs: Sequence[tuple[int, int]]) -> None:
-    n = len(rec.base_lrs)
-    if lrs and len(lrs) != n:
-        raise InvalidArgument(f"expected {n} lrs (one per param group), got {len(lrs)}")
+def _check_report(job: Job, report: Report, pairs: Sequence[tuple[int, int]]) -> None:
+    n = job.num_groups
+    if report.lrs and len(report.lrs) != n:
+        raise InvalidArgument(f"expected {n} lrs (one per param group), got {len(report.lrs)}")
     for version, step in pairs:
-        if version > rec.version or step < 0:
-            raise InvalidArgument(f"expected applied versions <= {rec.version} with "
+        if version > job.version or step < 0:
+            raise InvalidArgument(f"expected applied versions <= {job.version} with "
                                   f"effective_step >= 0, got version {version} at step {step}")
+    if report.applied_version > job.version:
+        raise InvalidArgument(f"expected applied_version <= {job.version}, got "
+                              f"{report.applied_version}")
 
 
 def _mark_applied(events: Sequence[Event], pairs: Sequence[tuple[int, int]],
@@ -590,12 +459,3 @@ def _mark_applied(events: Sequence[Event], pairs: Sequence[tuple[int, int]],
         effective = reported if event.effective_step is None else event.effective_step
         done.append(replace(event, effective_step=effective, applied_at=now))
     return done
-
-
-def _log_lr_changes(job_id: str, step: int, old: Sequence[float] | None,
-                    new: Sequence[float]) -> None:
-    for group, after in enumerate(new):
-        if old is None or group >= len(old) or old[group] != after:
-            # torch's verbose=True wording, with the job in front.
-            _lr_log.info("job=%s step=%d: adjusting learning rate of group %d to %.4e.",
-                         job_id, step, group, after)

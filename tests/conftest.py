@@ -26,8 +26,9 @@ import pytest
 from hypothesis import settings
 from prometheus_client import CollectorRegistry
 
-from controller.config import CLIENT_CHANNEL_OPTIONS, ServerConfig
+from controller.config import ServerConfig
 from controller.server import Controller, start
+from lrctl.constants import CLIENT_CHANNEL_OPTIONS
 from lrctl.v1 import lrctl_pb2_grpc
 
 T = TypeVar("T")

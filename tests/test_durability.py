@@ -26,9 +26,9 @@ LISTENING = re.compile(r"lrctl controller listening on 127\.0\.0\.1:(\d+) \(metr
 
 @contextmanager
 def controller_process(db: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Run ``python -m controller.server`` on a free port; yield it and its address."""
+    """Run ``lrctl serve`` on a free port; yield it and its address."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.server", "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "controller.cli", "serve", "--host", "127.0.0.1", "--port", "0",
          "--metrics-port", "-1", "--db", str(db), "--grace-seconds", "0",
          "--log-level", "warning"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

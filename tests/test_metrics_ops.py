@@ -64,13 +64,15 @@ async def test_override_info_pending_and_removal(controller: Controller) -> None
                 pytest.approx(created, abs=1e-3)
         promtool_check(await scrape(controller.metrics_port))
 
-        # Rank 0 applies the first: one left pending.
-        await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=3, applied=[
-            pb.AppliedVersion(version=2, effective_step=3)]))
+        # Rank 0 applies the first (every rank agreed on version 2): one left pending.
+        await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=3, applied_version=2,
+                                           applied=[pb.AppliedVersion(version=2,
+                                                                      effective_step=3)]))
         found = samples(await scrape(controller.metrics_port))
         assert value(found, "lrctl_overrides_pending", job_id="run-1") == 1
-        await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=4, applied=[
-            pb.AppliedVersion(version=3, effective_step=4)]))
+        await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=4, applied_version=3,
+                                           applied=[pb.AppliedVersion(version=3,
+                                                                      effective_step=4)]))
         found = samples(await scrape(controller.metrics_port))
         assert value(found, "lrctl_overrides_pending", job_id="run-1") == 0
         assert set(info_series(found, "run-1")) == {"2", "3"}  # applied overrides stay
@@ -117,7 +119,9 @@ async def test_watch_streams_workers_and_divergence(controller: Controller) -> N
             await call.read()  # the snapshot: the stream is open
         found = samples(await scrape(controller.metrics_port))
         assert value(found, "lrctl_watch_streams", job_id="w") == 3
-        assert value(found, "lrctl_workers", job_id="w") == 1
+        # lrctl_workers is the world size rank 0 reports (DESIGN), not a stream count.
+        assert value(found, "lrctl_workers", job_id="w") == 0
+        await stub.Report(pb.ReportRequest(job_id="w", rank=0, step=0, world_size=1))
         calls[0].cancel()
         calls[2].cancel()
         for _ in range(100):  # the server sees the cancellations asynchronously

@@ -165,7 +165,8 @@ REFUSED_OVERRIDES = [
                  "ExponentialLR", id="missing-argument"),
     pytest.param({"op": pb.OVERRIDE_OP_UNSPECIFIED}, "OVERRIDE_OP_UNSPECIFIED",
                  id="op-unspecified"),
-    pytest.param({"op": pb.OVERRIDE_OP_PLATEAU_REDUCE}, "OVERRIDE_OP_PLATEAU_REDUCE",
+    # The wire op converts; the service refuses it (only the controller decides reductions).
+    pytest.param({"op": pb.OVERRIDE_OP_PLATEAU_REDUCE}, "got 'plateau_reduce'",
                  id="op-plateau-from-client"),
     pytest.param({"op": 42}, "got 42", id="op-unknown"),
 ]
@@ -248,7 +249,7 @@ async def test_unexpected_failure_is_internal_not_unknown(
     await controller.service._store.close()  # the database goes away under the service
     err = await expect_status(scale(stub, 0.5), grpc.StatusCode.INTERNAL)
     assert "StoreError" in (err.details() or "") and "controller log" in (err.details() or "")
-    assert any(r.exc_info for r in caplog.records if r.name == "lrctl.controller.servicer")
+    assert any(r.exc_info for r in caplog.records if r.name == "lrctl.controller.rpc")
     job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))  # nothing half-applied
     assert job.version == 1 and not job.events
 

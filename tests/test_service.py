@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from controller.server import Controller
+from lrctl.model import Report
 from lrctl.overrides import Op
 
 
@@ -42,12 +43,12 @@ async def test_display_reuses_one_program_while_the_log_is_unchanged(
     # not replay from step 0 on every report and GetJob.
     service = controller.service
     await service.create_job("run-1", "MultiplicativeLR(lr_lambda='0.99999')", [0.1])
-    await service.report("run-1", rank=0, step=20_000)
-    program = service._jobs["run-1"].display[1]
+    await service.report(Report("run-1", step=20_000))
+    program = service._projection._display["run-1"][1]
     for step in range(20_001, 20_101):
-        await service.report("run-1", rank=0, step=step)
+        await service.report(Report("run-1", step=step))
         service.get_job("run-1")
-    assert service._jobs["run-1"].display[1] is program
-    assert service.get_job("run-1").lrs == pytest.approx((0.1 * 0.99999**20_100,), rel=1e-9)
+    assert service._projection._display["run-1"][1] is program
+    assert service.get_job("run-1").lr == pytest.approx((0.1 * 0.99999**20_100,), rel=1e-9)
     await service.override("run-1", Op.SCALE, value=0.5)  # a new log: a new program
-    assert service._jobs["run-1"].display[1] is not program
+    assert service._projection._display["run-1"][1] is not program

@@ -14,16 +14,16 @@ from controller.store import (
     SCHEMA_VERSION,
     Change,
     ConsumedMetric,
-    JobRecord,
     Store,
     StoreError,
     connect,
     migrate,
 )
+from lrctl.model import Job, JobState
 from lrctl.overrides import Event, Op
 
-RECORD = JobRecord(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=(0.1, 0.01),
-                   version=1, created_version=1, created_at=10.0, updated_at=10.0)
+RECORD = Job(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=(0.1, 0.01),
+             version=1, created_version=1, created_at=10.0, updated_at=10.0)
 
 
 async def test_durability_pragmas(tmp_path: Path) -> None:
@@ -51,7 +51,8 @@ async def test_round_trip(tmp_path: Path) -> None:
                               plateau_metrics=[ConsumedMetric(4, math.nan, 1),
                                                ConsumedMetric(5, 0.25, 1)]))
     applied = replace(scale, effective_step=7, applied_at=13.0)
-    final = replace(RECORD, version=3, step=9, lrs=(0.05, 0.01))
+    final = replace(RECORD, version=3, step=9, lr=(0.05, 0.01), applied_version=3,
+                    world_size=4, state=JobState.FINISHED)
     await store.commit(Change(final, applied=[applied]))
     await store.close()
 
@@ -76,14 +77,21 @@ async def test_upgrade_from_schema_v1(tmp_path: Path) -> None:
     conn.close()
     store = await Store.open(path)
     [job] = await store.load()
-    assert job.record.version == 2 and job.record.step == 4
+    assert job.record.version == 2 and job.record.step == 4 and job.record.lr == (0.1,)
+    # v3 columns of an old row: nothing reported yet.
+    assert (job.record.applied_version, job.record.world_size) == (0, 0)
     assert job.events == [Event(version=2, op=Op.SCALE, value=0.5, effective_step=3,
                                 actor="alice", reason="why", created_at=1.5, applied_at=2.0)]
-    await store.commit(Change(job.record, plateau_metrics=[ConsumedMetric(5, 1.0, 1)]))
+    await store.commit(Change(replace(job.record, applied_version=2, world_size=8),
+                              plateau_metrics=[ConsumedMetric(5, 1.0, 1)]))
     version = await store._run(
         lambda: store._conn.execute("PRAGMA user_version").fetchone()[0])
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
     await store.close()
+    store = await Store.open(path)
+    [job] = await store.load()
+    await store.close()
+    assert (job.record.applied_version, job.record.world_size) == (2, 8)
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:

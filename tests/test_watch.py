@@ -130,24 +130,44 @@ async def test_finished_ends_the_stream(stub: Stub) -> None:
     assert kinds == [W.KIND_SNAPSHOT, W.KIND_FINISHED]
 
 
-async def test_workers_counts_distinct_open_watchers(controller: Controller, stub: Stub) -> None:
+async def test_workers_and_streams_count_open_watchers(controller: Controller,
+                                                      stub: Stub) -> None:
     await create(stub)
     calls = [stub.Watch(pb.WatchRequest(job_id="run-1", worker_id=w))
              for w in ("rank-0", "rank-1", "rank-1", "")]
     for call in calls:
         await call.read()
 
-    async def workers_are(n: int) -> bool:
+    async def open_are(workers: int, streams: int) -> bool:
         job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
-        gauge = controller.registry.get_sample_value("lrctl_workers", {"job_id": "run-1"})
-        return job.workers == n and gauge == n
+        gauge = controller.registry.get_sample_value("lrctl_watch_streams", {"job_id": "run-1"})
+        return (job.workers, job.watch_streams, gauge) == (workers, streams, streams)
 
-    await wait_until(lambda: workers_are(2))  # rank-1 twice counts once; "" is not a rank
+    await wait_until(lambda: open_are(2, 4))  # rank-1 twice counts once; "" is not a rank
     calls[0].cancel()
-    await wait_until(lambda: workers_are(1))
+    await wait_until(lambda: open_are(1, 3))
     for call in calls[1:]:
         call.cancel()
-    await wait_until(lambda: workers_are(0))
+    await wait_until(lambda: open_are(0, 0))
+
+
+async def test_lrctl_workers_is_the_world_size_rank_0_reports(controller: Controller,
+                                                              stub: Stub) -> None:
+    await create(stub)
+
+    def workers() -> float | None:
+        return controller.registry.get_sample_value("lrctl_workers", {"job_id": "run-1"})
+
+    assert workers() == 0  # nothing attached yet
+    await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=3, world_size=4))
+    job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
+    assert (job.world_size, workers()) == (4, 4)
+    await stub.Report(pb.ReportRequest(job_id="run-1", rank=1, step=3, world_size=9))
+    assert workers() == 4  # only rank 0 speaks for the run
+    await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=4, world_size=4,
+                                       final=True))  # the run closed its scheduler
+    job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
+    assert (job.world_size, workers()) == (0, 0)
 
 
 async def test_watch_errors(stub: Stub) -> None:

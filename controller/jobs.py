@@ -1,20 +1,42 @@
-"""What the controller's domain service hands out: job views, watch messages, job ids."""
+"""A job as the controller holds it in memory, job ids, and ListJobs page tokens."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import re
 from dataclasses import dataclass
 
 from controller.errors import InvalidArgument
-from lrctl.overrides import Event
+from controller.plateau import JobPlateau
+from lrctl.model import Job
 
-__all__ = ["JobView", "WatchKind", "WatchMessage", "check_job_id", "decode_token",
-           "encode_token"]
+__all__ = ["JOB_ID_RE", "JobEntry", "check_job_id", "decode_token", "encode_token"]
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass
+class JobEntry:
+    """One job in memory; its fields are replaced only after the write behind them is durable.
+
+    Attributes:
+        job: The job as stored, with its current log. ``job.lr`` holds the LRs rank 0 last
+            reported; views show the LRs computed from the schedule instead
+            (:class:`controller.projection.Projection`), and ``workers``/``watch_streams``
+            are counted by the watch hub.
+        plateau: ReduceLROnPlateau bookkeeping.
+        persisted_at: When rank 0's bare progress was last written (throttled writes).
+    """
+
+    job: Job
+    plateau: JobPlateau
+    persisted_at: float = 0.0
+
+    @property
+    def running(self) -> bool:
+        """True until the job is finished."""
+        return not self.job.finished
 
 
 def check_job_id(job_id: str) -> str:
@@ -29,52 +51,17 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-@dataclass(frozen=True)
-class JobView:
-    """A job as clients see it (GetJob, ListJobs, Watch snapshots)."""
-
-    job_id: str
-    schedule: str
-    base_lrs: tuple[float, ...]
-    version: int
-    step: int
-    lrs: tuple[float, ...]
-    finished: bool
-    verbose: bool
-    created_at: float
-    updated_at: float
-    workers: int
-    events: tuple[Event, ...] = ()
-    created_version: int = 1
-
-
-class WatchKind(str, enum.Enum):
-    """What a :class:`WatchMessage` carries."""
-
-    SNAPSHOT = "snapshot"
-    EVENT = "event"
-    RESYNC = "resync"
-    HEARTBEAT = "heartbeat"
-    FINISHED = "finished"
-
-
-@dataclass(frozen=True)
-class WatchMessage:
-    """One message of a watch stream; ``version`` is the job's version after it."""
-
-    kind: WatchKind
-    version: int
-    job: JobView | None = None
-    event: Event | None = None
-
-
 def encode_token(after: str) -> str:
     """Return the opaque ListJobs page token that resumes after job ``after``."""
     return base64.urlsafe_b64encode(after.encode()).decode().rstrip("=")
 
 
 def decode_token(token: str) -> str:
-    """Return the job id a page token resumes after ("" for the first page)."""
+    """Return the job id a page token resumes after ("" for the first page).
+
+    Raises:
+        InvalidArgument: a token this controller did not issue.
+    """
     if not token:
         return ""
     try:

@@ -1,0 +1,150 @@
+"""How a stored job looks from outside: its displayed LRs, its metrics and its change log.
+
+The LR that GetJob, ListJobs, Watch snapshots and ``lrctl_learning_rate`` show is
+``LRProgram(spec, base_lrs, resolve_pending(events, s)).lrs(s)`` with ``s = max(step, 0)``:
+the LR at the latest step rank 0 reported, pending events shown as if they took effect now.
+The program is cached per job and rebuilt only when the log changes (or, while events are
+pending, the step), so recurrence schedules advance incrementally between reports instead of
+replaying from step 0 on every call.
+
+Every side effect of a state change that is not the state itself (metric series, the
+one-line change log, torch's ``verbose`` LR messages) happens here, once the change is durable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+
+from controller import logs
+from controller.metrics import ControllerMetrics
+from lrctl.errors import LrctlError
+from lrctl.model import Job
+from lrctl.overrides import Event, resolve_pending
+from lrctl.program import LRProgram
+from lrctl.schedules import Schedule
+
+__all__ = ["Projection", "pending_count"]
+
+_lr_log = logging.getLogger("lrctl.controller.lr")
+
+
+def pending_count(job: Job) -> int:
+    """Events accepted but not yet applied by every rank.
+
+    An event is pending until rank 0 reports the step it took effect at, and while its
+    version is above the agreed version every rank has applied (``job.applied_version``).
+    """
+    return sum(1 for e in job.events
+               if e.effective_step is None or e.version > job.applied_version)
+
+
+class Projection:
+    """Displayed LRs (cached per job), metrics and change logs of the controller's jobs.
+
+    Args:
+        metrics: Where to export job metrics, or None.
+    """
+
+    def __init__(self, metrics: ControllerMetrics | None = None) -> None:
+        self._metrics = metrics
+        # job id -> (key of the log it was built for, program)
+        self._display: dict[str, tuple[object, LRProgram]] = {}
+        # job id -> built schedules by canonical text, reused across rebuilds of its program
+        self._built: dict[str, dict[str, Schedule]] = {}
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def lr(self, job: Job) -> tuple[float, ...]:
+        """The LR of each group at the job's step with pending events taking effect now."""
+        step = max(job.step, 0)
+        pending = any(e.pending for e in job.events)
+        key = (job.schedule, job.base_lrs,
+               tuple((e.version, e.effective_step) for e in job.events),
+               step if pending else None)
+        try:
+            cached = self._display.get(job.job_id)
+            if cached is not None and cached[0] == key:
+                program = cached[1]
+            else:
+                program = LRProgram(job.schedule, job.base_lrs,
+                                    resolve_pending(job.events, step),
+                                    self._built.setdefault(job.job_id, {}))
+                self._display[job.job_id] = (key, program)
+            return tuple(program.lrs(step))
+        except LrctlError:
+            # e.g. OneCycleLR stepped past total_steps: torch raises too; show what rank 0 saw.
+            return job.lr if job.lr else (math.nan,) * len(job.base_lrs)
+
+    def view(self, job: Job, *, events: bool = True, workers: int = 0,
+             streams: int = 0) -> Job:
+        """Return ``job`` as clients see it: displayed LRs, stream counts, log or head."""
+        return dataclasses.replace(job, lr=self.lr(job), workers=workers, watch_streams=streams,
+                                   events=job.events if events else ())
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job's cached program (it was recreated: other spec, other groups)."""
+        self._display.pop(job_id, None)
+        self._built.pop(job_id, None)
+
+    # -- side effects of durable changes -------------------------------------------------------
+
+    def created(self, job: Job, *, recreated: bool, streams: int) -> None:
+        """A job was created (or recreated in place)."""
+        self.forget(job.job_id)
+        logs.log_change(job.job_id, job.version, "recreate" if recreated else "create",
+                        schedule=job.schedule, base_lrs=list(job.base_lrs))
+        self.export(job, streams)
+
+    def appended(self, job: Job, new_events: Sequence[Event], applied: Sequence[Event],
+                 *, streams: int) -> None:
+        """Events were appended to ``job`` and/or took effect (``applied``)."""
+        for event in new_events:
+            logs.log_change(job.job_id, event.version, event.op.value, event.actor,
+                            event.reason, value=event.value, schedule=event.schedule,
+                            group=event.group, effective_step=event.effective_step)
+        if self._metrics is None:
+            return
+        for event in applied:
+            if event.applied_at is not None:
+                self._metrics.observe_apply(event.applied_at - event.created_at)
+        if not job.finished:
+            for event in new_events:
+                self._metrics.count_override(job.job_id, event.op.value)
+            self.export(job, streams)
+
+    def reported(self, before: Job, after: Job, lrs: Sequence[float], *,
+                 divergences: int = 0) -> None:
+        """Rank 0 reported ``lrs`` at ``after.step`` (and ``divergences`` rank divergences)."""
+        if before.verbose and lrs:
+            old = before.lr
+            for group, value in enumerate(lrs):
+                if group >= len(old) or old[group] != value:
+                    # torch's verbose=True wording, with the job in front.
+                    _lr_log.info("job=%s step=%d: adjusting learning rate of group %d to %.4e.",
+                                 after.job_id, after.step, group, value)
+        if self._metrics is not None and not after.finished:
+            self._metrics.count_divergence(after.job_id, divergences)
+
+    def finished(self, job: Job) -> None:
+        """A job was finished: its metric series go, its cached program too."""
+        self.forget(job.job_id)
+        if self._metrics is not None:
+            self._metrics.remove_job(job.job_id)
+        logs.log_change(job.job_id, job.version, "finish")
+
+    def export(self, job: Job, streams: int) -> None:
+        """Set every gauge of a running job."""
+        if self._metrics is None or job.finished:
+            return
+        self._metrics.update_job(job.job_id, self.lr(job), job.step, job.version)
+        self._metrics.set_workers(job.job_id, job.world_size)
+        self._metrics.set_watch_streams(job.job_id, streams)
+        self._metrics.update_overrides(job.job_id, job.events, pending=pending_count(job))
+
+    def streams_changed(self, job: Job, streams: int) -> None:
+        """The number of open Watch streams of a job changed."""
+        if self._metrics is not None and not job.finished:
+            self._metrics.set_watch_streams(job.job_id, streams)

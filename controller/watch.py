@@ -1,0 +1,133 @@
+"""The watch hub: per-job change notification, Watch streams with heartbeats, stream counts.
+
+A stream follows one job (etcd-style): a snapshot (or RESYNC when the resume point is gone),
+every later event in version order, a heartbeat after a quiet interval, and FINISHED when the
+job is finished. Writers call :meth:`WatchHub.notify` after a change is durable and in
+memory; no stream ever polls. Plain asyncio; never imports grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+from controller.errors import Unavailable
+from lrctl.model import Job, WatchKind, WatchMessage
+
+__all__ = ["WatchHub"]
+
+
+class WatchHub:
+    """Every open Watch stream of one controller.
+
+    Args:
+        heartbeat_seconds: Idle streams get a heartbeat about this often (jittered down by
+            up to 25%, so thousands of streams do not beat in step).
+        on_count: Called with a job id whenever its stream counts change.
+    """
+
+    def __init__(self, heartbeat_seconds: float,
+                 on_count: Callable[[str], None] | None = None) -> None:
+        self._heartbeat = heartbeat_seconds
+        self._on_count = on_count
+        self._changed: dict[str, asyncio.Event] = {}
+        self._streams: Counter[str] = Counter()
+        self._workers: dict[str, Counter[str]] = {}
+        self._closing = False
+
+    def notify(self, job_id: str) -> None:
+        """Wake every stream of ``job_id`` (after its change is in memory)."""
+        old = self._changed.pop(job_id, None)
+        if old is not None:
+            old.set()
+
+    def close(self) -> None:
+        """End every stream with :class:`Unavailable` (shutdown); idempotent."""
+        self._closing = True
+        for job_id in list(self._changed):
+            self.notify(job_id)
+
+    def streams(self, job_id: str) -> int:
+        """Open Watch streams on ``job_id`` (any client)."""
+        return self._streams[job_id]
+
+    def workers(self, job_id: str) -> int:
+        """Distinct non-empty worker ids with at least one open stream on ``job_id``."""
+        return len(self._workers.get(job_id, ()))
+
+    async def follow(self, job_id: str, from_version: int, worker_id: str,
+                     current: Callable[[], Job],
+                     snapshot: Callable[[], Job]) -> AsyncIterator[WatchMessage]:
+        """Stream one job until it is finished, the caller goes away or the hub closes.
+
+        Args:
+            job_id: The job.
+            from_version: The last version the caller holds; 0 for a fresh snapshot.
+            worker_id: Counted in :meth:`workers` while the stream is open (empty: not).
+            current: Returns the job as stored now, with its log.
+            snapshot: Returns the job as a client sees it (SNAPSHOT, RESYNC, FINISHED).
+
+        Raises:
+            Unavailable: the hub is closing (reconnect and resume).
+        """
+        self._count(job_id, worker_id, +1)
+        try:
+            sent = from_version
+            if from_version == 0:
+                head = snapshot()
+                yield WatchMessage(WatchKind.SNAPSHOT, head.version, job=head)
+                sent = head.version
+            deadline = self._next_heartbeat()
+            while True:
+                if self._closing:
+                    raise Unavailable("controller is shutting down; reconnect and resume")
+                # Taken before reading the state, so a change in between is not missed.
+                changed = self._changed.setdefault(job_id, asyncio.Event())
+                job = current()
+                if sent > job.version or sent < job.created_version:
+                    # The resume point is gone: ahead of us, or from an earlier incarnation.
+                    head = snapshot()
+                    yield WatchMessage(WatchKind.RESYNC, head.version, job=head)
+                    sent = head.version
+                    deadline = self._next_heartbeat()
+                    continue
+                start = bisect_right(job.events, sent, key=lambda e: e.version)
+                for event in job.events[start:]:
+                    yield WatchMessage(WatchKind.EVENT, event.version, event=event)
+                    sent = event.version
+                if start < len(job.events):
+                    deadline = self._next_heartbeat()
+                    continue
+                if job.finished:
+                    final = snapshot()
+                    yield WatchMessage(WatchKind.FINISHED, final.version, job=final)
+                    return
+                sent = max(sent, job.version)
+                try:
+                    await asyncio.wait_for(changed.wait(), max(deadline - time.monotonic(), 0))
+                except asyncio.TimeoutError:
+                    yield WatchMessage(WatchKind.HEARTBEAT, current().version)
+                    deadline = self._next_heartbeat()
+        finally:
+            self._count(job_id, worker_id, -1)
+
+    def _count(self, job_id: str, worker_id: str, delta: int) -> None:
+        self._streams[job_id] += delta
+        if self._streams[job_id] <= 0:
+            del self._streams[job_id]
+        if worker_id:
+            workers = self._workers.setdefault(job_id, Counter())
+            workers[worker_id] += delta
+            if workers[worker_id] <= 0:
+                del workers[worker_id]
+            if not workers:
+                del self._workers[job_id]
+        if self._on_count is not None:
+            self._on_count(job_id)
+
+    def _next_heartbeat(self) -> float:
+        return time.monotonic() + self._heartbeat * random.uniform(0.75, 1.0)
