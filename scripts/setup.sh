@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install lrctl with its demo and test dependencies into ./.venv (idempotent, re-run freely).
+# Install lrctl with every role's extra plus the test tools into ./.venv, as
+# `pip install -e ".[all,dev]"` (idempotent, re-run freely). A machine of one role needs
+# only its extra: `pip install 'lrctl[controller]'` (no torch, no Ray), 'lrctl[worker]', ...
 #
 # torch: if the venv has no torch yet, torch==$LRCTL_TORCH_VERSION (default 2.13.0) is
-# installed first; on this project's machines pip finds the local CPU wheel. If the
+# installed first (from a local wheel folder where pip's configuration lists one). If the
 # interpreter you run this with already has torch (your CUDA build, say), the venv is created
-# with --system-site-packages and keeps using it. Either way the later `pip install -e .`
-# sees torch>=2.4 satisfied and never swaps it.
+# with --system-site-packages and keeps using it. Either way the later install sees
+# torch>=2.4 satisfied and never swaps it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,11 +23,11 @@ if [ ! -x "$venv/bin/python" ]; then
   fi
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-# This machine's pip config lists local package folders; pip warns about each one it skips.
+# A pip configuration that lists local package folders makes pip warn about each one it skips.
 quiet() { "$@" 2> >(grep -v '^WARNING: Location' >&2); }
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   echo "setup: installing torch==${LRCTL_TORCH_VERSION:-2.13.0}"
   quiet "${pip[@]}" install -q "torch==${LRCTL_TORCH_VERSION:-2.13.0}"
 fi
-echo "setup: installing lrctl[dev] into $venv"
-quiet "${pip[@]}" install -q -e ".[dev]"
+echo "setup: installing lrctl[all,dev] into $venv"
+quiet "${pip[@]}" install -q -e ".[all,dev]"

@@ -30,9 +30,12 @@ def run(args: argparse.Namespace) -> int:
     Raises:
         ValueError: an invalid flag value or token file (exit code 2).
     """
-    from controller.config import ServerConfig
-    from controller.logs import configure_logging
-    from controller.server import serve
+    from lrctl.extras import requires_extra
+
+    with requires_extra("controller", "lrctl serve"):  # the one line a client install shows
+        from controller.config import ServerConfig
+        from controller.logs import configure_logging
+        from controller.server import serve
 
     config = ServerConfig.from_args(args)
     configure_logging(getattr(logging, args.log_level.upper()))
