@@ -1,17 +1,36 @@
-"""A job as the controller holds it in memory, job ids, and ListJobs page tokens."""
+"""A job as the controller holds it in memory, and the pure rules about one job.
+
+Job ids and ListJobs page tokens; whether a CreateJob attaches; what a report may say and
+which events it applies.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from controller.errors import InvalidArgument
 from controller.plateau import JobPlateau
-from lrctl.model import Job
+from lrctl.errors import LrctlError
+from lrctl.model import Job, Report
+from lrctl.overrides import Event, Op, validate_override
+from lrctl.schedules import ReduceLROnPlateau, build_schedule, canonical_spec
 
-__all__ = ["JOB_ID_RE", "JobEntry", "check_job_id", "decode_token", "encode_token"]
+__all__ = [
+    "JOB_ID_RE",
+    "JobEntry",
+    "check_job_id",
+    "check_override",
+    "check_report",
+    "create_conflict",
+    "decode_token",
+    "encode_token",
+    "mark_applied",
+    "same_spec",
+]
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -71,3 +90,78 @@ def decode_token(token: str) -> str:
     if not JOB_ID_RE.fullmatch(after):
         raise InvalidArgument(f"expected a page_token from a previous ListJobs, got {token!r}")
     return after
+
+
+def same_spec(a: str, b: str) -> bool:
+    """Attach compares parsed specs: ``gamma=1`` and ``gamma=1.0`` are the same schedule."""
+    try:
+        return a == b or canonical_spec(a) == canonical_spec(b)
+    except LrctlError:  # a stored spec this release no longer reads: not the same
+        return False
+
+
+def create_conflict(old: Job, schedule: str, base_lrs: tuple[float, ...]) -> str:
+    """Say why CreateJob cannot attach to ``old`` (finished, or another spec/base LRs)."""
+    if old.finished and same_spec(old.schedule, schedule) and old.base_lrs == base_lrs:
+        return (f"job {old.job_id!r} is finished; expected a running job to attach to "
+                f"(pass replace to start it again)")
+    return (f"job {old.job_id!r} exists with schedule {old.schedule} and base_lrs "
+            f"{list(old.base_lrs)}; expected the same to attach, got {schedule} and base_lrs "
+            f"{list(base_lrs)} (pass replace to replace it)")
+
+
+def check_override(op: Op, value: float | None, schedule: str | None, group: int | None,
+                   num_groups: int) -> str | None:
+    """Check a client's override for a job with ``num_groups`` groups.
+
+    Returns:
+        The replacement spec in canonical text (REPLACE_SCHEDULE), else ``schedule``.
+
+    Raises:
+        InvalidArgument: a PLATEAU_REDUCE (only the controller decides those), no replacement
+            spec, or a per-group ReduceLROnPlateau replacement.
+        OverrideError, SpecError: bad value, group or replacement spec (from :mod:`lrctl`).
+    """
+    if not isinstance(op, Op) or op is Op.PLATEAU_REDUCE:
+        raise InvalidArgument(f"expected an override op of scale, set, clear or "
+                              f"replace_schedule, got {getattr(op, 'value', op)!r}")
+    validate_override(op, value, group, num_groups)
+    if op is not Op.REPLACE_SCHEDULE:
+        return schedule
+    if not schedule:
+        raise InvalidArgument("expected a schedule spec to replace with, got ''")
+    built = build_schedule(schedule, num_groups)
+    if group is not None and isinstance(built, ReduceLROnPlateau):
+        raise InvalidArgument("expected a job-wide ReduceLROnPlateau replacement (its metric "
+                              f"drives every group), got one for param group {group}")
+    return built.spec.to_text()
+
+
+def check_report(job: Job, report: Report, pairs: Sequence[tuple[int, int]]) -> None:
+    """Refuse a rank-0 report that does not fit ``job`` (LR count, versions from the future)."""
+    n = job.num_groups
+    if report.lrs and len(report.lrs) != n:
+        raise InvalidArgument(f"expected {n} lrs (one per param group), got {len(report.lrs)}")
+    for version, step in pairs:
+        if version > job.version or step < 0:
+            raise InvalidArgument(f"expected applied versions <= {job.version} with "
+                                  f"effective_step >= 0, got version {version} at step {step}")
+    if report.applied_version > job.version:
+        raise InvalidArgument(f"expected applied_version <= {job.version}, got "
+                              f"{report.applied_version}")
+
+
+def mark_applied(events: Sequence[Event], pairs: Sequence[tuple[int, int]],
+                  now: float) -> list[Event]:
+    """Return the events that ``pairs`` apply for the first time (effective step set once)."""
+    steps: dict[int, int] = {}
+    for version, step in pairs:
+        steps.setdefault(version, step)  # a version reported twice: the earliest step wins
+    done = []
+    for event in events:
+        reported = steps.get(event.version)
+        if reported is None or event.applied_at is not None:
+            continue
+        effective = reported if event.effective_step is None else event.effective_step
+        done.append(replace(event, effective_step=effective, applied_at=now))
+    return done

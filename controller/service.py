@@ -7,16 +7,8 @@ serialized per job, written through to the store, and only then applied in memor
 (:class:`~controller.watch.WatchHub`), so what a client was told is always on disk, and
 versions per job strictly increase across restarts. Validation is the core's
 (:mod:`lrctl.program`, :mod:`lrctl.overrides`); its errors reach clients as INVALID_ARGUMENT.
-
-Decisions documented in docs/controller.md:
-
-* ``create_job`` on an existing job with a *different* spec or base LRs and ``replace=True``
-  recreates the job: new spec and base LRs, empty log, step -1, the version keeps counting
-  up. Watchers of the old incarnation get a RESYNC. A finished job is recreated the same
-  way; without ``replace`` it refuses (FAILED_PRECONDITION).
-* ``finish_job`` is idempotent: finishing a finished job returns it unchanged.
-* A ReduceLROnPlateau reduction is appended pending, like an override; rank 0 reports the
-  step the workers applied it at (:mod:`controller.plateau` decides when to reduce).
+The decisions (recreation with ``replace``, idempotent finish, pending plateau reductions)
+are in docs/controller.md.
 """
 
 from __future__ import annotations
@@ -28,19 +20,27 @@ from dataclasses import replace
 from typing import TypeVar
 
 from controller.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
-from controller.jobs import JobEntry, check_job_id, decode_token, encode_token
+from controller.jobs import (
+    JobEntry,
+    check_job_id,
+    check_override,
+    check_report,
+    create_conflict,
+    decode_token,
+    encode_token,
+    mark_applied,
+    same_spec,
+)
 from controller.metrics import ControllerMetrics
 from controller.plateau import JobPlateau
 from controller.projection import Projection
 from controller.store import Change, ConsumedMetric, Store
 from controller.watch import WatchHub
 from lrctl import constants
-from lrctl.errors import LrctlError
 from lrctl.model import Job, JobState, Report, WatchMessage
-from lrctl.overrides import Event, Op, validate_override
+from lrctl.overrides import Event, Op
 from lrctl.program import LRProgram
 from lrctl.program import preview as program_preview
-from lrctl.schedules import ReduceLROnPlateau, build_schedule, canonical_spec
 
 __all__ = ["ControllerService"]
 
@@ -104,11 +104,11 @@ class ControllerService:
         async with self._lock(job_id, create=True):
             old = self._jobs.get(job_id)
             if old is not None:
-                same = _same_spec(old.job.schedule, canonical) and old.job.base_lrs == lrs
+                same = same_spec(old.job.schedule, canonical) and old.job.base_lrs == lrs
                 if same and old.running:
                     return self._view(old), False
                 if not replace_existing:
-                    raise FailedPrecondition(_create_conflict(old.job, canonical, lrs))
+                    raise FailedPrecondition(create_conflict(old.job, canonical, lrs))
             now = self._now()
             version = 1 if old is None else old.job.version + 1
             job = Job(job_id=job_id, schedule=canonical, base_lrs=lrs, version=version,
@@ -195,20 +195,7 @@ class ControllerService:
         """
         async with self._lock(job_id):
             entry = self._get(job_id)
-            n = entry.job.num_groups
-            if not isinstance(op, Op) or op is Op.PLATEAU_REDUCE:
-                raise InvalidArgument(f"expected an override op of scale, set, clear or "
-                                      f"replace_schedule, got {getattr(op, 'value', op)!r}")
-            validate_override(op, value, group, n)
-            if op is Op.REPLACE_SCHEDULE:
-                if not schedule:
-                    raise InvalidArgument("expected a schedule spec to replace with, got ''")
-                built = build_schedule(schedule, n)
-                if group is not None and isinstance(built, ReduceLROnPlateau):
-                    raise InvalidArgument(
-                        "expected a job-wide ReduceLROnPlateau replacement (its metric "
-                        f"drives every group), got one for param group {group}")
-                schedule = built.spec.to_text()
+            schedule = check_override(op, value, schedule, group, entry.job.num_groups)
             if not entry.running:
                 raise FailedPrecondition(f"job {job_id!r} is finished; expected a running job")
             if expected_version is not None and expected_version != entry.job.version:
@@ -287,9 +274,9 @@ class ControllerService:
             if report.rank != 0:
                 return before.version
             pairs = sorted(set(report.applied))
-            _check_report(before, report, pairs)
+            check_report(before, report, pairs)
             now = self._now()
-            done = _mark_applied(before.events, pairs, now)
+            done = mark_applied(before.events, pairs, now)
             new_events: list[Event] = []
             consumed: list[ConsumedMetric] = []
             job = before
@@ -414,48 +401,3 @@ class ControllerService:
         if entry is not None:
             self._projection.streams_changed(entry.job, self._hub.streams(job_id))
 
-
-def _same_spec(a: str, b: str) -> bool:
-    """Attach compares parsed specs: ``gamma=1`` and ``gamma=1.0`` are the same schedule."""
-    try:
-        return a == b or canonical_spec(a) == canonical_spec(b)
-    except LrctlError:  # a stored spec this release no longer reads: not the same
-        return False
-
-
-def _create_conflict(old: Job, schedule: str, base_lrs: tuple[float, ...]) -> str:
-    if old.finished and _same_spec(old.schedule, schedule) and old.base_lrs == base_lrs:
-        return (f"job {old.job_id!r} is finished; expected a running job to attach to "
-                f"(pass replace to start it again)")
-    return (f"job {old.job_id!r} exists with schedule {old.schedule} and base_lrs "
-            f"{list(old.base_lrs)}; expected the same to attach, got {schedule} and base_lrs "
-            f"{list(base_lrs)} (pass replace to replace it)")
-
-
-def _check_report(job: Job, report: Report, pairs: Sequence[tuple[int, int]]) -> None:
-    n = job.num_groups
-    if report.lrs and len(report.lrs) != n:
-        raise InvalidArgument(f"expected {n} lrs (one per param group), got {len(report.lrs)}")
-    for version, step in pairs:
-        if version > job.version or step < 0:
-            raise InvalidArgument(f"expected applied versions <= {job.version} with "
-                                  f"effective_step >= 0, got version {version} at step {step}")
-    if report.applied_version > job.version:
-        raise InvalidArgument(f"expected applied_version <= {job.version}, got "
-                              f"{report.applied_version}")
-
-
-def _mark_applied(events: Sequence[Event], pairs: Sequence[tuple[int, int]],
-                  now: float) -> list[Event]:
-    """Return the events that ``pairs`` apply for the first time (effective step set once)."""
-    steps: dict[int, int] = {}
-    for version, step in pairs:
-        steps.setdefault(version, step)  # a version reported twice: the earliest step wins
-    done = []
-    for event in events:
-        reported = steps.get(event.version)
-        if reported is None or event.applied_at is not None:
-            continue
-        effective = reported if event.effective_step is None else event.effective_step
-        done.append(replace(event, effective_step=effective, applied_at=now))
-    return done
