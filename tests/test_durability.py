@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 
 from controller.server import Controller
+from lrctl.convert import events_from_proto
 from lrctl.program import LRProgram
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
-from lrctl.wire import events_from_proto
 from tests.test_server import PLATEAU_METRICS, PLATEAU_SPEC, torch_plateau_lrs
 
 pb = lrctl_pb2

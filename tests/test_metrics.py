@@ -13,9 +13,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.server import Controller
+from lrctl.convert import events_from_proto
 from lrctl.program import LRProgram
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
-from lrctl.wire import events_from_proto
 from tests.conftest import expect_status
 
 pb = lrctl_pb2

@@ -17,9 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from controller.config import ServerConfig, add_server_arguments, load_tokens
 from controller.server import Controller
+from lrctl.convert import events_from_proto
 from lrctl.program import LRProgram, preview
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
-from lrctl.wire import events_from_proto
 from tests.conftest import RunningServer, expect_status
 
 pb = lrctl_pb2
