@@ -1,10 +1,13 @@
-"""lrctl core: schedule specs, closed-form schedules, safe expressions and overrides.
+"""lrctl core: schedule specs, closed-form schedules, safe expressions, overrides and the
+domain model (one type per concept: :class:`Job`, :class:`Event`).
 
-Shared by the controller and the workers; pure Python, no torch and no gRPC needed.
+Shared by the controller and the workers; pure Python, no torch and no gRPC needed. The
+client (gRPC) is :mod:`lrctl.client`; charts (matplotlib) are :mod:`lrctl.plot`.
 """
 
 from lrctl.errors import ExpressionError, LrctlError, OverrideError, SpecError
-from lrctl.overrides import Event, Op, parse_override
+from lrctl.model import Job, JobState
+from lrctl.overrides import Event, History, Op, parse_override
 from lrctl.program import LRProgram, preview
 from lrctl.schedules import build_schedule
 from lrctl.spec import Spec, parse_spec
@@ -12,6 +15,9 @@ from lrctl.spec import Spec, parse_spec
 __all__ = [
     "Event",
     "ExpressionError",
+    "History",
+    "Job",
+    "JobState",
     "LRProgram",
     "LrctlError",
     "Op",

@@ -397,3 +397,30 @@ def test_serve_rejects_bad_flags_with_one_line(capsys: pytest.CaptureFixture[str
                  "--token-file", str(tokens)])
     assert code == 2
     assert "role" in one_error_line(capsys.readouterr().err)
+
+
+def test_client_commands_load_nothing_of_the_server_side() -> None:
+    # What a `pip install lrctl` (no extras) can run: the client commands need lrctl and
+    # grpc only, never the controller's modules, prometheus_client, torch, Ray or matplotlib.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{sock.getsockname()[1]}"
+    script = f"""
+import sys
+from controller.cli import main
+for argv in (["job", "list"], ["job", "get", "j"], ["override", "j", "lr /= 2"],
+             ["history", "j"], ["watch", "j"], ["job", "finish", "j"]):
+    assert main([*argv, "--address", {closed!r}]) == 1, argv
+assert main(["preview", "StepLR(step_size=2)", "--base-lr", "0.1", "--steps", "3",
+             "--format", "json"]) == 0
+heavy = ("prometheus_client", "torch", "ray", "matplotlib", "worker")
+loaded = [m for m in sys.modules
+          if m.split(".")[0] in heavy or (m.startswith("controller.")
+                                          and not m.startswith("controller.cli"))]
+print("LOADED", loaded)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout

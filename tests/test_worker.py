@@ -239,3 +239,23 @@ def test_plateau_metrics_reduce_the_lr_through_the_controller(
         assert float(opt.param_groups[0]["lr"]) == 0.05
     events = client.history("plateau")
     assert events[0].op == "plateau_reduce" and events[0].effective_step is not None
+
+
+def test_rank_0_reports_the_agreed_version_and_the_final_report_detaches(
+        controller: ControllerProcess, client: Client) -> None:
+    opt = make_optimizer()
+    with RemoteLRScheduler(opt, "StepLR(step_size=5)", job="final",
+                           address=controller.address) as sched:
+        run(sched, opt, 5)
+        version = client.override("final", "lr /= 2").event.version
+        wait_for_version(sched, version)
+        run(sched, opt, 3)
+        assert sched.applied_version == version
+        deadline = time.monotonic() + 10
+        while (job := client.get_job("final")).applied_version < version:
+            assert time.monotonic() < deadline, "the agreed version was never reported"
+            time.sleep(0.05)
+        assert job.world_size == 1  # attached: a single process
+        last = sched.last_epoch
+    job = client.get_job("final")  # close() sent the final report
+    assert (job.step, job.applied_version, job.world_size) == (last, version, 0)

@@ -50,8 +50,14 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the ``lrctl`` parser; each leaf command sets ``handler``."""
+def build_parser(*, serve_flags: bool = True) -> argparse.ArgumentParser:
+    """Return the ``lrctl`` parser; each leaf command sets ``handler``.
+
+    Args:
+        serve_flags: Add ``lrctl serve``'s flags, which come from the controller package;
+            :func:`main` leaves them out for the client commands, so those load nothing of
+            the server side.
+    """
     address_help = ("controller HOST:PORT[,HOST:PORT...] (default: $LRCTL_ADDRESS, else "
                     "127.0.0.1:50051); the token comes from $LRCTL_TOKEN, TLS from "
                     "$LRCTL_TLS_CA/$LRCTL_TLS_CERT/$LRCTL_TLS_KEY")
@@ -69,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the controller",
                                 description="Run the lrctl controller in the foreground.")
-    _serve.add_arguments(serve)
+    if serve_flags:
+        _serve.add_arguments(serve)
     serve.set_defaults(handler=_serve.run)
 
     job = commands.add_parser("job", help="create, inspect, list and finish jobs")
@@ -150,7 +157,10 @@ def _add_base_lr(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lrctl`` with ``argv`` (``sys.argv[1:]`` when None); return the exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Only `lrctl serve` needs the controller's flags ("serve" anywhere is a cheap, safe test:
+    # a job named "serve" merely loads them too).
+    parser = build_parser(serve_flags="serve" in argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, or a usage error argparse already printed
