@@ -14,7 +14,11 @@ echo "== generated code is current"
 python scripts/gen_protos.py --check
 echo "== ruff"
 ruff check .
+# Turned on right after the one commit that formats the whole tree:
+# ruff format --check .
 echo "== mypy"
 mypy
+echo "== import contracts (lrctl imports neither controller nor worker; those two never each other)"
+lint-imports --no-cache
 echo "== pytest"
 python -m pytest -q "$@"
