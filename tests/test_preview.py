@@ -236,3 +236,36 @@ def test_plot_markers_to_file_object_without_pyplot_state() -> None:
 def test_plot_rejects_bad_rows(rows: list[list[float]]) -> None:
     with pytest.raises(ValueError, match="expected"):
         lr_figure(rows, title="x")
+
+
+def test_preview_figure_returns_a_figure_of_the_core_rows() -> None:
+    from matplotlib.figure import Figure
+
+    from lrctl.plot import preview_figure
+
+    figure = preview_figure("StepLR(step_size=2, gamma=0.5)", [0.1, 0.01], 6)
+    assert isinstance(figure, Figure)
+    (axes,) = figure.axes
+    lines = axes.get_lines()
+    assert [list(line.get_ydata()) for line in lines] == [
+        [row[g] for row in preview("StepLR(step_size=2, gamma=0.5)", [0.1, 0.01], 6)]
+        for g in range(2)]
+    assert "StepLR(step_size=2, gamma=0.5)" in axes.get_title()
+
+
+def test_png_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
+    # sys.modules[name] = None makes `import name` fail, as on a base install.
+    out = str(tmp_path / "x.png")
+    script = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        "from controller.cli import main\n"
+        "raise SystemExit(main(['preview', 'StepLR(step_size=2)', '--base-lr', '0.1',\n"
+        f"                      '--steps', '3', '--format', 'png', '--out', {out!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 1
+    assert done.stderr == ("lrctl: error: drawing LR charts needs matplotlib: "
+                           "pip install 'lrctl[plot]'\n")
+    assert not (tmp_path / "x.png").exists()
