@@ -1,28 +1,25 @@
 """A job as the controller holds it in memory, and the pure rules about one job.
 
-Job ids and ListJobs page tokens; whether a CreateJob attaches; what a report may say and
-which events it applies.
+ListJobs page tokens, whether a CreateJob attaches, what a report may say and which events
+it applies. Job ids are checked by the core (:func:`lrctl.model.check_job_id`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from controller.errors import InvalidArgument
 from controller.plateau import JobPlateau
 from lrctl.errors import LrctlError
-from lrctl.model import Job, Report
+from lrctl.model import JOB_ID_PATTERN, Job, Report
 from lrctl.overrides import Event, Op, validate_override
 from lrctl.schedules import ReduceLROnPlateau, build_schedule, canonical_spec
 
 __all__ = [
-    "JOB_ID_RE",
     "JobEntry",
-    "check_job_id",
     "check_override",
     "check_report",
     "create_conflict",
@@ -31,9 +28,6 @@ __all__ = [
     "mark_applied",
     "same_spec",
 ]
-
-JOB_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
 
 @dataclass
 class JobEntry:
@@ -58,18 +52,6 @@ class JobEntry:
         return not self.job.finished
 
 
-def check_job_id(job_id: str) -> str:
-    """Return ``job_id`` if it is 1-128 characters of ``[A-Za-z0-9._:-]``.
-
-    Raises:
-        InvalidArgument: anything else.
-    """
-    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
-        raise InvalidArgument(f"expected a job id of 1-128 characters from [A-Za-z0-9._:-], "
-                              f"got {job_id!r}")
-    return job_id
-
-
 def encode_token(after: str) -> str:
     """Return the opaque ListJobs page token that resumes after job ``after``."""
     return base64.urlsafe_b64encode(after.encode()).decode().rstrip("=")
@@ -87,7 +69,7 @@ def decode_token(token: str) -> str:
         after = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         after = ""
-    if not JOB_ID_RE.fullmatch(after):
+    if not JOB_ID_PATTERN.fullmatch(after):
         raise InvalidArgument(f"expected a page_token from a previous ListJobs, got {token!r}")
     return after
 

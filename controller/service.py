@@ -22,7 +22,6 @@ from typing import TypeVar
 from controller.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
 from controller.jobs import (
     JobEntry,
-    check_job_id,
     check_override,
     check_report,
     create_conflict,
@@ -37,7 +36,7 @@ from controller.projection import Projection
 from controller.store import Change, ConsumedMetric, Store
 from controller.watch import WatchHub
 from lrctl import constants
-from lrctl.model import Job, JobState, Report, WatchMessage
+from lrctl.model import Job, JobState, Report, WatchMessage, check_job_id
 from lrctl.overrides import Event, Op
 from lrctl.program import LRProgram
 from lrctl.program import preview as program_preview

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ExpressionError",
+    "JobIdError",
     "LrctlError",
     "OverrideError",
     "SpecError",
@@ -30,3 +31,7 @@ class ExpressionError(SpecError):
 
 class OverrideError(LrctlError, ValueError):
     """An override (``lr /= 2``, ``lr = 3e-4``, ...) is malformed or not applicable."""
+
+
+class JobIdError(LrctlError, ValueError):
+    """A job id does not fit the job id rules (:data:`lrctl.model.JOB_ID_PATTERN`)."""

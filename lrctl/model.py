@@ -15,19 +15,41 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from lrctl._render import iso_time, json_floats
+from lrctl.errors import JobIdError
 from lrctl.overrides import Event
 
 __all__ = [
+    "JOB_ID_PATTERN",
+    "Divergence",
     "Job",
     "JobState",
     "Report",
     "WatchKind",
     "WatchMessage",
+    "check_job_id",
 ]
+
+#: Job ids (DESIGN "Job ids"): 1-128 characters, no spaces and no glob characters, so token
+#: scopes can match them with fnmatch patterns.
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}")
+
+
+def check_job_id(job_id: str) -> str:
+    """Return ``job_id`` if it matches :data:`JOB_ID_PATTERN`.
+
+    Raises:
+        JobIdError: anything else (the message quotes at most 140 characters of it).
+    """
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+        shown = repr(job_id) if len(repr(job_id)) <= 140 else repr(job_id)[:137] + "..."
+        raise JobIdError(f"expected a job id of 1-128 characters matching "
+                         f"{JOB_ID_PATTERN.pattern}, got {shown}")
+    return job_id
 
 
 class JobState(str, enum.Enum):
@@ -173,6 +195,23 @@ class WatchMessage:
 
 
 @dataclass(frozen=True)
+class Divergence:
+    """Ranks found applying different LRs (or versions) at the same step.
+
+    Attributes:
+        step: Scheduler step at which the ranks' checksums differed.
+        version: The agreed version at that step.
+        lr_checksums: One checksum of the applied LRs per rank.
+        detail: What differed, for people (the controller bounds its length).
+    """
+
+    step: int
+    version: int
+    lr_checksums: tuple[float, ...] = ()
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Report:
     """What rank 0 tells the controller (``Report``).
 
@@ -190,6 +229,7 @@ class Report:
         final: The run finished (scheduler closed); the controller stores it durably now.
         epoch: The attach epoch from CreateJob (0 from workers that predate epochs).
         world_size: World size of the run; 1 for single-process training, 0 unknown.
+        divergences: Rank divergences detected since the last report.
     """
 
     job_id: str
@@ -202,3 +242,4 @@ class Report:
     final: bool = False
     epoch: int = 0
     world_size: int = 0
+    divergences: tuple[Divergence, ...] = ()

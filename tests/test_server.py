@@ -208,13 +208,23 @@ async def test_create_refuses_bad_specs(stub: Stub, schedule: str, base_lrs: tup
     pytest.param("", id="empty"),
     pytest.param("x" * 129, id="too-long"),
     pytest.param("run 42", id="space"),
-    pytest.param("run/42", id="slash"),
+    pytest.param("run*42", id="glob"),  # token scopes match ids with fnmatch patterns
+    pytest.param("-run", id="leading-dash"),
 ])
 async def test_bad_job_ids_are_invalid_argument(stub: Stub, job_id: str) -> None:
     err = await expect_status(create(stub, job_id=job_id), grpc.StatusCode.INVALID_ARGUMENT)
     assert (err.details() or "").startswith("expected a job id of 1-128 characters")
     await expect_status(stub.GetJob(pb.GetJobRequest(job_id=job_id)),
                         grpc.StatusCode.INVALID_ARGUMENT)
+
+
+async def test_job_ids_follow_the_design_charset(stub: Stub) -> None:
+    # The one rule (lrctl.model.JOB_ID_PATTERN) the worker checks its default ids with too.
+    for job_id in ("alice@host/run+1:2", "r" * 128):
+        assert (await create(stub, job_id=job_id)).created
+    err = await expect_status(create(stub, job_id="x" * 100_000),
+                              grpc.StatusCode.INVALID_ARGUMENT)
+    assert len(err.details() or "") < 300  # the message does not echo unbounded input
 
 
 @pytest.mark.parametrize("call", [
