@@ -152,3 +152,22 @@ def test_expression_overflow_arithmetic_gives_nan_as_ieee() -> None:
     # inf - inf: what torch's tensor arithmetic gives; never an OverflowError.
     assert math.isnan(compile_expression("exp(epoch) - exp(epoch)")(1000))
     assert math.isnan(compile_expression("sin(exp(epoch))")(1000))
+
+
+def test_no_raw_power_or_exp_left_in_the_evaluation_code() -> None:
+    # The class of bug, not one case: every power/exponential goes through lrctl._numeric.
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "lrctl"
+    files = [*root.glob("schedules/*.py"), *root.glob("expressions/*.py"), root / "program.py"]
+    banned = {"exp", "pow", "ldexp", "expm1", "cosh", "sinh", "gamma", "factorial"}
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+                found.append(f"{path.name}:{node.lineno}: **")
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id == "math" and node.attr in banned):
+                found.append(f"{path.name}:{node.lineno}: math.{node.attr}")
+    assert not found, found

@@ -45,38 +45,52 @@ text length                   :data:`MAX_EXPRESSION_LENGTH` = 1000 characters (c
 syntax tree size              :data:`MAX_NODES` = 200 expression nodes
 nesting depth                 :data:`MAX_DEPTH` = 32 (checked without recursion)
 literal magnitude             :data:`MAX_MAGNITUDE` = 1e15
-intermediate results          finite and ``|x| <= 1e300``, checked after every
-                              operator and call
+constant sub-expressions      finite (``10 ** 400`` and ``9 ** 9 ** 9`` are refused)
+ints                          at most the float range: an exact int past it becomes
+                              ``±inf``, decided before a giant int is built
 ``epoch``                     a finite real number with ``|epoch| <= 1e15``
-result                        a finite number ``>= 0`` (it multiplies a learning rate)
+result                        a number ``>= 0`` (it multiplies a learning rate);
+                              ``inf`` or ``nan`` once a value left the float range
 ============================  ========================================================
 
 Functions come from :mod:`math` (``floor``, ``ceil``, ``sqrt``, ``exp``, ``log``, ...) or
 are Python's builtins (``abs``, ``min``, ``max``, ``round`` with one argument, ``pow`` with
-two arguments, which is ``x ** y``). A constant sub-expression that always fails
-(``1 / 0``, ``10 ** 400``, ``9 ** 9 ** 9``) is refused when the expression is compiled,
-even in a branch that might never be taken.
+two arguments, which is ``x ** y``). A constant sub-expression that always fails or is
+not finite (``1 / 0``, ``10 ** 400``, ``9 ** 9 ** 9``) is refused when the expression is
+compiled, even in a branch that might never be taken.
 
 Exactness: Python semantics, ints kept
 ======================================
 
 An expression computes *exactly* what the Python function ``lambda epoch: <same text>``
 computes (the functions above imported from :mod:`math`, ``pow`` being the builtin), bit
-for bit, whenever it succeeds: values keep
+for bit, whenever that succeeds with values in the float range: values keep
 their Python types, ``int`` op ``int`` stays an exact ``int`` (``epoch // 30``,
 ``2 ** epoch``, ``(epoch + 1) % 10``), ``/`` is Python's correctly rounded true division,
 and float operations are Python's own. The result is returned as ``float(value)``, which is
 what torch's ``base_lr * lr_lambda(epoch)`` does with an ``int`` anyway.
 
-Safety does not need floats: every operand is already bounded by ``1e300`` (about 997
-bits), so ``+ - * // %`` on ints cost at most a 2000-bit product and the result is
-range-checked right after. The one operator that could build a giant int, ``int ** int``
-with a non-negative exponent, is checked *before* it runs: if ``exp * log2(|base|)``
-exceeds 997 bits it fails (``9 ** 9 ** 9`` fails on ``9 ** 387420489`` without computing
-it). Float overflow (``2 ** 1e9``, ``exp(1e4)``), division by zero, math domain errors and
-negative bases with fractional exponents (which Python turns into ``complex``) all raise
-:class:`~lrctl.errors.ExpressionError` naming the sub-expression, its column and the
-epoch.
+Past the float range: IEEE-754, as torch's tensors
+===================================================
+
+Where Python raises ``OverflowError`` (``2.0 ** epoch``, ``exp(epoch)``, ``10 ** epoch``
+once converted to a float, ``floor`` of an infinity) the expression goes on with what a
+torch tensor gives: ``inf`` (``-inf``), ``0.0`` on underflow, and IEEE's results for
+arithmetic on an infinity (``inf - inf`` and ``sin(inf)`` are ``nan``, ``1 / inf`` is 0.0).
+An LR that grows past ``1.8e308`` is then ``inf``, as torch's own ``ExponentialLR`` gives,
+never an exception (:mod:`lrctl._numeric` holds the helpers).
+
+Safety does not need floats: every int is kept within the float range (about 1024 bits;
+past it an exact int becomes ``±inf``), so ``+ - * // %`` on ints cost at most a
+2048-bit product. The one operator that could build a giant int, ``int ** int`` with a
+positive exponent, is checked *before* it runs: if ``exp * log2(|base|)`` exceeds the
+float range the result is ``±inf`` without computing it (``9 ** 9 ** 9`` is refused on
+``9 ** 387420489``, a constant that is not finite).
+
+Errors of the formula itself stay errors: a division by zero, a math domain error at
+finite values (``log(0)``, ``sqrt(-1)``) and a negative base with a fractional exponent
+(which Python turns into ``complex``) raise :class:`~lrctl.errors.ExpressionError` naming
+the sub-expression, its column and the epoch, as does a negative result.
 """
 
 from lrctl.expressions._expression import Expression, compile_expression

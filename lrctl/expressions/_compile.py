@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Callable
 from typing import Any, cast
 
+from lrctl._numeric import MAX_FLOAT_INT, div, to_float
 from lrctl.expressions._grammar import (
     BINOPS,
     COMPARISONS,
     CONSTANTS,
     FUNCTIONS,
-    MAX_INTERMEDIATE,
     VARIABLES,
     Fn,
     Source,
@@ -49,9 +50,15 @@ def _describe(exc: Exception, detail: str) -> str:
     return f"{exc} ({detail})"
 
 
-def _range_failure(value: float, where: str) -> Failure:
-    return Failure(f"intermediate result {value!r} is not finite or exceeds "
-                    "1e300 in magnitude", where)
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def _ieee(symbol: str, a: float, b: float) -> float:
+    """What IEEE-754 gives for ``a <symbol> b`` where Python raised, one operand non-finite."""
+    if symbol == "/":
+        return div(a, b)
+    return math.nan  # inf // 0, inf % 0, ...: invalid operations
 
 
 def _num(value: float) -> str:
@@ -69,12 +76,26 @@ class Compiler:
     def __init__(self, source: Source) -> None:
         self.src = source
 
-    def fold(self, node: ast.expr, fn: Fn) -> _Compiled:
-        """Evaluate a constant sub-expression now; refuse it if it always fails."""
+    def fold(self, node: ast.expr, fn: Fn, parts: list[_Compiled]) -> _Compiled:
+        """Evaluate a constant sub-expression now; refuse it if it always fails.
+
+        A constant that overflows (``10 ** 400``, ``9 ** 9 ** 9``, ``exp(1000)``) is
+        refused too: only values that depend on ``epoch`` may leave the float range.
+        """
         try:
             value = fn(0)
         except Failure as exc:
             fail(f"{exc.what} {exc.where}; this constant part of the expression always fails")
+        if not math.isfinite(value):
+            args = [p.value for p in parts]
+            if isinstance(node, ast.BinOp):
+                detail = f"{_num(args[0])} {BINOPS[type(node.op)][0]} {_num(args[1])}"
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                detail = f"{node.func.id}({', '.join(repr(a) for a in args)})"
+            else:  # pragma: no cover - finite operands of other nodes stay finite
+                detail = repr(value)
+            fail(f"overflow ({detail}) {self.src.where(node)}; this constant part of the "
+                 "expression always fails (expected a finite number)")
         return _Compiled(lambda x: value, True, value)
 
     def build(self, node: ast.expr) -> _Compiled:
@@ -111,13 +132,13 @@ class Compiler:
         else:  # pragma: no cover - the validator refuses everything else
             raise AssertionError(type(node).__name__)
         if all(p.constant for p in parts):
-            return self.fold(node, fn)
+            return self.fold(node, fn, parts)
         return _Compiled(fn)
 
     def binop(self, node: ast.BinOp, left: Fn, right: Fn) -> Fn:
         symbol, op = BINOPS[type(node.op)]
         where = self.src.where(node)
-        lim = MAX_INTERMEDIATE
+        lim = MAX_FLOAT_INT
 
         def run(x: float) -> float:
             a = left(x)
@@ -125,9 +146,11 @@ class Compiler:
             try:
                 r = op(a, b)
             except (ArithmeticError, ValueError) as exc:
+                if not _finite(a, b):  # continuing from an overflow: IEEE, not an error
+                    return _ieee(symbol, a, b)
                 raise Failure(_describe(exc, f"{_num(a)} {symbol} {_num(b)}"), where) from None
-            if not -lim <= r <= lim:
-                raise _range_failure(r, where)
+            if type(r) is int and not -lim <= r <= lim:
+                return to_float(r)  # an exact int past the float range is +-inf
             return r  # type: ignore[no-any-return]
 
         return run
@@ -189,16 +212,20 @@ class Compiler:
     def call(self, node: ast.Call, name: str, args: list[Fn]) -> Fn:
         impl = FUNCTIONS[name][2]
         where = self.src.where(node)
-        lim = MAX_INTERMEDIATE
+        lim = MAX_FLOAT_INT
 
         def check(r: float) -> float:
-            if not -lim <= r <= lim:
-                raise _range_failure(r, where)
+            if type(r) is int and not -lim <= r <= lim:
+                return to_float(r)
             return r
 
-        def failure(exc: Exception, values: tuple[float, ...]) -> Failure:
+        def failure(exc: Exception, values: tuple[float, ...]) -> float:
+            # A math domain error at an infinite or nan argument (sin(inf), log(-inf)) is
+            # IEEE's invalid operation, nan; at finite arguments it is the formula's error.
+            if not _finite(*values):
+                return math.nan
             shown = ", ".join(repr(v) for v in values)
-            return Failure(_describe(exc, f"{name}({shown})"), where)
+            raise Failure(_describe(exc, f"{name}({shown})"), where)
 
         if len(args) == 1:
             (arg,) = args
@@ -208,7 +235,7 @@ class Compiler:
                 try:
                     r = impl(a)
                 except (ArithmeticError, ValueError) as exc:
-                    raise failure(exc, (a,)) from None
+                    return failure(exc, (a,))
                 return check(r)
 
             return run1
@@ -221,7 +248,7 @@ class Compiler:
                 try:
                     r = impl(a, b)
                 except (ArithmeticError, ValueError) as exc:
-                    raise failure(exc, (a, b)) from None
+                    return failure(exc, (a, b))
                 return check(r)
 
             return run2
@@ -231,7 +258,7 @@ class Compiler:
             try:
                 r = impl(*values)
             except (ArithmeticError, ValueError) as exc:
-                raise failure(exc, values) from None
+                return failure(exc, values)
             return check(r)
 
         return run

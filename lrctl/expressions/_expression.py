@@ -6,12 +6,12 @@ import numbers
 from collections.abc import Callable
 from typing import final
 
+from lrctl._numeric import to_float
 from lrctl.errors import ExpressionError
 from lrctl.expressions._compile import Compiler, Failure
 from lrctl.expressions._grammar import (
     MAGNITUDE_TEXT,
     MAX_EXPRESSION_LENGTH,
-    MAX_INTERMEDIATE,
     MAX_MAGNITUDE,
     PREFIX,
     Fn,
@@ -87,12 +87,14 @@ class Expression:
             epoch: The value of ``epoch`` (and ``step``): torch passes ``last_epoch``.
 
         Returns:
-            The multiplier, a finite float ``>= 0``.
+            The multiplier, a float ``>= 0``: ``inf`` where the value left the float range
+            (``10 ** epoch`` at epoch 400), ``nan`` where IEEE arithmetic on such an
+            ``inf`` gives it (``exp(epoch) - exp(epoch)``), as a torch tensor would.
 
         Raises:
             ExpressionError: If ``epoch`` is not a finite real number with
-                ``|epoch| <= MAX_MAGNITUDE``, if evaluating fails (division by zero,
-                overflow, a math domain error), or if the result is negative.
+                ``|epoch| <= MAX_MAGNITUDE``, if evaluating fails (division by zero or a
+                math domain error at finite values), or if the result is negative.
         """
         if type(epoch) is not int and type(epoch) is not float:
             try:
@@ -111,10 +113,10 @@ class Expression:
             raise ExpressionError(
                 f"{PREFIX} {shorten(self._text)!r}: {exc.what} {exc.where} "
                 f"at epoch {epoch!r}") from None
-        result = value if type(value) is float else float(value)
-        if not 0.0 <= result <= MAX_INTERMEDIATE:
+        result = value if type(value) is float else to_float(value)
+        if result < 0.0:
             raise ExpressionError(
-                f"{PREFIX} must return a finite number >= 0, got {value!r} at epoch "
+                f"{PREFIX} must return a number >= 0, got {value!r} at epoch "
                 f"{epoch!r} (expression {shorten(self._text)!r})")
         return result
 

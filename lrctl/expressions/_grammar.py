@@ -8,6 +8,7 @@ import operator
 from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
+from lrctl import _numeric
 from lrctl.errors import ExpressionError
 
 __all__ = [
@@ -19,7 +20,6 @@ __all__ = [
     "MAGNITUDE_TEXT",
     "MAX_DEPTH",
     "MAX_EXPRESSION_LENGTH",
-    "MAX_INTERMEDIATE",
     "MAX_MAGNITUDE",
     "MAX_NODES",
     "PREFIX",
@@ -42,11 +42,6 @@ MAX_DEPTH: Final = 32
 MAX_MAGNITUDE: Final = 1e15
 """Largest absolute value of a number literal, and of the ``epoch`` an expression accepts."""
 
-# Largest absolute value of any intermediate result (ints included): about 2**996.6.
-MAX_INTERMEDIATE: Final = 1e300
-# log2(MAX_INTERMEDIATE): an int ** int whose result would need more bits is refused.
-_MAX_POW_BITS: Final = math.log2(MAX_INTERMEDIATE)
-
 PREFIX: Final = "lr_lambda"
 MAGNITUDE_TEXT: Final = f"{MAX_MAGNITUDE:.0e}".replace("+", "")  # "1e15"
 
@@ -59,20 +54,11 @@ CONSTANTS: Final[dict[str, float]] = {"pi": math.pi, "e": math.e, "tau": math.ta
 
 
 def _pow(a: float, b: float) -> float:
-    """``a ** b`` as Python computes it, refusing results that cannot be small enough."""
-    # int ** positive int is an exact int: refuse before building a giant one.
-    if (isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1
-            and b * math.log2(abs(a)) > _MAX_POW_BITS):
-        raise OverflowError("result too large")
-    r = a**b
+    """``a ** b`` as Python computes it, ``±inf`` past the float range (never a giant int)."""
+    r = _numeric.power(int(a) if type(a) is bool else a, int(b) if type(b) is bool else b)
     if isinstance(r, complex):
         raise ValueError("negative base with a fractional exponent")
-    result: float = r
-    return result
-
-
-def _round(x: float) -> float:
-    return round(x)
+    return r
 
 
 def _min(*args: float) -> float:
@@ -106,17 +92,17 @@ COMPARISONS: Final[dict[type[ast.cmpop], Callable[[Any, Any], Any]]] = {
 FUNCTIONS: Final[dict[str, tuple[int, int | None, Callable[..., float]]]] = {
     "abs": (1, 1, abs),
     "atan": (1, 1, math.atan),
-    "ceil": (1, 1, math.ceil),
+    "ceil": (1, 1, _numeric.ceil),
     "cos": (1, 1, math.cos),
-    "exp": (1, 1, math.exp),
-    "floor": (1, 1, math.floor),
+    "exp": (1, 1, _numeric.exp),
+    "floor": (1, 1, _numeric.floor),
     "log": (1, 2, math.log),
     "log10": (1, 1, math.log10),
     "log2": (1, 1, math.log2),
     "max": (2, None, _max),
     "min": (2, None, _min),
     "pow": (2, 2, _pow),
-    "round": (1, 1, _round),
+    "round": (1, 1, _numeric.round_),
     "sin": (1, 1, math.sin),
     "sqrt": (1, 1, math.sqrt),
     "tan": (1, 1, math.tan),

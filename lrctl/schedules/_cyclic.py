@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from lrctl._numeric import div, power
 from lrctl.errors import SpecError
 from lrctl.expressions import Expression, compile_expression
 from lrctl.schedules._base import Schedule, register
@@ -42,7 +43,9 @@ class CosineAnnealingLR(Schedule):
             return list(lrs)
         if (step - 1 - n) % (2 * n) == 0:
             return [lr + (b - e) * (1 - math.cos(math.pi / n)) / 2 for lr, b in zip(lrs, base_lrs)]
-        r = (1 + math.cos(math.pi * step / n)) / (1 + math.cos(math.pi * (step - 1) / n))
+        # At huge steps 1 + cos(...) can round to exactly 0 where no re-anchor happens:
+        # torch divides by zero there; this gives the IEEE value instead of raising.
+        r = div(1 + math.cos(math.pi * step / n), 1 + math.cos(math.pi * (step - 1) / n))
         return [r * (lr - e) + e for lr in lrs]
 
 
@@ -153,9 +156,11 @@ class CyclicLR(_MomentumCycling):
             return self.scale_fn(x)
         if self.mode == "triangular":
             return 1.0
+        # torch's 1 / 2.0 ** (x - 1) and gamma ** x raise OverflowError past the float
+        # range; here the amplitude goes to 0.0 (or inf) as a tensor's would.
         if self.mode == "triangular2":
-            return float(1 / 2.0 ** (x - 1))
-        return float(self.gamma**x)
+            return 1 / power(2.0, x - 1)
+        return power(self.gamma, x)
 
     def _phase(self, step: int) -> tuple[float, float]:
         """Return torch's ``(scale_factor, scale_fn(...))`` at ``step``."""

@@ -5,16 +5,18 @@ Each chainable scheduler is torch's recursion ``lr_t = lr_{t-1} * ratio(t)`` (wi
 ratios, ``lr_t = base_lr * factor(t)``; both are written out below so that
 :class:`~lrctl.schedules.ChainedScheduler` can compose the recursion exactly as torch does.
 Products of ``t`` floats differ from torch's running product by at most about
-``t * 2**-53`` relative (see docs/parity.md).
+``t * 2**-53`` relative (see docs/parity.md). Past the float range they give what torch's
+recursion gives, ``inf`` or 0.0, never ``OverflowError`` (:mod:`lrctl._numeric`).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from lrctl._numeric import div, power, scale_by_power
 from lrctl.expressions import Expression, compile_expression
 from lrctl.schedules._base import Schedule, register
 from lrctl.schedules._recurrence import Recurrence
@@ -41,12 +43,15 @@ class _Lambdas(Schedule):
             items = list(value)
         else:
             items = [value] * self.num_groups
+        compiled: dict[str, Expression] = {}  # one compile per distinct text, not per group
         out = []
         for item in items:
             if not isinstance(item, str):
                 raise self._fail("lr_lambda must be an expression string such as "
                                  f"'0.95 ** epoch', got {item!r}")
-            out.append(compile_expression(item))
+            if item not in compiled:
+                compiled[item] = compile_expression(item)
+            out.append(compiled[item])
         return out
 
 
@@ -72,7 +77,9 @@ class MultiplicativeLR(_Lambdas):
 
     .. math:: \eta_t = \eta_0 \prod_{u=1}^{t} f(u)
 
-    The prefix products are cached (:class:`Recurrence`), so any step costs at most a few
+    Evaluated as torch does, ``lr_t = lr_{t-1} * f(t)`` per group, so a value that leaves
+    the float range turns ``inf`` or 0.0 at the very step torch's does and stays there. The
+    running values are cached (:class:`Recurrence`), so any step costs at most a few
     hundred lambda calls after the first visit.
     """
 
@@ -81,14 +88,35 @@ class MultiplicativeLR(_Lambdas):
 
     def setup(self, lr_lambda: Any) -> None:
         self.fns = self._lambdas(lr_lambda)
+        self._cache: dict[tuple[float, ...], Recurrence[tuple[float, ...]]] = {}
+
+    def _advance(self) -> Callable[[int, tuple[float, ...]], tuple[float, ...]]:
         fns = self.fns
-        self._products: Recurrence[tuple[float, ...]] = Recurrence(
-            (1.0,) * len(fns),
-            lambda t, prev: tuple(p * f(t) for p, f in zip(prev, fns)),
-        )
+        distinct = list(dict.fromkeys(fns))
+        if len(distinct) == 1:
+            (f,) = distinct
+
+            def advance_one(t: int, prev: tuple[float, ...]) -> tuple[float, ...]:
+                v = f(t)
+                return tuple([lr * v for lr in prev])
+
+            return advance_one
+        index = [distinct.index(f) for f in fns]
+
+        def advance(t: int, prev: tuple[float, ...]) -> tuple[float, ...]:
+            values = [f(t) for f in distinct]
+            return tuple([lr * values[i] for lr, i in zip(prev, index)])
+
+        return advance
 
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
-        return [b * p for b, p in zip(base_lrs, self._products.at(step))]
+        key = tuple(base_lrs)
+        rec = self._cache.get(key)
+        if rec is None:
+            if len(self._cache) > 64:  # bounded: base LRs rarely change
+                self._cache.clear()
+            rec = self._cache[key] = Recurrence(key, self._advance())
+        return list(rec.at(step))
 
     def step_lrs(self, step: int, lrs: Sequence[float], base_lrs: Sequence[float]) -> list[float]:
         if step == 0:
@@ -132,8 +160,8 @@ class StepLR(_Chainable):
         self.step_size = self._int("step_size", step_size, minimum=1)
         self.gamma = self._float("gamma", gamma)
 
-    def factor(self, step: int) -> float:
-        return float(self.gamma ** (step // self.step_size))
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        return scale_by_power(base_lrs, self.gamma, step // self.step_size)
 
     def ratio(self, step: int) -> float:
         return self.gamma if step > 0 and step % self.step_size == 0 else 1.0
@@ -155,12 +183,12 @@ class MultiStepLR(_Chainable):
         self.counts = Counter(self.milestones)
         self.gamma = self._float("gamma", gamma)
 
-    def factor(self, step: int) -> float:
-        return float(self.gamma ** bisect_right(self.milestones, step))
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        return scale_by_power(base_lrs, self.gamma, bisect_right(self.milestones, step))
 
     def ratio(self, step: int) -> float:
         n = self.counts.get(step, 0)
-        return float(self.gamma**n) if n else 1.0
+        return power(self.gamma, n) if n else 1.0
 
 
 @register
@@ -178,10 +206,13 @@ class ConstantLR(_Chainable):
         self.factor_value = self._float("factor", factor, minimum=0.0, maximum=1.0, strict_min=True)
         self.total_iters = self._int("total_iters", total_iters)
 
-    def factor(self, step: int) -> float:
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        # torch's two products exactly: ``lr * factor``, later ``* (1 / factor)``.
+        f = self.factor_value
         if self.total_iters == 0 or step < self.total_iters:
-            return self.factor_value
-        return self.factor_value * (1.0 / self.factor_value)
+            return [b * f for b in base_lrs]
+        back = 1.0 / f
+        return [b * f * back for b in base_lrs]
 
     def ratio(self, step: int) -> float:
         if step == 0:
@@ -211,13 +242,19 @@ class LinearLR(_Chainable):
         t = min(step, self.total_iters)
         return self.start + (self.end - self.start) * t / self.total_iters
 
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        f, s = self.factor(step), self.start
+        # An LR that underflowed to 0.0 at construction (base * start_factor) stays 0.0 in
+        # torch's recursion, which only multiplies it from then on.
+        return [b * f if b * s != 0.0 else b * s for b in base_lrs]
+
     def ratio(self, step: int) -> float:
         if step == 0:
             return self.start
         if step > self.total_iters:
             return 1.0
         s, e, n = self.start, self.end, self.total_iters
-        return 1.0 + (e - s) / (n * s + (step - 1) * (e - s))
+        return 1.0 + div(e - s, n * s + (step - 1) * (e - s))
 
 
 @register
@@ -232,8 +269,8 @@ class ExponentialLR(_Chainable):
     def setup(self, gamma: Any) -> None:
         self.gamma = self._float("gamma", gamma)
 
-    def factor(self, step: int) -> float:
-        return float(self.gamma**step)
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        return scale_by_power(base_lrs, self.gamma, step)
 
     def ratio(self, step: int) -> float:
         return 1.0 if step == 0 else self.gamma
@@ -255,10 +292,10 @@ class PolynomialLR(_Chainable):
     def factor(self, step: int) -> float:
         if self.total_iters == 0:
             return 1.0
-        return float((1.0 - min(self.total_iters, step) / self.total_iters) ** self.power)
+        return power(1.0 - min(self.total_iters, step) / self.total_iters, self.power)
 
     def ratio(self, step: int) -> float:
         if step == 0 or step > self.total_iters:
             return 1.0
         n = self.total_iters
-        return float(((1.0 - step / n) / (1.0 - (step - 1) / n)) ** self.power)
+        return power(div(1.0 - step / n, 1.0 - (step - 1) / n), self.power)
