@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from lrctl.model import Job, JobState, Report, WatchKind, WatchMessage
+from lrctl.model import Divergence, Job, JobState, Report, WatchKind, WatchMessage
 from lrctl.overrides import Event, Op
 from lrctl.v1 import lrctl_pb2
 
@@ -211,15 +211,21 @@ def report_to_proto(report: Report) -> lrctl_pb2.ReportRequest:
                  for v, s in report.applied],
         plateau_metrics=[lrctl_pb2.PlateauMetric(step=s, value=x)
                          for s, x in report.plateau_metrics],
+        divergences=[lrctl_pb2.Divergence(step=d.step, version=d.version,
+                                          lr_checksums=d.lr_checksums, detail=d.detail)
+                     for d in report.divergences],
     )
 
 
 def report_from_proto(msg: lrctl_pb2.ReportRequest) -> Report:
-    """Convert a ``ReportRequest`` to a :class:`Report` (divergences are not modelled yet)."""
+    """Convert a ``ReportRequest`` to a :class:`Report`."""
     return Report(
         job_id=msg.job_id, rank=msg.rank, step=msg.step,
         applied_version=msg.applied_version, lrs=tuple(msg.lrs),
         applied=tuple((a.version, a.effective_step) for a in msg.applied),
         plateau_metrics=tuple((m.step, m.value) for m in msg.plateau_metrics),
         final=msg.final, epoch=msg.epoch, world_size=msg.world_size,
+        divergences=tuple(Divergence(step=d.step, version=d.version,
+                                     lr_checksums=tuple(d.lr_checksums), detail=d.detail)
+                          for d in msg.divergences),
     )

@@ -33,7 +33,7 @@ from lrctl.convert import (
     watch_from_proto,
 )
 from lrctl.errors import LrctlError, OverrideError
-from lrctl.model import Job, JobState, Report, WatchKind, WatchMessage
+from lrctl.model import Divergence, Job, JobState, Report, WatchKind, WatchMessage
 from lrctl.overrides import Event, History, Op
 from lrctl.program import preview
 from lrctl.v1 import lrctl_pb2
@@ -284,7 +284,8 @@ def test_watch_and_report_conversions() -> None:
     assert (event.kind, event.job, event.event is not None) == (WatchKind.EVENT, None, True)
     report = Report("run-1", rank=0, step=12, applied_version=3, lrs=(0.1, 0.2),
                     applied=((3, 11),), plateau_metrics=((12, 0.5),), final=True, epoch=2,
-                    world_size=4)
+                    world_size=4,
+                    divergences=(Divergence(10, 3, (0.3, 0.30000001), "rank 1 differs"),))
     assert report_from_proto(report_to_proto(report)) == report
 
 

@@ -118,19 +118,29 @@ def test_resumes_after_a_controller_restart_from_the_version_held(
         assert kind(lost) == "lost" and lost is not None and lost.error is not None
         assert lost.error.transient and lost.job is not None and lost.job.version == 2
         assert not follower.connected
-        with ServerThread(config) as server, Client(address) as other:
+        with ServerThread(config) as server:
             assert server.address == address
-            # A fresh channel: `client`'s may still wait out gRPC's own reconnect backoff.
-            other.override("run-7", "lr = 0.01", reason="after the restart")
-            update = collector.next()
-            while kind(update) == "lost":  # attempts while the controller was down
-                update = collector.next()
-            # Resumed from version 2: the one missed event, not a snapshot.
-            assert kind(update) is WatchKind.EVENT and update is not None
-            assert update.reconnected
-            assert update.job is not None and [e.version for e in update.job.events] == [2, 3]
+            # An override the follower misses while it waits to reconnect. (Its own channel:
+            # gRPC shares subchannels between channels, and `client`'s may still be backing off.)
+            with grpc.insecure_channel(address,
+                                       options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                stub = lrctl_pb2_grpc.LRControllerStub(ch)  # type: ignore[no-untyped-call]
+                stub.Override(lrctl_pb2.OverrideRequest(
+                    job_id="run-7", op=lrctl_pb2.OVERRIDE_OP_SET, value=0.01),
+                    timeout=10, wait_for_ready=True)
+            after: list[FollowUpdate] = []
+            while not after or kind(after[-1]) is not WatchKind.EVENT:
+                update = collector.next(skip_heartbeats=False, timeout=15)
+                assert update is not None
+                after.append(update)
+            kinds = {kind(u) for u in after}
+            # Resumed from version 2: the missed event, no snapshot or resync.
+            assert kinds <= {"lost", WatchKind.HEARTBEAT, WatchKind.EVENT}
+            assert sum(u.reconnected for u in after) == 1
+            event = after[-1]
+            assert event.job is not None and [e.version for e in event.job.events] == [2, 3]
             assert follower.connected and follower.version == 3
-            other.finish_job("run-7")
+            client.finish_job("run-7")
             assert kind(collector.next()) is WatchKind.FINISHED
             assert collector.next() is None
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrctl.client import Client, ClientError, FollowUpdate, WatchFollower
-from lrctl.model import Job, Report
+from lrctl.model import Divergence, Job, Report
 from worker._config import WorkerConfig, WorkerError
 
 __all__ = ["ControllerLink", "Held"]
@@ -94,6 +94,7 @@ class ControllerLink:
         self._sent: _Progress | None = None
         self._applied: collections.deque[tuple[int, int]] = collections.deque()
         self._plateau: collections.deque[tuple[int, float]] = collections.deque()
+        self._divergences: collections.deque[Divergence] = collections.deque()
 
     @property
     def state(self) -> Job | None:
@@ -155,6 +156,11 @@ class ControllerLink:
     def post_plateau_metric(self, step: int, value: float) -> None:
         """Queue one ``step(metric)`` value for the controller's ReduceLROnPlateau."""
         self._plateau.append((step, value))
+
+    def post_divergence(self, step: int, version: int, lr_checksums: Sequence[float],
+                        detail: str) -> None:
+        """Queue a rank divergence found at ``step`` (reported until acknowledged)."""
+        self._divergences.append(Divergence(step, version, tuple(lr_checksums), detail))
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -230,16 +236,18 @@ class ControllerLink:
 
     def _send_report(self, final: bool = False, timeout: float = 5.0) -> None:
         progress = self._progress
+        if progress is None:  # before the first step: what is queued waits for one
+            return
         applied = _drain(self._applied)
         plateau = _drain(self._plateau)
-        if progress is None or (progress is self._sent and not applied and not plateau
-                                and not final):
+        divergences = _drain(self._divergences)
+        if progress is self._sent and not (applied or plateau or divergences or final):
             return
         report = Report(
             job_id=self.config.job, rank=self.rank, step=progress[0],
             applied_version=progress[1], lrs=tuple(progress[2]), applied=tuple(applied),
             plateau_metrics=tuple(plateau), final=final, epoch=self.epoch,
-            world_size=self.world_size)
+            world_size=self.world_size, divergences=tuple(divergences))
         try:
             self._client.report(report, timeout=timeout)
             self._sent = progress
@@ -248,6 +256,7 @@ class ControllerLink:
                 # Keep what must arrive (effective steps, plateau metrics) for the next one.
                 self._applied.extendleft(reversed(applied))
                 self._plateau.extendleft(reversed(plateau))
+                self._divergences.extendleft(reversed(divergences))
             else:  # retrying cannot help, and would block every later report
                 log.warning("lrctl: the controller refused a report for job %s (%s: %s); "
                             "dropped it", self.config.job, exc.code, exc.details)
