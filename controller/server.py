@@ -38,7 +38,7 @@ from controller.interceptors import MetricsInterceptor, StatusInterceptor
 from controller.metrics import ControllerMetrics
 from controller.service import ControllerService
 from controller.servicer import LRControllerServicer
-from controller.store import Store
+from controller.store_api import JobStore, open_store, redact_url
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "Controller", "serve", "start"]
@@ -62,7 +62,7 @@ class Controller:
     def __init__(self, config: ServerConfig, *, port: int, metrics_port: int | None,
                  service: ControllerService, metrics: ControllerMetrics,
                  registry: CollectorRegistry, server: grpc.aio.Server,
-                 health_servicer: health.aio.HealthServicer, store: Store,
+                 health_servicer: health.aio.HealthServicer, store: JobStore,
                  httpd: Any) -> None:
         self.config = config
         self.port = port
@@ -133,7 +133,7 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
     """
     registry = CollectorRegistry() if registry is None else registry
     metrics = ControllerMetrics(registry)
-    store = await Store.open(config.db)
+    store = await open_store(config.db)
     server: grpc.aio.Server | None = None
     try:
         service = await ControllerService.open(store, metrics,
@@ -210,7 +210,8 @@ async def _serve(config: ServerConfig) -> int:
     metrics_host = config.metrics_host or config.host
     where = "metrics off" if controller.metrics_port is None else \
         f"metrics on {ServerConfig(host=metrics_host, port=controller.metrics_port).address}"
-    print(f"lrctl controller listening on {controller.address} ({where}, db {config.db})",
+    db = redact_url(config.db)  # a PostgreSQL URL without its password
+    print(f"lrctl controller listening on {controller.address} ({where}, db {db})",
           file=sys.stderr, flush=True)
     await stop.wait()
     await controller.stop(config.grace_seconds)

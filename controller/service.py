@@ -14,8 +14,11 @@ are in docs/controller.md.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import TypeVar
 
@@ -33,7 +36,9 @@ from controller.jobs import (
 from controller.metrics import ControllerMetrics
 from controller.plateau import JobPlateau
 from controller.projection import Projection
-from controller.store import Change, ConsumedMetric, Store
+from controller.replica import apply_delta
+from controller.store import Change, ConsumedMetric
+from controller.store_api import Delta, JobLock, JobStore
 from controller.watch import WatchHub
 from lrctl import constants
 from lrctl.model import Job, JobState, Report, WatchMessage, check_job_id
@@ -44,6 +49,8 @@ from lrctl.program import preview as program_preview
 __all__ = ["ControllerService"]
 
 T = TypeVar("T")
+
+_log = logging.getLogger("lrctl.controller.service")
 
 
 class ControllerService:
@@ -56,7 +63,7 @@ class ControllerService:
         clock: Wall clock (unix seconds).
     """
 
-    def __init__(self, store: Store, metrics: ControllerMetrics | None = None, *,
+    def __init__(self, store: JobStore, metrics: ControllerMetrics | None = None, *,
                  heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
@@ -66,9 +73,16 @@ class ControllerService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._projection = Projection(metrics)
         self._hub = WatchHub(heartbeat_seconds, on_count=self._streams_changed)
+        # Shared store (replicas): each job's revision held here, the open row-lock
+        # transaction of each job being mutated, and the refreshes the change feed started.
+        self._revs: dict[str, int] = {}
+        self._txn: dict[str, JobLock] = {}
+        self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._stale: set[str] = set()
+        self._lock_users: Counter[str] = Counter()
 
     @classmethod
-    async def open(cls, store: Store, metrics: ControllerMetrics | None = None, *,
+    async def open(cls, store: JobStore, metrics: ControllerMetrics | None = None, *,
                    heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
                    ) -> ControllerService:
         """Load every job from ``store`` and export the running ones' metrics."""
@@ -78,7 +92,10 @@ class ControllerService:
             job = replace(stored.record, version=top, events=tuple(stored.events))
             entry = JobEntry(job, JobPlateau(job, stored.events, stored.plateau_metrics))
             service._jobs[job.job_id] = entry
+            service._revs[job.job_id] = stored.rev
             service._projection.export(job, 0)
+        if store.shared:
+            store.subscribe(service._on_change)
         return service
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -241,7 +258,7 @@ class ControllerService:
 
     # -- reports -------------------------------------------------------------------------------
 
-    async def report(self, report: Report, *, divergences: int = 0) -> int:
+    async def report(self, report: Report) -> int:
         """Record a worker's progress; only rank 0's report changes anything.
 
         Rank 0's ``applied`` ``(version, effective_step)`` pairs set each pending event's
@@ -249,11 +266,11 @@ class ControllerService:
         become the job's (a ``final`` report, the run's last, sets the world size to 0); for a
         ReduceLROnPlateau job its ``plateau_metrics`` ``(step, value)`` are consumed in step
         order (steps already consumed are skipped) and may append PLATEAU_REDUCE events. A
-        finished job only records effective steps. ``epoch`` is not checked yet.
+        finished job only records effective steps. Its ``divergences`` are counted in
+        metrics; ``epoch`` is not checked yet.
 
         Args:
             report: What rank 0 (or another rank) sent.
-            divergences: Rank divergences the report carried (counted in metrics).
 
         Returns:
             The job's version afterwards (including any plateau reduction it triggered).
@@ -308,7 +325,7 @@ class ControllerService:
                 entry.persisted_at = now
             else:
                 apply()
-            self._projection.reported(before, job, report.lrs, divergences=divergences)
+            self._projection.reported(before, job, report)
             self._after_write(entry, new_events, done)
             return job.version
 
@@ -328,6 +345,12 @@ class ControllerService:
             NotFound: no such job.
             Unavailable: the controller is shutting down (reconnect and resume).
         """
+        if self._store.shared:
+            entry = self._jobs.get(check_job_id(job_id))
+            if entry is None or from_version > entry.job.version:
+                # The caller may hold a version another replica handed out: catch up first,
+                # or it would get a RESYNC to an older version.
+                await self.sync(job_id)
         self._get(job_id)
 
         def current() -> Job:
@@ -343,17 +366,104 @@ class ControllerService:
     def close(self) -> None:
         """End every watch stream with :class:`Unavailable` (shutdown); idempotent."""
         self._hub.close()
+        for task in self._refreshing.values():
+            task.cancel()
+
+    # -- replicas (shared store) ---------------------------------------------------------------
+
+    async def sync(self, job_id: str) -> None:
+        """Bring ``job_id`` up to what the shared database holds now (no-op for SQLite)."""
+        if not self._store.shared:
+            return
+        async with self._job_lock(check_job_id(job_id)):
+            delta = await self._store.since(job_id, self._revs.get(job_id, 0))
+            if delta is not None:
+                self._apply(job_id, delta)
+
+    def _on_change(self, job_id: str, rev: int) -> None:
+        """The store's change feed: some replica committed revision ``rev`` of ``job_id``."""
+        if self._revs.get(job_id, 0) >= rev:
+            return  # our own write, or already seen
+        if job_id in self._refreshing:
+            self._stale.add(job_id)  # the running refresh goes round once more
+            return
+        task = asyncio.ensure_future(self._refresh(job_id))
+        self._refreshing[job_id] = task
+        task.add_done_callback(lambda _: self._refreshing.pop(job_id, None))
+
+    async def _refresh(self, job_id: str) -> None:
+        try:
+            while True:
+                self._stale.discard(job_id)
+                await self.sync(job_id)
+                if job_id not in self._stale:
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store resyncs after reconnecting; say why meanwhile
+            _log.warning("cannot refresh job %s from the database: %s", job_id, exc)
+
+    def _apply(self, job_id: str, delta: Delta) -> None:
+        """Take what other replicas wrote (:func:`controller.replica.apply_delta`)."""
+        old = self._jobs.get(job_id)
+        was_running = old is not None and old.running
+        entry, _ = apply_delta(old, delta)
+        self._jobs[job_id] = entry
+        self._revs[job_id] = delta.rev
+        if old is None or delta.full:
+            self._projection.forget(job_id)
+        if entry.running:
+            self._projection.export(entry.job, self._hub.streams(job_id))
+        elif was_running:
+            self._projection.finished(entry.job)
+        self._hub.notify(job_id)
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _now(self) -> float:
         return float(self._clock())
 
-    def _lock(self, job_id: str, *, create: bool = False) -> asyncio.Lock:
-        # Only CreateJob makes a lock for an unknown id, so bad ids cannot grow the dict.
-        if not create:
-            self._get(job_id)
-        return self._locks.setdefault(job_id, asyncio.Lock())
+    @asynccontextmanager
+    async def _lock(self, job_id: str, *, create: bool = False) -> AsyncIterator[None]:
+        """Serialize the mutations of ``job_id``.
+
+        With a shared store the block also runs inside the job's row-lock transaction, after
+        the job was brought up to the database's state, and :meth:`_write` commits in it: every
+        decision (next version, ``expected_version``, effective steps, plateau reductions) is
+        made on the database's state, once, whichever replica received the call.
+        """
+        if not self._store.shared:
+            # Only CreateJob makes a lock for an unknown id, so bad ids cannot grow the dict.
+            if not create:
+                self._get(job_id)
+            async with self._locks.setdefault(job_id, asyncio.Lock()):
+                yield
+            return
+        async with self._job_lock(check_job_id(job_id)), \
+                self._store.lock(job_id, self._revs.get(job_id, 0)) as txn:
+            if txn.delta is not None:
+                self._apply(job_id, txn.delta)
+            self._txn[job_id] = txn
+            try:
+                yield
+            finally:
+                del self._txn[job_id]
+
+    @asynccontextmanager
+    async def _job_lock(self, job_id: str) -> AsyncIterator[None]:
+        """Hold ``job_id``'s asyncio lock; forget the lock after its last user if no such
+        job exists, so unknown ids cannot grow the dict."""
+        lock = self._locks.setdefault(job_id, asyncio.Lock())
+        self._lock_users[job_id] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._lock_users[job_id] -= 1
+            if not self._lock_users[job_id]:
+                del self._lock_users[job_id]
+                if job_id not in self._jobs:
+                    self._locks.pop(job_id, None)
 
     def _get(self, job_id: str) -> JobEntry:
         check_job_id(job_id)
@@ -377,7 +487,11 @@ class ControllerService:
         propagates.
         """
         async def commit_and_apply() -> T:
-            await self._store.commit(change)
+            txn = self._txn.get(change.job.job_id)
+            if txn is None:
+                await self._store.commit(change)
+            else:
+                self._revs[change.job.job_id] = await txn.commit(change)
             return apply()
 
         task = asyncio.ensure_future(commit_and_apply())

@@ -35,9 +35,9 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -230,8 +230,30 @@ def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
     return conn
 
 
+class _ExclusiveLock:
+    """The ``JobLock`` of a store no other process writes: nothing to lock or reload."""
+
+    delta: None = None
+
+    def __init__(self, store: Store, rev: int) -> None:
+        self._store = store
+        self.rev = rev
+
+    async def commit(self, change: Change) -> int:
+        await self._store.commit(change)
+        self.rev += 1  # revisions count writes, as in a shared store
+        return self.rev
+
+
 class Store:
-    """The SQLite file, used only from its own thread. Build with :meth:`open`."""
+    """The SQLite file, used only from its own thread. Build with :meth:`open`.
+
+    A :class:`controller.store_api.JobStore` that is not ``shared``: one process owns the file
+    (its exclusive lock), so :meth:`lock` locks nothing, :meth:`since` finds nothing new and
+    :meth:`subscribe` never calls back.
+    """
+
+    shared = False
 
     def __init__(self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, path: str) -> None:
         self._conn = conn
@@ -284,6 +306,23 @@ class Store:
     async def commit(self, change: Change) -> None:
         """Write ``change`` atomically; returns once it is durable on disk."""
         await self._run(lambda: self._commit(change))
+
+    @property
+    def description(self) -> str:
+        """The file's path."""
+        return self.path
+
+    @asynccontextmanager
+    async def lock(self, job_id: str, rev: int) -> AsyncIterator[_ExclusiveLock]:
+        """No row lock: the service's per-job asyncio lock serializes this process."""
+        yield _ExclusiveLock(self, rev)
+
+    async def since(self, job_id: str, rev: int) -> None:
+        """Nothing: no other process writes the file."""
+        return None
+
+    def subscribe(self, callback: Callable[[str, int], None]) -> None:
+        """Nothing to announce: no other process writes the file."""
 
     async def close(self) -> None:
         """Close the connection and stop the thread; safe to call twice."""

@@ -21,10 +21,10 @@ the single-process code path is unchanged.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, cast, runtime_checkable
+from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
 from controller.store import Change, ConsumedMetric, Store, StoredJob
@@ -35,7 +35,6 @@ __all__ = [
     "Delta",
     "JobLock",
     "JobStore",
-    "SQLiteStore",
     "is_postgres_url",
     "open_store",
     "redact_url",
@@ -66,11 +65,16 @@ class Delta:
 class JobLock(Protocol):
     """A write transaction holding one job's row lock (see :meth:`JobStore.lock`)."""
 
-    delta: Delta | None
-    """The job as the database holds it when it moved past the caller's revision; else None."""
+    @property
+    def delta(self) -> Delta | None:
+        """The job as the database holds it when it moved past the caller's revision;
+        else None."""
+        ...
 
-    rev: int
-    """The job's revision inside this transaction (0: no row yet)."""
+    @property
+    def rev(self) -> int:
+        """The job's revision inside this transaction (0: no row yet)."""
+        ...
 
     async def commit(self, change: Change) -> int:
         """Write ``change`` and commit (durably, announced to every replica).
@@ -128,42 +132,6 @@ class JobStore(Protocol):
         ...
 
 
-class _ExclusiveLock:
-    """The :class:`JobLock` of a store no other process writes: nothing to lock or reload."""
-
-    delta: Delta | None = None
-
-    def __init__(self, store: Store, rev: int) -> None:
-        self._store = store
-        self.rev = rev
-
-    async def commit(self, change: Change) -> int:
-        await self._store.commit(change)
-        self.rev += 1
-        return self.rev
-
-
-class SQLiteStore(Store):
-    """The SQLite :class:`~controller.store.Store` as a :class:`JobStore` (not shared)."""
-
-    shared = False
-
-    @property
-    def description(self) -> str:
-        return self.path
-
-    @asynccontextmanager
-    async def lock(self, job_id: str, rev: int) -> AsyncIterator[JobLock]:
-        # One process owns the file and serializes each job with its own asyncio lock.
-        yield _ExclusiveLock(self, rev)
-
-    async def since(self, job_id: str, rev: int) -> Delta | None:
-        return None
-
-    def subscribe(self, callback: Callable[[str, int], None]) -> None:
-        """Nothing to announce: no other process writes the file."""
-
-
 _SCHEMES = ("postgresql://", "postgres://")
 
 
@@ -203,4 +171,4 @@ async def open_store(db: str) -> JobStore:
         from controller.store_pg import PgStore  # asyncpg: only needed for PostgreSQL
 
         return await PgStore.open(db)
-    return cast(SQLiteStore, await SQLiteStore.open(db))  # Store.open builds cls
+    return await Store.open(db)

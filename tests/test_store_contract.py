@@ -23,7 +23,8 @@ from controller.store import Change, ConsumedMetric, StoreError
 from controller.store_api import JobStore, open_store, redact_url
 from lrctl.model import Job
 from lrctl.overrides import Event, Op
-from tests.pg import PASSWORD, USER, PostgresServer, pg_url, postgres  # noqa: F401
+from tests import pg
+from tests.pg import PASSWORD, USER, PostgresServer
 
 RECORD = Job(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=(0.1, 0.01), version=1,
              created_version=1, created_at=10.0, updated_at=10.0)
@@ -31,6 +32,9 @@ SCALE = Event(version=2, op=Op.SCALE, value=0.5, group=1, actor="alice", reason=
               created_at=11.0)
 REPLACE = Event(version=3, op=Op.REPLACE_SCHEDULE, schedule="ConstantLR(factor=0.5)",
                 created_at=12.0)
+
+postgres = pg.postgres  # fixtures: one PostgreSQL server per session
+pg_url = pg.pg_url
 
 
 @pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
