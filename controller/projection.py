@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from controller import logs
 from controller.metrics import ControllerMetrics
 from lrctl.errors import LrctlError
-from lrctl.model import Job
+from lrctl.model import Job, Report
 from lrctl.overrides import Event, resolve_pending
 from lrctl.program import LRProgram
 from lrctl.schedules import Schedule
@@ -115,18 +115,17 @@ class Projection:
                 self._metrics.count_override(job.job_id, event.op.value)
             self.export(job, streams)
 
-    def reported(self, before: Job, after: Job, lrs: Sequence[float], *,
-                 divergences: int = 0) -> None:
-        """Rank 0 reported ``lrs`` at ``after.step`` (and ``divergences`` rank divergences)."""
-        if before.verbose and lrs:
+    def reported(self, before: Job, after: Job, report: Report) -> None:
+        """Rank 0's ``report`` took the job from ``before`` to ``after``."""
+        if before.verbose and report.lrs:
             old = before.lr
-            for group, value in enumerate(lrs):
+            for group, value in enumerate(report.lrs):
                 if group >= len(old) or old[group] != value:
                     # torch's verbose=True wording, with the job in front.
                     _lr_log.info("job=%s step=%d: adjusting learning rate of group %d to %.4e.",
                                  after.job_id, after.step, group, value)
         if self._metrics is not None and not after.finished:
-            self._metrics.count_divergence(after.job_id, divergences)
+            self._metrics.count_divergence(after.job_id, len(report.divergences))
 
     def finished(self, job: Job) -> None:
         """A job was finished: its metric series go, its cached program too."""

@@ -102,6 +102,5 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
             yield watch_to_proto(message)
 
     async def Report(self, request: pb.ReportRequest, context: Context) -> pb.ReportResponse:
-        version = await self.service.report(report_from_proto(request),
-                                            divergences=len(request.divergences))
+        version = await self.service.report(report_from_proto(request))
         return pb.ReportResponse(version=version)
