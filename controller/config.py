@@ -65,7 +65,8 @@ class ServerConfig:
     """Interface of the exposition endpoint; None means the same as :attr:`host`."""
 
     db: str = c.DEFAULT_DB
-    """SQLite file holding every job and event (created if missing)."""
+    """SQLite file holding every job and event (created if missing), or a PostgreSQL URL
+    ``postgresql://USER[:PASSWORD]@HOST:PORT/DB`` shared by several replicas."""
 
     heartbeat_seconds: float = c.DEFAULT_HEARTBEAT_SECONDS
     """Idle Watch streams get a heartbeat about this often (jittered down by up to 25%)."""
@@ -168,7 +169,9 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int,
                         help=f"Prometheus port, 0 = any free, -1 = off "
                              f"(default {c.DEFAULT_METRICS_PORT}; {c.METRICS_PORT_ENV_VAR})")
-    parser.add_argument("--db", help=f"SQLite file (default {c.DEFAULT_DB}; {c.DB_ENV_VAR})")
+    parser.add_argument("--db", help=f"SQLite file, or postgresql://USER@HOST:PORT/DB for "
+                                     f"replicas (password: PGPASSWORD or PGPASSFILE) "
+                                     f"(default {c.DEFAULT_DB}; {c.DB_ENV_VAR})")
     parser.add_argument("--token-file",
                         help='JSON object {"TOKEN": "admin" | "operator" | "worker" | '
                              f'"reader"}}; enables authentication ({c.TOKEN_FILE_ENV_VAR})')
