@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_BACKOFF_MAX_S",
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_DB",
+    "DEFAULT_DIVERGENCE_CHECK_EVERY",
     "DEFAULT_GRACE_SECONDS",
     "DEFAULT_HEARTBEAT_SECONDS",
     "DEFAULT_HOST",
@@ -56,6 +57,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_REPORT_INTERVAL_S",
     "DEFAULT_TIMEOUT_S",
+    "DIVERGENCE_CHECK_EVERY_ENV_VAR",
     "GRACE_SECONDS_ENV_VAR",
     "HEARTBEAT_SECONDS_ENV_VAR",
     "HOST_ENV_VAR",
@@ -137,9 +139,14 @@ DEFAULT_CONNECT_TIMEOUT_S = 30.0
 #: Minimum time between two progress reports from rank 0, in seconds (~10 per second).
 REPORT_INTERVAL_ENV_VAR = "LRCTL_REPORT_INTERVAL"
 DEFAULT_REPORT_INTERVAL_S = 0.1
-#: Ranks agree on the version to apply every this many steps.
+#: Ranks agree on the version to apply every this many steps; 0 (the default): rank 0 paces
+#: the exchanges by its step time (about every 20 ms, see worker/_agreement.py).
 AGREE_EVERY_ENV_VAR = "LRCTL_AGREE_EVERY"
-DEFAULT_AGREE_EVERY = 1
+DEFAULT_AGREE_EVERY = 0
+#: Ranks compare a checksum of their applied LRs at most every this many steps (at an
+#: agreement exchange); 0 turns the divergence check off.
+DIVERGENCE_CHECK_EVERY_ENV_VAR = "LRCTL_DIVERGENCE_CHECK_EVERY"
+DEFAULT_DIVERGENCE_CHECK_EVERY = 1
 
 # -- the controller (lrctl serve) --------------------------------------------------------------
 # Each ``lrctl serve --flag`` also reads ``LRCTL_<FLAG>``: the flag wins, then the variable,

@@ -1,19 +1,25 @@
 """One rank of a real multi-process gloo DDP run with RemoteLRScheduler (run by tests).
 
-Usage: python -m tests.ddp_worker --rank R --world W --init FILE --job J --address A
-       --steps N --out DIR [--late-rank K] [--sleep S]
+Usage: python -m tests.ddp_worker --rank R --world W --init FILE --job J [--address A]
+       --steps N --out DIR [--late-rank K] [--sleep S] [--schedule SPEC]
 
-Writes DIR/rank-R.json: the per-step ``[step, applied_version, lr...]`` log and the final
-model parameters. ``--late-rank K`` makes rank K apply every agreed version one exchange
-late: the negative control that the consistency check must catch.
+Only rank 0 is given the controller's address (tests start the other ranks with no
+``LRCTL_ADDRESS``/``LRCTL_TOKEN`` in their environment either). Writes DIR/rank-R.json: the
+per-step ``[step, applied_version, lr...]`` log, the final model parameters, whether the
+rank held a Watch stream, and the divergences it found. ``--late-rank K`` makes rank K apply
+every new version one exchange after the others: the negative control that the
+consistency check (and the ranks' own divergence detector) must catch. A construction
+error is written to DIR/rank-R.error and the process exits with status 3.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,13 +28,13 @@ from torch.nn.parallel import DistributedDataParallel
 from worker import RemoteLRScheduler
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--world", type=int, required=True)
     parser.add_argument("--init", required=True)
     parser.add_argument("--job", required=True)
-    parser.add_argument("--address", required=True)
+    parser.add_argument("--address", default=None)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--sleep", type=float, default=0.02)
     parser.add_argument("--schedule", default="CosineAnnealingLR(T_max=100, eta_min=0.001)")
@@ -46,7 +52,12 @@ def main() -> None:
         {"params": model[0].parameters(), "lr": 0.1},
         {"params": model[2].parameters(), "lr": torch.tensor(0.05)},  # a tensor LR
     ], momentum=0.9)
-    scheduler = RemoteLRScheduler(optimizer, args.schedule, job=args.job, address=args.address)
+    try:
+        scheduler = RemoteLRScheduler(optimizer, args.schedule, job=args.job,
+                                      address=args.address)
+    except Exception as exc:
+        Path(args.out, f"rank-{args.rank}.error").write_text(f"{type(exc).__name__}: {exc}")
+        return 3
     if args.rank == args.late_rank:
         _make_late(scheduler)
     gen = torch.Generator().manual_seed(1000 + args.rank)
@@ -61,25 +72,45 @@ def main() -> None:
         scheduler.step()
         lrs = [float(g["lr"]) for g in optimizer.param_groups]
         log.append([scheduler.last_epoch, scheduler.applied_version, *lrs])
-        time.sleep(args.sleep)
+        if args.sleep:
+            time.sleep(args.sleep)
+    held_stream = scheduler._link is not None
     scheduler.close()
     params = [p.detach().flatten().tolist() for p in model.parameters()]
-    Path(args.out, f"rank-{args.rank}.json").write_text(json.dumps({"log": log, "params": params}))
+    result: dict[str, Any] = {"log": log, "params": params, "held_stream": held_stream,
+                              "divergences": scheduler.divergences}
+    Path(args.out, f"rank-{args.rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
+    return 0
 
 
 def _make_late(scheduler: RemoteLRScheduler) -> None:
-    """Hand this rank each agreed version one exchange after the others get it."""
-    agreement = scheduler._agreement
-    exchange = agreement.exchange
-    held: list[int | None] = [None]
+    """Apply each new version one exchange after the other ranks do (the negative control).
 
-    def late(version: int) -> int | None:
-        agreed, held[0] = held[0], exchange(version)
-        return agreed
+    The rank still takes part in every collective, as a buggy rank would: only the step
+    at which it applies a version moves.
+    """
+    switch = scheduler._switch
+    exchange = scheduler._exchange
+    deferred: list[tuple[Any, int]] = []
 
-    agreement.exchange = late  # type: ignore[method-assign]
+    def late_switch(held: Any, version: int, step: int, *, provisional: bool = False) -> None:
+        if provisional:
+            switch(held, version, step, provisional=True)
+        else:
+            deferred.append((held, version))
+
+    def late_exchange(n: int, t: int) -> bool:
+        due = list(deferred)
+        deferred.clear()
+        switched = exchange(n, t)
+        for held, version in due:
+            switch(held, version, t)
+        return switched or bool(due)
+
+    scheduler._switch = late_switch  # type: ignore[method-assign]
+    scheduler._exchange = late_exchange  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

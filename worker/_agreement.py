@@ -1,81 +1,197 @@
-"""Every rank switches to a new job version at the same step.
+"""Every rank switches to a new job version at the same step, at a cost no one notices.
 
-Ranks receive new versions over their own Watch streams at slightly different times. If each
-applied what it held, DDP replicas would run a step with different LRs and silently diverge.
-Instead, at every ``agree_every``-th step each rank contributes the newest version it holds
-to a one-element ``MIN`` all-reduce on a gloo side group; the result is the newest version
-*every* rank holds. The all-reduce is launched asynchronously and waited one exchange later,
-so it overlaps a whole training step and never stalls the GPU stream (the side group is
-gloo on CPU tensors even when the default group is NCCL).
+If ranks applied different LRs at the same step, DDP replicas would silently diverge. Only
+rank 0 follows the controller (:mod:`worker._fanout`); at *exchange* calls of ``step()``,
+the same calls on every rank, the ranks run one small element-wise ``MIN`` all-reduce on
+the gloo side group. Rank 0 contributes the version it holds, the size of that version's
+encoded state and the call of the exchange after the next one; every other rank contributes
+the identity (``INT64_MAX``) there, so every rank reads rank 0's values. Every rank also
+contributes a checksum of the LRs it applied and its applied version (as ``x`` and ``~x``,
+so one ``MIN`` yields the lowest and the highest): if they differ, the ranks diverged.
+
+The all-reduce launched at one exchange is waited at the next, so it overlaps the steps in
+between and never stalls the GPU stream (the side group is gloo on CPU tensors even when
+training uses NCCL). When the result names a version the ranks do not apply yet, every rank
+receives its state in one broadcast and applies it from that same step.
+
+**Pacing without a knob.** An exchange costs the training thread ~0.1 ms (launch and wait
+on gloo), whatever the step time; an override must reach every rank soon after it reaches
+rank 0. Rank 0 measures its own step time and spaces exchanges about
+:data:`DEFAULT_PERIOD_S` apart (never more than twice the previous interval, at most
+:data:`MAX_INTERVAL` steps), and announces each exchange one exchange ahead in the payload,
+so every rank learns the schedule at the same step. An override that reaches rank 0 is
+announced at the next exchange and applied at the one after: within about two periods
+(~40 ms) plus the step in progress. With steps longer than a period, ranks exchange at
+every step, and an override takes at most two steps. ``LRCTL_AGREE_EVERY=k`` fixes the
+interval instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-__all__ = ["VersionAgreement"]
+from worker._fanout import Plan, RankGroup
+
+__all__ = ["DEFAULT_PERIOD_S", "MAX_INTERVAL", "Agreement", "Outcome", "Pacer"]
+
+#: Target time between two exchanges when paced automatically (seconds).
+DEFAULT_PERIOD_S = 0.02
+#: Most steps between two exchanges when paced automatically.
+MAX_INTERVAL = 1000
+
+# Payload slots (int64), reduced with MIN.
+_VERSION, _LENGTH, _NEXT_CALL = 0, 1, 2  # rank 0's values; the identity elsewhere
+_LR_LOW, _LR_HIGH, _APPLIED_LOW, _APPLIED_HIGH = 3, 4, 5, 6  # x and ~x from every rank
+_SIZE = 7
+_I64_MAX = torch.iinfo(torch.int64).max
 
 
-class VersionAgreement:
-    """The version all ranks apply; a pass-through without a multi-rank process group."""
+class Pacer:
+    """Rank 0's spacing of exchanges: as rare as the latency target allows.
 
-    def __init__(self) -> None:
-        self._group: Any = None
-        self._pending: tuple[Any, torch.Tensor] | None = None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            # Collective: every rank builds its scheduler, so every rank gets here in order.
-            self._group = dist.new_group(backend="gloo")
+    Args:
+        agree_every: Fixed interval in steps (``LRCTL_AGREE_EVERY``); 0 paces by time.
+        period_s: Target time between two exchanges.
+        clock: Monotonic clock in seconds.
+    """
+
+    def __init__(self, agree_every: int = 0, period_s: float = DEFAULT_PERIOD_S,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.agree_every = agree_every
+        self.period_s = period_s
+        self._clock = clock
+        self._last: tuple[int, float] | None = None
+        self._interval = 1
+
+    def interval(self, call: int) -> int:
+        """Return the steps between the next two exchanges; called at each exchange."""
+        if self.agree_every:
+            return self.agree_every
+        now = self._clock()
+        if self._last is not None and call > self._last[0]:
+            step_s = (now - self._last[1]) / (call - self._last[0])
+            target = int(self.period_s / step_s) if step_s > 0 else MAX_INTERVAL
+            self._interval = max(1, min(target, 2 * self._interval, MAX_INTERVAL))
+        self._last = (call, now)
+        return self._interval
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one exchange, the same on every rank."""
+
+    version: int
+    """The version rank 0 held when it launched the exchange."""
+    length: int
+    """Size of that version's encoded state (what :meth:`RankGroup.broadcast_bytes` sends)."""
+    step: int
+    """The step whose applied LRs the exchange compared."""
+    checked: bool
+    """Whether the exchange carried checksums."""
+    lr_low: float
+    lr_high: float
+    applied_low: int
+    applied_high: int
 
     @property
-    def distributed(self) -> bool:
-        return self._group is not None
+    def diverged(self) -> bool:
+        """Whether ranks applied different LRs or versions at :attr:`step`."""
+        return self.checked and (_bits(self.lr_low) != _bits(self.lr_high)
+                                 or self.applied_low != self.applied_high)
 
-    def initial(self, version: int, agree_every: int = 1) -> int:
-        """Blocking agreement once at construction: the version every rank starts from.
 
-        Also checks that every rank exchanges at the same steps (same ``agree_every``);
-        ranks that did not would wait on each other forever.
+class Agreement:
+    """The exchanges of one rank; :attr:`next_call` is the ``step()`` call of the next one.
+
+    Args:
+        group: The side group.
+        plan: Rank 0's plan from the handshake (first two exchange calls, check interval).
+        pacer: Rank 0's pacer (None on the other ranks).
+    """
+
+    def __init__(self, group: RankGroup, plan: Plan, pacer: Pacer | None) -> None:
+        self._group = group
+        self._pacer = pacer
+        self._check_every = plan.check_every
+        self._check_at = plan.first_call if plan.check_every else None
+        self.next_call = plan.first_call
+        self._second_call = plan.second_call
+        # One buffer, reused: the result is read before it is refilled.
+        self._buffer = torch.empty(_SIZE, dtype=torch.int64)
+        self._ints: Any = self._buffer.numpy()
+        self._floats: Any = self._ints.view("float64")
+        self._work: Any = None
+        self._sent: tuple[int, bool, float, int] = (0, False, 0.0, 0)
+
+    @property
+    def mine(self) -> tuple[float, int]:
+        """This rank's checksum and applied version in the exchange just collected."""
+        return self._sent[2], self._sent[3]
+
+    def collect(self) -> Outcome | None:
+        """Wait for the exchange launched at the previous one; None at the first exchange."""
+        if self._work is None:
+            self.next_call = self._second_call
+            return None
+        self._work.wait()
+        self._work = None
+        v = self._ints.tolist()
+        self.next_call = v[_NEXT_CALL]
+        step, checked, _, _ = self._sent
+        return Outcome(version=v[_VERSION], length=v[_LENGTH], step=step, checked=checked,
+                       lr_low=_float(v[_LR_LOW]), lr_high=_float(~v[_LR_HIGH]),
+                       applied_low=v[_APPLIED_LOW], applied_high=~v[_APPLIED_HIGH])
+
+    def launch(self, call: int, *, step: int, version: int, length: int,
+               lr_checksum: float, applied_version: int) -> None:
+        """Start this exchange's all-reduce (call :meth:`collect` first).
+
+        Args:
+            call: This ``step()`` call (the exchange's).
+            step: The step whose LRs ``lr_checksum`` sums.
+            version: Rank 0: the version it holds (others: ignored).
+            length: Rank 0: the size of that version's encoded state, 0 if not new.
+            lr_checksum: The sum of the LRs this rank applied at ``step``.
+            applied_version: The version this rank applied at ``step``.
         """
-        if self._group is None:
-            return version
-        tensor = torch.tensor([version, agree_every, -agree_every], dtype=torch.int64)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=self._group)
-        low, high = int(tensor[1].item()), -int(tensor[2].item())
-        if low != high:
-            raise ValueError(f"every rank must use the same agree_every (LRCTL_AGREE_EVERY); "
-                             f"got values from {low} to {high}")
-        return int(tensor[0].item())
-
-    def exchange(self, version: int) -> int | None:
-        """Offer ``version``; return the version agreed at the previous exchange, if any.
-
-        Every rank calls this at the same steps, so every rank gets the same answer at the
-        same step.
-        """
-        if self._group is None:
-            return version
-        agreed = None
-        if self._pending is not None:
-            work, tensor = self._pending
-            work.wait()
-            agreed = int(tensor.item())
-        tensor = torch.tensor([version], dtype=torch.int64)
-        work = dist.all_reduce(tensor, op=dist.ReduceOp.MIN, group=self._group, async_op=True)
-        self._pending = (work, tensor)
-        return agreed
+        ints = self._ints
+        if self._pacer is not None:
+            ints[_VERSION] = version
+            ints[_LENGTH] = length
+            ints[_NEXT_CALL] = self.next_call + self._pacer.interval(call)
+        else:
+            ints[_VERSION] = ints[_LENGTH] = ints[_NEXT_CALL] = _I64_MAX
+        checked = self._check_at is not None and call >= self._check_at
+        if checked:
+            self._check_at = call + self._check_every
+            self._floats[_LR_LOW] = lr_checksum
+            ints[_LR_HIGH] = ~ints[_LR_LOW]
+            ints[_APPLIED_LOW] = applied_version
+            ints[_APPLIED_HIGH] = ~applied_version
+        else:
+            ints[_LR_LOW] = ints[_LR_HIGH] = ints[_APPLIED_LOW] = ints[_APPLIED_HIGH] = _I64_MAX
+        self._sent = (step, checked, lr_checksum, applied_version)
+        self._work = self._group.all_reduce_min(self._buffer)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Wait (bounded) for the last exchange, then release the side group."""
-        if self._pending is not None:
-            # A RuntimeError here means a peer is gone: nothing left to agree with.
+        """Wait (bounded) for the exchange in flight; a gone peer is not an error here."""
+        work, self._work = self._work, None
+        if work is not None:
             with contextlib.suppress(RuntimeError):
-                self._pending[0].wait(timeout=timedelta(seconds=timeout))
-            self._pending = None
-        if self._group is not None and dist.is_initialized():
-            dist.destroy_process_group(self._group)
-        self._group = None
+                work.wait(timeout=timedelta(seconds=timeout))
+
+
+def _float(bits: int) -> float:
+    return float(struct.unpack("<d", struct.pack("<q", bits))[0])
+
+
+def _bits(value: float) -> int:
+    return int(struct.unpack("<q", struct.pack("<d", value))[0])

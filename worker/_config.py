@@ -21,7 +21,9 @@ from lrctl.constants import (
     DEFAULT_BACKOFF_INITIAL_S,
     DEFAULT_BACKOFF_MAX_S,
     DEFAULT_CONNECT_TIMEOUT_S,
+    DEFAULT_DIVERGENCE_CHECK_EVERY,
     DEFAULT_REPORT_INTERVAL_S,
+    DIVERGENCE_CHECK_EVERY_ENV_VAR,
     JOB_ENV_VAR,
     REPORT_INTERVAL_ENV_VAR,
     TOKEN_ENV_VAR,
@@ -60,7 +62,11 @@ class WorkerConfig:
     report_interval_s: float = DEFAULT_REPORT_INTERVAL_S
     """Minimum time between two progress reports from rank 0 (``LRCTL_REPORT_INTERVAL``)."""
     agree_every: int = DEFAULT_AGREE_EVERY
-    """Ranks agree on the version to apply every this many steps (``LRCTL_AGREE_EVERY``)."""
+    """Ranks agree on the version to apply every this many steps (``LRCTL_AGREE_EVERY``);
+    0: rank 0 paces the exchanges by its step time. Rank 0's value holds for every rank."""
+    divergence_check_every: int = DEFAULT_DIVERGENCE_CHECK_EVERY
+    """Ranks compare a checksum of their applied LRs at most every this many steps
+    (``LRCTL_DIVERGENCE_CHECK_EVERY``); 0: never. Rank 0's value holds for every rank."""
     backoff_initial_s: float = DEFAULT_BACKOFF_INITIAL_S
     """First reconnect delay after the Watch stream breaks; doubles, with jitter."""
     backoff_max_s: float = DEFAULT_BACKOFF_MAX_S
@@ -82,8 +88,10 @@ class WorkerConfig:
             raise WorkerError(f"expected connect_timeout_s > 0 and report_interval_s >= 0.01, "
                               f"got connect_timeout_s={self.connect_timeout_s}, "
                               f"report_interval_s={self.report_interval_s}")
-        if self.agree_every < 1:
-            raise WorkerError(f"agree_every must be >= 1, got {self.agree_every}")
+        if self.agree_every < 0 or self.divergence_check_every < 0:
+            raise WorkerError(f"expected agree_every >= 0 and divergence_check_every >= 0, got "
+                              f"agree_every={self.agree_every}, "
+                              f"divergence_check_every={self.divergence_check_every}")
 
     @classmethod
     def load(cls, *, job: str | None = None, address: str | None = None,
@@ -125,6 +133,8 @@ class WorkerConfig:
             connect_timeout_s=number(CONNECT_TIMEOUT_ENV_VAR, DEFAULT_CONNECT_TIMEOUT_S),
             report_interval_s=number(REPORT_INTERVAL_ENV_VAR, DEFAULT_REPORT_INTERVAL_S),
             agree_every=int(number(AGREE_EVERY_ENV_VAR, DEFAULT_AGREE_EVERY)),
+            divergence_check_every=int(number(DIVERGENCE_CHECK_EVERY_ENV_VAR,
+                                              DEFAULT_DIVERGENCE_CHECK_EVERY)),
             job_source=source,
         )
 

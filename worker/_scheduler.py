@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -17,13 +17,22 @@ from torch.optim.lr_scheduler import LRScheduler
 from lrctl.program import LRProgram
 from lrctl.schedules import ReduceLROnPlateau, Schedule
 from lrctl.spec import Spec, parse_spec
-from worker._agreement import VersionAgreement
+from worker._agreement import Agreement, Outcome, Pacer
 from worker._config import WorkerConfig
+from worker._fanout import Plan, RankGroup, decode_held, encode_held, handshake
 from worker._link import ControllerLink, Held
 
 __all__ = ["RemoteLRScheduler"]
 
 log = logging.getLogger("lrctl.worker")
+
+_NEVER = 1 << 62  # a step() call number that never comes
+
+
+class _NoSlot:
+    """Stands for the link's slot where this rank does not poll one (DDP, or none)."""
+
+    held: Held | None = None
 
 
 class RemoteLRScheduler(LRScheduler):
@@ -35,26 +44,30 @@ class RemoteLRScheduler(LRScheduler):
         scheduler = RemoteLRScheduler(optimizer, "StepLR(step_size=200, gamma=0.5)",
                                       job="run-42")
 
-    Construction creates the job on the controller (or attaches to it: every rank of a
-    restarted run does), then follows it in a background thread. ``step()`` evaluates the
-    LR locally from the state it holds, with no network I/O, and every rank of a
-    ``torch.distributed`` job switches to a new version at the same step.
+    Construction creates the job on the controller (or attaches to it: a restarted run
+    does), then follows it in a background thread. Under ``torch.distributed`` only rank 0
+    talks to the controller; the other ranks get the job from rank 0 over a gloo side group
+    and need no address or token. ``step()`` evaluates the LR locally from the state held,
+    with no network I/O, and every rank switches to a new version at the same step.
 
     Args:
         optimizer: The wrapped optimizer; its groups' LRs (torch's ``initial_lr``) are the
             job's base LRs.
         schedule: A torch-style spec, e.g. ``"CosineAnnealingLR(T_max=100)"``.
-        job: Job id; default ``LRCTL_JOB``, else the Ray Train run name.
-        address: Controller ``HOST:PORT``; default ``LRCTL_ADDRESS`` or 127.0.0.1:50051.
-        token: Bearer token; default ``LRCTL_TOKEN``.
+        job: Job id; default ``LRCTL_JOB``, else the Ray Train run name, else torchrun's
+            ``TORCHELASTIC_RUN_ID``.
+        address: Controller ``HOST:PORT``; default ``LRCTL_ADDRESS`` or 127.0.0.1:50051
+            (rank 0 only).
+        token: Bearer token; default ``LRCTL_TOKEN`` (rank 0 only).
         last_epoch: As torch: -1 for a new run; the last step done when resuming.
         verbose: Print each LR change, as torch's ``verbose`` did.
         config: A full :class:`~worker.WorkerConfig` (overrides job/address/token).
 
     Raises:
         SpecError: invalid spec (before any network call).
-        WorkerError: controller unreachable within ``connect_timeout_s``, or the job exists
-            with a different schedule.
+        WorkerError: controller unreachable within ``connect_timeout_s``, the job exists
+            with a different schedule, or (under ``torch.distributed``, on every rank)
+            rank 0 could not attach or a rank built another scheduler than rank 0.
     """
 
     def __init__(self, optimizer: Optimizer, schedule: str | Spec, *, job: str | None = None,
@@ -80,13 +93,7 @@ class RemoteLRScheduler(LRScheduler):
         self.verbose = verbose
         distributed = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if distributed else 0
-        if self.rank == 0:
-            log.info("lrctl: following job %r (from %s) on %s", config.job, config.job_source,
-                     config.address)
-        self._link = ControllerLink(config, rank=self.rank, schedule=self.spec.to_text(),
-                                    base_lrs=base_lrs, verbose=verbose,
-                                    world_size=dist.get_world_size() if distributed else 1)
-        attached = self._link.attach()
+        self.world_size = dist.get_world_size() if distributed else 1
         self._applied_steps: dict[int, int] = {}  # version -> step it took effect here
         self._built: dict[str, Schedule] = {}  # reused across versions (recurrence caches)
         # Pending events resolved at construction: the step they take effect at is only
@@ -96,66 +103,112 @@ class RemoteLRScheduler(LRScheduler):
         self._applied_version = 0
         self._values: list[float] = []
         self._closed = False
-        self._constructing = True
+        self.divergences = 0
+        """Divergences this rank found between the ranks' applied LRs (see ``docs/worker.md``)."""
+        # The per-step state: step() goes off its fast path only at call `_slow_at`, or
+        # (single process) when the link's slot holds a new object.
+        self._calls = 0
+        self._slow_at = _NEVER  # nothing but the initial step until construction is done
+        self._slot: Any = _NoSlot
+        self._seen: Held | None = None
+        self._tick_at = 1
+        self._after: Callable[[int, list[float]], None] | None = None
+        self._announced: bytes | None = None  # rank 0: the state of the version in flight
+        self._link: ControllerLink | None = None
+        self._group: RankGroup | None = None
+        self._agreement: Agreement | None = None
+        self._pacer: Pacer | None = None
+
+        if self.rank == 0:
+            log.info("lrctl: following job %r (from %s) on %s", config.job, config.job_source,
+                     config.address)
+            self._link = ControllerLink(config, rank=0, schedule=self.spec.to_text(),
+                                        base_lrs=base_lrs, verbose=verbose,
+                                        world_size=self.world_size)
         try:
-            self._agreement = VersionAgreement()
+            if self.world_size > 1:
+                self._group = RankGroup()  # collective: every rank builds its scheduler
+                held, plan = handshake(
+                    self._group, self._attach if self.rank == 0 else None, job=self.job,
+                    spec=self.spec.to_text(), base_lrs=base_lrs,
+                    plan=Plan(config.agree_every, config.divergence_check_every))
+                if self.rank == 0:
+                    self._pacer = Pacer(plan.agree_every)
+                elif (config.agree_every, config.divergence_check_every) != (
+                        plan.agree_every, plan.check_every):
+                    log.warning("lrctl: rank %d uses rank 0's agree_every=%d and "
+                                "divergence_check_every=%d", self.rank, plan.agree_every,
+                                plan.check_every)
+                self._agreement = Agreement(self._group, plan, self._pacer)
+            else:
+                held = self._attach()
+                self._slot, self._seen = self._link, held
+                self._pacer = Pacer(0, period_s=config.report_interval_s / 2)
+            self._replica = held
+            self._switch(held, held.version, last_epoch + 1, provisional=True)
             from worker.ray import lr_metrics_hook
 
-            self._on_lr: Callable[[int, list[float]], None] | None = lr_metrics_hook(
-                self.job, self.rank)
-            agreed = self._agreement.initial(attached.version, config.agree_every)
-            self._switch(Held(attached), agreed, last_epoch + 1, provisional=True)
-            self._link.start()
+            self._on_lr = lr_metrics_hook(self.job, self.rank)
+            if verbose:
+                self._after = self._print_changes
+            self.optimizer = optimizer
+            self._compile_writes()
             super().__init__(optimizer, last_epoch)
+            if self._link is not None:
+                self._link.start()
         except BaseException:
-            self._link.close()
+            self._release()
             raise
-        self._constructing = False
+        self._calls = 0
+        self._slow_at = 1  # the first step() checks torch's call order
 
     # -- torch's interface -------------------------------------------------------------------
 
     def step(self, metrics: float | None = None) -> None:
-        """Advance one step; ``metrics`` is ReduceLROnPlateau's ``step(metric)`` argument."""
-        upcoming = self.last_epoch + 1
-        if upcoming % self.config.agree_every == 0:
-            held = self._link.held
-            if held is not None:
-                agreed = self._agreement.exchange(held.version)
-                if agreed is not None and agreed > self._applied_version:
-                    self._switch(held, agreed, upcoming)
-        super().step()
-        step = self.last_epoch
-        if self._provisional and not self._constructing:
-            self._confirm_provisional()
-        if metrics is not None and not self._plateau:
-            warnings.warn(f"step(metrics) passes a metric to ReduceLROnPlateau, but job "
-                          f"{self.job!r} follows {self.spec.name}; the value is ignored "
-                          "(torch's deprecated step(epoch) is not supported)",
-                          UserWarning, stacklevel=2)
-        if self.rank == 0:
-            if metrics is not None and self._plateau:
-                self._link.post_plateau_metric(step, float(metrics))
-            self._link.post_progress(step, self._applied_version, self._values)
-        if self._on_lr is not None:
-            self._on_lr(step, self._values)
+        """Advance one step; ``metrics`` is ReduceLROnPlateau's ``step(metric)`` argument.
+
+        The fast path writes the precomputed segment's LRs and touches no lock, tensor or
+        network; exchanges with the other ranks, new versions and progress reports happen
+        at calls planned ahead (``_slow_at``).
+        """
+        n = self._calls + 1
+        self._calls = n
+        if n >= self._slow_at or self._slot.held is not self._seen:
+            self._slow_step(n)
+        t = self.last_epoch + 1
+        self.last_epoch = t
+        self._step_count += 1
+        row = self._lrs(t, self._base)
+        if self._plain:
+            for group, lr in zip(self._groups, row):
+                group["lr"] = lr
+        else:
+            _write_lrs(self._groups, row)
+        if self._momenta is not None:
+            self._write_momenta(t)
+        self._values = row
+        if self._after is not None:
+            self._after(t, row)
+        if metrics is not None:
+            self._metric(t, metrics)
 
     def get_lr(self) -> list[float | torch.Tensor]:
-        """Return the LR of every group at ``last_epoch`` (and write cycled momentum)."""
-        values = self._program.lrs(self.last_epoch)
-        momenta = self._program.momenta(self.last_epoch) if self._cycles else None
-        if momenta is not None:
-            for group, m in zip(self.optimizer.param_groups, momenta):
-                if m != m:  # NaN: this group's schedule does not cycle momentum
-                    continue
-                if self._uses_beta1:
-                    group["betas"] = (m, *group["betas"][1:])
-                else:
-                    group["momentum"] = m
-        if self.verbose and values != self._values:
-            for i, lr in enumerate(values):
-                print(f"Adjusting learning rate of group {i} to {lr:.4e}.")  # torch's wording
-        self._values = values
-        return list(values)
+        """Return the LR of every group at ``last_epoch`` (closed form; no side effects)."""
+        return list(self._program.lrs(self.last_epoch))
+
+    def get_last_lr(self) -> list[float | torch.Tensor]:
+        """Return the LRs the last :meth:`step` wrote (a tensor LR as a copy, as torch)."""
+        return self._last_lr
+
+    @property
+    def _last_lr(self) -> list[float | torch.Tensor]:  # type: ignore[override]
+        # Built on demand: step() allocates nothing for it.
+        out: list[float | torch.Tensor] = []
+        for group, lr in zip(self.optimizer.param_groups, self._values):
+            current = group["lr"]
+            out.append(torch.full_like(current, lr) if isinstance(current, torch.Tensor)
+                       else lr)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """The resume record: the step, and the step at which each version took effect."""
@@ -165,6 +218,8 @@ class RemoteLRScheduler(LRScheduler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume: replay exactly the LR sequence of the run that saved ``state_dict``.
+
+        Under ``torch.distributed`` every rank loads the same checkpoint, as with torch.
 
         Raises:
             ValueError: the checkpoint belongs to another job.
@@ -180,20 +235,12 @@ class RemoteLRScheduler(LRScheduler):
             del self._applied_steps[version]  # re-resolved below, at the resume step
         self._provisional -= set(saved)
         self._applied_steps.update(saved)
-        held = self._link.held
-        if held is not None:
-            version = max(self._applied_version, int(state_dict.get("applied_version", 0)))
-            self._switch(held, min(version, held.version), self.last_epoch + 1,
-                         provisional=True)
+        held = self._replica
+        version = max(self._applied_version, int(state_dict.get("applied_version", 0)))
+        self._switch(held, min(version, held.version), self.last_epoch + 1, provisional=True)
         # Put the step's LRs in param_groups, as the run that saved the checkpoint had them.
         self._values = self._program.lrs(self.last_epoch)
-        for group, lr in zip(self.optimizer.param_groups, self._values):
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
-        self._last_lr = [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"]
-                         for g in self.optimizer.param_groups]
+        _write_lrs(self.optimizer.param_groups, self._values)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -204,18 +251,22 @@ class RemoteLRScheduler(LRScheduler):
 
     @property
     def connected(self) -> bool:
-        """Whether the Watch stream to the controller is up."""
-        return self._link.connected
+        """Whether this rank's Watch stream is up (only rank 0 holds one under DDP)."""
+        return self._link is not None and self._link.connected
 
     def close(self) -> None:
-        """Flush the final report and stop the background threads. Idempotent."""
+        """Flush the final report, stop the threads, release the side group. Idempotent.
+
+        Waits at most 30 s for the exchange in flight (every rank calls ``close()``).
+        """
         if self._closed:
             return
         self._closed = True
         if self._provisional:
             self._confirm_provisional()
-        self._agreement.close()
-        self._link.close()
+        if self._link is not None and self._values:
+            self._link.post_progress(self.last_epoch, self._applied_version, self._values)
+        self._release()
 
     def __enter__(self) -> RemoteLRScheduler:
         return self
@@ -224,10 +275,150 @@ class RemoteLRScheduler(LRScheduler):
                  tb: TracebackType | None) -> None:
         self.close()
 
-    # -- internals ---------------------------------------------------------------------------
+    # -- internals: construction ------------------------------------------------------------
+
+    def _attach(self) -> Held:
+        if self._link is None:  # pragma: no cover - rank 0 always has one
+            raise RuntimeError("only rank 0 attaches")
+        self._link.attach()
+        held = self._link.held
+        if held is None:  # pragma: no cover - attach() fills the slot or raises
+            raise RuntimeError("attach() returned without a job")
+        return held
+
+    def _release(self) -> None:
+        if self._agreement is not None:
+            self._agreement.close()
+        if self._group is not None:
+            self._group.close()
+        if self._link is not None:
+            self._link.close()
+
+    # -- internals: off the fast path --------------------------------------------------------
+
+    def _slow_step(self, n: int) -> None:
+        """Everything step() does not do every call; sets the next call that comes here."""
+        t = self.last_epoch + 1
+        if n == 1:
+            self._first_step()
+        agreement = self._agreement
+        switched = False
+        if agreement is not None:
+            if n >= agreement.next_call:
+                switched = self._exchange(n, t)
+                self._tick_at = n  # rank 0 reports at every exchange
+        else:
+            held = self._slot.held
+            if held is not self._seen:  # single process: a new version applies at once
+                self._seen = held
+                if held is not None and held.version != self._applied_version:
+                    self._replica = held
+                    self._switch(held, held.version, t)
+                    switched = True
+        if n >= self._tick_at:
+            self._tick(t - 1)
+            self._tick_at = _NEVER if self._pacer is None or agreement is not None else (
+                n + self._pacer.interval(n))
+        if switched:
+            self._tick_at = n + 1  # report the new version with the step it applies at
+        self._slow_at = self._tick_at if agreement is None else min(self._tick_at,
+                                                                    agreement.next_call)
+
+    def _first_step(self) -> None:
+        # torch's check that optimizer.step() ran before the first scheduler.step().
+        if self._step_count == 1:
+            if not hasattr(self.optimizer.step, "_wrapped_by_lr_sched"):
+                warnings.warn("Seems like `optimizer.step()` has been overridden after learning "
+                              "rate scheduler initialization. Please, make sure to call "
+                              "`optimizer.step()` before `lr_scheduler.step()`.", UserWarning,
+                              stacklevel=4)
+            elif not getattr(self.optimizer, "_opt_called", False):
+                warnings.warn("Detected call of `lr_scheduler.step()` before `optimizer.step()`. "
+                              "In PyTorch 1.1.0 and later, you should call them in the opposite "
+                              "order: `optimizer.step()` before `lr_scheduler.step()`.  Failure "
+                              "to do this will result in PyTorch skipping the first value of "
+                              "the learning rate schedule.", UserWarning, stacklevel=4)
+        if self._provisional:
+            self._confirm_provisional()
+
+    def _tick(self, step: int) -> None:
+        """Every few ms: rank 0's progress, the Ray gauge, the param groups' kinds."""
+        self._compile_writes()
+        if step < 0 or not self._values:
+            return
+        if self._link is not None:
+            self._link.post_progress(step, self._applied_version, self._values)
+        if self._on_lr is not None:
+            self._on_lr(step, self._values)
+
+    def _exchange(self, n: int, t: int) -> bool:
+        """Collect the exchange in flight, switch if rank 0 announced a version, launch the next.
+
+        Returns whether this step switched to another version.
+        """
+        agreement = self._agreement
+        group = self._group
+        if agreement is None or group is None:  # pragma: no cover - DDP only
+            return False
+        outcome = agreement.collect()
+        switched = False
+        if outcome is not None:
+            # What every rank does next depends on the outcome alone (the same everywhere),
+            # never on what this rank applied: the collectives stay in step even if a rank
+            # diverged.
+            if outcome.length:
+                data = group.broadcast_bytes(self._announced, outcome.length)
+                held = decode_held(data, self._replica)
+                self._replica = held
+                self._switch(held, held.version, t)
+                switched = True
+            if outcome.diverged:
+                self._on_divergence(outcome)
+        version, length = self._applied_version, 0
+        if self._link is not None:  # rank 0: announce the newest version it holds
+            held = self._link.held
+            if held is not None and held.version != self._applied_version:
+                self._announced = encode_held(held, self._replica)
+                version, length = held.version, len(self._announced)
+        agreement.launch(n, step=t - 1, version=version, length=length,
+                         lr_checksum=sum(self._values), applied_version=self._applied_version)
+        return switched
+
+    def _on_divergence(self, outcome: Outcome) -> None:
+        """Every rank found it at once: gather each rank's figures, log, count, report."""
+        if self._group is None or self._agreement is None:  # pragma: no cover
+            return
+        checksum, applied = self._agreement.mine
+        ranks = self._group.all_gather_floats([checksum, float(applied)])
+        self.divergences += 1
+        reference = ranks[0]
+        odd = [r for r, v in enumerate(ranks) if v != reference]
+        detail = "; ".join(f"rank {r}: LR sum {v[0]!r} at version {int(v[1])}" for r, v in
+                           enumerate(ranks) if r == 0 or r in odd)
+        log.error("lrctl: job %s: ranks %s applied other LRs than rank 0 at step %d (%s); "
+                  "DDP replicas may have diverged", self.job, odd, outcome.step, detail)
+        if self._link is not None:
+            post = getattr(self._link, "post_divergence", None)
+            if post is not None:
+                post(outcome.step, int(reference[1]), [v[0] for v in ranks], detail)
+
+    def _metric(self, step: int, metrics: float) -> None:
+        if not self._plateau:
+            warnings.warn(f"step(metrics) passes a metric to ReduceLROnPlateau, but job "
+                          f"{self.job!r} follows {self.spec.name}; the value is ignored "
+                          "(torch's deprecated step(epoch) is not supported)",
+                          UserWarning, stacklevel=3)
+        elif self._link is not None:
+            self._link.post_plateau_metric(step, float(metrics))
+
+    def _print_changes(self, step: int, row: list[float]) -> None:
+        if row != self._printed:
+            for i, lr in enumerate(row):
+                print(f"Adjusting learning rate of group {i} to {lr:.4e}.")  # torch's wording
+            self._printed = row
 
     def _confirm_provisional(self) -> None:
-        if self.rank == 0:
+        if self._link is not None:
             for version in sorted(self._provisional):
                 self._link.post_applied(version, self._applied_steps[version])
         self._provisional.clear()
@@ -245,16 +436,72 @@ class RemoteLRScheduler(LRScheduler):
                 local = step
                 if provisional:
                     self._provisional.add(event.version)
-                elif self.rank == 0:
+                elif self._link is not None:
                     self._link.post_applied(event.version, step)
             self._applied_steps[event.version] = local
             events.append(dataclasses.replace(event, effective_step=local))
-        self._program = LRProgram(state.schedule, state.base_lrs, events, self._built)
-        self._cycles = self._program.cycles_momentum
-        self._plateau = isinstance(self._program.schedule, ReduceLROnPlateau)
+        program = LRProgram(state.schedule, state.base_lrs, events, self._built)
+        self._program = program
+        self._plateau = isinstance(program.schedule, ReduceLROnPlateau)
+        # The segment: with no event in effect, the schedule's own closed form and base LRs,
+        # with no per-step lookup of which events apply.
+        if events:
+            self._lrs: Callable[[int, Sequence[float]], list[float]] = _ProgramRows(program)
+            self._base: Sequence[float] = program.base_lrs
+            momenta = program.momenta if program.cycles_momentum else None
+        else:
+            self._lrs, self._base = program.schedule.lrs, program.base_lrs
+            momenta = program.schedule.momenta if program.cycles_momentum else None
+        self._momenta: Callable[[int], list[float] | None] | None = momenta
         if version > self._applied_version and self._applied_version:
             log.info("lrctl: job %s version %d takes effect at step %d", self.job, version, step)
         self._applied_version = version
+        self._printed: list[float] = []
+
+    # -- internals: writing param_groups -----------------------------------------------------
+
+    def _compile_writes(self) -> None:
+        """Note how to write the groups (float LRs take the fast loop in step())."""
+        self._groups = self.optimizer.param_groups
+        self._plain = not any(isinstance(g["lr"], torch.Tensor) for g in self._groups)
+
+    def _write_momenta(self, t: int) -> None:
+        if self._momenta is None:
+            return
+        values = self._momenta(t)
+        if values is None:
+            return
+        beta = self._uses_beta1
+        for group, m in zip(self._groups, values):
+            if m != m:  # NaN: this group's schedule does not cycle momentum
+                continue
+            if beta:
+                group["betas"] = (m, *group["betas"][1:])
+            else:
+                group["momentum"] = m
+
+
+
+class _ProgramRows:
+    """``program.lrs`` with the signature of ``Schedule.lrs`` (a segment with events)."""
+
+    __slots__ = ("_lrs",)
+
+    def __init__(self, program: LRProgram) -> None:
+        self._lrs = program.lrs
+
+    def __call__(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        return self._lrs(step)
+
+
+def _write_lrs(groups: Sequence[dict[str, Any]], lrs: Sequence[float]) -> None:
+    """Write LRs the way torch does: ``fill_`` a tensor LR in place, else assign."""
+    for group, lr in zip(groups, lrs):
+        current = group["lr"]
+        if isinstance(current, torch.Tensor):
+            current.fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def _initial_lrs(optimizer: Optimizer, last_epoch: int) -> list[float]:
