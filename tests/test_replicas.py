@@ -10,6 +10,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,7 +23,8 @@ from lrctl.v1 import lrctl_pb2_grpc
 from tests import pg
 from tests.conftest import expect_status
 from tests.pg import PASSWORD, PostgresServer
-from tests.procs import ControllerProcess
+from tests.procs import ControllerProcess, wait_for_step
+from tests.test_ddp import check_consistent, launch_ranks, read_ranks, wait_ranks
 
 Start = Callable[..., Awaitable[Controller]]
 PLATEAU = "ReduceLROnPlateau(factor=0.5, patience=1)"
@@ -419,3 +421,51 @@ def test_override_storm_over_replicas_with_kill_9(postgres: PostgresServer, pg_u
     for follower, job in zip(followers, jobs):
         assert follower.job is not None
         assert [e.version for e in follower.job.events] == [e.version for e in logs[job]]
+
+
+@pytest.mark.slow
+def test_ddp_rank0_fails_over_when_its_replica_is_killed(tmp_path: Path, pg_url: str) -> None:
+    """2 gloo ranks; rank 0 knows both replicas. The replica holding its Watch is killed
+    with SIGKILL: training goes on, rank 0 resumes on the other replica, and an override sent
+    there still switches both ranks at the same step."""
+    replicas = [ControllerProcess(pg_url).start() for _ in range(2)]
+    address = ",".join(r.address for r in replicas)
+    try:
+        with Client(address) as client:
+            procs = launch_ranks(tmp_path, address, "failover", 2, steps=600)
+            wait_for_step(client, "failover", 20)
+            client.override("failover", "lr *= 0.5", reason="before the failover")
+
+        def streams(replica: ControllerProcess) -> int:
+            with Client(replica.address) as one:
+                return one.get_job("failover").watch_streams
+
+        deadline = time.monotonic() + 30
+        while (held := [streams(r) for r in replicas]) == [0, 0]:
+            assert time.monotonic() < deadline, "rank 0 never opened its Watch"
+            time.sleep(0.1)
+        assert sorted(held) == [0, 1]  # one stream per job, on one replica
+        victim, survivor = (0, 1) if held[0] else (1, 0)
+        replicas[victim].kill()  # SIGKILL of the replica rank 0 watches through
+        time.sleep(1.0)
+        assert all(p.poll() is None for p in procs), "training must not stop with a replica"
+        deadline = time.monotonic() + 30
+        while streams(replicas[survivor]) < 1:  # rank 0 resumed on the other replica
+            assert time.monotonic() < deadline, "rank 0 never failed over"
+            time.sleep(0.1)
+        with Client(replicas[survivor].address) as client:
+            step_before = client.get_job("failover").step
+            client.override("failover", "lr = 1e-3", reason="after the failover")
+            wait_ranks(procs)
+            history = client.history("failover")
+    finally:
+        for replica in replicas:
+            replica.stop()
+    ranks = read_ranks(tmp_path, "failover", 2)
+    check_consistent(ranks)  # every rank switched each version at the same step
+    assert [e.reason for e in history] == ["before the failover", "after the failover"]
+    assert all(e.effective_step is not None for e in history), history
+    late = history[1]
+    assert late.effective_step is not None and late.effective_step > step_before
+    assert ranks[0]["log"][-1][2:] == pytest.approx([1e-3, 1e-3])
+    assert ranks[1]["log"][-1][2:] == pytest.approx([1e-3, 1e-3])
