@@ -13,16 +13,11 @@ are in docs/controller.md.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import replace
-from typing import TypeVar
 
-from controller.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from controller.errors import Conflict, FailedPrecondition, InvalidArgument
 from controller.jobs import (
     JobEntry,
     check_override,
@@ -36,9 +31,9 @@ from controller.jobs import (
 from controller.metrics import ControllerMetrics
 from controller.plateau import JobPlateau
 from controller.projection import Projection
-from controller.replica import apply_delta
 from controller.store import Change, ConsumedMetric
-from controller.store_api import Delta, JobLock, JobStore
+from controller.store_api import JobStore
+from controller.table import JobTable
 from controller.watch import WatchHub
 from lrctl import constants
 from lrctl.model import Job, JobState, Report, WatchMessage, check_job_id
@@ -47,10 +42,6 @@ from lrctl.program import LRProgram
 from lrctl.program import preview as program_preview
 
 __all__ = ["ControllerService"]
-
-T = TypeVar("T")
-
-_log = logging.getLogger("lrctl.controller.service")
 
 
 class ControllerService:
@@ -68,18 +59,9 @@ class ControllerService:
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
-        self._jobs: dict[str, JobEntry] = {}
-        # One lock per job id for the service's lifetime: mutations of a job are serialized.
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._table = JobTable(store, self._synced)
         self._projection = Projection(metrics)
         self._hub = WatchHub(heartbeat_seconds, on_count=self._streams_changed)
-        # Shared store (replicas): each job's revision held here, the open row-lock
-        # transaction of each job being mutated, and the refreshes the change feed started.
-        self._revs: dict[str, int] = {}
-        self._txn: dict[str, JobLock] = {}
-        self._refreshing: dict[str, asyncio.Task[None]] = {}
-        self._stale: set[str] = set()
-        self._lock_users: Counter[str] = Counter()
 
     @classmethod
     async def open(cls, store: JobStore, metrics: ControllerMetrics | None = None, *,
@@ -87,15 +69,8 @@ class ControllerService:
                    ) -> ControllerService:
         """Load every job from ``store`` and export the running ones' metrics."""
         service = cls(store, metrics, heartbeat_seconds=heartbeat_seconds)
-        for stored in await store.load():
-            top = max([stored.record.version, *(e.version for e in stored.events)])
-            job = replace(stored.record, version=top, events=tuple(stored.events))
-            entry = JobEntry(job, JobPlateau(job, stored.events, stored.plateau_metrics))
-            service._jobs[job.job_id] = entry
-            service._revs[job.job_id] = stored.rev
-            service._projection.export(job, 0)
-        if store.shared:
-            store.subscribe(service._on_change)
+        for entry in service._table.load(await store.load()):
+            service._projection.export(entry.job, 0)
         return service
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -117,8 +92,8 @@ class ControllerService:
         check_job_id(job_id)
         program = LRProgram(schedule, list(base_lrs))
         canonical, lrs = program.schedule.spec.to_text(), tuple(program.base_lrs)
-        async with self._lock(job_id, create=True):
-            old = self._jobs.get(job_id)
+        async with self._table.lock(job_id, create=True):
+            old = self._table.jobs.get(job_id)
             if old is not None:
                 same = same_spec(old.job.schedule, canonical) and old.job.base_lrs == lrs
                 if same and old.running:
@@ -133,10 +108,10 @@ class ControllerService:
             def apply() -> JobEntry:
                 # Recreated in place: the old incarnation's watchers wake up to a RESYNC.
                 entry = JobEntry(job, JobPlateau(job, [], []))
-                self._jobs[job_id] = entry
+                self._table.jobs[job_id] = entry
                 return entry
 
-            entry = await self._write(Change(job, reset=old is not None), apply)
+            entry = await self._table.write(Change(job, reset=old is not None), apply)
             self._hub.notify(job_id)
             self._projection.created(job, recreated=old is not None,
                                      streams=self._hub.streams(job_id))
@@ -149,7 +124,7 @@ class ControllerService:
             InvalidArgument: malformed job id.
             NotFound: no such job.
         """
-        return self._view(self._get(job_id))
+        return self._view(self._table.get(job_id))
 
     def list_jobs(self, page_size: int = 0, page_token: str = "", *,
                   include_finished: bool = False) -> tuple[list[Job], str]:
@@ -162,11 +137,11 @@ class ControllerService:
             raise InvalidArgument(f"expected page_size >= 0, got {page_size}")
         size = min(page_size or constants.DEFAULT_PAGE_SIZE, constants.MAX_PAGE_SIZE)
         after = decode_token(page_token)
-        ids = sorted(j for j, entry in self._jobs.items()
+        ids = sorted(j for j, entry in self._table.jobs.items()
                      if j > after and (include_finished or entry.running))
         page = ids[:size]
         token = encode_token(page[-1]) if len(ids) > size else ""
-        return [self._view(self._jobs[j], events=False) for j in page], token
+        return [self._view(self._table.jobs[j], events=False) for j in page], token
 
     async def finish_job(self, job_id: str) -> Job:
         """Mark a job finished: bump its version, end its watches, drop its metric series.
@@ -175,8 +150,8 @@ class ControllerService:
             InvalidArgument: malformed job id.
             NotFound: no such job.
         """
-        async with self._lock(job_id):
-            entry = self._get(job_id)
+        async with self._table.lock(job_id):
+            entry = self._table.get(job_id)
             if not entry.running:
                 return self._view(entry)
             job = replace(entry.job, state=JobState.FINISHED, version=entry.job.version + 1,
@@ -185,7 +160,7 @@ class ControllerService:
             def apply() -> None:
                 entry.job = job
 
-            await self._write(Change(job), apply)
+            await self._table.write(Change(job), apply)
             self._hub.notify(job_id)
             self._projection.finished(job)
             return self._view(entry)
@@ -209,8 +184,8 @@ class ControllerService:
             FailedPrecondition: the job is finished.
             Conflict: ``expected_version`` is not the job's version.
         """
-        async with self._lock(job_id):
-            entry = self._get(job_id)
+        async with self._table.lock(job_id):
+            entry = self._table.get(job_id)
             schedule = check_override(op, value, schedule, group, entry.job.num_groups)
             if not entry.running:
                 raise FailedPrecondition(f"job {job_id!r} is finished; expected a running job")
@@ -229,13 +204,13 @@ class ControllerService:
                 entry.job = job
                 entry.plateau.on_events([event])
 
-            await self._write(Change(job.head(), [event]), apply)
+            await self._table.write(Change(job.head(), [event]), apply)
             self._after_write(entry, [event], [])
             return event, self._view(entry, events=False)
 
     def history(self, job_id: str) -> tuple[Event, ...]:
         """Return a job's event log, oldest first."""
-        return self._get(job_id).job.events
+        return self._table.get(job_id).job.events
 
     @staticmethod
     def preview(schedule: str, base_lrs: Sequence[float],
@@ -284,8 +259,8 @@ class ControllerService:
             raise InvalidArgument(f"expected rank >= 0, step >= -1 and world_size >= 0, got "
                                   f"rank={report.rank}, step={report.step}, "
                                   f"world_size={report.world_size}")
-        async with self._lock(report.job_id):
-            entry = self._get(report.job_id)
+        async with self._table.lock(report.job_id):
+            entry = self._table.get(report.job_id)
             before = entry.job
             if report.rank != 0:
                 return before.version
@@ -321,7 +296,7 @@ class ControllerService:
             # step, never another version.
             if (done or new_events or consumed or report.final
                     or now - entry.persisted_at >= constants.PROGRESS_PERSIST_S):
-                await self._write(Change(job.head(), new_events, done, consumed), apply)
+                await self._table.write(Change(job.head(), new_events, done, consumed), apply)
                 entry.persisted_at = now
             else:
                 apply()
@@ -346,18 +321,18 @@ class ControllerService:
             Unavailable: the controller is shutting down (reconnect and resume).
         """
         if self._store.shared:
-            entry = self._jobs.get(check_job_id(job_id))
+            entry = self._table.jobs.get(check_job_id(job_id))
             if entry is None or from_version > entry.job.version:
                 # The caller may hold a version another replica handed out: catch up first,
                 # or it would get a RESYNC to an older version.
-                await self.sync(job_id)
-        self._get(job_id)
+                await self._table.sync(job_id)
+        self._table.get(job_id)
 
         def current() -> Job:
-            return self._jobs[job_id].job
+            return self._table.jobs[job_id].job
 
         def snapshot() -> Job:
-            return self._view(self._jobs[job_id])
+            return self._view(self._table.jobs[job_id])
 
         async for message in self._hub.follow(job_id, from_version, worker_id, current,
                                               snapshot):
@@ -366,141 +341,18 @@ class ControllerService:
     def close(self) -> None:
         """End every watch stream with :class:`Unavailable` (shutdown); idempotent."""
         self._hub.close()
-        for task in self._refreshing.values():
-            task.cancel()
-
-    # -- replicas (shared store) ---------------------------------------------------------------
-
-    async def sync(self, job_id: str) -> None:
-        """Bring ``job_id`` up to what the shared database holds now (no-op for SQLite)."""
-        if not self._store.shared:
-            return
-        async with self._job_lock(check_job_id(job_id)):
-            delta = await self._store.since(job_id, self._revs.get(job_id, 0))
-            if delta is not None:
-                self._apply(job_id, delta)
-
-    def _on_change(self, job_id: str, rev: int) -> None:
-        """The store's change feed: some replica committed revision ``rev`` of ``job_id``."""
-        if self._revs.get(job_id, 0) >= rev:
-            return  # our own write, or already seen
-        if job_id in self._refreshing:
-            self._stale.add(job_id)  # the running refresh goes round once more
-            return
-        task = asyncio.ensure_future(self._refresh(job_id))
-        self._refreshing[job_id] = task
-        task.add_done_callback(lambda _: self._refreshing.pop(job_id, None))
-
-    async def _refresh(self, job_id: str) -> None:
-        try:
-            while True:
-                self._stale.discard(job_id)
-                await self.sync(job_id)
-                if job_id not in self._stale:
-                    return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the store resyncs after reconnecting; say why meanwhile
-            _log.warning("cannot refresh job %s from the database: %s", job_id, exc)
-
-    def _apply(self, job_id: str, delta: Delta) -> None:
-        """Take what other replicas wrote (:func:`controller.replica.apply_delta`)."""
-        old = self._jobs.get(job_id)
-        was_running = old is not None and old.running
-        entry, _ = apply_delta(old, delta)
-        self._jobs[job_id] = entry
-        self._revs[job_id] = delta.rev
-        if old is None or delta.full:
-            self._projection.forget(job_id)
-        if entry.running:
-            self._projection.export(entry.job, self._hub.streams(job_id))
-        elif was_running:
-            self._projection.finished(entry.job)
-        self._hub.notify(job_id)
+        self._table.close()
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _now(self) -> float:
         return float(self._clock())
 
-    @asynccontextmanager
-    async def _lock(self, job_id: str, *, create: bool = False) -> AsyncIterator[None]:
-        """Serialize the mutations of ``job_id``.
-
-        With a shared store the block also runs inside the job's row-lock transaction, after
-        the job was brought up to the database's state, and :meth:`_write` commits in it: every
-        decision (next version, ``expected_version``, effective steps, plateau reductions) is
-        made on the database's state, once, whichever replica received the call.
-        """
-        if not self._store.shared:
-            # Only CreateJob makes a lock for an unknown id, so bad ids cannot grow the dict.
-            if not create:
-                self._get(job_id)
-            async with self._locks.setdefault(job_id, asyncio.Lock()):
-                yield
-            return
-        async with self._job_lock(check_job_id(job_id)), \
-                self._store.lock(job_id, self._revs.get(job_id, 0)) as txn:
-            if txn.delta is not None:
-                self._apply(job_id, txn.delta)
-            self._txn[job_id] = txn
-            try:
-                yield
-            finally:
-                del self._txn[job_id]
-
-    @asynccontextmanager
-    async def _job_lock(self, job_id: str) -> AsyncIterator[None]:
-        """Hold ``job_id``'s asyncio lock; forget the lock after its last user if no such
-        job exists, so unknown ids cannot grow the dict."""
-        lock = self._locks.setdefault(job_id, asyncio.Lock())
-        self._lock_users[job_id] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._lock_users[job_id] -= 1
-            if not self._lock_users[job_id]:
-                del self._lock_users[job_id]
-                if job_id not in self._jobs:
-                    self._locks.pop(job_id, None)
-
-    def _get(self, job_id: str) -> JobEntry:
-        check_job_id(job_id)
-        entry = self._jobs.get(job_id)
-        if entry is None:
-            raise NotFound(f"no job {job_id!r}; create it with CreateJob (lrctl job create)")
-        return entry
-
     def _view(self, entry: JobEntry, *, events: bool = True) -> Job:
         job_id = entry.job.job_id
         return self._projection.view(entry.job, events=events,
                                      workers=self._hub.workers(job_id),
                                      streams=self._hub.streams(job_id))
-
-    async def _write(self, change: Change, apply: Callable[[], T]) -> T:
-        """Commit ``change``, then ``apply`` it in memory, as one step a cancel cannot split.
-
-        A cancelled RPC (deadline, client gone, shutdown) must not leave a commit on disk
-        that memory never saw: the next version would collide with it. So the write runs as
-        its own task; a cancel waits for it to finish (holding the job's lock) and then
-        propagates.
-        """
-        async def commit_and_apply() -> T:
-            txn = self._txn.get(change.job.job_id)
-            if txn is None:
-                await self._store.commit(change)
-            else:
-                self._revs[change.job.job_id] = await txn.commit(change)
-            return apply()
-
-        task = asyncio.ensure_future(commit_and_apply())
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                await asyncio.wait([task])
-            raise
 
     def _after_write(self, entry: JobEntry, new_events: Sequence[Event],
                      applied: Sequence[Event]) -> None:
@@ -510,7 +362,17 @@ class ControllerService:
                                   streams=self._hub.streams(entry.job.job_id))
 
     def _streams_changed(self, job_id: str) -> None:
-        entry = self._jobs.get(job_id)
+        entry = self._table.jobs.get(job_id)
         if entry is not None:
             self._projection.streams_changed(entry.job, self._hub.streams(job_id))
 
+    def _synced(self, entry: JobEntry, was_running: bool, fresh: bool) -> None:
+        """Another replica changed a job: show it and wake its watchers."""
+        job_id = entry.job.job_id
+        if fresh:
+            self._projection.forget(job_id)
+        if entry.running:
+            self._projection.export(entry.job, self._hub.streams(job_id))
+        elif was_running:
+            self._projection.finished(entry.job)
+        self._hub.notify(job_id)
