@@ -1,8 +1,8 @@
 """``lrctl serve``: run the controller in the foreground until SIGTERM or Ctrl-C.
 
-The flags are :func:`controller.config.add_server_arguments` (shared with
-``python -m controller.server``), plus ``--log-level``. The server modules are imported
-only when ``serve`` runs, so the client commands never load them.
+The one way to run the controller from a shell. The flags are
+:func:`controller.config.add_server_arguments` plus ``--log-level``. The server modules are
+imported only when ``serve`` runs, so the client commands never load them.
 """
 
 from __future__ import annotations
