@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from copy import copy
 
-from controller.store import ConsumedMetric
+from controller.rows import ConsumedMetric
 from lrctl.model import Job
 from lrctl.overrides import Event, Op
 from lrctl.schedules import PlateauTracker, ReduceLROnPlateau, build_schedule

@@ -31,7 +31,7 @@ from controller.jobs import (
 from controller.metrics import ControllerMetrics
 from controller.plateau import JobPlateau
 from controller.projection import Projection
-from controller.store import Change, ConsumedMetric
+from controller.rows import Change, ConsumedMetric
 from controller.store_api import JobStore
 from controller.table import JobTable
 from controller.watch import WatchHub

@@ -24,27 +24,34 @@ Migrations are plain functions in :data:`MIGRATIONS`; migration *i* takes the sc
 version *i* to *i + 1* and runs in the same transaction that bumps ``user_version``. Version 3
 adds ``jobs.applied_version`` and ``jobs.world_size`` (what rank 0 last reported).
 
-The row converters (:func:`job_to_row`, :func:`job_from_row`, :func:`event_to_row`,
-:func:`event_from_row`) are public so that other stores write the same rows.
+The rows, the :class:`Change` type and the row converters are :mod:`controller.rows`'s
+(re-exported here), so that every store writes the same rows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import TypeVar
 
-from lrctl.errors import LrctlError
-from lrctl.model import Job, JobState
-from lrctl.overrides import Event, Op
-from lrctl.schedules import stored_spec_text
+from controller.rows import (
+    EVENT_COLUMNS,
+    JOB_COLUMNS,
+    Change,
+    ConsumedMetric,
+    StoredJob,
+    StoreError,
+    event_from_row,
+    event_to_row,
+    job_from_row,
+    job_to_row,
+)
+from lrctl.overrides import Event
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -64,63 +71,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-#: Columns of ``jobs``, in the order of :func:`job_to_row`.
-JOB_COLUMNS = ("job_id", "schedule", "base_lrs", "version", "created_version", "step", "state",
-               "verbose", "created_at", "updated_at", "lrs", "applied_version", "world_size")
-#: Columns of ``events`` after ``job_id``, in the order of :func:`event_to_row`.
-EVENT_COLUMNS = ("version", "op", "value", "schedule", "param_group", "effective_step",
-                 "actor", "reason", "created_at", "applied_at")
-
-
-class StoreError(LrctlError):
-    """The database cannot be opened, is locked by another controller, or is too new."""
-
-
-class ConsumedMetric(NamedTuple):
-    """One ``step(metric)`` value the plateau tracker consumed."""
-
-    step: int
-    value: float
-    schedule_version: int
-
-
-@dataclass(frozen=True)
-class StoredJob:
-    """A job as loaded at startup: its row, its current log and its consumed metrics.
-
-    Attributes:
-        record: The job without its log (``lr``: what rank 0 last reported).
-        events: The current incarnation's log, oldest first.
-        plateau_metrics: The metrics the plateau tracker consumed, step order.
-        rev: The row's revision in a shared store (0 for SQLite, its only writer).
-    """
-
-    record: Job
-    events: list[Event]
-    plateau_metrics: list[ConsumedMetric]
-    rev: int = 0
-
-
-@dataclass(frozen=True)
-class Change:
-    """One atomic write about one job.
-
-    Attributes:
-        job: The job's new row (inserted or replacing the old one); its events are not
-            written (``new_events`` and ``applied`` are).
-        new_events: Events to append.
-        applied: Existing events whose ``effective_step``/``applied_at`` are now set.
-        plateau_metrics: Metrics consumed by the plateau tracker.
-        reset: The job was recreated: forget its consumed plateau metrics.
-    """
-
-    job: Job
-    new_events: Sequence[Event] = ()
-    applied: Sequence[Event] = ()
-    plateau_metrics: Sequence[ConsumedMetric] = ()
-    reset: bool = False
-
 
 def _v1(conn: sqlite3.Connection) -> None:
     conn.execute("""
@@ -381,45 +331,3 @@ _UPSERT_JOB = (
     + ", ".join(f"{c}=excluded.{c}" for c in JOB_COLUMNS[1:]))
 _INSERT_EVENT = (f"INSERT INTO events (job_id, {', '.join(EVENT_COLUMNS)}) "
                  f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))})")
-
-
-def job_to_row(job: Job) -> tuple[Any, ...]:
-    """Return the ``jobs`` row of ``job`` (:data:`JOB_COLUMNS`; its events are not in it)."""
-    return (job.job_id, job.schedule, json.dumps(list(job.base_lrs)), job.version,
-            job.created_version, job.step, job.state.value, int(job.verbose), job.created_at,
-            job.updated_at, json.dumps(list(job.lr)) if job.lr else None, job.applied_version,
-            job.world_size)
-
-
-def job_from_row(row: Sequence[Any]) -> Job:
-    """Return the job (without events) of a ``jobs`` row in :data:`JOB_COLUMNS` order.
-
-    A spec stored by an older release is read back in today's canonical text.
-    """
-    (job_id, schedule, base_lrs, version, created_version, step, state, verbose,
-     created_at, updated_at, lrs, applied_version, world_size) = row
-    return Job(job_id=job_id, schedule=stored_spec_text(schedule),
-               base_lrs=tuple(float(b) for b in json.loads(base_lrs)),
-               version=int(version), created_version=int(created_version), step=int(step),
-               state=JobState(state), verbose=bool(verbose), created_at=float(created_at),
-               updated_at=float(updated_at),
-               lr=() if lrs is None else tuple(float(x) for x in json.loads(lrs)),
-               applied_version=int(applied_version), world_size=int(world_size))
-
-
-def event_to_row(e: Event) -> tuple[Any, ...]:
-    """Return the ``events`` row of ``e`` after ``job_id`` (:data:`EVENT_COLUMNS`)."""
-    return (e.version, e.op.value, e.value, e.schedule, e.group, e.effective_step, e.actor,
-            e.reason, e.created_at, e.applied_at)
-
-
-def event_from_row(row: Sequence[Any]) -> Event:
-    """Return the event of an ``events`` row in :data:`EVENT_COLUMNS` order.
-
-    A replacement spec stored by an older release is read back in today's canonical text.
-    """
-    version, op, value, schedule, group, effective_step, actor, reason, created, applied = row
-    return Event(version=version, op=Op(op), value=value,
-                 schedule=None if schedule is None else stored_spec_text(schedule),
-                 group=group, effective_step=effective_step, actor=actor, reason=reason,
-                 created_at=created, applied_at=applied)

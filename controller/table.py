@@ -26,7 +26,7 @@ from controller.errors import NotFound
 from controller.jobs import JobEntry
 from controller.plateau import JobPlateau
 from controller.replica import apply_delta
-from controller.store import Change, StoredJob
+from controller.rows import Change, StoredJob
 from controller.store_api import Delta, JobLock, JobStore
 from lrctl.model import check_job_id
 
