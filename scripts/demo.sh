@@ -32,10 +32,20 @@ EOF
 )
 export LRCTL_ADDRESS=127.0.0.1:$grpc_port
 ray_tmp=$(mktemp -d /tmp/lrctl-ray.XXXXXX)  # short: Ray's unix sockets live here
-controller_pid=""
+controller_pid="" ray_pid=""
+# Only what this script started is stopped. The Ray head runs as `ray start --block` in a
+# process group of its own: SIGTERM makes it stop the processes it started, and whatever is
+# left of its group gets SIGKILL. Never `ray stop`: it stops every Ray process on the machine.
+stop_ray() {
+  [ -n "$ray_pid" ] || return 0
+  kill -TERM "$ray_pid" 2>/dev/null || true
+  for _ in $(seq 150); do kill -0 -- "-$ray_pid" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL -- "-$ray_pid" 2>/dev/null || true
+  wait "$ray_pid" 2>/dev/null || true
+}
 cleanup() {
   echo "== stopping everything the demo started"
-  ray stop --force >/dev/null 2>&1 || true
+  stop_ray
   if [ -n "$controller_pid" ]; then kill "$controller_pid" 2>/dev/null || true; wait "$controller_pid" 2>/dev/null || true; fi
   rm -rf "$ray_tmp"
 }
@@ -49,10 +59,31 @@ for _ in $(seq 100); do lrctl job list >/dev/null 2>&1 && break; sleep 0.1; done
 lrctl job list >/dev/null
 
 echo "== 2. a local Ray head on 127.0.0.1"
-ray start --head --node-ip-address 127.0.0.1 --port "$gcs_port" --dashboard-host 127.0.0.1 \
+# No drain on SIGTERM (Ray waits up to 30 s for Serve proxies there; the demo has none).
+RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 setsid ray start --head --block \
+  --node-ip-address 127.0.0.1 --port "$gcs_port" --dashboard-host 127.0.0.1 \
   --dashboard-port "$dash_port" --ray-client-server-port "$client_port" --num-cpus 2 \
-  --disable-usage-stats --temp-dir "$ray_tmp" >"$out/ray-start.log" 2>&1
+  --disable-usage-stats --temp-dir "$ray_tmp" >"$out/ray-start.log" 2>&1 &
+ray_pid=$!
+own_group() { [ "$(ps -o pgid= -p "$ray_pid" | tr -d ' ')" = "$ray_pid" ]; }
+for _ in $(seq 50); do own_group && break; sleep 0.1; done
+own_group || { echo "the Ray head did not get a process group of its own"; exit 1; }
 export RAY_ADDRESS=http://127.0.0.1:$dash_port
+python - "$ray_pid" <<'EOF'
+import os, sys, time, urllib.request
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline:  # the job API answers once the dashboard is up
+    try:
+        os.kill(int(sys.argv[1]), 0)
+    except ProcessLookupError:
+        sys.exit("ray start exited; see ray-start.log")
+    try:
+        urllib.request.urlopen(os.environ["RAY_ADDRESS"] + "/api/version", timeout=2)
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.5)
+sys.exit("Ray's job API did not answer within 120 s; see ray-start.log")
+EOF
 
 echo "== 3. ray job submit examples/train_ddp.py (2 DDP ranks, gloo on CPU)"
 runtime_env=$(printf '{"env_vars": {"LRCTL_ADDRESS": "%s", "LRCTL_JOB": "demo"}}' "$LRCTL_ADDRESS")
