@@ -23,13 +23,17 @@ import sys
 from collections.abc import Sequence
 
 __all__ = [
+    "EXT_ONE",
     "MAX_FLOAT_INT",
+    "Ext",
     "ceil",
     "div",
     "exp",
+    "ext_mul",
     "floor",
     "ldexp",
     "mul_pow",
+    "mul_ratio",
     "power",
     "round_",
     "scale_by_power",
@@ -184,3 +188,23 @@ def scale_by_power(bases: Sequence[float], x: float, n: int) -> list[float]:
     if _TINY <= p < INF:
         return [b * p for b in bases]
     return [mul_pow(b, x, n) for b in bases]
+
+
+Ext = tuple[float, int]
+"""An extended-range float ``m * 2 ** e`` (``math.frexp`` form): never over- or underflows."""
+
+EXT_ONE: Ext = (0.5, 1)
+
+
+def ext_mul(p: Ext, x: float) -> Ext:
+    """``p * x`` for a finite ``x > 0``, renormalized (one rounding, no over/underflow)."""
+    m, e = math.frexp(p[0] * x)
+    return m, p[1] + e
+
+
+def mul_ratio(x: float, num: Ext, den: Ext) -> float:
+    """``x * num / den`` rounded to a float once at the end (``±inf``/0.0 past the range)."""
+    if x == 0.0 or not math.isfinite(x):
+        return x
+    m, e = math.frexp(x * (num[0] / den[0]))
+    return ldexp(m, e + num[1] - den[1])

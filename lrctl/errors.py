@@ -13,7 +13,9 @@ __all__ = [
     "JobIdError",
     "LrctlError",
     "OverrideError",
+    "SizeLimitError",
     "SpecError",
+    "StepLimitError",
 ]
 
 
@@ -27,6 +29,23 @@ class SpecError(LrctlError, ValueError):
 
 class ExpressionError(SpecError):
     """A safe expression (``lr_lambda="0.95 ** epoch"``) is refused or fails to evaluate."""
+
+
+class StepLimitError(SpecError):
+    """A step the program does not evaluate: negative, past its last step, or too far.
+
+    "Too far" means beyond what an evaluation may replay (``LRProgram.lrs``'s
+    ``max_cost``): a recurrence-based schedule asked for a step far ahead of what it has
+    computed. The controller answers INVALID_ARGUMENT (docs/schedules.md, "Bounded
+    evaluation").
+    """
+
+
+class SizeLimitError(SpecError):
+    """An input is larger than a configured limit (spec text, param groups).
+
+    The controller answers RESOURCE_EXHAUSTED, as DESIGN's default limits say.
+    """
 
 
 class OverrideError(LrctlError, ValueError):

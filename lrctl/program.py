@@ -4,6 +4,15 @@
 ``step()``) evaluate. It is immutable: a new event log means a new program, built once per
 version off the training thread, so ``lrs(step)`` costs a bisect and the schedule's closed
 form.
+
+Bounded evaluation (docs/schedules.md): every schedule has a closed form except a few
+recurrences (MultiplicativeLR with an ``lr_lambda`` that is not piecewise constant, a
+ChainedScheduler composing a cosine with other children). Those cost one replayed step per
+step beyond what they have computed, so :meth:`LRProgram.lrs` refuses, with a
+:class:`~lrctl.errors.StepLimitError` and before replaying anything, a step whose
+:meth:`LRProgram.cost` exceeds its ``max_cost``; :meth:`LRProgram.check_step` asks the same
+question without evaluating. Building a program costs O(events) whatever the number of
+param groups; evaluating a step O(groups).
 """
 
 from __future__ import annotations
@@ -11,25 +20,110 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
-from lrctl.errors import SpecError
+from lrctl._numeric import EXT_ONE, Ext, ext_mul, mul_ratio, to_float
+from lrctl.errors import SpecError, StepLimitError
 from lrctl.overrides import Event, Op, applied
-from lrctl.schedules import ReduceLROnPlateau, Schedule, build_schedule
+from lrctl.schedules import MAX_STEP, ReduceLROnPlateau, Schedule, build_schedule
 from lrctl.spec import Spec, parse_spec
 
-__all__ = ["LRProgram", "preview"]
+__all__ = ["DEFAULT_MAX_COST", "LRProgram", "preview"]
+
+#: The replay work :meth:`LRProgram.lrs` accepts by default (:meth:`LRProgram.cost`'s
+#: units, 0.1-0.2 µs each): about 25-50 ms on one core. A closed form costs 0; a
+#: recurrence stepping forward costs one step; a report of a step far ahead of what a
+#: recurrence has computed costs more and is refused. Pass ``max_cost=None`` to evaluate
+#: whatever it costs (a worker resuming at a late step does).
+DEFAULT_MAX_COST = 250_000
 
 
-@dataclass(frozen=True)
-class _Group:
-    """What one param group follows from some step on."""
+class _State(NamedTuple):
+    """What a class of param groups follows since its last own change (see LRProgram)."""
 
     schedule: Schedule
     origin: int  # the step at which `schedule` is at its own step 0
     scale: float = 1.0
     held: float | None = None
-    plateau_lr: float | None = None  # ReduceLROnPlateau level after reductions
+    reductions: int = 0  # ReduceLROnPlateau reductions since `origin`, up to `mark`
+    mark: int = 0  # the job-wide layer's index at this state's last change
+
+
+# A persistent vector: a tuple of tuples of _CHUNK items, so a changed item copies one chunk
+# and the outer tuple (O(32 + n / 32)), not all n items.
+_CHUNK = 32
+_Vec = tuple[tuple[Any, ...], ...]
+
+
+def _vec(items: Sequence[Any]) -> _Vec:
+    return tuple(tuple(items[i:i + _CHUNK]) for i in range(0, len(items), _CHUNK))
+
+
+def _vec_set(vec: _Vec, i: int, value: Any) -> _Vec:
+    k, j = divmod(i, _CHUNK)
+    chunk = list(vec[k]) if k < len(vec) else []
+    if j < len(chunk):
+        chunk[j] = value
+    else:
+        chunk.append(value)
+    out = list(vec)
+    if k < len(out):
+        out[k] = tuple(chunk)
+    else:
+        out.append(tuple(chunk))
+    return tuple(out)
+
+
+def _vec_list(vec: _Vec) -> list[Any]:
+    return [item for chunk in vec for item in chunk]
+
+
+class _Layer:
+    """The job-wide events, in order: O(1) each, whatever the number of group classes.
+
+    Index 0 is the start. ``scales[i]`` is the product of the job-wide scale factors up to
+    event i (extended range), ``plateaus[i]`` the number of job-wide plateau reductions,
+    ``reset[i]`` the index of the last job-wide ``set``/``clear`` (-1 if none) and
+    ``held[i]`` what it held (None for a clear).
+    """
+
+    def __init__(self) -> None:
+        self.scales: list[Ext] = [EXT_ONE]
+        self.plateaus: list[int] = [0]
+        self.reset: list[int] = [-1]
+        self.held: list[float | None] = [None]
+
+    @property
+    def now(self) -> int:
+        return len(self.scales) - 1
+
+    def push(self, *, factor: float = 1.0, plateau: bool = False, reset: bool = False,
+             held: float | None = None) -> int:
+        self.scales.append(ext_mul(self.scales[-1], factor) if factor != 1.0 else self.scales[-1])
+        self.plateaus.append(self.plateaus[-1] + plateau)
+        self.reset.append(len(self.reset) if reset else self.reset[-1])
+        self.held.append(held if reset else None)
+        return self.now
+
+    def effective(self, st: _State, w: int) -> _State:
+        """``st`` with the job-wide events after its mark, up to index ``w``, applied."""
+        if st.mark == w:
+            return st
+        r = self.reset[w]
+        if r > st.mark:  # a job-wide set/clear since: it replaced held and scale
+            held, scale, since = self.held[r], 1.0, r
+        else:
+            held, scale, since = st.held, st.scale, st.mark
+        num, den = self.scales[w], self.scales[since]
+        if num != den:
+            if held is not None:
+                held = mul_ratio(held, num, den)
+            else:
+                scale = mul_ratio(scale, num, den)
+        reductions = st.reductions
+        if isinstance(st.schedule, ReduceLROnPlateau):
+            reductions += self.plateaus[w] - self.plateaus[st.mark]
+        return st._replace(scale=scale, held=held, reductions=reductions, mark=w)
 
 
 class LRProgram:
@@ -38,7 +132,8 @@ class LRProgram:
     Args:
         schedule: The job's initial spec (text, :class:`Spec` or dict form).
         base_lrs: One base LR per param group (torch's ``initial_lr``).
-        events: The job's log; pending events (no ``effective_step``) are ignored.
+        events: The job's log; pending events (no ``effective_step``) are ignored, as are
+            events for a param group the job does not have.
         schedules: Built schedules to reuse, by canonical spec text, filled as it goes. A
             holder that rebuilds its program on every new version passes the same dict
             each time, so recurrence schedules keep their cached checkpoints instead of
@@ -55,64 +150,196 @@ class LRProgram:
         n = len(self.base_lrs)
         built: dict[str, Schedule] = {} if schedules is None else schedules
         self.schedule = _build(schedule, n, built)
-        state = [_Group(self.schedule, 0, plateau_lr=b) for b in self.base_lrs]
+        # Groups no event told apart share a class (one state). Job-wide events go to one
+        # layer (O(1) each); an event for one group gives it a class of its own (O(1) with
+        # persistent vectors). From self._starts[i] on, group g follows
+        # layer.effective(classes[members[g]], w) for self._timeline[i] = (classes,
+        # count, members, w).
+        layer = self._layer = _Layer()
+        zeros = _vec([0] * n)
+        first = _State(self.schedule, 0)
+        classes, count, members = _vec([first]), 1, zeros
+        sizes = [n]
         self._starts: list[int] = [0]
-        self._states: list[tuple[_Group, ...]] = [tuple(state)]
+        self._timeline: list[tuple[_Vec, int, _Vec, int]] = [(classes, count, members, 0)]
+        self._seen: list[tuple[_State, int]] = [(first, 0)]  # every state and its start
         log = applied(events)
         for event in log:
             step = event.effective_step
             if step is None:  # applied() returns only events with a step
                 continue
-            targets = range(n) if event.group is None else [event.group]
-            for g in targets:
-                if g >= n:
-                    continue
-                state[g] = _apply(state[g], event, step, self.base_lrs[g], built, n, g)
+            group, op = event.group, event.op
+            if group is None:
+                if op is Op.SCALE and _positive(event.value):
+                    layer.push(factor=to_float(event.value or 0.0))
+                elif op is Op.PLATEAU_REDUCE:
+                    layer.push(plateau=True)
+                elif op in (Op.SET, Op.CLEAR):
+                    layer.push(reset=True,
+                               held=to_float(event.value or 0.0) if op is Op.SET else None)
+                else:  # a replacement (or an invalid scale): every class, then one class
+                    w = layer.push()
+                    states = [layer.effective(st, w) for st in _vec_list(classes)]
+                    new = [_apply(st, event, step, built, n)._replace(mark=w) for st in states]
+                    if op is Op.REPLACE_SCHEDULE:
+                        classes, count, members, sizes = _vec(new[:1]), 1, zeros, [n]
+                    else:
+                        classes = _vec(new)
+                    self._seen.extend((st, step) for st in new[:count])
+            elif 0 <= group < n:
+                w = layer.now
+                c = members[group // _CHUNK][group % _CHUNK]
+                st = layer.effective(classes[c // _CHUNK][c % _CHUNK], w)
+                new_state = _apply(st, event, step, built, n)._replace(mark=w)
+                if sizes[c] == 1:
+                    classes = _vec_set(classes, c, new_state)
+                else:  # the group leaves its class for a state of its own
+                    sizes[c] -= 1
+                    sizes.append(1)
+                    members = _vec_set(members, group, count)
+                    classes = _vec_set(classes, count, new_state)
+                    count += 1
+                self._seen.append((new_state, step))
+            else:
+                continue
+            entry = (classes, count, members, layer.now)
             if self._starts[-1] == step:
-                self._states[-1] = tuple(state)
+                self._timeline[-1] = entry
             else:
                 self._starts.append(step)
-                self._states.append(tuple(state))
+                self._timeline.append(entry)
         self._simple = not log  # no event applies: the schedule alone
+        self._plateau_levels: dict[tuple[int, float, float], list[float]] = {}
+        self._replays = any(st.schedule.replays for st, _ in self._seen)
+        self._cycles = any(st.schedule.cycles_momentum for st, _ in self._seen)
+        self._max_step = -1  # _last_step() asks check_step(), exactly
+        self._max_step = self._last_step()
+
+    def _states(self, step: int) -> tuple[list[_State], _Vec]:
+        """The classes' effective states at ``step`` and the group -> class vector."""
+        classes, count, members, w = self._timeline[bisect_right(self._starts, step) - 1]
+        layer = self._layer
+        states = [layer.effective(st, w) for st in _vec_list(classes)[:count]]
+        return states, members
 
     @property
     def num_groups(self) -> int:
         return len(self.base_lrs)
 
-    def lrs(self, step: int) -> list[float]:
-        """Return each group's LR after ``step`` calls of ``step()``."""
+    @property
+    def max_step(self) -> int:
+        """The last step of the program's first run of evaluable steps.
+
+        Every step from 0 to ``max_step`` evaluates (cost aside): ``2**63 - 1`` unless a
+        schedule ends earlier (OneCycleLR at ``total_steps``, as torch; a safe expression
+        at epoch 1e15).
+        """
+        return self._max_step
+
+    @property
+    def closed_form(self) -> bool:
+        """True when every step costs O(1): no schedule in the log needs a replay."""
+        return not self._replays
+
+    def cost(self, step: int) -> int:
+        """The replay work :meth:`lrs` would do at ``step`` now (0 for closed forms).
+
+        Units: one float update, about 0.1-0.2 µs (see :data:`DEFAULT_MAX_COST`). Cheap:
+        nothing is evaluated. It changes as evaluations fill the recurrences' caches.
+        """
+        if not self._replays or step < 0:
+            return 0
+        total = 0
+        seen: set[tuple[int, int]] = set()
+        for st in self._states(step)[0]:
+            key = (id(st.schedule), st.origin)
+            if st.held is None and st.schedule.replays and key not in seen:
+                seen.add(key)
+                total += st.schedule.cost(step - st.origin, self.base_lrs)
+        return total
+
+    def check_step(self, step: int, max_cost: int | None = DEFAULT_MAX_COST) -> None:
+        """Raise :class:`StepLimitError` unless :meth:`lrs` evaluates ``step``.
+
+        The controller's question before evaluating a reported step: an integer from 0 to
+        ``2**63 - 1`` that the program's schedules are defined at (OneCycleLR ends at
+        ``total_steps``), and whose :meth:`cost` is at most ``max_cost`` (None: no limit).
+        Nothing is evaluated.
+        """
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise StepLimitError(f"expected an integer step, got {type(step).__name__} "
+                                 f"{_short(repr(step))}")
+        if not 0 <= step <= MAX_STEP:
+            raise StepLimitError(f"expected a step from 0 to 2**63 - 1, got {_short(str(step))}")
+        if step > self._max_step:
+            for st in self._states(step)[0]:
+                last = st.schedule.max_step()
+                if (st.held is None and not isinstance(st.schedule, ReduceLROnPlateau)
+                        and last is not None and step - st.origin > last):
+                    raise StepLimitError(st.schedule.past_end(step - st.origin))
+        if max_cost is not None and self._replays:
+            cost = self.cost(step)
+            if cost > max_cost:
+                raise StepLimitError(
+                    f"step {step} is too far beyond what this job's recurrence has computed "
+                    f"(evaluating it would replay work {cost} > {max_cost}, about "
+                    f"{cost * 0.15e-6:.1f} s); expected a step near the job's progress")
+
+    def lrs(self, step: int, *, max_cost: int | None = DEFAULT_MAX_COST) -> list[float]:
+        """Return each group's LR after ``step`` calls of ``step()``.
+
+        Args:
+            step: 0 for the LR at construction.
+            max_cost: The most replay work to accept (:meth:`cost`); None for no limit.
+
+        Raises:
+            StepLimitError: see :meth:`check_step`.
+            ExpressionError: a safe expression fails at this step (division by zero...).
+        """
+        self.check_step(step, max_cost)
         if self._simple:
             return self.schedule.lrs(step, self.base_lrs)
-        states = self._states[bisect_right(self._starts, step) - 1]
+        states, members = self._states(step)
+        values: list[list[float] | None] = [None] * len(states)
+        shared: dict[tuple[int, int], list[float]] = {}  # one evaluation per schedule, origin
+        for c, st in enumerate(states):
+            if st.held is None and not isinstance(st.schedule, ReduceLROnPlateau):
+                key = (id(st.schedule), st.origin)
+                vals = shared.get(key)
+                if vals is None:
+                    vals = shared[key] = st.schedule.lrs(step - st.origin, self.base_lrs)
+                values[c] = vals
         out = []
-        cache: dict[tuple[int, int], list[float]] = {}
-        for g, st in enumerate(states):
-            if st.held is not None:
-                out.append(st.held)
-                continue
-            if st.plateau_lr is not None and isinstance(st.schedule, ReduceLROnPlateau):
-                out.append(st.plateau_lr * st.scale)
-                continue
-            key = (id(st.schedule), st.origin)
-            if key not in cache:
-                cache[key] = st.schedule.lrs(step - st.origin, self.base_lrs)
-            out.append(cache[key][g] * st.scale)
+        g = 0
+        for chunk in members:
+            for c in chunk:
+                st = states[c]
+                if st.held is not None:
+                    out.append(st.held)
+                else:
+                    vals = values[c]
+                    if vals is None:  # ReduceLROnPlateau: the reduced level
+                        out.append(self._plateau_level(st, g) * st.scale)
+                    else:
+                        out.append(vals[g] * st.scale)
+                g += 1
         return out
 
     def momenta(self, step: int) -> list[float] | None:
         """Return each group's momentum/beta1 at ``step``, or None if nothing cycles it.
 
-        A group whose schedule does not cycle momentum gets None in the list.
+        A group whose schedule does not cycle momentum gets NaN in the list.
         """
         if self._simple:
             return self.schedule.momenta(step)
-        states = self._states[bisect_right(self._starts, step) - 1]
+        states, members = self._states(step)
         if not any(st.schedule.cycles_momentum for st in states):
             return None
         out: list[float] = []
-        for g, st in enumerate(states):
+        for g, c in enumerate(_vec_list(members)):
+            st = states[c]
             m = st.schedule.momenta(step - st.origin)
-            out.append(float("nan") if m is None else m[g])
+            out.append(math.nan if m is None else m[g])
         return out
 
     def rows(self, steps: int) -> list[list[float]]:
@@ -121,27 +348,63 @@ class LRProgram:
 
     @property
     def cycles_momentum(self) -> bool:
-        return any(st.schedule.cycles_momentum for states in self._states for st in states)
+        return self._cycles
+
+    def _plateau_level(self, st: _State, group: int) -> float:
+        """ReduceLROnPlateau's LR after ``st.reductions`` reductions, as torch applies them."""
+        plateau = st.schedule
+        if not isinstance(plateau, ReduceLROnPlateau):  # pragma: no cover - callers check
+            raise TypeError(type(plateau).__name__)
+        base = self.base_lrs[group]
+        # Groups with the same base and min_lr share the sequence of levels.
+        key = (id(plateau), base, plateau.min_lrs[group])
+        levels = self._plateau_levels.get(key)
+        if levels is None:
+            levels = self._plateau_levels[key] = [base]
+        while len(levels) <= st.reductions:
+            old = levels[-1]
+            new = plateau.reduce_one(old, group)
+            if new == old:  # torch's rule never moves it again: stop here
+                return old
+            levels.append(new)
+        return levels[st.reductions]
+
+    def _last_step(self) -> int:
+        """Every step up to this one evaluates (see :attr:`max_step`).
+
+        A state whose schedule ends (OneCycleLR) limits the program from its end on, unless
+        a later event replaced or held it first: each such candidate step is checked
+        exactly, the first 64 of them (past those, the answer stays conservative).
+        """
+        candidates = sorted({max(start, st.origin + last + 1) for st, start in self._seen
+                             if (last := st.schedule.max_step()) is not None
+                             and not isinstance(st.schedule, ReduceLROnPlateau)})
+        for checked, step in enumerate(c for c in candidates if c <= MAX_STEP):
+            if checked == 64:
+                return step - 1
+            try:
+                self.check_step(step, None)
+            except StepLimitError:
+                return step - 1
+        return MAX_STEP
 
 
-def _apply(st: _Group, event: Event, step: int, base: float, built: dict[str, Schedule],
-           num_groups: int, group: int) -> _Group:
+def _apply(st: _State, event: Event, step: int, built: dict[str, Schedule],
+           num_groups: int) -> _State:
     if event.op is Op.SCALE:
-        factor = float(event.value or 0.0)
+        factor = to_float(event.value or 0.0)
         if st.held is not None:
-            return replace(st, held=st.held * factor)
-        return replace(st, scale=st.scale * factor)
+            return st._replace(held=st.held * factor)
+        return st._replace(scale=st.scale * factor)
     if event.op is Op.SET:
-        return replace(st, held=float(event.value or 0.0), scale=1.0)
+        return st._replace(held=to_float(event.value or 0.0), scale=1.0)
     if event.op is Op.CLEAR:
-        return replace(st, held=None, scale=1.0)
+        return st._replace(held=None, scale=1.0)
     if event.op is Op.REPLACE_SCHEDULE:
-        text = event.schedule or ""
-        return _Group(_build(text, num_groups, built), step, plateau_lr=base)
+        return _State(_build(event.schedule or "", num_groups, built), step)
     if event.op is Op.PLATEAU_REDUCE:
-        if isinstance(st.schedule, ReduceLROnPlateau) and st.plateau_lr is not None:
-            lrs = [st.plateau_lr] * num_groups
-            return replace(st, plateau_lr=st.schedule.reduce(lrs, group)[group])
+        if isinstance(st.schedule, ReduceLROnPlateau):
+            return st._replace(reductions=st.reductions + 1)
         return st
     raise SpecError(f"unknown event op {event.op!r}")  # pragma: no cover
 
@@ -155,16 +418,31 @@ def _build(spec: str | Spec, num_groups: int, built: dict[str, Schedule]) -> Sch
     return schedule
 
 
+def _positive(value: float | None) -> bool:
+    """A scale factor the job-wide layer takes: finite and > 0 (anything else is applied
+    to every class, as it always was)."""
+    return value is not None and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _short(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _check_base_lrs(base_lrs: Sequence[float]) -> list[float]:
     if isinstance(base_lrs, (str, bytes)) or not isinstance(base_lrs, Sequence):
-        raise SpecError(f"base_lrs must be a list of numbers, got {base_lrs!r}")
+        raise SpecError(f"base_lrs must be a list of numbers, got {_short(repr(base_lrs))}")
     if not base_lrs:
         raise SpecError("expected at least one base LR (one per param group), got none")
     out = []
     for i, b in enumerate(base_lrs):
-        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
-            raise SpecError(f"base_lrs[{i}] must be a finite number >= 0, got {b!r}")
-        out.append(float(b))
+        if isinstance(b, bool) or not isinstance(b, (int, float)):
+            raise SpecError(f"base_lrs[{i}] must be a finite number >= 0, got "
+                            f"{_short(repr(b))}")
+        value = to_float(b)
+        if not math.isfinite(value) or value < 0:
+            raise SpecError(f"base_lrs[{i}] must be a finite number >= 0, got "
+                            f"{_short(repr(b))}")
+        out.append(value)
     return out
 
 
@@ -176,10 +454,10 @@ def preview(schedule: str | Spec, base_lrs: Sequence[float], steps: int) -> list
             ends before (OneCycleLR's ``total_steps``).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1_000_000:
-        raise SpecError(f"steps must be an integer from 1 to 1000000, got {steps!r}")
+        raise SpecError(f"steps must be an integer from 1 to 1000000, got {_short(repr(steps))}")
     program = LRProgram(schedule, base_lrs)
-    last = program.schedule.max_step()
-    if last is not None and steps - 1 > last:
-        raise SpecError(f"{program.schedule.name} is defined for steps 0..{last} "
-                        f"(total_steps={last}); asked for {steps} rows")
+    last = program.max_step
+    if steps - 1 > last:
+        raise StepLimitError(f"{program.schedule.name} is defined for steps 0..{last} "
+                             f"(total_steps={last}); asked for {steps} rows")
     return program.rows(steps)

@@ -194,7 +194,7 @@ class RemoteLRScheduler(LRScheduler):
 
     def get_lr(self) -> list[float | torch.Tensor]:
         """Return the LR of every group at ``last_epoch`` (closed form; no side effects)."""
-        return list(self._program.lrs(self.last_epoch))
+        return list(self._program.lrs(self.last_epoch, max_cost=None))
 
     def get_last_lr(self) -> list[float | torch.Tensor]:
         """Return the LRs the last :meth:`step` wrote (a tensor LR as a copy, as torch)."""
@@ -239,7 +239,7 @@ class RemoteLRScheduler(LRScheduler):
         version = max(self._applied_version, int(state_dict.get("applied_version", 0)))
         self._switch(held, min(version, held.version), self.last_epoch + 1, provisional=True)
         # Put the step's LRs in param_groups, as the run that saved the checkpoint had them.
-        self._values = self._program.lrs(self.last_epoch)
+        self._values = self._program.lrs(self.last_epoch, max_cost=None)  # resume: any step
         _write_lrs(self.optimizer.param_groups, self._values)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -491,7 +491,9 @@ class _ProgramRows:
         self._lrs = program.lrs
 
     def __call__(self, step: int, base_lrs: Sequence[float]) -> list[float]:
-        return self._lrs(step)
+        # No replay budget: a training loop steps forward (one replayed step each), and a
+        # resume at a late step must get its LRs whatever the replay costs.
+        return self._lrs(step, max_cost=None)
 
 
 def _write_lrs(groups: Sequence[dict[str, Any]], lrs: Sequence[float]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, cast
@@ -32,14 +33,46 @@ class Failure(Exception):
 
 
 class _Compiled:
-    """One compiled node: its closure, and its value when it is a constant."""
+    """One compiled node: its closure, its value when it is a constant, and its pieces.
 
-    __slots__ = ("constant", "fn", "value")
+    ``thresholds`` is None when the node's value depends on ``epoch`` other than through
+    comparisons of ``epoch`` with constants; otherwise it is the set of those constants,
+    and the value is constant on every interval between them (empty for a constant).
+    """
 
-    def __init__(self, fn: Fn, constant: bool = False, value: float = 0.0) -> None:
+    __slots__ = ("constant", "fn", "is_epoch", "thresholds", "value")
+
+    def __init__(self, fn: Fn, constant: bool = False, value: float = 0.0, *,
+                 thresholds: frozenset[float] | None = frozenset(),
+                 is_epoch: bool = False) -> None:
         self.fn = fn
         self.constant = constant
         self.value = value
+        self.thresholds = thresholds
+        self.is_epoch = is_epoch
+
+
+def _pieces(node: ast.expr, parts: list[_Compiled]) -> frozenset[float] | None:
+    """The thresholds of a node whose parts are compiled (see :class:`_Compiled`)."""
+    found: set[float] = set()
+    if isinstance(node, ast.Compare):
+        for a, b in itertools.pairwise(parts):
+            if a.is_epoch and b.is_epoch:
+                return None
+            if a.is_epoch or b.is_epoch:
+                other = b if a.is_epoch else a
+                if not other.constant:
+                    return None
+                found.add(other.value)
+    for p in parts:
+        if p.is_epoch:
+            if isinstance(node, ast.Compare):
+                continue
+            return None
+        if p.thresholds is None:
+            return None
+        found |= p.thresholds
+    return frozenset(found)
 
 
 def _describe(exc: Exception, detail: str) -> str:
@@ -104,7 +137,7 @@ class Compiler:
             return _Compiled(lambda x: value, True, value)
         if isinstance(node, ast.Name):
             if node.id in VARIABLES:
-                return _Compiled(_identity)
+                return _Compiled(_identity, thresholds=None, is_epoch=True)
             const = CONSTANTS[node.id]
             return _Compiled(lambda x: const, True, const)
         if isinstance(node, ast.BinOp):
@@ -133,7 +166,7 @@ class Compiler:
             raise AssertionError(type(node).__name__)
         if all(p.constant for p in parts):
             return self.fold(node, fn, parts)
-        return _Compiled(fn)
+        return _Compiled(fn, thresholds=_pieces(node, parts))
 
     def binop(self, node: ast.BinOp, left: Fn, right: Fn) -> Fn:
         symbol, op = BINOPS[type(node.op)]

@@ -24,7 +24,7 @@ from lrctl.expressions._validate import Validator, parse
 __all__ = ["Expression", "compile_expression"]
 
 
-def _translate(text: str) -> Fn:
+def _translate(text: str) -> tuple[Fn, tuple[float, ...] | None]:
     if len(text) > MAX_EXPRESSION_LENGTH:
         fail(f"expression too long; expected at most {MAX_EXPRESSION_LENGTH} characters, "
               f"got {len(text)}: {shorten(text)!r}")
@@ -33,7 +33,9 @@ def _translate(text: str) -> Fn:
     tree = parse(text)
     source = Source(text)
     Validator(source).run(tree)
-    return Compiler(source).build(tree.body).fn
+    compiled = Compiler(source).build(tree.body)
+    pieces = compiled.thresholds
+    return compiled.fn, None if pieces is None else tuple(sorted(pieces))
 
 
 def _coerce_epoch(epoch: object) -> float:
@@ -62,23 +64,37 @@ class Expression:
 
     # "__dict__" stays empty: torch's LambdaLR.state_dict() saves ``fn.__dict__`` of
     # callable objects, and this keeps that a harmless ``{}``.
-    __slots__ = ("__dict__", "_fn", "_text")
+    __slots__ = ("__dict__", "_fn", "_text", "_thresholds")
 
     _fn: Fn
     _text: str
+    _thresholds: tuple[float, ...] | None
 
     def __init__(self, text: str) -> None:
         if not isinstance(text, str):
             fail(f"expected an expression string such as '0.95 ** epoch', "
                   f"got {type(text).__name__} {text!r}")
         text = text.strip()
-        object.__setattr__(self, "_fn", _translate(text))
+        fn, thresholds = _translate(text)
+        object.__setattr__(self, "_fn", fn)
         object.__setattr__(self, "_text", text)
+        object.__setattr__(self, "_thresholds", thresholds)
 
     @property
     def text(self) -> str:
         """The expression's text, as given but with surrounding whitespace stripped."""
         return self._text
+
+    @property
+    def thresholds(self) -> tuple[float, ...] | None:
+        """Where a piecewise-constant expression may change value, or None.
+
+        ``()`` for a constant (``"0.99"``), ``(100,)`` for ``"0.999 if epoch < 100 else
+        0.99"``: the value is constant between consecutive thresholds, because ``epoch``
+        is only ever compared with constants. None when ``epoch`` enters the value any
+        other way (``"1 - 0.0005 * (epoch % 7)"``). MultiplicativeLR's closed form uses it.
+        """
+        return self._thresholds
 
     def __call__(self, epoch: int | float) -> float:
         """Evaluate the expression.

@@ -5,6 +5,9 @@ what torch's ``get_last_lr()`` returns after ``t`` calls of ``step()``.
 """
 
 from lrctl.schedules._base import (
+    EXPRESSION_MAX_STEP,
+    MAX_STEP,
+    REPLAY_STEP_OVERHEAD,
     SCHEDULES,
     Schedule,
     build_schedule,
@@ -33,6 +36,9 @@ from lrctl.schedules._plateau import PlateauTracker, ReduceLROnPlateau
 from lrctl.schedules._warmup import InverseSqrtLR, WarmupCosineLR, WarmupStableDecayLR
 
 __all__ = [
+    "EXPRESSION_MAX_STEP",
+    "MAX_STEP",
+    "REPLAY_STEP_OVERHEAD",
     "SCHEDULES",
     "ChainedScheduler",
     "ConstantLR",

@@ -15,11 +15,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from lrctl._numeric import to_float
 from lrctl.errors import SpecError
 from lrctl.spec import Spec, SpecValue, parse_spec
 
-__all__ = ["SCHEDULES", "Schedule", "build_schedule", "canonical_spec", "register",
-           "stored_spec_text"]
+__all__ = ["EXPRESSION_MAX_STEP", "MAX_STEP", "REPLAY_STEP_OVERHEAD", "SCHEDULES", "Schedule",
+           "build_schedule", "canonical_spec", "register", "stored_spec_text"]
+
+#: The largest step (and integer argument) lrctl handles: int64's maximum, as steps travel
+#: on the wire. Larger steps are a :class:`~lrctl.errors.StepLimitError`.
+MAX_STEP = 9_223_372_036_854_775_807  # 2**63 - 1
+#: The last step of a schedule driven by a safe expression: its largest ``epoch`` (1e15).
+EXPRESSION_MAX_STEP = 1_000_000_000_000_000  # 10**15
+#: What one replayed recurrence step costs beyond its per-group updates, in those units.
+REPLAY_STEP_OVERHEAD = 16
 
 SCHEDULES: dict[str, type[Schedule]] = {}
 """Scheduler name -> implementing class."""
@@ -43,6 +52,14 @@ class Schedule(ABC):
     name: ClassVar[str]
     #: True for torch's chainable (multiplicative, recursive) schedulers.
     chainable: ClassVar[bool] = False
+    #: True when :meth:`step_lrs` multiplies the current LR by a ratio and
+    #: ``lrs(t, base_lrs)`` is ``base_lrs * factor(t)`` (ChainedScheduler composes those).
+    multiplicative: ClassVar[bool] = False
+
+    @classmethod
+    def overwrites(cls) -> bool:
+        """Whether :meth:`step_lrs` ignores the current LR (torch's closed-form get_lr)."""
+        return cls.step_lrs is Schedule.step_lrs
 
     def __init__(self, spec: Spec, num_groups: int) -> None:
         self.num_groups = num_groups
@@ -76,8 +93,31 @@ class Schedule(ABC):
         return False
 
     def max_step(self) -> int | None:
-        """Return the last valid step, or None if the schedule is unbounded."""
+        """Return the last step this schedule evaluates, or None if it has no end.
+
+        OneCycleLR ends at ``total_steps`` (torch raises past it); a schedule driven by a
+        safe expression at :data:`lrctl.expressions.MAX_MAGNITUDE` (its largest epoch).
+        """
         return None
+
+    def past_end(self, step: int) -> str:
+        """The message for a ``step`` past :meth:`max_step`."""
+        return (f"{self.name} is defined for steps 0..{self.max_step()} (the largest epoch of "
+                f"its safe expression), got step {step}")
+
+    @property
+    def replays(self) -> bool:
+        """Whether some step may need a replay (a recurrence without a closed form)."""
+        return False
+
+    def cost(self, step: int, base_lrs: Sequence[float]) -> int:
+        """Return the work :meth:`lrs` would do at ``step`` now, beyond a closed form.
+
+        0 for closed forms. For a recurrence: the steps it must replay from the nearest
+        value it holds, times (the param groups it updates + :data:`REPLAY_STEP_OVERHEAD`),
+        i.e. about one unit per float update; a unit costs 0.1-0.2 µs.
+        """
+        return 0
 
     # -- helpers for subclasses -------------------------------------------------------------
 
@@ -87,16 +127,18 @@ class Schedule(ABC):
     def _int(self, key: str, value: Any, *, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise self._fail(f"{key} must be {what}, got {value!r}")
+            raise self._fail(f"{key} must be {what}, got {_short(repr(value))}")
+        if value > MAX_STEP:
+            raise self._fail(f"{key} must be at most 2**63 - 1, got {_short(repr(value))}")
         return value
 
     def _float(self, key: str, value: Any, *, minimum: float | None = 0.0,
                maximum: float | None = None, strict_min: bool = False) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self._fail(f"{key} must be a number, got {value!r}")
-        v = float(value)
+        v = to_float(value)
         if not math.isfinite(v):
-            raise self._fail(f"{key} must be finite, got {value!r}")
+            raise self._fail(f"{key} must be finite, got {_short(repr(value))}")
         low_bad = minimum is not None and (v <= minimum if strict_min else v < minimum)
         high_bad = maximum is not None and v > maximum
         if low_bad or high_bad:
@@ -125,6 +167,11 @@ class Schedule(ABC):
                                  f"got {len(value)}")
             return [convert(f"{key}[{i}]", v) for i, v in enumerate(value)]
         return [convert(key, value)] * self.num_groups
+
+
+def _short(text: str, limit: int = 64) -> str:
+    """At most ``limit`` characters of ``text`` for a message (input can be huge)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _contains_spec(value: Any) -> bool:

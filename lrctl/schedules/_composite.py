@@ -6,7 +6,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
-from lrctl.schedules._base import Schedule, child_schedules, register
+from lrctl.schedules._base import REPLAY_STEP_OVERHEAD, Schedule, child_schedules, register
 from lrctl.schedules._recurrence import Recurrence
 
 __all__ = ["ChainedScheduler", "SequentialLR"]
@@ -67,6 +67,24 @@ class SequentialLR(Schedule):
         return self.children[i].lrs(local, base_lrs)
 
     @property
+    def replays(self) -> bool:
+        return any(c.replays for c in self.children)
+
+    def cost(self, step: int, base_lrs: Sequence[float]) -> int:
+        i, local = self._active(step)
+        return self.children[i].cost(local, base_lrs)
+
+    def max_step(self) -> int | None:
+        # The first step at which the active child is past its own end.
+        starts = [0, *self.milestones]
+        ends = [*self.milestones, None]
+        for child, start, end in zip(self.children, starts, ends):
+            last = child.max_step()
+            if last is not None and (end is None or start + last < end - 1):
+                return start + last
+        return None
+
+    @property
     def cycles_momentum(self) -> bool:
         return any(c.cycles_momentum for c in self.children)
 
@@ -90,31 +108,79 @@ class SequentialLR(Schedule):
 class ChainedScheduler(Schedule):
     r"""Step every scheduler each step, in order, as torch's ChainedScheduler does.
 
-    Chainable children multiply the current LR, closed-form ones overwrite it. The result
-    is torch's recursion, evaluated with cached checkpoints (:class:`Recurrence`).
+    Chainable children multiply the current LR, closed-form ones overwrite it. The result is
+    torch's recursion, which has a closed form in two cases:
+
+    * a child overwrites the LR (LambdaLR, CyclicLR, CosineAnnealingWarmRestarts, ...): the
+      last such child's value at ``t``, passed through the children after it for step ``t``
+      only;
+    * every child multiplies (StepLR, MultiStepLR, ConstantLR, LinearLR, ExponentialLR,
+      PolynomialLR, a MultiplicativeLR with a closed form): the base LR times each child's
+      factor at ``t``.
+
+    Otherwise (a CosineAnnealingLR composed with other children, a MultiplicativeLR without
+    a closed form) torch's recursion runs with cached checkpoints (:class:`Recurrence`).
     """
 
     name = "ChainedScheduler"
 
     def setup(self, schedulers: Any) -> None:
         self.children = _children(self.name, schedulers, self.num_groups)
-        self._cache: dict[tuple[float, ...], Recurrence[list[float]]] = {}
+        self._cache: dict[tuple[float, ...], Recurrence] = {}
+        overwriting = [i for i, c in enumerate(self.children) if c.overwrites()]
+        if overwriting:
+            self._mode = "tail"
+            self._head = overwriting[-1]
+        elif (all(c.multiplicative and not c.replays for c in self.children)
+              and sum(c.name == "MultiplicativeLR" for c in self.children) <= 1):
+            self._mode = "product"
+            # The MultiplicativeLR (if any) first: its closed form caches per base LR.
+            self._order = sorted(self.children, key=lambda c: c.name != "MultiplicativeLR")
+        else:
+            self._mode = "recurrence"
+
+    @property
+    def replays(self) -> bool:
+        return self._mode == "recurrence"
+
+    def max_step(self) -> int | None:
+        ends = [m for c in self.children if (m := c.max_step()) is not None]
+        return min(ends) if ends else None
 
     def _advance(self, step: int, lrs: list[float], base: Sequence[float]) -> list[float]:
         for child in self.children:
             lrs = child.step_lrs(step, lrs, base)
         return lrs
 
-    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+    def _recurrence(self, base_lrs: Sequence[float]) -> Recurrence:
         key = tuple(base_lrs)
         rec = self._cache.get(key)
         if rec is None:
-            if len(self._cache) > 64:  # bounded: base LRs rarely change
+            if len(self._cache) >= 4:  # bounded: a job's base LRs do not change
                 self._cache.clear()
-            rec = Recurrence(self._advance(0, list(key), key),
-                             lambda t, prev: self._advance(t, prev, key))
+            rec = Recurrence(tuple(self._advance(0, list(key), key)),
+                             lambda t, prev: tuple(self._advance(t, list(prev), key)))
             self._cache[key] = rec
-        return list(rec.at(step))
+        return rec
+
+    def cost(self, step: int, base_lrs: Sequence[float]) -> int:
+        if self._mode != "recurrence":
+            return 0
+        steps = self._recurrence(base_lrs).cost(step)
+        return steps * (self.num_groups + REPLAY_STEP_OVERHEAD) if steps else 0
+
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        if self._mode == "tail":
+            lrs = self.children[self._head].lrs(step, base_lrs)
+            for child in self.children[self._head + 1:]:
+                lrs = child.step_lrs(step, lrs, base_lrs)
+            return lrs
+        if self._mode == "product":
+            lrs = list(base_lrs)
+            for child in self._order:
+                lrs = child.lrs(step, lrs)
+            return lrs
+        return list(self._recurrence(base_lrs).at(step))
 
     @property
     def cycles_momentum(self) -> bool:

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from lrctl._numeric import div, power
-from lrctl.errors import SpecError
+from lrctl.errors import StepLimitError
 from lrctl.expressions import Expression, compile_expression
-from lrctl.schedules._base import Schedule, register
+from lrctl.schedules._base import EXPRESSION_MAX_STEP, Schedule, register
 
 __all__ = ["CosineAnnealingLR", "CosineAnnealingWarmRestarts", "CyclicLR", "OneCycleLR"]
 
@@ -151,6 +151,9 @@ class CyclicLR(_MomentumCycling):
             self.scale_mode = "iterations" if self.mode == "exp_range" else "cycle"
         self._momentum_args(cycle_momentum, base_momentum, max_momentum)
 
+    def max_step(self) -> int | None:
+        return EXPRESSION_MAX_STEP if self.scale_fn is not None else None
+
     def _scale(self, x: float) -> float:
         if self.scale_fn is not None:
             return self.scale_fn(x)
@@ -238,6 +241,10 @@ class OneCycleLR(_MomentumCycling):
     def max_step(self) -> int | None:
         return self.total_steps
 
+    def past_end(self, step: int) -> str:
+        return (f"Tried to step {step} times. The specified number of total steps is "
+                f"{self.total_steps}")
+
     def _anneal(self, start: float, end: float, pct: float) -> float:
         if self.anneal == "cos":
             return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
@@ -245,8 +252,7 @@ class OneCycleLR(_MomentumCycling):
 
     def _where(self, step: int) -> tuple[tuple[float, int, int, int, int], float]:
         if step > self.total_steps:
-            raise SpecError(f"Tried to step {step} times. The specified number of total steps "
-                            f"is {self.total_steps}")
+            raise StepLimitError(self.past_end(step))
         start = 0.0
         for i, phase in enumerate(self.phases):
             if step <= phase[0] or i == len(self.phases) - 1:

@@ -11,14 +11,20 @@ recursion gives, ``inf`` or 0.0, never ``OverflowError`` (:mod:`lrctl._numeric`)
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from lrctl._numeric import div, power, scale_by_power
+from lrctl._numeric import div, mul_pow, power, scale_by_power
 from lrctl.expressions import Expression, compile_expression
-from lrctl.schedules._base import Schedule, register
+from lrctl.schedules._base import (
+    EXPRESSION_MAX_STEP,
+    REPLAY_STEP_OVERHEAD,
+    Schedule,
+    register,
+)
 from lrctl.schedules._recurrence import Recurrence
 
 __all__ = [
@@ -70,6 +76,9 @@ class LambdaLR(_Lambdas):
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
         return [b * f(step) for b, f in zip(base_lrs, self.fns)]
 
+    def max_step(self) -> int | None:
+        return EXPRESSION_MAX_STEP
+
 
 @register
 class MultiplicativeLR(_Lambdas):
@@ -77,46 +86,69 @@ class MultiplicativeLR(_Lambdas):
 
     .. math:: \eta_t = \eta_0 \prod_{u=1}^{t} f(u)
 
-    Evaluated as torch does, ``lr_t = lr_{t-1} * f(t)`` per group, so a value that leaves
-    the float range turns ``inf`` or 0.0 at the very step torch's does and stays there. The
-    running values are cached (:class:`Recurrence`), so any step costs at most a few
-    hundred lambda calls after the first visit.
+    An ``lr_lambda`` that is piecewise constant in ``epoch`` (a constant such as ``'0.99'``,
+    or ``'0.999 if epoch < 100 else 0.99'``: ``epoch`` only compared with constants) has a
+    closed form, one power per piece; any step costs O(pieces) at most. Any other
+    ``lr_lambda`` runs torch's recursion per group, cached (:class:`Recurrence`): one call
+    per step stepping forward, at most a few hundred for a step already passed, and
+    :meth:`cost` says what a step further ahead would take. Either way a value that leaves
+    the float range turns ``inf`` or 0.0 at torch's step and stays there.
     """
 
     name = "MultiplicativeLR"
     chainable = True
+    multiplicative = True
 
     def setup(self, lr_lambda: Any) -> None:
         self.fns = self._lambdas(lr_lambda)
-        self._cache: dict[tuple[float, ...], Recurrence[tuple[float, ...]]] = {}
+        self._pieces = {f: _Pieces(f) for f in dict.fromkeys(self.fns)
+                        if f.thresholds is not None}
+        # Groups whose lr_lambda has no closed form: they share one recurrence.
+        self._replayed = [g for g, f in enumerate(self.fns) if f not in self._pieces]
+        self._cache: dict[tuple[float, ...], Recurrence] = {}
 
-    def _advance(self) -> Callable[[int, tuple[float, ...]], tuple[float, ...]]:
-        fns = self.fns
-        distinct = list(dict.fromkeys(fns))
-        if len(distinct) == 1:
-            (f,) = distinct
+    @property
+    def replays(self) -> bool:
+        return bool(self._replayed)
 
-            def advance_one(t: int, prev: tuple[float, ...]) -> tuple[float, ...]:
-                v = f(t)
-                return tuple([lr * v for lr in prev])
+    def max_step(self) -> int | None:
+        return EXPRESSION_MAX_STEP
 
-            return advance_one
-        index = [distinct.index(f) for f in fns]
-
-        def advance(t: int, prev: tuple[float, ...]) -> tuple[float, ...]:
-            values = [f(t) for f in distinct]
-            return tuple([lr * values[i] for lr, i in zip(prev, index)])
-
-        return advance
-
-    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
-        key = tuple(base_lrs)
+    def _recurrence(self, base_lrs: Sequence[float]) -> Recurrence:
+        key = tuple(base_lrs[g] for g in self._replayed)
         rec = self._cache.get(key)
         if rec is None:
-            if len(self._cache) > 64:  # bounded: base LRs rarely change
+            if len(self._cache) >= 4:  # bounded: a job's base LRs do not change
                 self._cache.clear()
-            rec = self._cache[key] = Recurrence(key, self._advance())
-        return list(rec.at(step))
+            fns = [self.fns[g] for g in self._replayed]
+            distinct = list(dict.fromkeys(fns))
+            index = [distinct.index(f) for f in fns]
+
+            def advance(t: int, prev: tuple[float, ...]) -> tuple[float, ...]:
+                values = [f(t) for f in distinct]
+                return tuple([lr * values[i] for lr, i in zip(prev, index)])
+
+            rec = self._cache[key] = Recurrence(key, advance)
+        return rec
+
+    def cost(self, step: int, base_lrs: Sequence[float]) -> int:
+        if not self._replayed:
+            return 0
+        steps = self._recurrence(base_lrs).cost(step)
+        return steps * (len(self._replayed) + REPLAY_STEP_OVERHEAD) if steps else 0
+
+    def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        out = list(base_lrs)
+        if step == 0:
+            return out
+        for f, pieces in self._pieces.items():
+            groups = [g for g, h in enumerate(self.fns) if h is f]
+            for g, lr in zip(groups, pieces.lrs(step, [base_lrs[g] for g in groups])):
+                out[g] = lr
+        if self._replayed:
+            for g, lr in zip(self._replayed, self._recurrence(base_lrs).at(step)):
+                out[g] = lr
+        return out
 
     def step_lrs(self, step: int, lrs: Sequence[float], base_lrs: Sequence[float]) -> list[float]:
         if step == 0:
@@ -124,10 +156,54 @@ class MultiplicativeLR(_Lambdas):
         return [lr * f(step) for lr, f in zip(lrs, self.fns)]
 
 
+class _Pieces:
+    """MultiplicativeLR's closed form for a piecewise-constant ``lr_lambda`` ``f``.
+
+    Between consecutive change points ``s_j <= t < s_{j+1}`` (integers next to the
+    constants ``epoch`` is compared with) ``f(t) = c_j``, so torch's recursion is
+    ``lr_t = lr_{s_j - 1} * c_j ** (t - s_j + 1)``: one :func:`mul_pow` per piece, each
+    rounded once, so an LR that left the float range stays ``inf``/0.0 in later pieces as
+    torch's does.
+    """
+
+    def __init__(self, fn: Expression) -> None:
+        self.fn = fn
+        points: set[int] = set()
+        for c in fn.thresholds or ():
+            for p in (math.floor(c), math.floor(c) + 1, math.ceil(c), math.ceil(c) + 1):
+                if 1 < p <= EXPRESSION_MAX_STEP:
+                    points.add(p)
+        self.starts = [1, *sorted(points)]
+        self._values: list[float] = []  # f at each start, filled as needed
+        self._before: dict[float, list[float]] = {}  # base -> lr at s_j - 1, as needed
+
+    def _value(self, j: int) -> float:
+        while len(self._values) <= j:
+            self._values.append(self.fn(self.starts[len(self._values)]))
+        return self._values[j]
+
+    def _lr_before(self, base: float, j: int) -> float:
+        lrs = self._before.get(base)
+        if lrs is None:
+            if len(self._before) >= 4096:  # bounded: one entry per distinct base LR
+                self._before.clear()
+            lrs = self._before[base] = [base]
+        while len(lrs) <= j:
+            k = len(lrs) - 1
+            lrs.append(mul_pow(lrs[k], self._value(k), self.starts[k + 1] - self.starts[k]))
+        return lrs[j]
+
+    def lrs(self, step: int, bases: Sequence[float]) -> list[float]:
+        j = bisect_right(self.starts, step) - 1
+        c = self._value(j)
+        return scale_by_power([self._lr_before(b, j) for b in bases], c, step - self.starts[j] + 1)
+
+
 class _Chainable(Schedule):
     """A scheduler whose every group follows ``base_lr * factor(t)``."""
 
     chainable = True
+    multiplicative = True
 
     def factor(self, step: int) -> float:
         raise NotImplementedError

@@ -45,14 +45,13 @@ class ReduceLROnPlateau(Schedule):
 
     def reduce(self, lrs: Sequence[float], group: int | None = None) -> list[float]:
         """Apply one reduction to ``lrs`` (every group, or only ``group``)."""
-        out = list(lrs)
-        for i, old in enumerate(lrs):
-            if group is not None and i != group:
-                continue
-            new = max(old * self.factor, self.min_lrs[i])
-            if old - new > self.eps:
-                out[i] = new
-        return out
+        return [old if group is not None and i != group else self.reduce_one(old, i)
+                for i, old in enumerate(lrs)]
+
+    def reduce_one(self, old: float, group: int) -> float:
+        """Group ``group``'s LR after one reduction from ``old``, as torch decides it."""
+        new = max(old * self.factor, self.min_lrs[group])
+        return new if old - new > self.eps else old
 
     def tracker(self) -> PlateauTracker:
         """Return a fresh tracker with this schedule's parameters."""
