@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_MAX_ACTOR_CHARS",
     "DEFAULT_MAX_EVENTS_PER_JOB",
     "DEFAULT_MAX_JOBS",
+    "DEFAULT_MAX_LR",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_PARAM_GROUPS",
     "DEFAULT_MAX_REASON_BYTES",
@@ -202,3 +203,7 @@ DEFAULT_MAX_PARAM_GROUPS = 1_024
 DEFAULT_MAX_SPEC_BYTES = 4 * 1024
 DEFAULT_MAX_ACTOR_CHARS = 256
 DEFAULT_MAX_REASON_BYTES = 1024
+#: Ceiling of a base LR, an ``lr = X`` and an LR inside a spec (CyclicLR's ``max_lr``...):
+#: far above any optimizer's LR, finite so a typo such as ``lr = 3e40`` is refused
+#: (INVALID_ARGUMENT). Schedules themselves may still grow past it (ExponentialLR(gamma=1.5)).
+DEFAULT_MAX_LR = 1e6

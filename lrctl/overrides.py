@@ -31,7 +31,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lrctl._numeric import to_float
 from lrctl._render import iso_time, json_float, short_time
+from lrctl.constants import DEFAULT_MAX_LR
 from lrctl.errors import OverrideError
 
 __all__ = ["Event", "History", "Op", "parse_override", "resolve_pending", "validate_override"]
@@ -155,52 +157,86 @@ class History(tuple[Event, ...]):
 _OVERRIDE_RE = re.compile(r"^\s*lr\s*(\*=|/=|=)\s*(\S+)\s*$")
 
 
-def parse_override(text: str) -> tuple[Op, float]:
+#: Longest override statement accepted (``lr = 3e-4`` needs a dozen characters).
+MAX_STATEMENT_LENGTH = 256
+
+
+def parse_override(text: str, *, max_lr: float = DEFAULT_MAX_LR) -> tuple[Op, float]:
     """Parse ``lr /= 2``, ``lr *= 0.1`` or ``lr = 3e-4`` into ``(op, value)``.
 
     ``lr /= x`` becomes a SCALE by ``1 / x``.
 
+    Args:
+        text: The statement.
+        max_lr: The ceiling of ``lr = X`` (DESIGN: configurable; 1e6 by default).
+
     Raises:
         OverrideError: not one of those forms, or a value that is not a usable number.
     """
-    match = _OVERRIDE_RE.match(text or "")
+    if not isinstance(text, str):
+        raise OverrideError(f"expected an override like 'lr /= 2', got {type(text).__name__}")
+    if len(text) > MAX_STATEMENT_LENGTH:
+        raise OverrideError(f"expected an override like 'lr /= 2' of at most "
+                            f"{MAX_STATEMENT_LENGTH} characters, got {len(text)}: "
+                            f"{_quote(text)}")
+    match = _OVERRIDE_RE.match(text)
     if not match:
         raise OverrideError(f"expected an override like 'lr /= 2', 'lr *= 0.1' or 'lr = 3e-4', "
-                            f"got {text!r}")
+                            f"got {_quote(text)}")
     operator, literal = match.groups()
     try:
         number = float(literal)
     except ValueError:
-        raise OverrideError(f"expected a number after 'lr {operator}', got {literal!r}") from None
+        raise OverrideError(f"expected a number after 'lr {operator}', "
+                            f"got {_quote(literal)}") from None
     if operator == "=":
-        validate_override(Op.SET, number)
+        validate_override(Op.SET, number, max_lr=max_lr)
         return Op.SET, number
     if operator == "/=":
         if not math.isfinite(number) or number <= 0:
-            raise OverrideError(f"'lr /= x' needs a finite x > 0, got {literal!r}")
+            raise OverrideError(f"'lr /= x' needs a finite x > 0, got {_quote(literal)}")
         number = 1.0 / number
     validate_override(Op.SCALE, number)
     return Op.SCALE, number
 
 
 def validate_override(op: Op, value: float | None = None, group: int | None = None,
-                      num_groups: int | None = None) -> None:
+                      num_groups: int | None = None, *,
+                      max_lr: float = DEFAULT_MAX_LR) -> None:
     """Check an override's value and target before it is appended to a log.
 
     Raises:
         OverrideError: e.g. a scale that is not a finite number > 0, a negative or infinite
-            LR, or a group the job does not have.
+            LR, an LR above ``max_lr``, or a group the job does not have.
     """
-    if op is Op.SCALE and (value is None or not math.isfinite(value) or value <= 0):
-        raise OverrideError(f"a scale factor must be a finite number > 0, got {value!r}")
-    if op is Op.SET and (value is None or not math.isfinite(value) or value < 0):
-        raise OverrideError(f"an LR must be a finite number >= 0, got {value!r}")
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = to_float(value)
+    if op is Op.SCALE and not 0 < number < math.inf:  # also refuses nan
+        raise OverrideError(f"a scale factor must be a finite number > 0, "
+                            f"got {_shown(value)}")
+    if op is Op.SET:
+        if not 0 <= number < math.inf:
+            raise OverrideError(f"an LR must be a finite number >= 0, got {_shown(value)}")
+        if number > max_lr:
+            raise OverrideError(f"an LR must be >= 0 and <= {max_lr:g}, got {_shown(value)}")
     if group is not None:
         if isinstance(group, bool) or not isinstance(group, int) or group < 0:
-            raise OverrideError(f"param group must be an integer >= 0, got {group!r}")
+            raise OverrideError(f"param group must be an integer >= 0, got {_shown(group)}")
         if num_groups is not None and group >= num_groups:
             raise OverrideError(f"param group {group} does not exist; the job has "
                                 f"{num_groups} group(s): 0..{num_groups - 1}")
+
+
+def _shown(value: object, limit: int = 64) -> str:
+    """``repr(value)``, at most ``limit`` characters of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _quote(text: str, limit: int = 64) -> str:
+    """``repr`` of at most ``limit`` characters of ``text``, for a message."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def resolve_pending(events: Iterable[Event], step: int) -> list[Event]:

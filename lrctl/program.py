@@ -24,8 +24,15 @@ from typing import Any, NamedTuple
 
 from lrctl._numeric import EXT_ONE, Ext, ext_mul, mul_ratio, to_float
 from lrctl.errors import SpecError, StepLimitError
+from lrctl.limits import DEFAULT_LIMITS, Limits
 from lrctl.overrides import Event, Op, applied
-from lrctl.schedules import MAX_STEP, ReduceLROnPlateau, Schedule, build_schedule
+from lrctl.schedules import (
+    MAX_STEP,
+    ReduceLROnPlateau,
+    Schedule,
+    build_schedule,
+    check_num_groups,
+)
 from lrctl.spec import Spec, parse_spec
 
 __all__ = ["DEFAULT_MAX_COST", "LRProgram", "preview"]
@@ -138,18 +145,23 @@ class LRProgram:
             holder that rebuilds its program on every new version passes the same dict
             each time, so recurrence schedules keep their cached checkpoints instead of
             replaying from step 0.
+        limits: Spec size, param groups and LR ceiling to enforce (DESIGN's defaults); a
+            worker following the controller's state passes :data:`lrctl.limits.NO_LIMITS`.
 
     Raises:
+        SizeLimitError: the spec text or the number of param groups is past ``limits``.
         SpecError: invalid spec, base LRs or a replacement spec in the log.
     """
 
     def __init__(self, schedule: str | Spec, base_lrs: Sequence[float],
                  events: Sequence[Event] = (),
-                 schedules: dict[str, Schedule] | None = None) -> None:
-        self.base_lrs = _check_base_lrs(base_lrs)
+                 schedules: dict[str, Schedule] | None = None, *,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
+        self.base_lrs = _check_base_lrs(base_lrs, limits)
         n = len(self.base_lrs)
         built: dict[str, Schedule] = {} if schedules is None else schedules
-        self.schedule = _build(schedule, n, built)
+        self.limits = limits
+        self.schedule = _build(schedule, n, built, limits)
         # Groups no event told apart share a class (one state). Job-wide events go to one
         # layer (O(1) each); an event for one group gives it a class of its own (O(1) with
         # persistent vectors). From self._starts[i] on, group g follows
@@ -180,7 +192,8 @@ class LRProgram:
                 else:  # a replacement (or an invalid scale): every class, then one class
                     w = layer.push()
                     states = [layer.effective(st, w) for st in _vec_list(classes)]
-                    new = [_apply(st, event, step, built, n)._replace(mark=w) for st in states]
+                    new = [_apply(st, event, step, built, n, limits)._replace(mark=w)
+                           for st in states]
                     if op is Op.REPLACE_SCHEDULE:
                         classes, count, members, sizes = _vec(new[:1]), 1, zeros, [n]
                     else:
@@ -190,7 +203,7 @@ class LRProgram:
                 w = layer.now
                 c = members[group // _CHUNK][group % _CHUNK]
                 st = layer.effective(classes[c // _CHUNK][c % _CHUNK], w)
-                new_state = _apply(st, event, step, built, n)._replace(mark=w)
+                new_state = _apply(st, event, step, built, n, limits)._replace(mark=w)
                 if sizes[c] == 1:
                     classes = _vec_set(classes, c, new_state)
                 else:  # the group leaves its class for a state of its own
@@ -390,7 +403,7 @@ class LRProgram:
 
 
 def _apply(st: _State, event: Event, step: int, built: dict[str, Schedule],
-           num_groups: int) -> _State:
+           num_groups: int, limits: Limits) -> _State:
     if event.op is Op.SCALE:
         factor = to_float(event.value or 0.0)
         if st.held is not None:
@@ -401,7 +414,7 @@ def _apply(st: _State, event: Event, step: int, built: dict[str, Schedule],
     if event.op is Op.CLEAR:
         return st._replace(held=None, scale=1.0)
     if event.op is Op.REPLACE_SCHEDULE:
-        return _State(_build(event.schedule or "", num_groups, built), step)
+        return _State(_build(event.schedule or "", num_groups, built, limits), step)
     if event.op is Op.PLATEAU_REDUCE:
         if isinstance(st.schedule, ReduceLROnPlateau):
             return st._replace(reductions=st.reductions + 1)
@@ -409,12 +422,16 @@ def _apply(st: _State, event: Event, step: int, built: dict[str, Schedule],
     raise SpecError(f"unknown event op {event.op!r}")  # pragma: no cover
 
 
-def _build(spec: str | Spec, num_groups: int, built: dict[str, Schedule]) -> Schedule:
+def _build(spec: str | Spec, num_groups: int, built: dict[str, Schedule],
+           limits: Limits) -> Schedule:
     """Build ``spec`` once per text and group count (schedules are immutable but for caches)."""
-    key = f"{num_groups}:{spec if isinstance(spec, str) else parse_spec(spec).to_text()}"
+    text = spec if isinstance(spec, str) else parse_spec(spec, max_bytes=limits.max_spec_bytes
+                                                         ).to_text()
+    key = f"{num_groups}:{text}"
     schedule = built.get(key)
     if schedule is None:
-        schedule = built[key] = build_schedule(spec, num_groups)
+        schedule = build_schedule(spec, num_groups, limits=limits)
+        built[key] = schedule
     return schedule
 
 
@@ -428,34 +445,35 @@ def _short(text: str, limit: int = 64) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _check_base_lrs(base_lrs: Sequence[float]) -> list[float]:
+def _check_base_lrs(base_lrs: Sequence[float], limits: Limits) -> list[float]:
     if isinstance(base_lrs, (str, bytes)) or not isinstance(base_lrs, Sequence):
-        raise SpecError(f"base_lrs must be a list of numbers, got {_short(repr(base_lrs))}")
+        raise SpecError(f"base_lrs must be a list of numbers, got {type(base_lrs).__name__}")
     if not base_lrs:
         raise SpecError("expected at least one base LR (one per param group), got none")
+    check_num_groups(len(base_lrs), limits)  # before looking at each of them
     out = []
+    ceiling = limits.max_lr
     for i, b in enumerate(base_lrs):
-        if isinstance(b, bool) or not isinstance(b, (int, float)):
-            raise SpecError(f"base_lrs[{i}] must be a finite number >= 0, got "
-                            f"{_short(repr(b))}")
-        value = to_float(b)
-        if not math.isfinite(value) or value < 0:
-            raise SpecError(f"base_lrs[{i}] must be a finite number >= 0, got "
-                            f"{_short(repr(b))}")
+        value = math.nan if isinstance(b, bool) or not isinstance(b, (int, float)) else to_float(b)
+        if not 0 <= value <= ceiling:  # also refuses nan
+            raise SpecError(f"base_lrs[{i}] must be a finite number >= 0 and <= {ceiling:g}, "
+                            f"got {_short(repr(b))}")
         out.append(value)
     return out
 
 
-def preview(schedule: str | Spec, base_lrs: Sequence[float], steps: int) -> list[list[float]]:
+def preview(schedule: str | Spec, base_lrs: Sequence[float], steps: int, *,
+            limits: Limits = DEFAULT_LIMITS) -> list[list[float]]:
     """Return ``steps`` rows: row t is ``get_last_lr()`` after t calls of ``step()``.
 
     Raises:
+        SizeLimitError: the spec text or the number of groups is past ``limits``.
         SpecError: invalid spec or base LRs, ``steps`` out of range, or a schedule that
             ends before (OneCycleLR's ``total_steps``).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1_000_000:
         raise SpecError(f"steps must be an integer from 1 to 1000000, got {_short(repr(steps))}")
-    program = LRProgram(schedule, base_lrs)
+    program = LRProgram(schedule, base_lrs, limits=limits)
     last = program.max_step
     if steps - 1 > last:
         raise StepLimitError(f"{program.schedule.name} is defined for steps 0..{last} "

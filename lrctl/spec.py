@@ -26,12 +26,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, Union
 
-from lrctl.errors import SpecError
+from lrctl.constants import DEFAULT_MAX_SPEC_BYTES
+from lrctl.errors import SizeLimitError, SpecError
 
-__all__ = ["MAX_SPEC_LENGTH", "Spec", "SpecValue", "parse_spec"]
+__all__ = ["Spec", "SpecValue", "parse_spec"]
 
-#: Longest spec text accepted (a spec travels in every job snapshot).
-MAX_SPEC_LENGTH = 10_000
+#: How much of a bad input a message quotes (error messages never echo unbounded input).
+QUOTE_LIMIT = 64
 #: Deepest nesting of schedulers and lists accepted.
 MAX_SPEC_DEPTH = 8
 
@@ -87,43 +88,71 @@ class Spec:
         return default
 
 
-def parse_spec(text: str | Spec | Mapping[str, Any]) -> Spec:
+def parse_spec(text: str | Spec | Mapping[str, Any], *,
+               max_bytes: int = DEFAULT_MAX_SPEC_BYTES) -> Spec:
     """Parse torch-style spec text (or pass a :class:`Spec` / dict form through).
 
     Args:
         text: e.g. ``"CosineAnnealingLR(T_max=100, eta_min=0.001)"``.
+        max_bytes: The longest text accepted, in UTF-8 bytes (DESIGN: 4 KiB); for the dict
+            form, the longest canonical text.
 
     Returns:
         The parsed spec (not yet validated against the scheduler's signature).
 
     Raises:
+        SizeLimitError: the text is longer than ``max_bytes``.
         SpecError: the text is not a scheduler call with literal arguments.
     """
     if isinstance(text, Spec):
         return text
     if isinstance(text, Mapping):
-        return Spec.from_dict(text)
+        spec = Spec.from_dict(text)
+        _check_size(spec.to_text(), max_bytes)
+        return spec
     if not isinstance(text, str):
         raise SpecError(f"schedule spec must be text such as 'StepLR(step_size=200)', "
                         f"got {type(text).__name__}")
+    _check_size(text, max_bytes)
     stripped = text.strip()
     if not stripped:
         raise SpecError("schedule spec is empty; expected e.g. 'StepLR(step_size=200, gamma=0.5)'")
-    if len(stripped) > MAX_SPEC_LENGTH:
-        raise SpecError(f"schedule spec is {len(stripped)} characters long; "
-                        f"at most {MAX_SPEC_LENGTH} are accepted")
     try:
         tree = ast.parse(stripped, mode="eval")
     except SyntaxError as exc:
         raise SpecError(f"schedule spec is not valid syntax at column {exc.offset}: "
-                        f"{exc.msg}; expected e.g. 'StepLR(step_size=200, gamma=0.5)', "
-                        f"got {stripped!r}") from None
+                        f"{_short(exc.msg)}; expected e.g. 'StepLR(step_size=200, gamma=0.5)', "
+                        f"got {_quote(stripped)}") from None
     except (RecursionError, MemoryError, ValueError):
-        raise SpecError("schedule spec is nested too deeply") from None
+        raise SpecError(f"schedule spec is nested too deeply or has too long a number; "
+                        f"expected a flatter spec, got {_quote(stripped)}") from None
     if not isinstance(tree.body, ast.Call):
         raise SpecError(f"schedule spec must be a scheduler call such as "
-                        f"'StepLR(step_size=200)', got {stripped!r}")
+                        f"'StepLR(step_size=200)', got {_quote(stripped)}")
     return _spec_from_call(tree.body, depth=0)
+
+
+def _short(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """At most ``limit`` characters of ``text``."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _quote(text: str) -> str:
+    """``repr`` of at most :data:`QUOTE_LIMIT` characters of ``text``, for a message."""
+    return repr(_short(text)) if len(text) > QUOTE_LIMIT else repr(text)
+
+
+def _unparse(node: ast.AST) -> str:
+    return _quote(ast.unparse(node))
+
+
+def _check_size(text: str, max_bytes: int) -> None:
+    # Every character is at least one UTF-8 byte: a long text is refused without encoding.
+    size = len(text) if len(text) > max_bytes else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        unit = "characters" if len(text) > max_bytes else "bytes"
+        raise SizeLimitError(f"schedule spec too long: expected at most {max_bytes} bytes, got "
+                             f"{size} {unit}: {_quote(text)}")
 
 
 def _spec_from_call(node: ast.Call, depth: int) -> Spec:
@@ -131,22 +160,22 @@ def _spec_from_call(node: ast.Call, depth: int) -> Spec:
         raise SpecError(f"schedule spec nests more than {MAX_SPEC_DEPTH} levels deep")
     if not isinstance(node.func, ast.Name):
         raise SpecError(f"expected a scheduler name such as StepLR at column {node.col_offset}, "
-                        f"got {ast.unparse(node.func)!r}")
+                        f"got {_unparse(node.func)}")
     name = node.func.id
     args: list[SpecValue] = []
     for arg in node.args:
         if isinstance(arg, ast.Starred):
-            raise SpecError(f"{name}: *arguments are not allowed, got {ast.unparse(arg)!r}")
-        args.append(_literal(arg, name, depth))
+            raise SpecError(f"{_short(name)}: *arguments are not allowed, got {_unparse(arg)}")
+        args.append(_literal(arg, _short(name), depth))
     kwargs: list[tuple[str, SpecValue]] = []
     seen: set[str] = set()
     for kw in node.keywords:
         if kw.arg is None:
-            raise SpecError(f"{name}: **arguments are not allowed, got {ast.unparse(kw)!r}")
+            raise SpecError(f"{_short(name)}: **arguments are not allowed, got {_unparse(kw)}")
         if kw.arg in seen:
-            raise SpecError(f"{name}: argument {kw.arg!r} given twice")
+            raise SpecError(f"{_short(name)}: argument {_quote(kw.arg)} given twice")
         seen.add(kw.arg)
-        kwargs.append((kw.arg, _literal(kw.value, f"{name}.{kw.arg}", depth)))
+        kwargs.append((kw.arg, _literal(kw.value, f"{_short(name)}.{_short(kw.arg)}", depth)))
     return Spec(name, tuple(kwargs), tuple(args))
 
 
@@ -161,18 +190,18 @@ def _literal(node: ast.expr, where: str, depth: int) -> SpecValue:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         inner = _literal(node.operand, where, depth)
         if isinstance(inner, bool) or not isinstance(inner, (int, float)):
-            raise SpecError(f"{where}: unary minus needs a number, got {ast.unparse(node)!r}")
+            raise SpecError(f"{where}: unary minus needs a number, got {_unparse(node)}")
         return -inner if isinstance(node.op, ast.USub) else inner
     if isinstance(node, ast.Constant):
         value = node.value
         if isinstance(value, float) and not math.isfinite(value):
-            raise SpecError(f"{where}: expected a finite number, got {ast.unparse(node)!r}")
+            raise SpecError(f"{where}: expected a finite number, got {_unparse(node)}")
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
     if isinstance(node, ast.Name) and node.id in {"inf", "nan", "Infinity", "NaN"}:
-        raise SpecError(f"{where}: expected a finite number, got {node.id!r}")
+        raise SpecError(f"{where}: expected a finite number, got {_quote(node.id)}")
     raise SpecError(f"{where}: expected a literal (number, string, True/False/None, list) "
-                    f"or a scheduler, got {ast.unparse(node)!r}")
+                    f"or a scheduler, got {_unparse(node)}")
 
 
 def _format_value(value: SpecValue) -> str:
@@ -199,7 +228,7 @@ def _from_json(value: Any, where: str, depth: int) -> SpecValue:
     if isinstance(value, (list, tuple)):
         return tuple(_from_json(v, where, depth + 1) for v in value)
     if isinstance(value, float) and not math.isfinite(value):
-        raise SpecError(f"{where}: expected a finite number, got {value!r}")
+        raise SpecError(f"{where}: expected a finite number, got {_quote(repr(value))}")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise SpecError(f"{where}: expected a JSON literal or a scheduler object, "
@@ -216,18 +245,21 @@ def _from_json_spec(data: Mapping[str, Any], depth: int) -> Spec:
                         "expected 'name', 'args' and optionally 'args_positional'")
     name = data.get("name")
     if not isinstance(name, str) or not name.isidentifier():
-        raise SpecError(f"scheduler object needs a 'name' such as 'StepLR', got {name!r}")
+        raise SpecError(f"scheduler object needs a 'name' such as 'StepLR', "
+                        f"got {_quote(repr(name))}")
     kw = data.get("args", {})
     if not isinstance(kw, Mapping):
-        raise SpecError(f"{name}: 'args' must be an object of keyword arguments, "
+        raise SpecError(f"{_short(name)}: 'args' must be an object of keyword arguments, "
                         f"got {type(kw).__name__}")
     pos = data.get("args_positional", [])
     if not isinstance(pos, Sequence) or isinstance(pos, str):
-        raise SpecError(f"{name}: 'args_positional' must be a list, got {type(pos).__name__}")
+        raise SpecError(f"{_short(name)}: 'args_positional' must be a list, "
+                        f"got {type(pos).__name__}")
     kwargs = []
     for k, v in kw.items():
         if not isinstance(k, str) or not k.isidentifier():
-            raise SpecError(f"{name}: argument names must be identifiers, got {k!r}")
-        kwargs.append((k, _from_json(v, f"{name}.{k}", depth)))
-    args = tuple(_from_json(v, name, depth) for v in pos)
+            raise SpecError(f"{_short(name)}: argument names must be identifiers, "
+                            f"got {_quote(repr(k))}")
+        kwargs.append((k, _from_json(v, f"{_short(name)}.{_short(k)}", depth)))
+    args = tuple(_from_json(v, _short(name), depth) for v in pos)
     return Spec(name, tuple(kwargs), args)

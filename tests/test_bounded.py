@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lrctl.errors import LrctlError, SpecError, StepLimitError
+from lrctl.limits import NO_LIMITS
 from lrctl.overrides import Event, Op
 from lrctl.program import LRProgram
 from lrctl.schedules import REPLAY_STEP_OVERHEAD
@@ -196,14 +197,20 @@ def piecewise(draw: st.DrawFn) -> tuple[str, Any]:
 def test_piecewise_closed_form_is_torchs_recursion(case: tuple[str, Any],
                                                    base: list[float]) -> None:
     text, fn = case
-    program = LRProgram(f"MultiplicativeLR(lr_lambda={text!r})", base)
+    program = LRProgram(f"MultiplicativeLR(lr_lambda={text!r})", base, limits=NO_LIMITS)
     assert program.closed_form
     lr = list(base)
+    subnormal = [False] * len(base)
     for t in range(0, 700):
         if t:
             lr = [x * fn(t) for x in lr]  # torch: group["lr"] * lmbda(epoch)
         ours = program.lrs(t)
-        for a, b in zip(ours, lr):
+        for g, (a, b) in enumerate(zip(ours, lr)):
+            # Below the normal range torch's recursion keeps a few digits only; a value that
+            # grows back from there carries its rounding (docs/parity.md): not compared.
+            subnormal[g] = subnormal[g] or 0 < b < 2.2250738585072014e-308
+            if subnormal[g] and b != 0:
+                continue
             assert a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300) or (
                 math.isnan(a) and math.isnan(b)), (text, base, t, ours, lr)
 

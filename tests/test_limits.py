@@ -19,7 +19,7 @@ from lrctl.program import LRProgram, preview
 from lrctl.schedules import build_schedule
 from lrctl.spec import parse_spec
 
-MESSAGE_LIMIT = 400  # characters: a bounded prefix of the input, never all of it
+MESSAGE_LIMIT = 600  # characters: a bounded prefix of the input, never all of it
 
 
 def test_default_limits_are_designs() -> None:
@@ -136,7 +136,7 @@ def test_override_messages_quote_a_bounded_prefix(text: str) -> None:
     pytest.param("StepLR(step_size=" + "9" * 3000 + ")", id="huge-int"),
     pytest.param("StepLR(step_size=1, gamma=" + "9" * 3000 + ")", id="huge-int-as-float"),
     pytest.param("LambdaLR(lr_lambda='" + "1+" * 1500 + "1')", id="long-expression"),
-    pytest.param("MultiStepLR(milestones=[" + "1," * 1500 + "1], gamma=0.5)", id="long-list"),
+    pytest.param("MultiStepLR(milestones=[" + "1," * 2500 + "1], gamma=0.5)", id="long-list"),
     pytest.param("StepLR(" + "step_size" * 400 + "=1)", id="long-keyword"),
     pytest.param("FooLR" + "x" * 3000 + "()", id="long-name"),
 ])

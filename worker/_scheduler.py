@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lrctl.limits import NO_LIMITS
 from lrctl.program import LRProgram
 from lrctl.schedules import ReduceLROnPlateau, Schedule
 from lrctl.spec import Spec, parse_spec
@@ -79,7 +80,8 @@ class RemoteLRScheduler(LRScheduler):
         base_lrs = _initial_lrs(optimizer, last_epoch)
         # Validate locally, before any network call.
         self._uses_beta1 = "betas" in optimizer.defaults
-        if LRProgram(self.spec, base_lrs).cycles_momentum and not (
+        # The controller enforces the configured limits (spec size, groups, LR ceiling).
+        if LRProgram(self.spec, base_lrs, limits=NO_LIMITS).cycles_momentum and not (
                 "momentum" in optimizer.defaults or self._uses_beta1):
             raise ValueError("optimizer must support momentum or beta1 with `cycle_momentum` "
                              "option enabled")
@@ -440,7 +442,8 @@ class RemoteLRScheduler(LRScheduler):
                     self._link.post_applied(event.version, step)
             self._applied_steps[event.version] = local
             events.append(dataclasses.replace(event, effective_step=local))
-        program = LRProgram(state.schedule, state.base_lrs, events, self._built)
+        program = LRProgram(state.schedule, state.base_lrs, events, self._built,
+                            limits=NO_LIMITS)  # the controller checked it, under its config
         self._program = program
         self._plateau = isinstance(program.schedule, ReduceLROnPlateau)
         # The segment: with no event in effect, the schedule's own closed form and base LRs,

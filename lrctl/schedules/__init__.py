@@ -12,6 +12,7 @@ from lrctl.schedules._base import (
     Schedule,
     build_schedule,
     canonical_spec,
+    check_num_groups,
     register,
     stored_spec_text,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "WarmupStableDecayLR",
     "build_schedule",
     "canonical_spec",
+    "check_num_groups",
     "register",
     "stored_spec_text",
 ]

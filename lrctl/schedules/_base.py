@@ -16,11 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from lrctl._numeric import to_float
-from lrctl.errors import SpecError
+from lrctl.errors import SizeLimitError, SpecError
+from lrctl.limits import DEFAULT_LIMITS, Limits
 from lrctl.spec import Spec, SpecValue, parse_spec
 
 __all__ = ["EXPRESSION_MAX_STEP", "MAX_STEP", "REPLAY_STEP_OVERHEAD", "SCHEDULES", "Schedule",
-           "build_schedule", "canonical_spec", "register", "stored_spec_text"]
+           "build_schedule", "canonical_spec", "check_num_groups", "register",
+           "stored_spec_text"]
 
 #: The largest step (and integer argument) lrctl handles: int64's maximum, as steps travel
 #: on the wire. Larger steps are a :class:`~lrctl.errors.StepLimitError`.
@@ -61,13 +63,14 @@ class Schedule(ABC):
         """Whether :meth:`step_lrs` ignores the current LR (torch's closed-form get_lr)."""
         return cls.step_lrs is Schedule.step_lrs
 
-    def __init__(self, spec: Spec, num_groups: int) -> None:
+    def __init__(self, spec: Spec, num_groups: int, limits: Limits = DEFAULT_LIMITS) -> None:
         self.num_groups = num_groups
+        self.limits = limits
         bound = _bind(type(self), spec)
         for key, value in bound.arguments.items():
             if key != "schedulers" and _contains_spec(value):
                 raise SpecError(f"{spec.name}.{key}: expected a literal (number, string, "
-                                f"True/False/None, list), got {_text(value)}")
+                                f"True/False/None, list), got {_short(_text(value))}")
         self.setup(*bound.args, **bound.kwargs)  # type: ignore[attr-defined]
         #: The validated spec in its normal form (see :func:`canonical_spec`).
         self.spec = _normal_form(spec.name, bound)
@@ -135,7 +138,7 @@ class Schedule(ABC):
     def _float(self, key: str, value: Any, *, minimum: float | None = 0.0,
                maximum: float | None = None, strict_min: bool = False) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._fail(f"{key} must be a number, got {value!r}")
+            raise self._fail(f"{key} must be a number, got {_short(repr(value))}")
         v = to_float(value)
         if not math.isfinite(v):
             raise self._fail(f"{key} must be finite, got {_short(repr(value))}")
@@ -145,18 +148,26 @@ class Schedule(ABC):
             lo = "" if minimum is None else ("> " if strict_min else ">= ") + f"{minimum:g}"
             hi = "" if maximum is None else f"<= {maximum:g}"
             rng = " and ".join(p for p in (lo, hi) if p)
-            raise self._fail(f"{key} must be {rng}, got {value!r}")
+            raise self._fail(f"{key} must be {rng}, got {_short(repr(value))}")
+        return v
+
+    def _lr(self, key: str, value: Any) -> float:
+        """An LR argument (``max_lr``, ``eta_min``...): finite, >= 0, at most the ceiling."""
+        v = self._float(key, value)
+        if v > self.limits.max_lr:
+            raise self._fail(f"{key} must be <= {self.limits.max_lr:g} (the LR ceiling), "
+                             f"got {_short(repr(value))}")
         return v
 
     def _choice(self, key: str, value: Any, choices: Sequence[str]) -> str:
         if value not in choices:
             raise self._fail(f"{key} must be one of {', '.join(map(repr, choices))}, "
-                             f"got {value!r}")
+                             f"got {_short(repr(value))}")
         return str(value)
 
     def _bool(self, key: str, value: Any) -> bool:
         if not isinstance(value, bool):
-            raise self._fail(f"{key} must be True or False, got {value!r}")
+            raise self._fail(f"{key} must be True or False, got {_short(repr(value))}")
         return value
 
     def _per_group(self, key: str, value: Any, convert: Callable[[str, Any], float]) -> list[float]:
@@ -204,8 +215,8 @@ def _bind(cls: type[Schedule], spec: Spec) -> inspect.BoundArguments:
         return sig.bind(*spec.args, **dict(spec.kwargs))
     except TypeError as exc:
         params = ", ".join(sig.parameters)
-        raise SpecError(f"{spec.name}: {exc}; expected arguments ({params}), "
-                        f"got {spec.to_text()}") from None
+        raise SpecError(f"{spec.name}: {_short(str(exc))}; expected arguments ({params}), "
+                        f"got {_short(spec.to_text())}") from None
 
 
 def _normal_form(name: str, bound: inspect.BoundArguments) -> Spec:
@@ -257,7 +268,7 @@ def canonical_spec(spec: str | Spec | Mapping[str, Any]) -> Spec:
     cls = SCHEDULES.get(parsed.name)
     if cls is None:
         known = ", ".join(sorted(SCHEDULES))
-        raise SpecError(f"unknown scheduler {parsed.name!r}; expected one of {known}")
+        raise SpecError(f"unknown scheduler {_short(repr(parsed.name))}; expected one of {known}")
     return _normal_form(parsed.name, _bind(cls, parsed))
 
 
@@ -282,31 +293,48 @@ def register(cls: S) -> S:
     return cls
 
 
-def build_schedule(spec: str | Spec | dict[str, Any], num_groups: int) -> Schedule:
+def build_schedule(spec: str | Spec | dict[str, Any], num_groups: int, *,
+                   limits: Limits = DEFAULT_LIMITS) -> Schedule:
     """Parse and validate ``spec`` for an optimizer with ``num_groups`` param groups.
 
     Raises:
+        SizeLimitError: the spec text or the number of groups is past ``limits``.
         SpecError: unknown scheduler, bad arguments, or values torch would refuse.
     """
-    parsed = parse_spec(spec)
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-        raise SpecError(f"expected at least one param group (base LR), got {num_groups!r}")
+    check_num_groups(num_groups, limits)
+    parsed = parse_spec(spec, max_bytes=limits.max_spec_bytes)
     cls = SCHEDULES.get(parsed.name)
     if cls is None:
         known = ", ".join(sorted(SCHEDULES))
-        raise SpecError(f"unknown scheduler {parsed.name!r}; expected one of {known}")
-    return cls(parsed, num_groups)
+        raise SpecError(f"unknown scheduler {_short(repr(parsed.name))}; expected one of {known}")
+    return cls(parsed, num_groups, limits)
 
 
-def child_schedules(parent: str, value: SpecValue, num_groups: int) -> list[Schedule]:
+def check_num_groups(num_groups: int, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise unless ``num_groups`` is a number of param groups a job may have.
+
+    Raises:
+        SizeLimitError: more than ``limits.max_param_groups``.
+        SpecError: not an integer >= 1.
+    """
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise SpecError(f"expected at least one param group (base LR), "
+                        f"got {_short(repr(num_groups))}")
+    if num_groups > limits.max_param_groups:
+        raise SizeLimitError(f"expected at most {limits.max_param_groups} param groups, "
+                             f"got {num_groups}")
+
+
+def child_schedules(parent: str, value: SpecValue, num_groups: int,
+                    limits: Limits = DEFAULT_LIMITS) -> list[Schedule]:
     """Build the nested schedulers of SequentialLR / ChainedScheduler."""
     if not isinstance(value, tuple) or not value:
         raise SpecError(f"{parent}: schedulers must be a non-empty list of schedulers, "
-                        f"got {value!r}")
+                        f"got {_short(repr(value))}")
     out = []
     for i, item in enumerate(value):
         if not isinstance(item, Spec):
             raise SpecError(f"{parent}: schedulers[{i}] must be a scheduler such as "
-                            f"StepLR(step_size=10), got {item!r}")
-        out.append(build_schedule(item, num_groups))
+                            f"StepLR(step_size=10), got {_short(repr(item))}")
+        out.append(build_schedule(item, num_groups, limits=limits))
     return out

@@ -21,11 +21,11 @@ _NOT_NESTABLE = {
 }
 
 
-def _children(parent: str, schedulers: Any, num_groups: int) -> list[Schedule]:
-    children = child_schedules(parent, schedulers, num_groups)
+def _children(parent: Schedule, schedulers: Any) -> list[Schedule]:
+    children = child_schedules(parent.name, schedulers, parent.num_groups, parent.limits)
     for i, child in enumerate(children):
         if child.name in _NOT_NESTABLE:
-            raise child._fail(f"cannot be nested in {parent} (schedulers[{i}]): "
+            raise child._fail(f"cannot be nested in {parent.name} (schedulers[{i}]): "
                               f"{_NOT_NESTABLE[child.name]}")
     return children
 
@@ -40,7 +40,7 @@ class SequentialLR(Schedule):
     name = "SequentialLR"
 
     def setup(self, schedulers: Any, milestones: Any) -> None:
-        self.children = _children(self.name, schedulers, self.num_groups)
+        self.children = _children(self, schedulers)
         if not isinstance(milestones, tuple):
             raise self._fail(f"milestones must be a list of integers, got {milestones!r}")
         self.milestones = [self._int(f"milestones[{i}]", m) for i, m in enumerate(milestones)]
@@ -125,7 +125,7 @@ class ChainedScheduler(Schedule):
     name = "ChainedScheduler"
 
     def setup(self, schedulers: Any) -> None:
-        self.children = _children(self.name, schedulers, self.num_groups)
+        self.children = _children(self, schedulers)
         self._cache: dict[tuple[float, ...], Recurrence] = {}
         overwriting = [i for i, c in enumerate(self.children) if c.overwrites()]
         if overwriting:

@@ -29,7 +29,7 @@ class CosineAnnealingLR(Schedule):
 
     def setup(self, T_max: Any, eta_min: Any = 0.0) -> None:
         self.T_max = self._int("T_max", T_max, minimum=1)
-        self.eta_min = self._float("eta_min", eta_min)
+        self.eta_min = self._lr("eta_min", eta_min)
 
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
         c = (1 + math.cos(math.pi * step / self.T_max)) / 2
@@ -64,7 +64,7 @@ class CosineAnnealingWarmRestarts(Schedule):
     def setup(self, T_0: Any, T_mult: Any = 1, eta_min: Any = 0.0) -> None:
         self.T_0 = self._int("T_0", T_0, minimum=1)
         self.T_mult = self._int("T_mult", T_mult, minimum=1)
-        self.eta_min = self._float("eta_min", eta_min)
+        self.eta_min = self._lr("eta_min", eta_min)
 
     def position(self, step: int) -> tuple[int, int]:
         """Return ``(T_cur, T_i)`` at ``step``."""
@@ -128,8 +128,8 @@ class CyclicLR(_MomentumCycling):
               step_size_down: Any = None, mode: Any = "triangular", gamma: Any = 1.0,
               scale_fn: Any = None, scale_mode: Any = "cycle", cycle_momentum: Any = True,
               base_momentum: Any = 0.8, max_momentum: Any = 0.9) -> None:
-        self.base_lrs = self._per_group("base_lr", base_lr, self._float)
-        self.max_lrs = self._per_group("max_lr", max_lr, self._float)
+        self.base_lrs = self._per_group("base_lr", base_lr, self._lr)
+        self.max_lrs = self._per_group("max_lr", max_lr, self._lr)
         up = float(self._int("step_size_up", step_size_up, minimum=1))
         down = up if step_size_down is None else float(
             self._int("step_size_down", step_size_down, minimum=1))
@@ -216,7 +216,7 @@ class OneCycleLR(_MomentumCycling):
         self.div_factor = self._float("div_factor", div_factor, strict_min=True)
         self.final_div_factor = self._float("final_div_factor", final_div_factor, strict_min=True)
         self.three_phase = self._bool("three_phase", three_phase)
-        max_lrs = self._per_group("max_lr", max_lr, self._float)
+        max_lrs = self._per_group("max_lr", max_lr, self._lr)
         self.max_lrs = max_lrs
         self.initial_lrs = [m / self.div_factor for m in max_lrs]
         self.min_lrs = [i / self.final_div_factor for i in self.initial_lrs]

@@ -37,7 +37,7 @@ class ReduceLROnPlateau(Schedule):
         self.threshold = self._float("threshold", threshold)
         self.threshold_mode = self._choice("threshold_mode", threshold_mode, ("rel", "abs"))
         self.cooldown = self._int("cooldown", cooldown)
-        self.min_lrs = self._per_group("min_lr", min_lr, self._float)
+        self.min_lrs = self._per_group("min_lr", min_lr, self._lr)
         self.eps = self._float("eps", eps)
 
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
