@@ -18,6 +18,7 @@ param groups; evaluating a step O(groups).
 from __future__ import annotations
 
 import math
+import weakref
 from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -104,6 +105,17 @@ class _Layer:
     def now(self) -> int:
         return len(self.scales) - 1
 
+    def copy(self, size: int) -> _Layer:
+        """The first ``size`` indices, in a layer of their own."""
+        out = _Layer()
+        out.scales, out.plateaus = self.scales[:size], self.plateaus[:size]
+        out.reset, out.held = self.reset[:size], self.held[:size]
+        return out
+
+    def trim(self, size: int) -> None:
+        for items in (self.scales, self.plateaus, self.reset, self.held):
+            del items[size:]
+
     def push(self, *, factor: float = 1.0, plateau: bool = False, reset: bool = False,
              held: float | None = None) -> int:
         self.scales.append(ext_mul(self.scales[-1], factor) if factor != 1.0 else self.scales[-1])
@@ -131,6 +143,112 @@ class _Layer:
         if isinstance(st.schedule, ReduceLROnPlateau):
             reductions += self.plateaus[w] - self.plateaus[st.mark]
         return st._replace(scale=scale, held=held, reductions=reductions, mark=w)
+
+
+_Entry = tuple[_Vec, int, _Vec, int]  # (classes, count, members, layer index)
+
+
+class _Trail:
+    """The append-only lists a program shares with the programs extended from it.
+
+    A program reads only the items it was built with (its ``lengths``), so an extension
+    appending here leaves it unchanged. Once a program was extended, extending it again
+    (another branch) reuses the tail only if no program using it is alive; else it copies.
+    """
+
+    def __init__(self, layer: _Layer, starts: list[int], timeline: list[_Entry],
+                 seen: list[tuple[_State, int]]) -> None:
+        self.layer = layer
+        self.starts = starts
+        self.timeline = timeline
+        self.seen = seen
+        self.users: weakref.WeakSet[LRProgram] = weakref.WeakSet()
+
+    def lengths(self) -> tuple[int, int, int]:
+        return len(self.starts), len(self.layer.scales), len(self.seen)
+
+    def branch(self, lengths: tuple[int, int, int]) -> _Trail:
+        """This trail cut to ``lengths`` to append to: itself (trimmed if no live program
+        uses the rest) or a copy."""
+        if self.lengths() == lengths:
+            return self
+        starts, layer, seen = lengths
+        if not any(user._lengths > lengths for user in self.users):
+            del self.starts[starts:], self.timeline[starts:], self.seen[seen:]
+            self.layer.trim(layer)
+            return self
+        return _Trail(self.layer.copy(layer), self.starts[:starts], self.timeline[:starts],
+                      self.seen[:seen])
+
+
+class _Builder:
+    """Applies events in order to a program's classes, layer and timeline (see LRProgram).
+
+    Entries before ``floor`` in the timeline belong to programs already built and are never
+    changed; later ones may be (several events at one step keep one entry).
+    """
+
+    def __init__(self, trail: _Trail, entry: _Entry, sizes: list[int], n: int,
+                 built: dict[str, Schedule], limits: Limits) -> None:
+        self.trail = trail
+        self.classes, self.count, self.members, _ = entry
+        self.sizes = sizes
+        self.n = n
+        self.built = built
+        self.limits = limits
+        self.floor = len(trail.starts)
+        self.applied = 0
+
+    @property
+    def entry(self) -> _Entry:
+        return self.classes, self.count, self.members, self.trail.layer.now
+
+    def push(self, event: Event, step: int) -> None:
+        """Apply ``event``, effective at ``step`` (not before any event pushed so far)."""
+        layer, seen, n = self.trail.layer, self.trail.seen, self.n
+        group, op = event.group, event.op
+        if group is None:
+            if op is Op.SCALE and _positive(event.value):
+                layer.push(factor=to_float(event.value or 0.0))
+            elif op is Op.PLATEAU_REDUCE:
+                layer.push(plateau=True)
+            elif op in (Op.SET, Op.CLEAR):
+                layer.push(reset=True,
+                           held=to_float(event.value or 0.0) if op is Op.SET else None)
+            else:  # a replacement (or an invalid scale): every class, then one class
+                w = layer.push()
+                states = [layer.effective(st, w) for st in _vec_list(self.classes)]
+                new = [_apply(st, event, step, self.built, n, self.limits)._replace(mark=w)
+                       for st in states]
+                if op is Op.REPLACE_SCHEDULE:
+                    self.classes, self.count = _vec(new[:1]), 1
+                    self.members, self.sizes = _vec([0] * n), [n]
+                else:
+                    self.classes = _vec(new)
+                seen.extend((st, step) for st in new[:self.count])
+        elif 0 <= group < n:
+            w = layer.now
+            c = self.members[group // _CHUNK][group % _CHUNK]
+            st = layer.effective(self.classes[c // _CHUNK][c % _CHUNK], w)
+            new_state = _apply(st, event, step, self.built, n, self.limits)._replace(mark=w)
+            if self.sizes[c] == 1:
+                self.classes = _vec_set(self.classes, c, new_state)
+            else:  # the group leaves its class for a state of its own
+                self.sizes[c] -= 1
+                self.sizes.append(1)
+                self.members = _vec_set(self.members, group, self.count)
+                self.classes = _vec_set(self.classes, self.count, new_state)
+                self.count += 1
+            seen.append((new_state, step))
+        else:
+            return
+        self.applied += 1
+        starts, timeline = self.trail.starts, self.trail.timeline
+        if starts[-1] == step and len(starts) - 1 >= self.floor:
+            timeline[-1] = self.entry
+        else:
+            starts.append(step)
+            timeline.append(self.entry)
 
 
 class LRProgram:
@@ -164,74 +282,98 @@ class LRProgram:
         self.schedule = _build(schedule, n, built, limits)
         # Groups no event told apart share a class (one state). Job-wide events go to one
         # layer (O(1) each); an event for one group gives it a class of its own (O(1) with
-        # persistent vectors). From self._starts[i] on, group g follows
-        # layer.effective(classes[members[g]], w) for self._timeline[i] = (classes,
-        # count, members, w).
-        layer = self._layer = _Layer()
-        zeros = _vec([0] * n)
+        # persistent vectors). From starts[i] on, group g follows
+        # layer.effective(classes[members[g]], w) for timeline[i] = (classes, count,
+        # members, w), in the trail this program shares with its extensions (extend).
         first = _State(self.schedule, 0)
-        classes, count, members = _vec([first]), 1, zeros
-        sizes = [n]
-        self._starts: list[int] = [0]
-        self._timeline: list[tuple[_Vec, int, _Vec, int]] = [(classes, count, members, 0)]
-        self._seen: list[tuple[_State, int]] = [(first, 0)]  # every state and its start
-        log = applied(events)
-        for event in log:
-            step = event.effective_step
-            if step is None:  # applied() returns only events with a step
-                continue
-            group, op = event.group, event.op
-            if group is None:
-                if op is Op.SCALE and _positive(event.value):
-                    layer.push(factor=to_float(event.value or 0.0))
-                elif op is Op.PLATEAU_REDUCE:
-                    layer.push(plateau=True)
-                elif op in (Op.SET, Op.CLEAR):
-                    layer.push(reset=True,
-                               held=to_float(event.value or 0.0) if op is Op.SET else None)
-                else:  # a replacement (or an invalid scale): every class, then one class
-                    w = layer.push()
-                    states = [layer.effective(st, w) for st in _vec_list(classes)]
-                    new = [_apply(st, event, step, built, n, limits)._replace(mark=w)
-                           for st in states]
-                    if op is Op.REPLACE_SCHEDULE:
-                        classes, count, members, sizes = _vec(new[:1]), 1, zeros, [n]
-                    else:
-                        classes = _vec(new)
-                    self._seen.extend((st, step) for st in new[:count])
-            elif 0 <= group < n:
-                w = layer.now
-                c = members[group // _CHUNK][group % _CHUNK]
-                st = layer.effective(classes[c // _CHUNK][c % _CHUNK], w)
-                new_state = _apply(st, event, step, built, n, limits)._replace(mark=w)
-                if sizes[c] == 1:
-                    classes = _vec_set(classes, c, new_state)
-                else:  # the group leaves its class for a state of its own
-                    sizes[c] -= 1
-                    sizes.append(1)
-                    members = _vec_set(members, group, count)
-                    classes = _vec_set(classes, count, new_state)
-                    count += 1
-                self._seen.append((new_state, step))
-            else:
-                continue
-            entry = (classes, count, members, layer.now)
-            if self._starts[-1] == step:
-                self._timeline[-1] = entry
-            else:
-                self._starts.append(step)
-                self._timeline.append(entry)
-        self._simple = not log  # no event applies: the schedule alone
-        self._plateau_levels: dict[tuple[int, float, float], list[float]] = {}
-        self._replays = any(st.schedule.replays for st, _ in self._seen)
-        self._cycles = any(st.schedule.cycles_momentum for st, _ in self._seen)
+        entry: _Entry = (_vec([first]), 1, _vec([0] * n), 0)
+        trail = _Trail(_Layer(), [0], [entry], [(first, 0)])
+        builder = _Builder(trail, entry, [n], n, built, limits)
+        builder.floor = 0  # the start entry is this program's own
+        last: tuple[int, int] | None = None
+        for event in applied(events):
+            if event.effective_step is not None:  # applied() returns only events with a step
+                builder.push(event, event.effective_step)
+                last = (event.effective_step, event.version)
+        self._plateau_levels: dict[tuple[int, float, float],
+                                   tuple[ReduceLROnPlateau, list[float]]] = {}
+        self._finish(builder, simple=not builder.applied, last=last, seen_from=0)
+
+    def _finish(self, builder: _Builder, *, simple: bool, last: tuple[int, int] | None,
+                seen_from: int) -> None:
+        """Take the builder's state: the trail's lengths are this program's."""
+        trail = self._trail = builder.trail
+        self._tip = builder.entry
+        self._sizes = builder.sizes
+        self._built = builder.built
+        self._lengths = trail.lengths()
+        trail.users.add(self)
+        new = trail.seen[seen_from:]
+        old = getattr(self, "_replays", False), getattr(self, "_cycles", False)
+        self._replays = old[0] or any(st.schedule.replays for st, _ in new)
+        self._cycles = old[1] or any(st.schedule.cycles_momentum for st, _ in new)
+        self._bounded = getattr(self, "_bounded", 0) + sum(
+            1 for st, _ in new if st.schedule.max_step() is not None
+            and not isinstance(st.schedule, ReduceLROnPlateau))
+        self._simple = simple  # no event applies: the schedule alone
+        self._last = last
         self._max_step = -1  # _last_step() asks check_step(), exactly
         self._max_step = self._last_step()
 
+    def extend(self, events: Sequence[Event]) -> LRProgram:
+        """Return this program with ``events`` taking effect after every event it holds.
+
+        The same program as ``LRProgram(spec, base_lrs, log + events)`` for the log this
+        one was built from, in O(len(events)) instead of O(log): the new program shares
+        this one's structure, and this one stays valid and unchanged.
+
+        Args:
+            events: Each with an ``effective_step``, in the order they apply: sorted by
+                ``(effective_step, version)``, none before the last event applied so far
+                (:meth:`can_extend`).
+
+        Raises:
+            ValueError: an event without an effective step or out of that order (build
+                the program from the whole log instead).
+            SpecError: an invalid replacement spec.
+        """
+        if not events:
+            return self
+        key = self._last
+        for event in events:
+            if event.effective_step is None:
+                raise ValueError(f"expected events with an effective step, got version "
+                                 f"{event.version} pending")
+            nxt = (event.effective_step, event.version)
+            if key is not None and nxt < key:
+                raise ValueError(f"expected events after (step, version) {key}, got {nxt}")
+            key = nxt
+        trail = self._trail.branch(self._lengths)
+        seen_from = len(trail.seen)
+        builder = _Builder(trail, self._tip, list(self._sizes), self.num_groups, self._built,
+                           self.limits)
+        for event in events:
+            builder.push(event, event.effective_step or 0)
+        out = object.__new__(LRProgram)
+        out.base_lrs, out.limits, out.schedule = self.base_lrs, self.limits, self.schedule
+        out._plateau_levels = self._plateau_levels
+        out._replays, out._cycles, out._bounded = self._replays, self._cycles, self._bounded
+        out._finish(builder, simple=self._simple and not builder.applied, last=key,
+                    seen_from=seen_from)
+        return out
+
+    def can_extend(self, event: Event) -> bool:
+        """True when :meth:`extend` takes ``event`` (applied, not before the last one)."""
+        step = event.effective_step
+        return step is not None and (self._last is None
+                                     or (step, event.version) >= self._last)
+
     def _states(self, step: int) -> tuple[list[_State], _Vec]:
         """The classes' effective states at ``step`` and the group -> class vector."""
-        classes, count, members, w = self._timeline[bisect_right(self._starts, step) - 1]
-        layer = self._layer
+        trail = self._trail
+        classes, count, members, w = trail.timeline[
+            bisect_right(trail.starts, step, 0, self._lengths[0]) - 1]
+        layer = trail.layer
         states = [layer.effective(st, w) for st in _vec_list(classes)[:count]]
         return states, members
 
@@ -371,9 +513,10 @@ class LRProgram:
         base = self.base_lrs[group]
         # Groups with the same base and min_lr share the sequence of levels.
         key = (id(plateau), base, plateau.min_lrs[group])
-        levels = self._plateau_levels.get(key)
-        if levels is None:
-            levels = self._plateau_levels[key] = [base]
+        found = self._plateau_levels.get(key)
+        if found is None or found[0] is not plateau:  # extensions share the cache
+            found = self._plateau_levels[key] = (plateau, [base])
+        levels = found[1]
         while len(levels) <= st.reductions:
             old = levels[-1]
             new = plateau.reduce_one(old, group)
@@ -389,7 +532,10 @@ class LRProgram:
         a later event replaced or held it first: each such candidate step is checked
         exactly, the first 64 of them (past those, the answer stays conservative).
         """
-        candidates = sorted({max(start, st.origin + last + 1) for st, start in self._seen
+        if not self._bounded:
+            return MAX_STEP
+        seen = self._trail.seen[:self._lengths[2]]
+        candidates = sorted({max(start, st.origin + last + 1) for st, start in seen
                              if (last := st.schedule.max_step()) is not None
                              and not isinstance(st.schedule, ReduceLROnPlateau)})
         for checked, step in enumerate(c for c in candidates if c <= MAX_STEP):
