@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -27,6 +28,7 @@ __all__ = [
     "encode_token",
     "mark_applied",
     "same_spec",
+    "with_events",
 ]
 
 @dataclass
@@ -135,15 +137,39 @@ def check_report(job: Job, report: Report, pairs: Sequence[tuple[int, int]]) -> 
 
 def mark_applied(events: Sequence[Event], pairs: Sequence[tuple[int, int]],
                   now: float) -> list[Event]:
-    """Return the events that ``pairs`` apply for the first time (effective step set once)."""
+    """Return the events that ``pairs`` apply for the first time (effective step set once).
+
+    ``events`` is a log in version order: each pair finds its event by bisection, so a report
+    costs the same whatever the log's length.
+    """
     steps: dict[int, int] = {}
     for version, step in pairs:
         steps.setdefault(version, step)  # a version reported twice: the earliest step wins
     done = []
-    for event in events:
-        reported = steps.get(event.version)
-        if reported is None or event.applied_at is not None:
+    for version in sorted(steps):
+        i = bisect_left(events, version, key=_version)
+        if i == len(events) or events[i].version != version or events[i].applied_at is not None:
             continue
-        effective = reported if event.effective_step is None else event.effective_step
+        event = events[i]
+        effective = steps[version] if event.effective_step is None else event.effective_step
         done.append(replace(event, effective_step=effective, applied_at=now))
     return done
+
+
+def with_events(events: tuple[Event, ...], changed: Sequence[Event],
+                new: Sequence[Event] = ()) -> tuple[Event, ...]:
+    """Return the log ``events`` with each of ``changed`` in place of the event of its
+    version, and ``new`` appended (one copy of the tuple, no Python work per event)."""
+    if not changed:
+        return events + tuple(new) if new else events
+    log = list(events)
+    for event in changed:
+        i = bisect_left(log, event.version, key=_version)
+        if i < len(log) and log[i].version == event.version:
+            log[i] = event
+    log.extend(new)
+    return tuple(log)
+
+
+def _version(event: Event) -> int:
+    return event.version

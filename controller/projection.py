@@ -3,9 +3,9 @@
 The LR that GetJob, ListJobs, Watch snapshots and ``lrctl_learning_rate`` show is
 ``LRProgram(spec, base_lrs, resolve_pending(events, s)).lrs(s)`` with ``s = max(step, 0)``:
 the LR at the latest step rank 0 reported, pending events shown as if they took effect now.
-The program is cached per job and rebuilt only when the log changes (or, while events are
-pending, the step), so recurrence schedules advance incrementally between reports instead of
-replaying from step 0 on every call.
+Each job's :class:`~controller.display.JobDisplay` follows its log incrementally (an override
+or a report extends the program instead of rebuilding it over the whole log), so the cost of
+a change does not grow with the job's history.
 
 Every side effect of a state change that is not the state itself (metric series, the
 one-line change log, torch's ``verbose`` LR messages) happens here, once the change is durable.
@@ -19,12 +19,11 @@ import math
 from collections.abc import Sequence
 
 from controller import logs
+from controller.display import JobDisplay
 from controller.metrics import ControllerMetrics
 from lrctl.errors import LrctlError
 from lrctl.model import Job, Report
-from lrctl.overrides import Event, resolve_pending
-from lrctl.program import LRProgram
-from lrctl.schedules import Schedule
+from lrctl.overrides import Event
 
 __all__ = ["Projection", "pending_count"]
 
@@ -50,30 +49,15 @@ class Projection:
 
     def __init__(self, metrics: ControllerMetrics | None = None) -> None:
         self._metrics = metrics
-        # job id -> (key of the log it was built for, program)
-        self._display: dict[str, tuple[object, LRProgram]] = {}
-        # job id -> built schedules by canonical text, reused across rebuilds of its program
-        self._built: dict[str, dict[str, Schedule]] = {}
+        self._display: dict[str, JobDisplay] = {}
 
     # -- views ---------------------------------------------------------------------------------
 
     def lr(self, job: Job) -> tuple[float, ...]:
         """The LR of each group at the job's step with pending events taking effect now."""
         step = max(job.step, 0)
-        pending = any(e.pending for e in job.events)
-        key = (job.schedule, job.base_lrs,
-               tuple((e.version, e.effective_step) for e in job.events),
-               step if pending else None)
         try:
-            cached = self._display.get(job.job_id)
-            if cached is not None and cached[0] == key:
-                program = cached[1]
-            else:
-                program = LRProgram(job.schedule, job.base_lrs,
-                                    resolve_pending(job.events, step),
-                                    self._built.setdefault(job.job_id, {}))
-                self._display[job.job_id] = (key, program)
-            return tuple(program.lrs(step))
+            return tuple(self._follow(job).program(step).lrs(step))
         except LrctlError:
             # e.g. OneCycleLR stepped past total_steps: torch raises too; show what rank 0 saw.
             return job.lr if job.lr else (math.nan,) * len(job.base_lrs)
@@ -84,10 +68,27 @@ class Projection:
         return dataclasses.replace(job, lr=self.lr(job), workers=workers, watch_streams=streams,
                                    events=job.events if events else ())
 
+    def pending(self, job: Job) -> int:
+        """Events accepted but not yet applied by every rank (:func:`pending_count`),
+        counted in O(log) from the job's display."""
+        try:
+            return self._follow(job).pending(job.applied_version)
+        except LrctlError:
+            return pending_count(job)
+
     def forget(self, job_id: str) -> None:
         """Drop a job's cached program (it was recreated: other spec, other groups)."""
         self._display.pop(job_id, None)
-        self._built.pop(job_id, None)
+
+    def _follow(self, job: Job, new_events: Sequence[Event] | None = None,
+                applied: Sequence[Event] | None = None) -> JobDisplay:
+        """The job's display, brought up to ``job`` (built on first use)."""
+        display = self._display.get(job.job_id)
+        if display is None:
+            display = self._display[job.job_id] = JobDisplay(job)
+        else:
+            display.follow(job, new_events, applied)
+        return display
 
     # -- side effects of durable changes -------------------------------------------------------
 
@@ -105,6 +106,10 @@ class Projection:
             logs.log_change(job.job_id, event.version, event.op.value, event.actor,
                             event.reason, value=event.value, schedule=event.schedule,
                             group=event.group, effective_step=event.effective_step)
+        try:
+            self._follow(job, new_events, applied)  # the delta: no comparison of logs
+        except LrctlError:
+            self.forget(job.job_id)  # views show what rank 0 saw
         if self._metrics is None:
             return
         for event in applied:
@@ -141,7 +146,7 @@ class Projection:
         self._metrics.update_job(job.job_id, self.lr(job), job.step, job.version)
         self._metrics.set_workers(job.job_id, job.world_size)
         self._metrics.set_watch_streams(job.job_id, streams)
-        self._metrics.update_overrides(job.job_id, job.events, pending=pending_count(job))
+        self._metrics.update_overrides(job.job_id, job.events, pending=self.pending(job))
 
     def streams_changed(self, job: Job, streams: int) -> None:
         """The number of open Watch streams of a job changed."""

@@ -27,6 +27,7 @@ from controller.jobs import (
     encode_token,
     mark_applied,
     same_spec,
+    with_events,
 )
 from controller.metrics import ControllerMetrics
 from controller.plateau import JobPlateau
@@ -198,7 +199,7 @@ class ControllerService:
                           schedule=schedule if op is Op.REPLACE_SCHEDULE else None,
                           group=group, actor=actor, reason=reason, created_at=self._now())
             job = replace(entry.job, version=event.version, updated_at=event.created_at,
-                          events=(*entry.job.events, event))
+                          events=with_events(entry.job.events, (), [event]))
 
             def apply() -> None:
                 entry.job = job
@@ -281,10 +282,8 @@ class ControllerService:
             elif not done:
                 return before.version
             if done or new_events:
-                by_version = {e.version: e for e in done}
                 job = replace(job, version=new_events[-1].version if new_events else job.version,
-                              events=(*(by_version.get(e.version, e) for e in job.events),
-                                      *new_events))
+                              events=with_events(job.events, done, new_events))
 
             def apply() -> None:
                 entry.job = job

@@ -44,11 +44,13 @@ async def test_display_reuses_one_program_while_the_log_is_unchanged(
     service = controller.service
     await service.create_job("run-1", "MultiplicativeLR(lr_lambda='0.99999')", [0.1])
     await service.report(Report("run-1", step=20_000))
-    program = service._projection._display["run-1"][1]
+    display = service._projection._display["run-1"]
+    program = display.program(20_000)
     for step in range(20_001, 20_101):
         await service.report(Report("run-1", step=step))
         service.get_job("run-1")
-    assert service._projection._display["run-1"][1] is program
+    assert service._projection._display["run-1"] is display
+    assert display.program(20_100) is program
     assert service.get_job("run-1").lr == pytest.approx((0.1 * 0.99999**20_100,), rel=1e-9)
     await service.override("run-1", Op.SCALE, value=0.5)  # a new log: a new program
-    assert service._projection._display["run-1"][1] is not program
+    assert display.program(20_100) is not program
