@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import copy
 import io
 import math
@@ -653,3 +654,152 @@ def test_fuzz_text_never_crashes(text: str, epoch: int) -> None:
         return
     assert isinstance(result, float)
     assert result >= 0 or math.isnan(result)
+
+
+# --------------------------------------------------------------------------- advisory corpus
+
+# Bypass classes from public advisories for Python expression sandboxes (simpleeval's
+# generator-frame escape, asteval's format-string and __reduce__ escapes, RestrictedPython's
+# str.format/format_map and gi_frame CVEs, numexpr's and pandas.eval's eval of user text,
+# Jinja's format_map escape), plus the DoS classes those projects fixed. Each must be refused
+# at compile time with an ExpressionError, quickly, with a bounded message, and never run.
+ADVISORY_CORPUS = [
+    # format strings: attribute traversal inside a string literal (RestrictedPython, Jinja)
+    pytest.param("'{0.__class__}'.format(epoch)", id="str-format-traversal"),
+    pytest.param("'{0.__globals__}'.format_map({'0': min})", id="format-map"),
+    pytest.param("str.format('{0.__class__}', epoch)", id="unbound-str-format"),
+    pytest.param("format(epoch, '{0.__class__}')", id="format-builtin"),
+    pytest.param("'%s' % epoch", id="percent-format"),
+    pytest.param("f'{epoch.__class__}'", id="fstring-attribute"),
+    pytest.param("f'{epoch!r:{epoch}}'", id="fstring-conversion-nested-spec"),
+    pytest.param("f'{__import__(\"os\").system(\"id\")}'", id="fstring-import"),
+    # generator / coroutine / lambda frames (simpleeval #138, RestrictedPython CVE-2023-37271)
+    pytest.param("(x for x in [1]).gi_frame.f_back.f_globals", id="genexp-frame-globals"),
+    pytest.param("(lambda: (yield))().gi_frame", id="lambda-generator-frame"),
+    pytest.param("(lambda x=__import__('os'): x)()", id="lambda-default-import"),
+    pytest.param("[f for f in [min]][0].__self__", id="listcomp-self"),
+    pytest.param("max(x for x in [1])", id="genexp-argument"),
+    pytest.param("min(lambda: 1, 2)", id="lambda-argument"),
+    # attributes of allowed functions and values (asteval __reduce__, getattr chains)
+    pytest.param("abs.__reduce__()", id="reduce"),
+    pytest.param("min.__self__", id="builtin-self"),
+    pytest.param("sqrt.__self__.__loader__", id="module-loader"),
+    pytest.param("exp(1).hex()", id="method-of-result"),
+    pytest.param("abs(epoch).real", id="attribute-of-result"),
+    pytest.param("epoch.conjugate()", id="method-of-epoch"),
+    pytest.param("(1).__class__.__base__.__subclasses__()", id="int-subclasses"),
+    pytest.param("True.__class__.__mro__", id="bool-mro"),
+    pytest.param("1 .real", id="int-attribute-space"),
+    pytest.param("getattr(abs, '__self__')", id="getattr"),
+    pytest.param("vars(abs)", id="vars"),
+    pytest.param("dir()", id="dir"),
+    pytest.param("type(epoch)", id="type"),
+    pytest.param("object.__subclasses__()", id="object-subclasses"),
+    # names that reach builtins
+    pytest.param("__loader__", id="loader"),
+    pytest.param("__spec__", id="spec"),
+    pytest.param("__debug__", id="debug"),
+    pytest.param("help()", id="help"),
+    pytest.param("input()", id="input"),
+    pytest.param("exit()", id="exit"),
+    pytest.param("print(epoch)", id="print"),
+    pytest.param("memoryview(b'a')", id="memoryview"),
+    pytest.param("super()", id="super"),
+    pytest.param("NotImplemented", id="notimplemented"),
+    # strings built at runtime to dodge name checks
+    pytest.param("chr(95) * 2 + 'import' + chr(95) * 2", id="chr-concat"),
+    pytest.param("'__imp' + 'ort__'", id="string-concat"),
+    pytest.param("b'__import__'.decode()", id="bytes-decode"),
+    # subscripts, containers, unpacking, walrus
+    pytest.param("'abc'[0]", id="subscript-string"),
+    pytest.param("(1, 2)[0]", id="subscript-tuple"),
+    pytest.param("{1: 2}[1]", id="subscript-dict"),
+    pytest.param("epoch[0]", id="subscript-epoch"),
+    pytest.param("[*[1]]", id="starred-list"),
+    pytest.param("max(*[1, 2])", id="starred-call"),
+    pytest.param("max(epoch, key=abs)", id="keyword-key"),
+    pytest.param("[y := 1, y]", id="walrus-in-list"),
+    pytest.param("(epoch := 5)", id="walrus-rebind-epoch"),
+    pytest.param("[x for x in [1] if (y := x)]", id="walrus-in-comprehension"),
+    pytest.param("{**{}}", id="dict-unpacking"),
+    # await / yield / async comprehensions
+    pytest.param("[x async for x in y]", id="async-comprehension"),
+    pytest.param("(await epoch)", id="await"),
+    # unicode identifiers: NFKC folds these to eval / exec / __import__ / __class__
+    pytest.param("ｅｖａｌ('1')", id="nfkc-fullwidth-eval"),
+    pytest.param("𝐞𝐯𝐚𝐥('1')", id="nfkc-bold-eval"),
+    pytest.param("ᵉval('1')", id="nfkc-modifier-eval"),
+    pytest.param("ℯxec('1')", id="nfkc-script-exec"),
+    pytest.param("__ｉｍｐｏｒｔ__('os')", id="nfkc-import"),
+    pytest.param("epoch.__𝓬𝓵𝓪𝓼𝓼__", id="nfkc-class-attribute"),
+    pytest.param("ерoch", id="cyrillic-homoglyph"),
+    pytest.param("１e400", id="fullwidth-digits"),
+    # source tricks: encodings, continuations, invisible characters
+    pytest.param("# coding: utf-7\n+AF8AXw-import+AF8AXw-('os')", id="utf7-cookie"),
+    pytest.param("1 +\\\n __import__('os')", id="line-continuation"),
+    pytest.param("\ufeffepoch", id="bom"),
+    pytest.param("epoch\u200b", id="zero-width-space"),
+    pytest.param("epoch\ud800", id="lone-surrogate"),
+    pytest.param("epoch\x00 + 1", id="null-byte-inside"),
+    pytest.param("epoch\r__import__('os')", id="carriage-return"),
+    # resource exhaustion (DoS)
+    pytest.param("'a' * 10 ** 9", id="string-repetition"),
+    pytest.param("[0] * 10 ** 9", id="list-repetition"),
+    pytest.param("2 ** (2 ** 64)", id="power-tower"),
+    pytest.param("pow(10, 10 ** 10)", id="pow-builtin-huge"),
+    pytest.param("1 << 10 ** 9", id="shift"),
+    pytest.param("max(range(10 ** 9))", id="range"),
+    pytest.param("1" + "0" * 4400, id="int-literal-past-str-digits-limit"),
+    pytest.param("exp(1e308)", id="constant-exp-overflow"),
+    pytest.param("(1e308 * 10) ** 10 ** 9", id="constant-inf-power"),
+    pytest.param("(" * 100_000 + "1" + ")" * 100_000, id="parens-100k"),
+    pytest.param("[" * 5_000 + "]" * 5_000, id="lists-5k"),
+    pytest.param("abs(" * 50 + "1" + ")" * 50, id="calls-50-deep"),
+    pytest.param("1 if 1 else " * 40 + "1", id="ifexp-40-deep"),
+    pytest.param("epoch < " * 300 + "1", id="comparison-chain-300"),
+    pytest.param("+".join(["epoch"] * 100_000), id="additions-100k"),
+]
+
+
+@pytest.mark.parametrize("text", ADVISORY_CORPUS)
+def test_advisory_corpus_is_refused_quickly_and_never_runs(text: str) -> None:
+    import time
+
+    from lrctl.program import LRProgram
+
+    start = time.perf_counter()
+    with pytest.raises(ExpressionError) as info:
+        compile_expression(text)
+    assert time.perf_counter() - start < 1.0
+    assert len(str(info.value)) < 600
+    # The same through a spec: refused as a SpecError, never anything else.
+    with pytest.raises(SpecError):
+        LRProgram(f"LambdaLR(lr_lambda={text!r})", [0.1])
+
+
+def test_nfkc_normalisation_is_harmless_for_allowed_names() -> None:
+    # Python folds identifiers with NFKC before the allowlist sees them: a full-width
+    # ``ｅｐｏｃｈ`` is ``epoch`` and ``ｅｘｐ`` is ``exp`` (benign), while ``ｅｖａｌ`` is ``eval``
+    # and refused (the corpus above).
+    assert compile_expression("ｅｘｐ(-ｅｐｏｃｈ)")(1) == math.exp(-1)
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("epoch ** epoch ** epoch", id="tower-of-epochs"),
+    pytest.param("(epoch + 1) ** 100000", id="int-power-big-exponent"),
+    pytest.param("exp(exp(exp(epoch)))", id="exp-tower"),
+    pytest.param("epoch * epoch * epoch * epoch * epoch * epoch * epoch * epoch", id="int-product"),
+    pytest.param("floor(epoch ** 30) % 7 + 1", id="modulo-of-huge"),
+    pytest.param("round(epoch ** 40) // 3 + 1", id="floordiv-of-huge"),
+])
+def test_epoch_dependent_growth_evaluates_in_microseconds(text: str) -> None:
+    # Runtime ints never grow past the float range: a huge intermediate is inf at once.
+    import time
+
+    f = compile_expression(text)
+    start = time.perf_counter()
+    for epoch in (0, 1, 7, 10**6, 10**15):
+        with contextlib.suppress(ExpressionError):
+            value = f(epoch)
+            assert value >= 0 or math.isnan(value)
+    assert time.perf_counter() - start < 0.5
