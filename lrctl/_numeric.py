@@ -27,6 +27,7 @@ __all__ = [
     "MAX_FLOAT_INT",
     "Ext",
     "ceil",
+    "cos",
     "div",
     "exp",
     "ext_mul",
@@ -37,6 +38,7 @@ __all__ = [
     "power",
     "round_",
     "scale_by_power",
+    "sqrt",
     "to_float",
 ]
 
@@ -99,6 +101,16 @@ def ldexp(m: float, e: int) -> float:
         return math.ldexp(m, e)
     except OverflowError:
         return math.copysign(INF, m)
+
+
+def cos(x: float) -> float:
+    """``math.cos(x)``; ``nan`` for an infinite ``x`` (IEEE) where Python raises."""
+    return math.cos(x) if math.isfinite(x) else math.nan
+
+
+def sqrt(x: float) -> float:
+    """``math.sqrt(x)``; ``nan`` for ``x < 0`` (IEEE) where Python raises."""
+    return math.sqrt(x) if x >= 0 else math.nan
 
 
 def floor(x: float) -> float:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, Union
@@ -118,14 +119,24 @@ def parse_spec(text: str | Spec | Mapping[str, Any], *,
     if not stripped:
         raise SpecError("schedule spec is empty; expected e.g. 'StepLR(step_size=200, gamma=0.5)'")
     try:
-        tree = ast.parse(stripped, mode="eval")
+        # A warning ("invalid decimal literal") is a syntax error here, never printed.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            tree = ast.parse(stripped, mode="eval")
+    except Warning as exc:
+        raise SpecError(f"schedule spec is not valid syntax ({_short(str(exc))}); expected "
+                        f"e.g. 'StepLR(step_size=200, gamma=0.5)', got {_quote(stripped)}"
+                        ) from None
     except SyntaxError as exc:
         raise SpecError(f"schedule spec is not valid syntax at column {exc.offset}: "
                         f"{_short(exc.msg)}; expected e.g. 'StepLR(step_size=200, gamma=0.5)', "
                         f"got {_quote(stripped)}") from None
-    except (RecursionError, MemoryError, ValueError):
-        raise SpecError(f"schedule spec is nested too deeply or has too long a number; "
-                        f"expected a flatter spec, got {_quote(stripped)}") from None
+    except (RecursionError, MemoryError):
+        raise SpecError(f"schedule spec is nested too deeply; expected a flatter spec, "
+                        f"got {_quote(stripped)}") from None
+    except ValueError as exc:  # null bytes, lone surrogates, an int literal past 4,300 digits
+        raise SpecError(f"schedule spec cannot be parsed ({_short(str(exc))}); expected e.g. "
+                        f"'StepLR(step_size=200, gamma=0.5)', got {_quote(stripped)}") from None
     if not isinstance(tree.body, ast.Call):
         raise SpecError(f"schedule spec must be a scheduler call such as "
                         f"'StepLR(step_size=200)', got {_quote(stripped)}")

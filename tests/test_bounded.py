@@ -25,7 +25,7 @@ from lrctl.schedules import REPLAY_STEP_OVERHEAD
 from lrctl.schedules._recurrence import MAX_CHECKPOINTS, Recurrence
 
 BASE = [0.1, 0.05]
-FAST = 0.5  # seconds: generous for a loaded CI core; a replay of 10**12 steps never ends
+FAST = 2.0  # seconds: generous for a loaded CI core (they take ~1 ms); a replay never ends
 
 SPECS = [
     pytest.param("StepLR(step_size=200, gamma=0.5)", id="step"),

@@ -51,7 +51,7 @@ def test_spec_size_counts_utf8_bytes_and_quotes_a_prefix() -> None:
     start = time.perf_counter()
     with pytest.raises(SizeLimitError) as info:
         LRProgram(huge, [0.1])
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 1.0
     assert len(str(info.value)) < MESSAGE_LIMIT
 
 
@@ -67,7 +67,7 @@ def test_a_million_groups_is_refused_at_once() -> None:
     start = time.perf_counter()
     with pytest.raises(SizeLimitError):
         LRProgram("LambdaLR(lr_lambda='0.95 ** epoch')", [0.1] * 1_000_000)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 1.0
 
 
 def test_validating_1024_groups_compiles_each_lambda_once() -> None:
@@ -75,7 +75,7 @@ def test_validating_1024_groups_compiles_each_lambda_once() -> None:
     program = LRProgram("LambdaLR(lr_lambda='0.95 ** epoch if epoch < 100 else 0.5')",
                         [0.1] * 1024)
     program.lrs(5)
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 1.0
     fns = program.schedule.fns  # type: ignore[attr-defined]
     assert len({id(f) for f in fns}) == 1
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from lrctl._numeric import div, power
+from lrctl._numeric import cos, div, power
 from lrctl.errors import StepLimitError
 from lrctl.expressions import Expression, compile_expression
 from lrctl.schedules._base import EXPRESSION_MAX_STEP, Schedule, register
@@ -32,7 +32,7 @@ class CosineAnnealingLR(Schedule):
         self.eta_min = self._lr("eta_min", eta_min)
 
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
-        c = (1 + math.cos(math.pi * step / self.T_max)) / 2
+        c = (1 + cos(math.pi * step / self.T_max)) / 2
         e = self.eta_min
         return [e + (b - e) * c for b in base_lrs]
 
@@ -42,10 +42,10 @@ class CosineAnnealingLR(Schedule):
         if step == 0:
             return list(lrs)
         if (step - 1 - n) % (2 * n) == 0:
-            return [lr + (b - e) * (1 - math.cos(math.pi / n)) / 2 for lr, b in zip(lrs, base_lrs)]
+            return [lr + (b - e) * (1 - cos(math.pi / n)) / 2 for lr, b in zip(lrs, base_lrs)]
         # At huge steps 1 + cos(...) can round to exactly 0 where no re-anchor happens:
         # torch divides by zero there; this gives the IEEE value instead of raising.
-        r = div(1 + math.cos(math.pi * step / n), 1 + math.cos(math.pi * (step - 1) / n))
+        r = div(1 + cos(math.pi * step / n), 1 + cos(math.pi * (step - 1) / n))
         return [r * (lr - e) + e for lr in lrs]
 
 
@@ -79,7 +79,7 @@ class CosineAnnealingWarmRestarts(Schedule):
 
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
         t_cur, t_i = self.position(step)
-        c = (1 + math.cos(math.pi * t_cur / t_i)) / 2
+        c = (1 + cos(math.pi * t_cur / t_i)) / 2
         e = self.eta_min
         return [e + (b - e) * c for b in base_lrs]
 
@@ -247,7 +247,7 @@ class OneCycleLR(_MomentumCycling):
 
     def _anneal(self, start: float, end: float, pct: float) -> float:
         if self.anneal == "cos":
-            return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+            return end + (start - end) / 2.0 * (cos(math.pi * pct) + 1)
         return (end - start) * pct + start
 
     def _where(self, step: int) -> tuple[tuple[float, int, int, int, int], float]:

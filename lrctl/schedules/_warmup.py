@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from lrctl._numeric import cos, sqrt
 from lrctl.schedules._base import Schedule, register
 
 __all__ = ["InverseSqrtLR", "WarmupCosineLR", "WarmupStableDecayLR"]
@@ -52,7 +53,7 @@ class WarmupCosineLR(_Factor):
         if step < self.warmup:
             return float(step) / float(max(1, self.warmup))
         progress = float(step - self.warmup) / float(max(1, self.total - self.warmup))
-        f = 0.5 * (1.0 + math.cos(math.pi * self.cycles * 2.0 * progress))
+        f = 0.5 * (1.0 + cos(math.pi * self.cycles * 2.0 * progress))
         return max(0.0, f * (1 - self.min_rate) + self.min_rate)
 
 
@@ -97,9 +98,9 @@ class WarmupStableDecayLR(_Factor):
             if self.warmup_type == "linear":
                 f = p
             elif self.warmup_type == "cosine":
-                f = 0.5 * (1.0 - math.cos(math.pi * p))
+                f = 0.5 * (1.0 - cos(math.pi * p))
             else:
-                f = 1.0 - math.sqrt(1.0 - p)
+                f = 1.0 - sqrt(1.0 - p)
             return max(0.0, f * (1.0 - r) + r)
         if step < self.warmup + self.stable:
             return 1.0
@@ -108,9 +109,9 @@ class WarmupStableDecayLR(_Factor):
             if self.decay_type == "linear":
                 f = 1.0 - p
             elif self.decay_type == "cosine":
-                f = 0.5 * (1.0 + math.cos(math.pi * self.cycles * 2.0 * p))
+                f = 0.5 * (1.0 + cos(math.pi * self.cycles * 2.0 * p))
             else:
-                f = 1.0 - math.sqrt(p)
+                f = 1.0 - sqrt(p)
             return max(0.0, f * (1.0 - r) + r)
         return r
 
@@ -137,4 +138,4 @@ class InverseSqrtLR(_Factor):
         if step < self.warmup:
             return float(step) / float(max(1, self.warmup))
         shift = self.timescale - self.warmup
-        return 1.0 / math.sqrt((step + shift) / self.timescale)
+        return 1.0 / sqrt((step + shift) / self.timescale)
