@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from lrctl.constants import (
     TOKEN_ENV_VAR,
 )
 from lrctl.errors import LrctlError
+from lrctl.model import JOB_ID_PATTERN
 
 __all__ = ["WorkerConfig", "WorkerError"]
 
@@ -38,8 +38,6 @@ TORCHELASTIC_RUN_ID_ENV_VAR = "TORCHELASTIC_RUN_ID"
 #: torchrun's ``--rdzv-id`` when none is given (static rendezvous: ``--master-port``, several
 #: nodes): the same for every launch, so never a job id.
 TORCHELASTIC_DEFAULT_RUN_ID = "none"
-#: Job ids (DESIGN.md): no glob characters, at most 128 characters.
-JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}")
 
 
 class WorkerError(LrctlError):
