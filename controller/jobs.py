@@ -12,7 +12,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from controller.errors import InvalidArgument
+from controller.errors import FailedPrecondition, InvalidArgument
 from controller.plateau import JobPlateau
 from lrctl.errors import LrctlError
 from lrctl.model import JOB_ID_PATTERN, Job, Report
@@ -21,6 +21,7 @@ from lrctl.schedules import ReduceLROnPlateau, build_schedule, canonical_spec
 
 __all__ = [
     "JobEntry",
+    "check_epoch",
     "check_override",
     "check_report",
     "create_conflict",
@@ -119,6 +120,26 @@ def check_override(op: Op, value: float | None, schedule: str | None, group: int
         raise InvalidArgument("expected a job-wide ReduceLROnPlateau replacement (its metric "
                               f"drives every group), got one for param group {group}")
     return built.spec.to_text()
+
+
+def check_epoch(job: Job, epoch: int) -> None:
+    """Refuse a report from any run but the one attached last (``job.epoch``).
+
+    Raises:
+        FailedPrecondition: an older epoch (a newer rank 0 attached since: this one must
+            stop reporting) or one never handed out; the message names the current one.
+    """
+    if epoch == job.epoch:
+        return
+    if 0 < epoch < job.epoch:
+        raise FailedPrecondition(
+            f"job {job.job_id!r}: attach epoch {epoch} is superseded; the current epoch is "
+            f"{job.epoch} (a newer rank 0 attached); this report changes nothing")
+    raise FailedPrecondition(
+        f"job {job.job_id!r}: expected a report from attach epoch {job.epoch} (the current "
+        f"one), got epoch {epoch}, which "
+        + ("does not attach (send CreateJob with attach first)" if epoch == 0
+           else "was never handed out") + "; this report changes nothing")
 
 
 def check_report(job: Job, report: Report, pairs: Sequence[tuple[int, int]]) -> None:

@@ -92,12 +92,17 @@ class Projection:
 
     # -- side effects of durable changes -------------------------------------------------------
 
-    def created(self, job: Job, *, recreated: bool, streams: int) -> None:
-        """A job was created (or recreated in place)."""
+    def created(self, job: Job, *, recreated: bool, streams: int, actor: str = "") -> None:
+        """A job was created (or recreated in place) by ``actor`` (a token's name, or "")."""
         self.forget(job.job_id)
-        logs.log_change(job.job_id, job.version, "recreate" if recreated else "create",
+        logs.log_change(job.job_id, job.version, "recreate" if recreated else "create", actor,
                         schedule=job.schedule, base_lrs=list(job.base_lrs))
         self.export(job, streams)
+
+    def attached(self, job: Job, actor: str = "") -> None:
+        """Rank 0 of a run attached to ``job`` and got the attach epoch ``job.epoch``."""
+        logs.log_change(job.job_id, job.version, "attach", actor, epoch=job.epoch,
+                        world_size=job.world_size)
 
     def appended(self, job: Job, new_events: Sequence[Event], applied: Sequence[Event],
                  *, streams: int) -> None:
@@ -132,12 +137,12 @@ class Projection:
         if self._metrics is not None and not after.finished:
             self._metrics.count_divergence(after.job_id, len(report.divergences))
 
-    def finished(self, job: Job) -> None:
-        """A job was finished: its metric series go, its cached program too."""
+    def finished(self, job: Job, actor: str = "") -> None:
+        """A job was finished (by ``actor``): its metric series go, its cached program too."""
         self.forget(job.job_id)
         if self._metrics is not None:
             self._metrics.remove_job(job.job_id)
-        logs.log_change(job.job_id, job.version, "finish")
+        logs.log_change(job.job_id, job.version, "finish", actor)
 
     def export(self, job: Job, streams: int) -> None:
         """Set every gauge of a running job."""

@@ -31,7 +31,8 @@ __all__ = [
 
 #: Columns of ``jobs``, in the order of :func:`job_to_row`.
 JOB_COLUMNS = ("job_id", "schedule", "base_lrs", "version", "created_version", "step", "state",
-               "verbose", "created_at", "updated_at", "lrs", "applied_version", "world_size")
+               "verbose", "created_at", "updated_at", "lrs", "applied_version", "world_size",
+               "epoch")
 #: Columns of ``events`` after ``job_id``, in the order of :func:`event_to_row`.
 EVENT_COLUMNS = ("version", "op", "value", "schedule", "param_group", "effective_step",
                  "actor", "reason", "created_at", "applied_at")
@@ -91,7 +92,7 @@ def job_to_row(job: Job) -> tuple[Any, ...]:
     return (job.job_id, job.schedule, json.dumps(list(job.base_lrs)), job.version,
             job.created_version, job.step, job.state.value, int(job.verbose), job.created_at,
             job.updated_at, json.dumps(list(job.lr)) if job.lr else None, job.applied_version,
-            job.world_size)
+            job.world_size, job.epoch)
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
@@ -100,14 +101,15 @@ def job_from_row(row: Sequence[Any]) -> Job:
     A spec stored by an older release is read back in today's canonical text.
     """
     (job_id, schedule, base_lrs, version, created_version, step, state, verbose,
-     created_at, updated_at, lrs, applied_version, world_size) = row
+     created_at, updated_at, lrs, applied_version, world_size, epoch) = row
     return Job(job_id=job_id, schedule=stored_spec_text(schedule),
                base_lrs=tuple(float(b) for b in json.loads(base_lrs)),
                version=int(version), created_version=int(created_version), step=int(step),
                state=JobState(state), verbose=bool(verbose), created_at=float(created_at),
                updated_at=float(updated_at),
                lr=() if lrs is None else tuple(float(x) for x in json.loads(lrs)),
-               applied_version=int(applied_version), world_size=int(world_size))
+               applied_version=int(applied_version), world_size=int(world_size),
+               epoch=int(epoch))
 
 
 def event_to_row(e: Event) -> tuple[Any, ...]:

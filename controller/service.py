@@ -20,6 +20,7 @@ from dataclasses import replace
 from controller.errors import Conflict, FailedPrecondition, InvalidArgument
 from controller.jobs import (
     JobEntry,
+    check_epoch,
     check_override,
     check_report,
     create_conflict,
@@ -77,20 +78,30 @@ class ControllerService:
     # -- jobs ----------------------------------------------------------------------------------
 
     async def create_job(self, job_id: str, schedule: str, base_lrs: Sequence[float], *,
-                         replace_existing: bool = False,
-                         verbose: bool = False) -> tuple[Job, bool]:
+                         replace_existing: bool = False, verbose: bool = False,
+                         attach: bool = False, world_size: int = 0,
+                         actor: str = "") -> tuple[Job, bool]:
         """Create a job, or attach to the running one with the same spec and base LRs.
 
+        With ``attach`` (rank 0 of a training run) the job gets a new attach epoch, stored
+        with it, one above the last: from then on only reports carrying that epoch change
+        anything (:meth:`report`), so the newest attach wins. The epoch is handed out inside
+        the job's lock (with PostgreSQL, its row-lock transaction), so two attaches, on any
+        replicas, never get the same one. A recreation keeps the job's epoch. ``actor`` (the
+        caller's token name, or "") goes to the change log.
+
         Returns:
-            The job and whether it was (re)created.
+            The job (``job.epoch`` is the attach's epoch) and whether it was (re)created.
 
         Raises:
-            InvalidArgument: bad job id.
+            InvalidArgument: bad job id or a negative world size.
             SpecError: bad spec or base LRs.
             FailedPrecondition: the job exists with another spec (or is finished) and
                 ``replace_existing`` is false.
         """
         check_job_id(job_id)
+        if world_size < 0:
+            raise InvalidArgument(f"expected world_size >= 0, got {world_size}")
         program = LRProgram(schedule, list(base_lrs))
         canonical, lrs = program.schedule.spec.to_text(), tuple(program.base_lrs)
         async with self._table.lock(job_id, create=True):
@@ -98,13 +109,18 @@ class ControllerService:
             if old is not None:
                 same = same_spec(old.job.schedule, canonical) and old.job.base_lrs == lrs
                 if same and old.running:
+                    if attach:
+                        await self._attach(old, world_size, actor)
                     return self._view(old), False
                 if not replace_existing:
                     raise FailedPrecondition(create_conflict(old.job, canonical, lrs))
             now = self._now()
             version = 1 if old is None else old.job.version + 1
+            epoch = 0 if old is None else old.job.epoch
             job = Job(job_id=job_id, schedule=canonical, base_lrs=lrs, version=version,
-                      created_version=version, verbose=verbose, created_at=now, updated_at=now)
+                      created_version=version, verbose=verbose, created_at=now, updated_at=now,
+                      epoch=epoch + 1 if attach else epoch,
+                      world_size=world_size if attach else 0)
 
             def apply() -> JobEntry:
                 # Recreated in place: the old incarnation's watchers wake up to a RESYNC.
@@ -115,8 +131,25 @@ class ControllerService:
             entry = await self._table.write(Change(job, reset=old is not None), apply)
             self._hub.notify(job_id)
             self._projection.created(job, recreated=old is not None,
-                                     streams=self._hub.streams(job_id))
+                                     streams=self._hub.streams(job_id), actor=actor)
+            if attach:
+                self._projection.attached(job, actor)
             return self._view(entry), True
+
+    async def _attach(self, entry: JobEntry, world_size: int, actor: str) -> None:
+        """Give the running job in ``entry`` a new attach epoch (caller holds its lock).
+
+        The version does not change: no event is added, watchers have nothing to apply.
+        """
+        job = replace(entry.job, epoch=entry.job.epoch + 1, world_size=world_size,
+                      updated_at=self._now())
+
+        def apply() -> None:
+            entry.job = job
+
+        await self._table.write(Change(job.head()), apply)
+        self._projection.attached(entry.job, actor)
+        self._projection.export(entry.job, self._hub.streams(job.job_id))
 
     def get_job(self, job_id: str) -> Job:
         """Return a job with its event log.
@@ -144,7 +177,7 @@ class ControllerService:
         token = encode_token(page[-1]) if len(ids) > size else ""
         return [self._view(self._table.jobs[j], events=False) for j in page], token
 
-    async def finish_job(self, job_id: str) -> Job:
+    async def finish_job(self, job_id: str, *, actor: str = "") -> Job:
         """Mark a job finished: bump its version, end its watches, drop its metric series.
 
         Raises:
@@ -163,7 +196,7 @@ class ControllerService:
 
             await self._table.write(Change(job), apply)
             self._hub.notify(job_id)
-            self._projection.finished(job)
+            self._projection.finished(job, actor)
             return self._view(entry)
 
     # -- overrides -----------------------------------------------------------------------------
@@ -243,7 +276,12 @@ class ControllerService:
         ReduceLROnPlateau job its ``plateau_metrics`` ``(step, value)`` are consumed in step
         order (steps already consumed are skipped) and may append PLATEAU_REDUCE events. A
         finished job only records effective steps. Its ``divergences`` are counted in
-        metrics; ``epoch`` is not checked yet.
+        metrics.
+
+        Only the run attached last may report: ``epoch`` must be the job's attach epoch
+        (:meth:`create_job` with ``attach``). Before any attach the job's epoch is 0 and a
+        report carrying 0 is accepted (a job created by an operator, a tool that does not
+        attach); once a rank 0 attached, anything else changes nothing.
 
         Args:
             report: What rank 0 (or another rank) sent.
@@ -255,6 +293,8 @@ class ControllerService:
             InvalidArgument: negative rank, steps or world size, wrong number of LRs,
                 unknown versions.
             NotFound: no such job.
+            FailedPrecondition: ``epoch`` is not the job's attach epoch (an older run,
+                superseded by a newer attach, or an epoch never handed out).
         """
         if report.rank < 0 or report.step < -1 or report.world_size < 0:
             raise InvalidArgument(f"expected rank >= 0, step >= -1 and world_size >= 0, got "
@@ -263,6 +303,7 @@ class ControllerService:
         async with self._table.lock(report.job_id):
             entry = self._table.get(report.job_id)
             before = entry.job
+            check_epoch(before, report.epoch)
             if report.rank != 0:
                 return before.version
             pairs = sorted(set(report.applied))

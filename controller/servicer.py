@@ -52,11 +52,12 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
 
     async def CreateJob(self, request: pb.CreateJobRequest,
                         context: Context) -> pb.CreateJobResponse:
-        # `attach` and `world_size` are accepted; attach epochs land with the security work.
         job, created = await self.service.create_job(
             request.job_id, request.schedule, list(request.base_lrs),
-            replace_existing=request.replace, verbose=request.verbose)
-        return pb.CreateJobResponse(job=job_to_proto(job), created=created)
+            replace_existing=request.replace, verbose=request.verbose,
+            attach=request.attach, world_size=request.world_size if request.attach else 0)
+        return pb.CreateJobResponse(job=job_to_proto(job), created=created,
+                                    epoch=job.epoch if request.attach else 0)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
         return job_to_proto(self.service.get_job(request.job_id))

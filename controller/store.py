@@ -22,7 +22,8 @@ Tables (schema version :data:`SCHEMA_VERSION`, kept in ``PRAGMA user_version``):
 
 Migrations are plain functions in :data:`MIGRATIONS`; migration *i* takes the schema from
 version *i* to *i + 1* and runs in the same transaction that bumps ``user_version``. Version 3
-adds ``jobs.applied_version`` and ``jobs.world_size`` (what rank 0 last reported).
+adds ``jobs.applied_version`` and ``jobs.world_size`` (what rank 0 last reported); version 4
+adds ``jobs.epoch`` (the attach epoch of the run allowed to report).
 
 The rows, the :class:`Change` type and the row converters are :mod:`controller.rows`'s
 (re-exported here), so that every store writes the same rows.
@@ -124,8 +125,13 @@ def _v3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE jobs ADD COLUMN world_size INTEGER NOT NULL DEFAULT 0")
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    # Attach epochs: only the newest rank-0 attach of a job may report (docs/security.md).
+    conn.execute("ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+
+
 #: ``MIGRATIONS[i]`` upgrades a database at schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

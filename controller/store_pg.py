@@ -125,8 +125,13 @@ _V3 = (
     "ALTER TABLE lrctl_jobs ADD COLUMN world_size bigint NOT NULL DEFAULT 0",
 )
 
+_V4 = (
+    # Attach epochs (as SQLite's schema version 4): handed out under the job's row lock.
+    "ALTER TABLE lrctl_jobs ADD COLUMN epoch bigint NOT NULL DEFAULT 0",
+)
+
 #: ``MIGRATIONS[i]`` upgrades a database at schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # The rows are the SQLite store's (controller.store's converters), plus the bookkeeping.

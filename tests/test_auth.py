@@ -90,11 +90,17 @@ async def test_each_role_may_call_exactly_its_methods(stubs: tuple[Controller, A
                                  world_size=2)
     recreate = pb.CreateJobRequest(job_id="run-1", schedule="ConstantLR()", base_lrs=[0.1],
                                    replace=True)
+    created = await _code(stub.CreateJob(create, metadata=md))
+    try:  # a report carries the epoch of the attach before it (run-1's first: epoch 1)
+        attached, epoch = OK, (await stub.CreateJob(attach, metadata=md)).epoch
+    except grpc.aio.AioRpcError as exc:
+        attached, epoch = exc.code(), 0
     got = (
-        await _code(stub.CreateJob(create, metadata=md)),
-        await _code(stub.CreateJob(attach, metadata=md)),
+        created,
+        attached,
         await _code(stub.CreateJob(recreate, metadata=md)),
-        await _code(stub.Report(pb.ReportRequest(job_id="run-1", step=1), metadata=md)),
+        await _code(stub.Report(pb.ReportRequest(job_id="run-1", step=1, epoch=epoch),
+                                metadata=md)),
         await _code(stub.GetJob(pb.GetJobRequest(job_id="run-1"), metadata=md)),
         await _code(stub.ListJobs(pb.ListJobsRequest(), metadata=md)),
         await _code(stub.History(pb.HistoryRequest(job_id="run-1"), metadata=md)),

@@ -78,20 +78,20 @@ async def test_upgrade_from_schema_v1(tmp_path: Path) -> None:
     store = await Store.open(path)
     [job] = await store.load()
     assert job.record.version == 2 and job.record.step == 4 and job.record.lr == (0.1,)
-    # v3 columns of an old row: nothing reported yet.
-    assert (job.record.applied_version, job.record.world_size) == (0, 0)
+    # v3 and v4 columns of an old row: nothing reported yet, never attached.
+    assert (job.record.applied_version, job.record.world_size, job.record.epoch) == (0, 0, 0)
     assert job.events == [Event(version=2, op=Op.SCALE, value=0.5, effective_step=3,
                                 actor="alice", reason="why", created_at=1.5, applied_at=2.0)]
-    await store.commit(Change(replace(job.record, applied_version=2, world_size=8),
+    await store.commit(Change(replace(job.record, applied_version=2, world_size=8, epoch=3),
                               plateau_metrics=[ConsumedMetric(5, 1.0, 1)]))
     version = await store._run(
         lambda: store._conn.execute("PRAGMA user_version").fetchone()[0])
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION == 4
     await store.close()
     store = await Store.open(path)
     [job] = await store.load()
     await store.close()
-    assert (job.record.applied_version, job.record.world_size) == (2, 8)
+    assert (job.record.applied_version, job.record.world_size, job.record.epoch) == (2, 8, 3)
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:

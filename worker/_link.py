@@ -10,6 +10,12 @@ training thread never waits on the network. Two daemon threads do the I/O:
 * the reporter (rank 0 only) sends the newest progress at most every
   ``report_interval_s``, plus the steps at which versions took effect, which it keeps until
   the controller has acknowledged them. Closing sends a last report marked ``final``.
+
+Every report carries the attach epoch rank 0 got from ``CreateJob(attach=True)``. When another
+process attaches to the same job later (a restarted worker group, a second run started by
+mistake), the controller refuses this one's reports with FAILED_PRECONDITION: the link logs
+it once, sets :attr:`ControllerLink.superseded` and stops reporting; training goes on,
+following the job as before.
 """
 
 from __future__ import annotations
@@ -90,6 +96,9 @@ class ControllerLink:
         self.held: Held | None = None  # the slot the training thread reads
         self.epoch = 0
         self.connected = False
+        # True once the controller refused a report because a newer attach superseded this
+        # run's epoch: nothing more is reported.
+        self.superseded = False
         self._progress: _Progress | None = None
         self._sent: _Progress | None = None
         self._applied: collections.deque[tuple[int, int]] = collections.deque()
@@ -151,16 +160,19 @@ class ControllerLink:
 
     def post_applied(self, version: int, step: int) -> None:
         """Queue ``version`` as having taken effect at ``step`` (reported until acknowledged)."""
-        self._applied.append((version, step))
+        if not self.superseded:  # nothing is reported any more: do not let queues grow
+            self._applied.append((version, step))
 
     def post_plateau_metric(self, step: int, value: float) -> None:
         """Queue one ``step(metric)`` value for the controller's ReduceLROnPlateau."""
-        self._plateau.append((step, value))
+        if not self.superseded:
+            self._plateau.append((step, value))
 
     def post_divergence(self, step: int, version: int, lr_checksums: Sequence[float],
                         detail: str) -> None:
         """Queue a rank divergence found at ``step`` (reported until acknowledged)."""
-        self._divergences.append(Divergence(step, version, tuple(lr_checksums), detail))
+        if not self.superseded:
+            self._divergences.append(Divergence(step, version, tuple(lr_checksums), detail))
 
     # -- shutdown ----------------------------------------------------------------------------
 
@@ -174,7 +186,7 @@ class ControllerLink:
             self._follower.close()
         for thread in self._threads:
             thread.join(timeout)
-        if self.rank == 0 and self.held is not None:
+        if self.rank == 0 and self.held is not None and not self.superseded:
             self._send_report(final=True, timeout=timeout)
         self._client.close()
 
@@ -228,7 +240,7 @@ class ControllerLink:
             self.held = Held(job, previous=held.previous)
 
     def _report_loop(self) -> None:
-        while not self._stop.wait(self.config.report_interval_s):
+        while not self.superseded and not self._stop.wait(self.config.report_interval_s):
             try:
                 self._send_report()
             except Exception:  # this thread must outlive any error
@@ -236,7 +248,7 @@ class ControllerLink:
 
     def _send_report(self, final: bool = False, timeout: float = 5.0) -> None:
         progress = self._progress
-        if progress is None:  # before the first step: what is queued waits for one
+        if progress is None or self.superseded:  # before the first step: queued items wait
             return
         applied = _drain(self._applied)
         plateau = _drain(self._plateau)
@@ -257,6 +269,13 @@ class ControllerLink:
                 self._applied.extendleft(reversed(applied))
                 self._plateau.extendleft(reversed(plateau))
                 self._divergences.extendleft(reversed(divergences))
+            elif exc.code == "FAILED_PRECONDITION":  # another process attached since
+                self.superseded = True
+                log.error("lrctl: job %s: the controller refuses this run's reports (attach "
+                          "epoch %d): %s. Another process attached to the job since (a "
+                          "restarted worker group, or another run with the same job id?); this "
+                          "one stops reporting and trains on, following the job's schedule.",
+                          self.config.job, self.epoch, exc.details)
             else:  # retrying cannot help, and would block every later report
                 log.warning("lrctl: the controller refused a report for job %s (%s: %s); "
                             "dropped it", self.config.job, exc.code, exc.details)
