@@ -1,18 +1,24 @@
 """Authentication and authorization: one interceptor, one table from method to roles.
 
-With tokens configured, every ``lrctl.v1.LRController`` call needs the metadata
-``authorization: Bearer <token>``; the token's role must be one :data:`METHOD_ROLES` lists
-for the method. Health checks and reflection never need a token. A method missing from the
-table is refused (fail closed), and a test checks that the table covers the whole service.
+With tokens configured (:mod:`controller.tokens`), every ``lrctl.v1.LRController`` call needs
+the metadata ``authorization: Bearer <token>``; the token's role must be one
+:data:`METHOD_ROLES` lists for the method. Health checks and reflection never need a token. A
+method missing from the table is refused (fail closed), and a test checks that the table
+covers the whole service.
 
-Roles (:mod:`controller.config`): ``admin`` may call everything; ``operator`` creates,
-recreates, overrides, finishes and reads jobs; ``worker`` is what a training run's rank 0
-holds: it creates or attaches to a job (never recreates one), watches it and reports;
-``reader`` only reads.
+Roles: ``admin`` may call everything; ``operator`` creates, recreates, overrides, finishes and
+reads jobs; ``worker`` is what a training run's rank 0 holds: it creates or attaches to a job
+(never recreates one), watches it and reports; ``reader`` only reads.
+
+Scopes: a token with ``jobs`` patterns may only name matching job ids (any request with a
+``job_id``, else PERMISSION_DENIED, whether the job exists or not), and ListJobs shows it only
+those. Identity: with tokens, a request's ``actor`` is replaced by the token's name, so the
+override log records who really made each change; :data:`CALLER` holds it for the handler.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hmac
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import MappingProxyType
@@ -20,14 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from controller.config import ADMIN, OPERATOR, READER, WORKER
 from controller.errors import PermissionDenied, Unauthenticated
 from controller.interceptors import Behavior, rewrap
+from controller.tokens import ADMIN, OPERATOR, READER, WORKER, TokenEntry, as_entries, hash_token
 
 if TYPE_CHECKING:
     from controller.interceptors import Continuation, Handler
 
-__all__ = ["METHOD_ROLES", "RECREATE_ROLES", "AuthInterceptor", "Authenticator"]
+__all__ = ["CALLER", "METHOD_ROLES", "RECREATE_ROLES", "AuthInterceptor", "Authenticator"]
+
+#: The identity of the token behind the current call ("" without tokens), for the handler.
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("lrctl_caller", default="")
 
 _READ = frozenset({ADMIN, OPERATOR, READER})
 
@@ -55,18 +64,23 @@ def _roles_for(method: str, request: Any) -> frozenset[str]:
 
 
 class Authenticator:
-    """Checks bearer tokens against ``tokens`` (token -> role); no tokens, no checks."""
+    """Checks bearer tokens against ``tokens``; no tokens, no checks.
 
-    def __init__(self, tokens: Mapping[str, str]) -> None:
-        self._tokens = dict(tokens)
+    Args:
+        tokens: Token entries (:func:`controller.tokens.load_tokens`) or a ``{token: role}``
+            mapping (the older form).
+    """
+
+    def __init__(self, tokens: Mapping[str, str] | Iterable[TokenEntry]) -> None:
+        self._entries = as_entries(tokens)
 
     @property
     def enabled(self) -> bool:
         """Whether any token is configured."""
-        return bool(self._tokens)
+        return bool(self._entries)
 
-    def role(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-        """Return the role of the call's bearer token.
+    def identify(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> TokenEntry:
+        """Return the entry of the call's bearer token.
 
         Raises:
             Unauthenticated: no ``authorization: Bearer`` header, or an unknown token.
@@ -79,38 +93,71 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("expected metadata 'authorization: Bearer <token>', got "
                                   + ("none" if not header else "another scheme"))
-        role = None
-        for known, known_role in self._tokens.items():
-            # Compare every token in constant time: no timing hints about valid prefixes.
-            if hmac.compare_digest(known.encode(), token.strip().encode()):
-                role = known_role
-        if role is None:
+        digest = hash_token(token.strip()).encode()
+        found = None
+        for entry in self._entries:
+            # Compare with every entry in constant time: no timing hints about valid tokens.
+            if hmac.compare_digest(entry.sha256.encode(), digest):
+                found = entry
+        if found is None:
             raise Unauthenticated("expected a known bearer token, got an unknown one")
-        return role
+        return found
+
+    def role(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+        """Return the role of the call's bearer token (see :meth:`identify`)."""
+        return self.identify(metadata).role
 
     def check(self, metadata: Iterable[tuple[str, str | bytes]] | None, method: str,
-              request: Any = None) -> None:
-        """Raise unless the call's token may call ``method`` with ``request``.
+              request: Any = None) -> TokenEntry | None:
+        """Return who makes the call; raise unless it may call ``method`` with ``request``.
+
+        Returns:
+            The token's entry; None when no tokens are configured.
 
         Raises:
-            Unauthenticated: see :meth:`role`.
-            PermissionDenied: the token's role is not allowed to make this call.
+            Unauthenticated: see :meth:`identify`.
+            PermissionDenied: the token's role may not make this call, or the request's job
+                is outside the token's scope.
         """
-        if not self._tokens:
-            return
-        role = self.role(metadata)
+        if not self._entries:
+            return None
+        entry = self.identify(metadata)
         allowed = _roles_for(method, request)
-        if role not in allowed:
+        if entry.role not in allowed:
             what = f"{method} with replace" if allowed != METHOD_ROLES.get(method) else method
             needed = " or ".join(repr(r) for r in sorted(allowed)) or "no role (unknown method)"
-            raise PermissionDenied(f"{what} needs role {needed}; the token has role {role!r}")
+            raise PermissionDenied(f"{what} needs role {needed}; the token has role "
+                                   f"{entry.role!r}")
+        job_id = getattr(request, "job_id", None)
+        if isinstance(job_id, str) and not entry.covers(job_id):
+            shown = job_id if len(job_id) <= 140 else job_id[:137] + "..."
+            raise PermissionDenied(f"{method} of job {shown!r} is outside the scope of token "
+                                   f"{entry.name!r} (jobs matching "
+                                   f"{', '.join(map(repr, entry.jobs or ()))})")
+        return entry
+
+
+def _take_identity(entry: TokenEntry, request: Any) -> None:
+    """The token says who calls: a request's own ``actor`` is replaced, never trusted."""
+    CALLER.set(entry.name)
+    if "actor" in request.DESCRIPTOR.fields_by_name:
+        request.actor = entry.name
+
+
+def _in_scope(entry: TokenEntry, response: Any) -> Any:
+    """ListJobs: leave out the jobs outside a scoped token's patterns."""
+    if entry.jobs is not None and "jobs" in response.DESCRIPTOR.fields_by_name:
+        kept = [job for job in response.jobs if entry.covers(job.job_id)]
+        del response.jobs[:]
+        response.jobs.extend(kept)
+    return response
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Applies an :class:`Authenticator` to every call of ``service`` (before its handler).
 
     The check runs inside the handler, after the request is decoded, because CreateJob's
-    roles depend on ``replace``; its errors reach the client through
+    roles depend on ``replace`` and scopes on ``job_id``; its errors reach the client through
     :class:`controller.interceptors.StatusInterceptor`.
     """
 
@@ -129,11 +176,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         def wrap(behavior: Behavior, stream: bool) -> Behavior:
             async def unary(request: Any, context: Any) -> Any:
-                check(context.invocation_metadata(), method, request)
-                return await behavior(request, context)
+                entry = check(context.invocation_metadata(), method, request)
+                if entry is not None:
+                    _take_identity(entry, request)
+                response = await behavior(request, context)
+                return response if entry is None else _in_scope(entry, response)
 
             async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-                check(context.invocation_metadata(), method, request)
+                entry = check(context.invocation_metadata(), method, request)
+                if entry is not None:
+                    _take_identity(entry, request)
                 async for response in behavior(request, context):
                     yield response
 

@@ -3,21 +3,32 @@
 :class:`ServerConfig` is filled from ``lrctl serve`` flags (:meth:`ServerConfig.from_args`),
 from ``LRCTL_<FLAG>`` environment variables (:meth:`ServerConfig.from_env`), or directly in
 tests. The names and defaults are in :mod:`lrctl.constants` (the keepalive numbers and their
-rationale too); nothing here reads the environment at import time.
+rationale too); nothing here reads the environment at import time. TLS files use
+``LRCTL_SERVER_TLS_*`` and ``LRCTL_METRICS_TLS_*``, so they never collide with a client's
+``LRCTL_TLS_*``. :func:`exposure` applies the bind rule (docs/security.md): outside loopback,
+the gRPC API needs TLS and tokens and ``/metrics`` needs TLS, unless ``insecure`` is set.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
 
+from controller.tokens import (
+    ADMIN,
+    OPERATOR,
+    READER,
+    ROLES,
+    WORKER,
+    TokenEntry,
+    as_entries,
+    load_tokens,
+)
 from lrctl import constants as c
 
 __all__ = [
@@ -27,25 +38,13 @@ __all__ = [
     "ROLES",
     "WORKER",
     "ServerConfig",
+    "TokenEntry",
     "add_server_arguments",
+    "exposure",
+    "is_loopback",
     "load_tokens",
     "server_channel_options",
 ]
-
-#: Every call, including recreating a job (CreateJob with ``replace``).
-ADMIN = "admin"
-#: Create, recreate, override, finish and read jobs; no reports.
-OPERATOR = "operator"
-#: What a training run's rank 0 needs: create or attach to a job, Watch and Report.
-WORKER = "worker"
-#: Read only: GetJob, ListJobs, History, Preview and Watch.
-READER = "reader"
-#: The roles a token file may name (which role may call what: :mod:`controller.auth`).
-ROLES = (ADMIN, OPERATOR, WORKER, READER)
-
-
-def _tokens_default() -> Mapping[str, str]:
-    return MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -74,11 +73,33 @@ class ServerConfig:
     grace_seconds: float = c.DEFAULT_GRACE_SECONDS
     """On SIGTERM/SIGINT, in-flight RPCs get this long before they are cancelled."""
 
-    tokens: Mapping[str, str] = field(default_factory=_tokens_default)
-    """Bearer token -> role (one of :data:`ROLES`); empty disables authentication."""
+    tokens: tuple[TokenEntry, ...] | Mapping[str, str] = ()
+    """The tokens accepted (:func:`controller.tokens.load_tokens`); a ``{token: role}``
+    mapping is turned into entries. Empty disables authentication."""
 
     max_message_bytes: int = c.DEFAULT_MAX_MESSAGE_BYTES
     """Largest gRPC message sent or received."""
+
+    tls_cert: str | None = None
+    """PEM certificate chain of the gRPC server; with :attr:`tls_key`, TLS is on."""
+
+    tls_key: str | None = None
+    """PEM private key of :attr:`tls_cert`."""
+
+    tls_client_ca: str | None = None
+    """PEM CA bundle: every client must present a certificate it signed (mutual TLS)."""
+
+    metrics_tls_cert: str | None = None
+    """PEM certificate chain of ``/metrics``; with :attr:`metrics_tls_key`, HTTPS is on."""
+
+    metrics_tls_key: str | None = None
+    """PEM private key of :attr:`metrics_tls_cert`."""
+
+    metrics_tls_client_ca: str | None = None
+    """PEM CA bundle: scrapers must present a certificate it signed (mutual TLS)."""
+
+    insecure: bool = False
+    """Serve outside loopback without TLS or tokens anyway (loudly warned about)."""
 
     def __post_init__(self) -> None:
         _check_port("port", self.port)
@@ -94,11 +115,33 @@ class ServerConfig:
                 raise ValueError(f"expected {key} to be a finite number {bound}, got {value!r}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"expected max_message_bytes >= 1024, got {self.max_message_bytes}")
-        tokens = dict(self.tokens)
-        for token, role in tokens.items():
-            _check_token(token, role)
         # Frozen all the way down: a config shared between tasks cannot change under them.
-        object.__setattr__(self, "tokens", MappingProxyType(tokens))
+        object.__setattr__(self, "tokens", as_entries(self.tokens))
+        for prefix, flag in (("", "--tls"), ("metrics_", "--metrics-tls")):
+            cert, key, ca = (getattr(self, f"{prefix}tls_{k}") for k in ("cert", "key",
+                                                                        "client_ca"))
+            if (cert is None) != (key is None):
+                given = f"{flag}-cert" if key is None else f"{flag}-key"
+                raise ValueError(f"expected both {flag}-cert and {flag}-key, got only {given}")
+            if ca is not None and cert is None:
+                raise ValueError(f"expected {flag}-cert and {flag}-key with "
+                                 f"{flag.replace('-tls', '')}-client-ca (mutual TLS is TLS "
+                                 f"first), got only the client CA")
+
+    @property
+    def token_entries(self) -> tuple[TokenEntry, ...]:
+        """:attr:`tokens` as entries (what ``__post_init__`` made of it)."""
+        return as_entries(self.tokens)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC server uses TLS."""
+        return self.tls_cert is not None
+
+    @property
+    def metrics_tls(self) -> bool:
+        """Whether ``/metrics`` is served over HTTPS."""
+        return self.metrics_tls_cert is not None
 
     @property
     def address(self) -> str:
@@ -109,9 +152,11 @@ class ServerConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
         """Build a config from ``LRCTL_<FLAG>`` variables, then apply ``overrides``.
 
-        Reads ``LRCTL_HOST``, ``LRCTL_PORT``, ``LRCTL_METRICS_PORT`` (negative disables),
-        ``LRCTL_DB``, ``LRCTL_TOKEN_FILE``, ``LRCTL_HEARTBEAT_SECONDS`` and
-        ``LRCTL_GRACE_SECONDS`` (:mod:`lrctl.constants`).
+        Reads ``LRCTL_HOST``, ``LRCTL_PORT``, ``LRCTL_METRICS_HOST``, ``LRCTL_METRICS_PORT``
+        (negative disables), ``LRCTL_DB``, ``LRCTL_TOKEN_FILE``, ``LRCTL_HEARTBEAT_SECONDS``,
+        ``LRCTL_GRACE_SECONDS``, ``LRCTL_INSECURE`` (``1``/``true``), the server's TLS files
+        ``LRCTL_SERVER_TLS_CERT``/``_KEY``/``_CLIENT_CA`` and those of ``/metrics``,
+        ``LRCTL_METRICS_TLS_CERT``/``_KEY``/``_CLIENT_CA`` (:mod:`lrctl.constants`).
 
         Args:
             environ: The variables to read; ``os.environ`` when None.
@@ -129,13 +174,22 @@ class ServerConfig:
             (c.DB_ENV_VAR, "db", str),
             (c.HEARTBEAT_SECONDS_ENV_VAR, "heartbeat_seconds", float),
             (c.GRACE_SECONDS_ENV_VAR, "grace_seconds", float),
+            (c.METRICS_HOST_ENV_VAR, "metrics_host", str),
+            (c.SERVER_TLS_CERT_ENV_VAR, "tls_cert", str),
+            (c.SERVER_TLS_KEY_ENV_VAR, "tls_key", str),
+            (c.SERVER_TLS_CLIENT_CA_ENV_VAR, "tls_client_ca", str),
+            (c.METRICS_TLS_CERT_ENV_VAR, "metrics_tls_cert", str),
+            (c.METRICS_TLS_KEY_ENV_VAR, "metrics_tls_key", str),
+            (c.METRICS_TLS_CLIENT_CA_ENV_VAR, "metrics_tls_client_ca", str),
+            (c.INSECURE_ENV_VAR, "insecure", _flag),
         ]
         for var, key, convert in readers:
             if env.get(var):
                 try:
                     values[key] = convert(env[var])
                 except ValueError:
-                    raise ValueError(f"expected {var} to be {convert.__name__}, "
+                    kind = "1, true, 0 or false" if convert is _flag else convert.__name__
+                    raise ValueError(f"expected {var} to be {kind}, "
                                      f"got {env[var]!r}") from None
         if env.get(c.TOKEN_FILE_ENV_VAR):
             values["tokens"] = load_tokens(env[c.TOKEN_FILE_ENV_VAR])
@@ -154,9 +208,16 @@ class ServerConfig:
         """
         tokens = load_tokens(args.token_file) if args.token_file else None
         return cls.from_env(environ, host=args.host, port=args.port,
+                            metrics_host=args.metrics_host,
                             metrics_port=args.metrics_port, db=args.db, tokens=tokens,
                             heartbeat_seconds=args.heartbeat_seconds,
-                            grace_seconds=args.grace_seconds)
+                            grace_seconds=args.grace_seconds,
+                            tls_cert=args.tls_cert, tls_key=args.tls_key,
+                            tls_client_ca=args.tls_client_ca,
+                            metrics_tls_cert=args.metrics_tls_cert,
+                            metrics_tls_key=args.metrics_tls_key,
+                            metrics_tls_client_ca=args.metrics_client_ca,
+                            insecure=True if args.insecure else None)
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,35 +233,41 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", help=f"SQLite file, or postgresql://USER@HOST:PORT/DB for "
                                      f"replicas (password: PGPASSWORD or PGPASSFILE) "
                                      f"(default {c.DEFAULT_DB}; {c.DB_ENV_VAR})")
+    parser.add_argument("--metrics-host",
+                        help=f"interface of /metrics (default: --host; {c.METRICS_HOST_ENV_VAR})")
     parser.add_argument("--token-file",
-                        help='JSON object {"TOKEN": "admin" | "operator" | "worker" | '
-                             f'"reader"}}; enables authentication ({c.TOKEN_FILE_ENV_VAR})')
+                        help='JSON {"tokens": [{"name", "sha256", "role", "jobs"}]} or '
+                             '{"TOKEN": "ROLE"}; roles admin, operator, worker, reader; '
+                             f"enables authentication ({c.TOKEN_FILE_ENV_VAR}; "
+                             "docs/security.md)")
+    tls = parser.add_argument_group(
+        "TLS", "PEM files. Outside loopback the gRPC API needs TLS and --token-file, and "
+               "/metrics needs TLS, unless --insecure is given.")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help=f"server certificate chain ({c.SERVER_TLS_CERT_ENV_VAR})")
+    tls.add_argument("--tls-key", metavar="FILE",
+                     help=f"server private key ({c.SERVER_TLS_KEY_ENV_VAR})")
+    tls.add_argument("--tls-client-ca", metavar="FILE",
+                     help=f"require client certificates signed by this CA: mutual TLS "
+                          f"({c.SERVER_TLS_CLIENT_CA_ENV_VAR})")
+    tls.add_argument("--metrics-tls-cert", metavar="FILE",
+                     help=f"/metrics certificate chain: HTTPS ({c.METRICS_TLS_CERT_ENV_VAR})")
+    tls.add_argument("--metrics-tls-key", metavar="FILE",
+                     help=f"/metrics private key ({c.METRICS_TLS_KEY_ENV_VAR})")
+    tls.add_argument("--metrics-client-ca", "--metrics-tls-client-ca", metavar="FILE",
+                     dest="metrics_client_ca",
+                     help=f"require scrapers' certificates signed by this CA "
+                          f"({c.METRICS_TLS_CLIENT_CA_ENV_VAR})")
+    tls.add_argument("--insecure", action="store_true", default=None,
+                     help="serve outside loopback without TLS or tokens anyway: anyone who "
+                          "reaches the port can change every job's LR "
+                          f"({c.INSECURE_ENV_VAR}=1)")
     parser.add_argument("--heartbeat-seconds", type=float,
                         help=f"Watch heartbeat interval (default {c.DEFAULT_HEARTBEAT_SECONDS}; "
                              f"{c.HEARTBEAT_SECONDS_ENV_VAR})")
     parser.add_argument("--grace-seconds", type=float,
                         help=f"shutdown grace period (default {c.DEFAULT_GRACE_SECONDS}; "
                              f"{c.GRACE_SECONDS_ENV_VAR})")
-
-
-def load_tokens(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Read a token file: a JSON object mapping each bearer token to one of :data:`ROLES`.
-
-    Raises:
-        ValueError: the file is missing, not JSON, or holds something else.
-    """
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read token file {os.fspath(path)!r}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"token file {os.fspath(path)!r} is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f'expected token file {os.fspath(path)!r} to hold a JSON object '
-                         f'{{"TOKEN": "admin"}}, got {type(data).__name__}')
-    for token, role in data.items():
-        _check_token(token, role)
-    return dict(data)
 
 
 def server_channel_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -230,9 +297,45 @@ def _check_port(key: str, value: int) -> None:
         raise ValueError(f"expected {key} to be an integer from 0 to 65535, got {value!r}")
 
 
-def _check_token(token: object, role: object) -> None:
-    if not isinstance(token, str) or not token or any(ch.isspace() for ch in token):
-        raise ValueError(f"expected each token to be a non-empty string without spaces, "
-                         f"got {token!r}")
-    if role not in ROLES:
-        raise ValueError(f"expected a role of {', '.join(map(repr, ROLES))}, got {role!r}")
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a port on this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere: treat it as exposed
+
+
+def exposure(config: ServerConfig) -> list[str]:
+    """Return what a non-loopback bind would expose unprotected; empty when nothing.
+
+    The bind rule (docs/security.md): outside loopback the gRPC API needs TLS and tokens,
+    and ``/metrics`` needs TLS. :func:`controller.server.start` refuses a config with
+    problems unless ``insecure`` is set, and then warns with these lines.
+    """
+    problems: list[str] = []
+    if not is_loopback(config.host):
+        missing = [what for what, ok in (("TLS (--tls-cert/--tls-key)", config.tls),
+                                         ("tokens (--token-file)", bool(config.tokens)))
+                   if not ok]
+        if missing:
+            problems.append(f"the gRPC API on {config.address} has no "
+                            f"{' and no '.join(missing)}: anyone who can reach it can change "
+                            "every job's learning rate")
+    metrics_host = config.metrics_host or config.host
+    if config.metrics_port is not None and not is_loopback(metrics_host) \
+            and not config.metrics_tls:
+        problems.append(f"/metrics on {join_host_port(metrics_host, config.metrics_port)} "
+                        "has no TLS (--metrics-tls-cert/--metrics-tls-key)")
+    return problems

@@ -2,7 +2,8 @@
 
 Each method only translates: conversions are :mod:`lrctl.convert`'s, validation is the
 domain's, errors become status codes in :class:`controller.interceptors.StatusInterceptor`
-and authentication happens before in :class:`controller.auth.AuthInterceptor`.
+and authentication happens before in :class:`controller.auth.AuthInterceptor` (which puts the
+caller's token name in :data:`controller.auth.CALLER` and in an Override's ``actor``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from controller.auth import CALLER
 from controller.errors import InvalidArgument
 from controller.service import ControllerService
 from lrctl.convert import (
@@ -55,7 +57,8 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
         job, created = await self.service.create_job(
             request.job_id, request.schedule, list(request.base_lrs),
             replace_existing=request.replace, verbose=request.verbose,
-            attach=request.attach, world_size=request.world_size if request.attach else 0)
+            attach=request.attach, world_size=request.world_size if request.attach else 0,
+            actor=CALLER.get())
         return pb.CreateJobResponse(job=job_to_proto(job), created=created,
                                     epoch=job.epoch if request.attach else 0)
 
@@ -70,7 +73,7 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
                                    next_page_token=token)
 
     async def FinishJob(self, request: pb.FinishJobRequest, context: Context) -> pb.Job:
-        return job_to_proto(await self.service.finish_job(request.job_id))
+        return job_to_proto(await self.service.finish_job(request.job_id, actor=CALLER.get()))
 
     async def Override(self, request: pb.OverrideRequest,
                        context: Context) -> pb.OverrideResponse:

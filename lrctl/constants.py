@@ -62,9 +62,11 @@ __all__ = [
     "GRACE_SECONDS_ENV_VAR",
     "HEARTBEAT_SECONDS_ENV_VAR",
     "HOST_ENV_VAR",
+    "INSECURE_ENV_VAR",
     "JOB_ENV_VAR",
     "MAX_PAGE_SIZE",
     "MAX_PREVIEW_VALUES",
+    "METRICS_HOST_ENV_VAR",
     "METRICS_PORT_ENV_VAR",
     "METRICS_TLS_CERT_ENV_VAR",
     "METRICS_TLS_CLIENT_CA_ENV_VAR",
@@ -163,13 +165,16 @@ DEFAULT_HOST = "127.0.0.1"
 #: ``--port``: gRPC port; 0 picks a free one.
 PORT_ENV_VAR = "LRCTL_PORT"
 DEFAULT_PORT = 50051
+#: ``--metrics-host``: interface of ``/metrics``; unset: the same as ``--host``.
+METRICS_HOST_ENV_VAR = "LRCTL_METRICS_HOST"
 #: ``--metrics-port``: Prometheus exposition port; 0 picks a free one, negative turns it off.
 METRICS_PORT_ENV_VAR = "LRCTL_METRICS_PORT"
 DEFAULT_METRICS_PORT = 9464
 #: ``--db``: the SQLite file holding every job and event.
 DB_ENV_VAR = "LRCTL_DB"
 DEFAULT_DB = "lrctl.db"
-#: ``--token-file``: JSON ``{"TOKEN": "ROLE"}``; enables authentication.
+#: ``--token-file``: JSON ``{"tokens": [{"name", "sha256", "role", "jobs"}]}`` (or the older
+#: ``{"TOKEN": "ROLE"}``); enables authentication (``controller.tokens``).
 TOKEN_FILE_ENV_VAR = "LRCTL_TOKEN_FILE"
 #: ``--heartbeat-seconds``: idle Watch streams get a heartbeat about this often.
 HEARTBEAT_SECONDS_ENV_VAR = "LRCTL_HEARTBEAT_SECONDS"
@@ -177,14 +182,17 @@ DEFAULT_HEARTBEAT_SECONDS = 5.0
 #: ``--grace-seconds``: on SIGTERM/SIGINT, in-flight RPCs get this long.
 GRACE_SECONDS_ENV_VAR = "LRCTL_GRACE_SECONDS"
 DEFAULT_GRACE_SECONDS = 5.0
-#: Reserved for server TLS (``--tls-cert``, ``--tls-key``, ``--tls-client-ca``): PEM files.
+#: Server TLS (``--tls-cert``, ``--tls-key``, ``--tls-client-ca`` for mutual TLS): PEM files.
 SERVER_TLS_CERT_ENV_VAR = "LRCTL_SERVER_TLS_CERT"
 SERVER_TLS_KEY_ENV_VAR = "LRCTL_SERVER_TLS_KEY"
 SERVER_TLS_CLIENT_CA_ENV_VAR = "LRCTL_SERVER_TLS_CLIENT_CA"
-#: Reserved for TLS on ``/metrics`` (``--metrics-tls-cert``, ...): PEM files.
+#: HTTPS on ``/metrics`` (``--metrics-tls-cert``, ``--metrics-tls-key``,
+#: ``--metrics-client-ca``): PEM files.
 METRICS_TLS_CERT_ENV_VAR = "LRCTL_METRICS_TLS_CERT"
 METRICS_TLS_KEY_ENV_VAR = "LRCTL_METRICS_TLS_KEY"
 METRICS_TLS_CLIENT_CA_ENV_VAR = "LRCTL_METRICS_TLS_CLIENT_CA"
+#: ``--insecure`` (``1``/``true``): serve outside loopback without TLS or tokens anyway.
+INSECURE_ENV_VAR = "LRCTL_INSECURE"
 
 #: Longest time rank 0's bare progress (step, LRs) stays in memory only; effective steps,
 #: new events, plateau metrics and final reports are written before the reply.

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from controller.config import ServerConfig, add_server_arguments, load_tokens
+from controller.tokens import hash_token
 from controller.server import Controller
 from lrctl.convert import events_from_proto
 from lrctl.program import LRProgram, preview
@@ -480,7 +481,10 @@ def test_config_from_flags_env_and_token_file(tmp_path: Path) -> None:
     config = ServerConfig.from_args(args, environ=env)
     assert (config.port, config.metrics_port, config.db) == (0, None, "/data/lrctl.db")
     assert config.heartbeat_seconds == 2.0
-    assert dict(config.tokens) == {"s3cret": "admin", "peek": "reader"}
+    # The older {"TOKEN": "ROLE"} form: kept as hashes, named by the hash's first 12 digits.
+    assert [(e.sha256, e.role) for e in config.token_entries] == [
+        (hash_token("s3cret"), "admin"), (hash_token("peek"), "reader")]
+    assert config.token_entries[0].name == "sha256:" + hash_token("s3cret")[:12]
     assert ServerConfig.from_env({}) == ServerConfig()
 
 
