@@ -30,12 +30,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from controller.auth import Authenticator, AuthInterceptor
 from controller.config import ServerConfig, server_channel_options
 from controller.interceptors import MetricsInterceptor, StatusInterceptor
-from controller.metrics import ControllerMetrics
+from controller.metrics import ControllerMetrics, exposition_app
 from controller.service import ControllerService
 from controller.servicer import LRControllerServicer
 from controller.store_api import JobStore, open_store, redact_url
@@ -181,7 +181,7 @@ def _start_exposition(host: str, port: int, registry: CollectorRegistry) -> Thre
     class Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
-    httpd = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    httpd = make_server(host, port, exposition_app(registry), Server, handler_class=_QuietHandler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                               name="lrctl-metrics", daemon=True)
     thread.start()
