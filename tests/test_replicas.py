@@ -331,6 +331,17 @@ def test_override_storm_over_replicas_with_kill_9(postgres: PostgresServer, pg_u
     killed with SIGKILL mid-storm and restarted, 3 times. Every acknowledged override is in
     the log exactly once, versions strictly increase, and every Watch on a surviving replica
     and every failover follower saw every version in order."""
+    _storm(postgres, pg_url, kills=3)
+
+
+@pytest.mark.soak
+def test_override_storm_soak(postgres: PostgresServer) -> None:
+    """The storm 20 times over, each on a fresh database (LRCTL_SOAK=1)."""
+    for _ in range(20):
+        _storm(postgres, postgres.url(postgres.create_database()), kills=3)
+
+
+def _storm(postgres: PostgresServer, pg_url: str, kills: int) -> None:
     jobs = ("storm-a", "storm-b")
     replicas = [ControllerProcess(pg_url).start() for _ in range(3)]
     address = ",".join(r.address for r in replicas)
@@ -370,19 +381,18 @@ def test_override_storm_over_replicas_with_kill_9(postgres: PostgresServer, pg_u
         clients = [threading.Thread(target=storm, args=(n,), daemon=True) for n in range(4)]
         for thread in clients:
             thread.start()
-        kills = []
-        for _ in range(3):
+        marks: list[int] = []
+        for _ in range(kills):
             time.sleep(1.0)
-            before = len(acked)
+            marks.append(len(acked))
             replicas[0].kill()
-            kills.append(before)
             time.sleep(0.5)
             replicas[0] = ControllerProcess(pg_url, port=replicas[0].port).start()
         time.sleep(1.0)
         stop.set()
         for thread in clients:
             thread.join(30)
-        assert len(acked) > kills[-1] > kills[0] > 0  # overrides before, between, after kills
+        assert len(acked) > marks[-1] > marks[0] > 0  # overrides before, between, after kills
 
         # The database's versions (a replica's memory may be a notification behind).
         db = pg_url.rsplit("/", 1)[1]
