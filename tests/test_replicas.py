@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from controller.server import Controller
 from lrctl.client import Client, ClientError, WatchFollower
@@ -479,3 +480,36 @@ def test_ddp_rank0_fails_over_when_its_replica_is_killed(tmp_path: Path, pg_url:
     assert late.effective_step is not None and late.effective_step > step_before
     assert ranks[0]["log"][-1][2:] == pytest.approx([1e-3, 1e-3])
     assert ranks[1]["log"][-1][2:] == pytest.approx([1e-3, 1e-3])
+
+
+async def test_metrics_aggregate_over_replicas(start_controller: Start, pg_url: str) -> None:
+    """Every replica exports every running job's gauges (``max by`` sees the job's value) and
+    counts only what it served (``sum by`` over replicas counts each override once)."""
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    replicas = [await start_controller(db=pg_url, metrics_port=None, registry=r)
+                for r in registries]
+    stubs = Stubs(replicas)
+    try:
+        await _create(stubs[0], base_lrs=(0.1, 0.01))
+        for i in range(8):
+            await stubs[0 if i < 5 else 1].Override(_scale("run-1", 0.5))
+        labels = {"job_id": "run-1"}
+
+        def gauges(registry: CollectorRegistry) -> tuple[float | None, ...]:
+            return (registry.get_sample_value("lrctl_schedule_version", labels),
+                    registry.get_sample_value("lrctl_learning_rate",
+                                              {**labels, "param_group": "1"}))
+
+        async def same() -> bool:
+            return gauges(registries[0]) == gauges(registries[1]) == (9.0, 0.01 * 0.5 ** 8)
+        await _eventually(same)
+        counted = [r.get_sample_value("lrctl_overrides_total", {**labels, "op": "scale"}) or 0
+                   for r in registries]
+        assert counted == [5.0, 3.0]  # sum by (job_id, op): 8, each override once
+        await stubs[1].FinishJob(pb.FinishJobRequest(job_id="run-1"))
+
+        async def removed() -> bool:
+            return all(gauges(r) == (None, None) for r in registries)
+        await _eventually(removed)  # a finished job's series go on every replica
+    finally:
+        await stubs.close()
