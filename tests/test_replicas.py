@@ -7,6 +7,10 @@ for the semantics; real ``lrctl serve`` processes, killed with SIGKILL, for fail
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +28,7 @@ from lrctl.v1 import lrctl_pb2_grpc
 from tests import pg
 from tests.conftest import expect_status
 from tests.pg import PASSWORD, PostgresServer
-from tests.procs import ControllerProcess, wait_for_step
+from tests.procs import ROOT, ControllerProcess, wait_for_step
 from tests.test_ddp import check_consistent, launch_ranks, read_ranks, wait_ranks
 
 Start = Callable[..., Awaitable[Controller]]
@@ -513,3 +517,30 @@ async def test_metrics_aggregate_over_replicas(start_controller: Start, pg_url: 
         await _eventually(removed)  # a finished job's series go on every replica
     finally:
         await stubs.close()
+
+
+@pytest.mark.slow
+def test_cli_uses_whichever_replica_is_up(pg_url: str) -> None:
+    """`lrctl --address A,B` keeps working when A is gone (killed, never restarted)."""
+    replicas = [ControllerProcess(pg_url).start() for _ in range(2)]
+    address = ",".join(r.address for r in replicas)
+
+    def lrctl(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "controller.cli", "--address", address,
+                               *argv], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={k: v for k, v in os.environ.items() if k != "LRCTL_ADDRESS"})
+
+    try:
+        created = lrctl("job", "create", "cli-1", "--schedule", "StepLR(step_size=5)",
+                        "--base-lr", "0.1")
+        assert created.returncode == 0, created.stderr
+        replicas[0].kill()
+        for i in range(4):  # round robin would have picked the dead one every other call
+            done = lrctl("override", "cli-1", "lr /= 2", "--reason", f"#{i}")
+            assert done.returncode == 0, done.stderr
+        got = lrctl("job", "get", "cli-1", "--json")
+        assert got.returncode == 0, got.stderr
+        assert json.loads(got.stdout)["version"] == 5
+    finally:
+        for replica in replicas:
+            replica.stop()
