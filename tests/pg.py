@@ -66,7 +66,7 @@ class PostgresServer:
         if os.geteuid() == 0:
             self._as = ["runuser", "-u", "nobody", "--"]
             os.chmod(self.root, 0o755)
-            shutil.chown(self.root, "nobody", "nogroup")
+            shutil.chown(self.root, "nobody")
 
     def _run(self, *cmd: str, timeout: float = 120) -> str:
         out = subprocess.run([*self._as, *cmd], capture_output=True, text=True,
@@ -79,7 +79,7 @@ class PostgresServer:
         pwfile = self.root / "pw"
         pwfile.write_text(PASSWORD + "\n")
         if self._as:
-            shutil.chown(pwfile, "nobody", "nogroup")
+            shutil.chown(pwfile, "nobody")
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", USER,
                   "--pwfile", str(pwfile), "--auth-host=scram-sha-256", "--auth-local=trust",
                   "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
