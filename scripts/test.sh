@@ -12,6 +12,11 @@ export PATH="$venv/bin:$PATH"
 
 echo "== generated code is current"
 python scripts/gen_protos.py --check
+echo "== Grafana dashboard is current (scripts/gen_dashboard.py)"
+python scripts/gen_dashboard.py --check
+echo "== promtool: Prometheus config, rules and their unit tests"
+(cd deploy/prometheus && promtool check config prometheus.yml && promtool check rules rules/*.yml \
+    && promtool test rules tests/*.yml)
 echo "== ruff"
 ruff check .
 # Turned on right after the one commit that formats the whole tree:
