@@ -187,6 +187,10 @@ def test_controller_only_install_serves_and_its_cli_drives_it(
                     (("job_id", "run-1"), ("param_group", "0")))] == pytest.approx(0.05)
     assert samples[("lrctl_learning_rate",
                     (("job_id", "run-1"), ("param_group", "1")))] == pytest.approx(0.005)
+    # Every series the Grafana dashboard reads from the controller is there (docs/operations.md).
+    from tests.test_dashboard import controller_metric_names
+    missing = controller_metric_names() - {name for name, _ in samples}
+    assert not missing, f"the dashboard queries {sorted(missing)}, not exported"
 
     assert "finished job run-1" in ok("job", "finish", "run-1")
     assert watch.wait(30) == 0
