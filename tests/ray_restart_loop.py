@@ -64,6 +64,7 @@ def restart_loop(config: dict[str, Any]) -> None:
             lr = float(optimizer.param_groups[0]["lr"])
             log.write(f"{step},{scheduler.applied_version},{lr!r}\n")
             if checkpoint is None and step == gate.hold_at:
+                gate.mark(f"held-{rank}")
                 gate.wait("go-override")
             if checkpoint is None and step == gate.freeze_at:
                 gate.mark(f"frozen-{rank}")

@@ -131,8 +131,7 @@ def test_killed_worker_resumes_with_the_lrs_of_an_uninterrupted_run(
 
     address = controller.address
     # 1. Both ranks hold after step 22; an override sent now takes effect after checkpoint 20.
-    wait_for(lambda: gate.opened("pid-first-0") and gate.opened("pid-first-1"), "the workers")
-    operate.wait_for_step(address, JOB, HOLD)
+    wait_for(lambda: gate.opened("held-0") and gate.opened("held-1"), "the hold at step 22")
     after_checkpoint = operate.override(address, JOB, "lr /= 2", reason="after checkpoint 20")
     gate.mark("go-override")
     recorded = operate.wait_until_applied(address, JOB, after_checkpoint).effective_step
