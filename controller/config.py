@@ -16,9 +16,10 @@ import ipaddress
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from controller.limits import ServerLimits, add_limit_arguments
 from controller.tokens import (
     ADMIN,
     OPERATOR,
@@ -78,7 +79,11 @@ class ServerConfig:
     mapping is turned into entries. Empty disables authentication."""
 
     max_message_bytes: int = c.DEFAULT_MAX_MESSAGE_BYTES
-    """Largest gRPC message sent or received."""
+    """Largest gRPC message sent or received; a job's log is kept small enough to fit."""
+
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    """Jobs, events, Watch streams, sizes and values one client may ask for
+    (:class:`controller.limits.ServerLimits`)."""
 
     tls_cert: str | None = None
     """PEM certificate chain of the gRPC server; with :attr:`tls_key`, TLS is on."""
@@ -115,6 +120,15 @@ class ServerConfig:
                 raise ValueError(f"expected {key} to be a finite number {bound}, got {value!r}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"expected max_message_bytes >= 1024, got {self.max_message_bytes}")
+        if not isinstance(self.limits, ServerLimits):
+            raise ValueError(f"expected limits to be a ServerLimits, got {self.limits!r}")
+        # A job's log must fit in a message beside its largest other fields.
+        least = self.limits.reserved_bytes() + 16 * 1024
+        if self.max_message_bytes < least:
+            raise ValueError(f"expected max_message_bytes >= {least} with these limits (room "
+                             f"for a job of {self.limits.max_param_groups} groups and a "
+                             f"{self.limits.max_spec_bytes}-byte spec, and its log), got "
+                             f"{self.max_message_bytes}")
         # Frozen all the way down: a config shared between tasks cannot change under them.
         object.__setattr__(self, "tokens", as_entries(self.tokens))
         for prefix, flag in (("", "--tls"), ("metrics_", "--metrics-tls")):
@@ -156,7 +170,9 @@ class ServerConfig:
         (negative disables), ``LRCTL_DB``, ``LRCTL_TOKEN_FILE``, ``LRCTL_HEARTBEAT_SECONDS``,
         ``LRCTL_GRACE_SECONDS``, ``LRCTL_INSECURE`` (``1``/``true``), the server's TLS files
         ``LRCTL_SERVER_TLS_CERT``/``_KEY``/``_CLIENT_CA`` and those of ``/metrics``,
-        ``LRCTL_METRICS_TLS_CERT``/``_KEY``/``_CLIENT_CA`` (:mod:`lrctl.constants`).
+        ``LRCTL_METRICS_TLS_CERT``/``_KEY``/``_CLIENT_CA``, ``LRCTL_MAX_MESSAGE_BYTES`` and the
+        limits' ``LRCTL_MAX_*`` (:class:`controller.limits.ServerLimits`; names in
+        :mod:`lrctl.constants`).
 
         Args:
             environ: The variables to read; ``os.environ`` when None.
@@ -174,6 +190,7 @@ class ServerConfig:
             (c.DB_ENV_VAR, "db", str),
             (c.HEARTBEAT_SECONDS_ENV_VAR, "heartbeat_seconds", float),
             (c.GRACE_SECONDS_ENV_VAR, "grace_seconds", float),
+            (c.MAX_MESSAGE_BYTES_ENV_VAR, "max_message_bytes", int),
             (c.METRICS_HOST_ENV_VAR, "metrics_host", str),
             (c.SERVER_TLS_CERT_ENV_VAR, "tls_cert", str),
             (c.SERVER_TLS_KEY_ENV_VAR, "tls_key", str),
@@ -191,6 +208,8 @@ class ServerConfig:
                     kind = "1, true, 0 or false" if convert is _flag else convert.__name__
                     raise ValueError(f"expected {var} to be {kind}, "
                                      f"got {env[var]!r}") from None
+        if "limits" not in overrides:
+            values["limits"] = ServerLimits.from_env(env)
         if env.get(c.TOKEN_FILE_ENV_VAR):
             values["tokens"] = load_tokens(env[c.TOKEN_FILE_ENV_VAR])
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -211,6 +230,9 @@ class ServerConfig:
                             metrics_host=args.metrics_host,
                             metrics_port=args.metrics_port, db=args.db, tokens=tokens,
                             heartbeat_seconds=args.heartbeat_seconds,
+                            max_message_bytes=getattr(args, "max_message_bytes", None),
+                            limits=ServerLimits.from_args(
+                                args, os.environ if environ is None else environ),
                             grace_seconds=args.grace_seconds,
                             tls_cert=args.tls_cert, tls_key=args.tls_key,
                             tls_client_ca=args.tls_client_ca,
@@ -262,6 +284,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
                      help="serve outside loopback without TLS or tokens anyway: anyone who "
                           "reaches the port can change every job's LR "
                           f"({c.INSECURE_ENV_VAR}=1)")
+    add_limit_arguments(parser)
     parser.add_argument("--heartbeat-seconds", type=float,
                         help=f"Watch heartbeat interval (default {c.DEFAULT_HEARTBEAT_SECONDS}; "
                              f"{c.HEARTBEAT_SECONDS_ENV_VAR})")

@@ -15,6 +15,7 @@ import dataclasses
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 
+from lrctl.limits import NO_LIMITS
 from lrctl.model import Job
 from lrctl.overrides import Event, resolve_pending
 from lrctl.program import LRProgram
@@ -41,7 +42,10 @@ class JobDisplay:
         # Pending events (no effective step), in version order: (version, index in the log).
         self._pending: list[tuple[int, int]] = [(e.version, i) for i, e in enumerate(events)
                                                 if e.effective_step is None]
-        self._applied = LRProgram(job.schedule, job.base_lrs, events, self._built)
+        # A stored job was checked against the limits when it was accepted; a lower limit
+        # since then must not make it unreadable.
+        self._applied = LRProgram(job.schedule, job.base_lrs, events, self._built,
+                                  limits=NO_LIMITS)
         self._forget_shown()
 
     def _forget_shown(self) -> None:
@@ -126,7 +130,7 @@ class JobDisplay:
                 shown = base.extend(resolved)
             except ValueError:  # an applied event after `step`: evaluate the whole log
                 shown = LRProgram(self._job.schedule, self._job.base_lrs,
-                                  resolve_pending(events, step), self._built)
+                                  resolve_pending(events, step), self._built, limits=NO_LIMITS)
             self._shown, self._shown_step, self._shown_count = shown, step, len(pending)
             return shown
         return base

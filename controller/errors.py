@@ -18,6 +18,8 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "StorageFull",
+    "StorageUnavailable",
     "Unauthenticated",
     "Unavailable",
 ]
@@ -57,3 +59,13 @@ class PermissionDenied(ControllerError):
 
 class Unavailable(ControllerError):
     """The controller is shutting down; retry against the next instance."""
+
+
+class StorageFull(ResourceExhausted):
+    """The database's disk is full: the write was refused and nothing was stored; reads are
+    still served."""
+
+
+class StorageUnavailable(Unavailable):
+    """The database refuses writes (a read-only file or file system, an I/O error, closed):
+    the write was refused and nothing was stored; reads are still served."""

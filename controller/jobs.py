@@ -1,7 +1,9 @@
 """A job as the controller holds it in memory, and the pure rules about one job.
 
-ListJobs page tokens, whether a CreateJob attaches, what a report may say and which events
-it applies. Job ids are checked by the core (:func:`lrctl.model.check_job_id`).
+ListJobs page tokens, whether a CreateJob attaches, what an override and a report may say
+(values, sizes: :class:`controller.limits.ServerLimits`) and which events a report applies,
+and how large a job's log is once encoded. Job ids are checked by the core
+(:func:`lrctl.model.check_job_id`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from controller.errors import FailedPrecondition, InvalidArgument
+from controller.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from controller.limits import ServerLimits
 from controller.plateau import JobPlateau
 from lrctl.errors import LrctlError
+from lrctl.limits import DEFAULT_LIMITS, Limits
 from lrctl.model import JOB_ID_PATTERN, Job, Report
 from lrctl.overrides import Event, Op, validate_override
 from lrctl.schedules import ReduceLROnPlateau, build_schedule, canonical_spec
@@ -22,11 +26,17 @@ from lrctl.schedules import ReduceLROnPlateau, build_schedule, canonical_spec
 __all__ = [
     "JobEntry",
     "check_epoch",
+    "check_evaluable",
+    "check_note",
     "check_override",
     "check_report",
     "create_conflict",
     "decode_token",
+    "describe_error",
     "encode_token",
+    "event_bytes",
+    "head_bytes",
+    "log_bytes",
     "mark_applied",
     "same_spec",
     "with_events",
@@ -43,16 +53,96 @@ class JobEntry:
             are counted by the watch hub.
         plateau: ReduceLROnPlateau bookkeeping.
         persisted_at: When rank 0's bare progress was last written (throttled writes).
+        broken: Why the job cannot be evaluated (a spec, base LRs or log this release
+            refuses, found when it was loaded); None for a sound job. Such a job is listed,
+            its log is readable and it can be finished or recreated; everything else about
+            it is FAILED_PRECONDITION (:func:`check_evaluable`).
+        log_size: ``(created_version, events counted, their bytes)``: :func:`log_bytes`'s
+            running total, so an override costs the same at 10 events and at 10,000.
     """
 
     job: Job
     plateau: JobPlateau
     persisted_at: float = 0.0
+    broken: str | None = None
+    log_size: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def running(self) -> bool:
         """True until the job is finished."""
         return not self.job.finished
+
+
+def check_evaluable(entry: JobEntry) -> None:
+    """Refuse to evaluate, watch or change a job that cannot be evaluated.
+
+    Raises:
+        FailedPrecondition: ``entry.broken``, with what to do about it.
+    """
+    if entry.broken is not None:
+        raise FailedPrecondition(
+            f"job {entry.job.job_id!r} cannot be evaluated: {entry.broken}; its log is still "
+            f"readable (History); finish it (FinishJob) or recreate it (CreateJob with "
+            f"replace)")
+
+
+def _prefix(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def check_note(actor: str, reason: str, limits: ServerLimits) -> None:
+    """Check an override's ``actor`` and ``reason`` against ``limits``.
+
+    Raises:
+        ResourceExhausted: an actor or reason longer than the limit.
+        InvalidArgument: control characters (newlines, escape sequences) in the actor.
+    """
+    if len(actor) > limits.max_actor_chars:
+        raise ResourceExhausted(f"expected an actor of at most {limits.max_actor_chars} "
+                                f"characters, got {len(actor)}: {_prefix(actor)}")
+    if not actor.isprintable():
+        raise InvalidArgument(f"expected an actor without control characters (newlines, "
+                              f"escape sequences), got {_prefix(actor)}")
+    size = len(reason.encode("utf-8", "surrogatepass"))
+    if size > limits.max_reason_bytes:
+        raise ResourceExhausted(f"expected a reason of at most {limits.max_reason_bytes} "
+                                f"bytes (UTF-8), got {size}: {_prefix(reason)}")
+
+
+#: Encoded size of an event beyond its strings, at most: version, op, value, group, effective
+#: step, two timestamps, field tags and lengths, and its own tag in ``Job.events``.
+_EVENT_OVERHEAD = 96
+
+
+def event_bytes(event: Event) -> int:
+    """An upper bound of ``event``'s size in a message, once it is applied."""
+    return (_EVENT_OVERHEAD + len(event.actor.encode("utf-8", "surrogatepass"))
+            + len(event.reason.encode("utf-8", "surrogatepass"))
+            + len((event.schedule or "").encode("utf-8", "surrogatepass")))
+
+
+def head_bytes(job: Job) -> int:
+    """An upper bound of the encoded size of ``job``'s head (no log): ListJobs pages by it."""
+    return (256 + len(job.job_id) + len(job.schedule.encode("utf-8", "surrogatepass"))
+            + 20 * len(job.base_lrs))
+
+
+def log_bytes(entry: JobEntry) -> int:
+    """An upper bound of the encoded size of ``entry``'s log (counts only new events)."""
+    job = entry.job
+    created, counted, total = entry.log_size
+    events = job.events
+    if created != job.created_version or counted > len(events):
+        counted, total = 0, 0  # recreated: a new log
+    total += sum(event_bytes(e) for e in events[counted:])
+    entry.log_size = (job.created_version, len(events), total)
+    return total
+
+
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """One bounded line saying what went wrong (``SpecError: ...``), for a broken job."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def encode_token(after: str) -> str:
@@ -73,7 +163,8 @@ def decode_token(token: str) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         after = ""
     if not JOB_ID_PATTERN.fullmatch(after):
-        raise InvalidArgument(f"expected a page_token from a previous ListJobs, got {token!r}")
+        raise InvalidArgument(f"expected a page_token from a previous ListJobs, got "
+                              f"{_prefix(token)}")
     return after
 
 
@@ -90,14 +181,24 @@ def create_conflict(old: Job, schedule: str, base_lrs: tuple[float, ...]) -> str
     if old.finished and same_spec(old.schedule, schedule) and old.base_lrs == base_lrs:
         return (f"job {old.job_id!r} is finished; expected a running job to attach to "
                 f"(pass replace to start it again)")
-    return (f"job {old.job_id!r} exists with schedule {old.schedule} and base_lrs "
-            f"{list(old.base_lrs)}; expected the same to attach, got {schedule} and base_lrs "
-            f"{list(base_lrs)} (pass replace to replace it)")
+    return (f"job {old.job_id!r} exists with schedule {_prefix(old.schedule, 200)} and "
+            f"base_lrs {_lrs(old.base_lrs)}; expected the same to attach, got "
+            f"{_prefix(schedule, 200)} and base_lrs {_lrs(base_lrs)} (pass replace to "
+            f"replace it)")
+
+
+def _lrs(values: Sequence[float], shown: int = 8) -> str:
+    """Up to ``shown`` values of a list, and how many there are."""
+    if len(values) <= shown:
+        return str(list(values))
+    head = ", ".join(repr(v) for v in values[:shown])
+    return f"[{head}, ...] ({len(values)} groups)"
 
 
 def check_override(op: Op, value: float | None, schedule: str | None, group: int | None,
-                   num_groups: int) -> str | None:
-    """Check a client's override for a job with ``num_groups`` groups.
+                   num_groups: int, limits: Limits = DEFAULT_LIMITS) -> str | None:
+    """Check a client's override for a job with ``num_groups`` groups, under ``limits``
+    (the LR ceiling, a replacement spec's size).
 
     Returns:
         The replacement spec in canonical text (REPLACE_SCHEDULE), else ``schedule``.
@@ -110,12 +211,12 @@ def check_override(op: Op, value: float | None, schedule: str | None, group: int
     if not isinstance(op, Op) or op is Op.PLATEAU_REDUCE:
         raise InvalidArgument(f"expected an override op of scale, set, clear or "
                               f"replace_schedule, got {getattr(op, 'value', op)!r}")
-    validate_override(op, value, group, num_groups)
+    validate_override(op, value, group, num_groups, max_lr=limits.max_lr)
     if op is not Op.REPLACE_SCHEDULE:
         return schedule
     if not schedule:
         raise InvalidArgument("expected a schedule spec to replace with, got ''")
-    built = build_schedule(schedule, num_groups)
+    built = build_schedule(schedule, num_groups, limits=limits)
     if group is not None and isinstance(built, ReduceLROnPlateau):
         raise InvalidArgument("expected a job-wide ReduceLROnPlateau replacement (its metric "
                               f"drives every group), got one for param group {group}")

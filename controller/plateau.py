@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from copy import copy
 
 from controller.rows import ConsumedMetric
+from lrctl.limits import NO_LIMITS
 from lrctl.model import Job
 from lrctl.overrides import Event, Op
 from lrctl.schedules import PlateauTracker, ReduceLROnPlateau, build_schedule
@@ -34,8 +35,21 @@ class JobPlateau:
                 self.tracker.observe(metric.value)
         self._staged: tuple[PlateauTracker | None, int] | None = None
 
+    @classmethod
+    def idle(cls, job: Job) -> JobPlateau:
+        """Bookkeeping that tracks nothing, for a job that cannot be evaluated (its spec
+        does not build): it is loaded and marked, and never consumes a metric."""
+        self = cls.__new__(cls)
+        self.num_groups = len(job.base_lrs)
+        self.last_step = -1
+        self.schedule_version = job.created_version
+        self.tracker = None
+        self._staged = None
+        return self
+
     def _install(self, spec: str, version: int) -> None:
-        schedule = build_schedule(spec, self.num_groups)
+        # Stored specs were checked against the limits when they were accepted.
+        schedule = build_schedule(spec, self.num_groups, limits=NO_LIMITS)
         self.schedule_version = version
         self.tracker = schedule.tracker() if isinstance(schedule, ReduceLROnPlateau) else None
 

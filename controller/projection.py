@@ -7,6 +7,11 @@ Each job's :class:`~controller.display.JobDisplay` follows its log incrementally
 or a report extends the program instead of rebuilding it over the whole log), so the cost of
 a change does not grow with the job's history.
 
+Evaluating a step is bounded on the event loop: a recurrence schedule more than
+:data:`DISPLAY_MAX_COST` of replay ahead of what its display has computed (a report of a far
+step) shows the LRs rank 0 reported instead, as does a step the schedule does not evaluate
+(OneCycleLR past ``total_steps``). A view never raises: it is built after a commit.
+
 Every side effect of a state change that is not the state itself (metric series, the
 one-line change log, torch's ``verbose`` LR messages) happens here, once the change is durable.
 """
@@ -25,9 +30,14 @@ from lrctl.errors import LrctlError
 from lrctl.model import Job, Report
 from lrctl.overrides import Event
 
-__all__ = ["Projection", "pending_count"]
+__all__ = ["DISPLAY_MAX_COST", "Projection", "pending_count"]
 
 _lr_log = logging.getLogger("lrctl.controller.lr")
+_log = logging.getLogger("lrctl.controller.projection")
+
+#: Replay work (:meth:`lrctl.program.LRProgram.cost` units, ~0.1-0.2 µs each) one displayed
+#: LR may cost on the event loop: a few ms. Further, the LRs rank 0 reported are shown.
+DISPLAY_MAX_COST = 20_000
 
 
 def pending_count(job: Job) -> int:
@@ -57,9 +67,14 @@ class Projection:
         """The LR of each group at the job's step with pending events taking effect now."""
         step = max(job.step, 0)
         try:
-            return tuple(self._follow(job).program(step).lrs(step))
+            return tuple(self._follow(job).program(step).lrs(step, max_cost=DISPLAY_MAX_COST))
         except LrctlError:
-            # e.g. OneCycleLR stepped past total_steps: torch raises too; show what rank 0 saw.
+            # e.g. OneCycleLR stepped past total_steps (torch raises too), or a recurrence far
+            # ahead of what it computed: show what rank 0 saw.
+            return job.lr if job.lr else (math.nan,) * len(job.base_lrs)
+        except Exception:  # a view follows a commit: it must not fail
+            _log.exception("cannot compute the displayed LR of job %s", job.job_id)
+            self.forget(job.job_id)
             return job.lr if job.lr else (math.nan,) * len(job.base_lrs)
 
     def view(self, job: Job, *, events: bool = True, workers: int = 0,
@@ -73,8 +88,13 @@ class Projection:
         counted in O(log) from the job's display."""
         try:
             return self._follow(job).pending(job.applied_version)
-        except LrctlError:
+        except Exception:  # the display cannot be built: count over the log
             return pending_count(job)
+
+    def check(self, job: Job) -> None:
+        """Build ``job``'s display now; raise what keeps it from being evaluated (a spec,
+        base LRs or a replacement this release refuses)."""
+        self._follow(job)
 
     def forget(self, job_id: str) -> None:
         """Drop a job's cached program (it was recreated: other spec, other groups)."""

@@ -27,6 +27,7 @@ __all__ = [
     "event_to_row",
     "job_from_row",
     "job_to_row",
+    "salvage_job_row",
 ]
 
 #: Columns of ``jobs``, in the order of :func:`job_to_row`.
@@ -59,12 +60,15 @@ class StoredJob:
         events: The current incarnation's log, oldest first.
         plateau_metrics: The metrics the plateau tracker consumed, step order.
         rev: The row's revision in a shared store (0 for SQLite, its only writer).
+        problem: What the store could not read of the job ("" when it read all of it); such
+            a job is loaded marked as one that cannot be evaluated.
     """
 
     record: Job
     events: list[Event]
     plateau_metrics: list[ConsumedMetric]
     rev: int = 0
+    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,34 @@ def job_from_row(row: Sequence[Any]) -> Job:
                lr=() if lrs is None else tuple(float(x) for x in json.loads(lrs)),
                applied_version=int(applied_version), world_size=int(world_size),
                epoch=int(epoch))
+
+
+def salvage_job_row(row: Sequence[Any]) -> Job:
+    """Return what can be read of a ``jobs`` row :func:`job_from_row` refused.
+
+    The id and versions are kept (versions never go back); a value that does not read is
+    left empty (no base LRs, no spec), so the job loads and is marked as one that cannot be
+    evaluated instead of keeping the controller from starting.
+    """
+    values = dict(zip(JOB_COLUMNS, row))
+
+    def get(name: str, convert: Any, default: Any) -> Any:
+        try:
+            return convert(values[name])
+        except Exception:
+            return default
+
+    def floats(text: Any) -> tuple[float, ...]:
+        return tuple(float(x) for x in json.loads(text))
+
+    return Job(job_id=str(values["job_id"]), schedule=get("schedule", str, ""),
+               base_lrs=get("base_lrs", floats, ()), version=get("version", int, 0),
+               created_version=get("created_version", int, 1), step=get("step", int, -1),
+               state=get("state", JobState, JobState.RUNNING),
+               verbose=get("verbose", bool, False), created_at=get("created_at", float, 0.0),
+               updated_at=get("updated_at", float, 0.0), lr=get("lrs", floats, ()),
+               applied_version=get("applied_version", int, 0),
+               world_size=get("world_size", int, 0), epoch=get("epoch", int, 0))
 
 
 def event_to_row(e: Event) -> tuple[Any, ...]:

@@ -137,7 +137,9 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
     server: grpc.aio.Server | None = None
     try:
         service = await ControllerService.open(store, metrics,
-                                               heartbeat_seconds=config.heartbeat_seconds)
+                                               heartbeat_seconds=config.heartbeat_seconds,
+                                               limits=config.limits,
+                                               max_message_bytes=config.max_message_bytes)
         interceptors = [MetricsInterceptor(metrics), StatusInterceptor(SERVICE_NAME),
                         AuthInterceptor(Authenticator(config.tokens), SERVICE_NAME)]
         server = grpc.aio.server(interceptors=interceptors,

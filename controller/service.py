@@ -7,29 +7,46 @@ serialized per job, written through to the store, and only then applied in memor
 (:class:`~controller.watch.WatchHub`), so what a client was told is always on disk, and
 versions per job strictly increase across restarts. Validation is the core's
 (:mod:`lrctl.program`, :mod:`lrctl.overrides`); its errors reach clients as INVALID_ARGUMENT.
+
+No input hurts it (docs/controller.md, "Limits" and "Failure handling"): every size and count
+is limited (:class:`~controller.limits.ServerLimits`, RESOURCE_EXHAUSTED), a job's log always
+fits in one message, CPU-heavy validation runs off the event loop within a deadline
+(:class:`~controller.evaluate.Evaluator`), a job that cannot be evaluated is loaded and
+marked instead of keeping the controller from starting, and what follows a commit (views,
+metrics, logs) never turns an acknowledged write into a failed call.
 The decisions (recreation with ``replace``, idempotent finish, pending plateau reductions)
 are in docs/controller.md.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
+from typing import Any, TypeVar
 
-from controller.errors import Conflict, FailedPrecondition, InvalidArgument
+from controller.errors import Conflict, FailedPrecondition, InvalidArgument, ResourceExhausted
+from controller.evaluate import Evaluator
 from controller.jobs import (
     JobEntry,
     check_epoch,
+    check_evaluable,
+    check_note,
     check_override,
     check_report,
     create_conflict,
     decode_token,
+    describe_error,
     encode_token,
+    event_bytes,
+    head_bytes,
+    log_bytes,
     mark_applied,
     same_spec,
     with_events,
 )
+from controller.limits import ServerLimits
 from controller.metrics import ControllerMetrics
 from controller.plateau import JobPlateau
 from controller.projection import Projection
@@ -41,9 +58,12 @@ from lrctl import constants
 from lrctl.model import Job, JobState, Report, WatchMessage, check_job_id
 from lrctl.overrides import Event, Op
 from lrctl.program import LRProgram
-from lrctl.program import preview as program_preview
+from lrctl.schedules import check_num_groups
 
 __all__ = ["ControllerService"]
+
+T = TypeVar("T")
+_log = logging.getLogger("lrctl.controller.service")
 
 
 class ControllerService:
@@ -53,26 +73,53 @@ class ControllerService:
         store: The open database (its owner closes it after :meth:`close`).
         metrics: Where to export job metrics, or None.
         heartbeat_seconds: Idle watch streams get a heartbeat about this often.
+        limits: What one client may ask for (jobs, events, streams, sizes, values).
+        max_message_bytes: The server's message size: a job's log is kept small enough to
+            fit in one beside its other fields, a ListJobs page too.
         clock: Wall clock (unix seconds).
     """
 
     def __init__(self, store: JobStore, metrics: ControllerMetrics | None = None, *,
                  heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
+                 limits: ServerLimits | None = None,
+                 max_message_bytes: int = constants.DEFAULT_MAX_MESSAGE_BYTES,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._clock = clock
+        self._limits = limits = ServerLimits() if limits is None else limits
+        self._max_message_bytes = max_message_bytes
+        self._log_budget = max_message_bytes - limits.reserved_bytes()
+        self._eval = Evaluator(limits.eval_deadline_seconds)
         self._table = JobTable(store, self._synced)
         self._projection = Projection(metrics)
-        self._hub = WatchHub(heartbeat_seconds, on_count=self._streams_changed)
+        self._hub = WatchHub(heartbeat_seconds, on_count=self._streams_changed,
+                             max_streams_per_job=limits.max_watch_streams_per_job,
+                             max_streams=limits.max_watch_streams)
 
     @classmethod
     async def open(cls, store: JobStore, metrics: ControllerMetrics | None = None, *,
                    heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
+                   limits: ServerLimits | None = None,
+                   max_message_bytes: int = constants.DEFAULT_MAX_MESSAGE_BYTES,
                    ) -> ControllerService:
-        """Load every job from ``store`` and export the running ones' metrics."""
-        service = cls(store, metrics, heartbeat_seconds=heartbeat_seconds)
+        """Load every job from ``store`` and export the running ones' metrics.
+
+        A job that cannot be evaluated (a spec, base LRs or log this release refuses) is
+        loaded marked (:func:`controller.jobs.check_evaluable`) and logged at ERROR; the
+        others load and serve as usual.
+        """
+        service = cls(store, metrics, heartbeat_seconds=heartbeat_seconds, limits=limits,
+                      max_message_bytes=max_message_bytes)
         for entry in service._table.load(await store.load()):
-            service._projection.export(entry.job, 0)
+            if entry.broken is None and entry.running:
+                try:
+                    service._projection.check(entry.job)
+                except Exception as exc:
+                    entry.broken = describe_error(exc)
+                    _log.error("job %s cannot be evaluated and is served marked: %s",
+                               entry.job.job_id, entry.broken)
+            if entry.broken is None:
+                service._projection.export(entry.job, 0)
         return service
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -96,16 +143,28 @@ class ControllerService:
         Raises:
             InvalidArgument: bad job id or a negative world size.
             SpecError: bad spec or base LRs.
-            FailedPrecondition: the job exists with another spec (or is finished) and
-                ``replace_existing`` is false.
+            SizeLimitError: more param groups or a longer spec than the limits allow.
+            ResourceExhausted: as many jobs as allowed, or validation past its deadline.
+            FailedPrecondition: the job exists with another spec (or is finished, or cannot
+                be evaluated) and ``replace_existing`` is false.
         """
         check_job_id(job_id)
         if world_size < 0:
             raise InvalidArgument(f"expected world_size >= 0, got {world_size}")
-        program = LRProgram(schedule, list(base_lrs))
+        if len(base_lrs) > self._limits.max_param_groups:  # before copying a million
+            check_num_groups(len(base_lrs), self._limits.core)
+        program = await self._eval.run(LRProgram, schedule, list(base_lrs),
+                                       limits=self._limits.core)
         canonical, lrs = program.schedule.spec.to_text(), tuple(program.base_lrs)
         async with self._table.lock(job_id, create=True):
             old = self._table.jobs.get(job_id)
+            if old is None and len(self._table.jobs) >= self._limits.max_jobs:
+                raise ResourceExhausted(
+                    f"this controller holds {len(self._table.jobs)} jobs, the most it may "
+                    f"(lrctl serve --max-jobs); expected the id of an existing job, got "
+                    f"{job_id!r}")
+            if old is not None and not replace_existing:
+                check_evaluable(old)
             if old is not None:
                 same = same_spec(old.job.schedule, canonical) and old.job.base_lrs == lrs
                 if same and old.running:
@@ -129,11 +188,12 @@ class ControllerService:
                 return entry
 
             entry = await self._table.write(Change(job, reset=old is not None), apply)
-            self._hub.notify(job_id)
-            self._projection.created(job, recreated=old is not None,
-                                     streams=self._hub.streams(job_id), actor=actor)
-            if attach:
-                self._projection.attached(job, actor)
+            with self._after_commit(job_id):
+                self._hub.notify(job_id)
+                self._projection.created(job, recreated=old is not None,
+                                         streams=self._hub.streams(job_id), actor=actor)
+                if attach:
+                    self._projection.attached(job, actor)
             return self._view(entry), True
 
     async def _attach(self, entry: JobEntry, world_size: int, actor: str) -> None:
@@ -148,8 +208,9 @@ class ControllerService:
             entry.job = job
 
         await self._table.write(Change(job.head()), apply)
-        self._projection.attached(entry.job, actor)
-        self._projection.export(entry.job, self._hub.streams(job.job_id))
+        with self._after_commit(job.job_id):
+            self._projection.attached(entry.job, actor)
+            self._projection.export(entry.job, self._hub.streams(job.job_id))
 
     def get_job(self, job_id: str) -> Job:
         """Return a job with its event log.
@@ -157,12 +218,18 @@ class ControllerService:
         Raises:
             InvalidArgument: malformed job id.
             NotFound: no such job.
+            FailedPrecondition: the job cannot be evaluated.
         """
-        return self._view(self._table.get(job_id))
+        entry = self._table.get(job_id)
+        check_evaluable(entry)
+        return self._view(entry)
 
     def list_jobs(self, page_size: int = 0, page_token: str = "", *,
                   include_finished: bool = False) -> tuple[list[Job], str]:
         """Return one page of jobs ordered by id (heads, no logs) and the next page's token.
+
+        A page holds at most ``page_size`` jobs, and fewer when more would not fit in one
+        message (the token then resumes after the last one).
 
         Raises:
             InvalidArgument: negative page size or a token this controller did not issue.
@@ -173,8 +240,14 @@ class ControllerService:
         after = decode_token(page_token)
         ids = sorted(j for j, entry in self._table.jobs.items()
                      if j > after and (include_finished or entry.running))
-        page = ids[:size]
-        token = encode_token(page[-1]) if len(ids) > size else ""
+        page: list[str] = []
+        room = self._max_message_bytes - 64 * 1024
+        for j in ids[:size]:
+            room -= head_bytes(self._table.jobs[j].job)
+            if page and room < 0:
+                break
+            page.append(j)
+        token = encode_token(page[-1]) if len(ids) > len(page) else ""
         return [self._view(self._table.jobs[j], events=False) for j in page], token
 
     async def finish_job(self, job_id: str, *, actor: str = "") -> Job:
@@ -195,8 +268,9 @@ class ControllerService:
                 entry.job = job
 
             await self._table.write(Change(job), apply)
-            self._hub.notify(job_id)
-            self._projection.finished(job, actor)
+            with self._after_commit(job_id):
+                self._hub.notify(job_id)
+                self._projection.finished(job, actor)
             return self._view(entry)
 
     # -- overrides -----------------------------------------------------------------------------
@@ -215,22 +289,43 @@ class ControllerService:
             InvalidArgument: a PLATEAU_REDUCE (only the controller decides those), or no
                 replacement spec.
             OverrideError, SpecError: bad value, group or replacement spec.
-            FailedPrecondition: the job is finished.
+            FailedPrecondition: the job is finished or cannot be evaluated.
             Conflict: ``expected_version`` is not the job's version.
+            ResourceExhausted: an actor or reason past its limit, a log at its limit (events,
+                or bytes: it must fit in one message), or validation past its deadline.
         """
         async with self._table.lock(job_id):
             entry = self._table.get(job_id)
-            schedule = check_override(op, value, schedule, group, entry.job.num_groups)
+            check_evaluable(entry)
+            check_note(actor, reason, self._limits)
+            n, core = entry.job.num_groups, self._limits.core
+            if op is Op.REPLACE_SCHEDULE:  # builds a spec for n groups: off the loop
+                schedule = await self._eval.run(check_override, op, value, schedule, group,
+                                                n, core)
+            else:
+                schedule = check_override(op, value, schedule, group, n, core)
             if not entry.running:
                 raise FailedPrecondition(f"job {job_id!r} is finished; expected a running job")
             if expected_version is not None and expected_version != entry.job.version:
                 raise Conflict(f"expected job {job_id!r} at version {expected_version}, "
                                f"but it is at version {entry.job.version}")
+            if len(entry.job.events) >= self._limits.max_events_per_job:
+                raise ResourceExhausted(
+                    f"job {job_id!r} has {len(entry.job.events)} events, the most a job may "
+                    f"hold (lrctl serve --max-events-per-job); finish it, or recreate it "
+                    f"(CreateJob with replace) for an empty log")
             keeps_value = op in (Op.SCALE, Op.SET)
             event = Event(version=entry.job.version + 1, op=op,
                           value=float(value) if keeps_value and value is not None else None,
                           schedule=schedule if op is Op.REPLACE_SCHEDULE else None,
                           group=group, actor=actor, reason=reason, created_at=self._now())
+            size = log_bytes(entry) + event_bytes(event)
+            if size > self._log_budget:
+                raise ResourceExhausted(
+                    f"job {job_id!r}'s log would take {size} bytes, more than fits in one "
+                    f"message beside the job ({self._log_budget} of lrctl serve "
+                    f"--max-message-bytes {self._max_message_bytes}); shorten the reason, or "
+                    f"recreate the job (CreateJob with replace) for an empty log")
             job = replace(entry.job, version=event.version, updated_at=event.created_at,
                           events=with_events(entry.job.events, (), [event]))
 
@@ -246,24 +341,34 @@ class ControllerService:
         """Return a job's event log, oldest first."""
         return self._table.get(job_id).job.events
 
-    @staticmethod
-    def preview(schedule: str, base_lrs: Sequence[float],
-                steps: int) -> tuple[str, list[list[float]]]:
-        """Evaluate a spec without creating a job.
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-heavy ``fn(*args)`` off the event loop, within the evaluation deadline
+        (:class:`~controller.evaluate.Evaluator`; past it, ResourceExhausted)."""
+        return await self._eval.run(fn, *args)
+
+    def preview(self, schedule: str, base_lrs: Sequence[float],
+                steps: int) -> tuple[str, Iterator[list[float]]]:
+        """Evaluate a spec without creating a job (CPU-heavy: call it through
+        :meth:`offload`).
 
         Returns:
-            The canonical spec text and ``steps`` rows of per-group LRs.
+            The canonical spec text and an iterator of ``steps`` rows of per-group LRs
+            (computed as they are taken, so a million values never live at once).
 
         Raises:
             SpecError: bad spec, base LRs or step count.
             InvalidArgument: more than ``MAX_PREVIEW_VALUES`` values.
         """
-        program = LRProgram(schedule, list(base_lrs))
+        if len(base_lrs) > self._limits.max_param_groups:
+            check_num_groups(len(base_lrs), self._limits.core)
+        program = LRProgram(schedule, list(base_lrs), limits=self._limits.core)
         canonical, n = program.schedule.spec.to_text(), program.num_groups
-        if steps * n > constants.MAX_PREVIEW_VALUES:
-            raise InvalidArgument(f"expected steps x param groups <= "
+        if steps < 1 or steps * n > constants.MAX_PREVIEW_VALUES:
+            raise InvalidArgument(f"expected steps >= 1 and steps x param groups <= "
                                   f"{constants.MAX_PREVIEW_VALUES}, got {steps} x {n}")
-        return canonical, program_preview(canonical, program.base_lrs, steps)
+        if steps - 1 > program.max_step:  # OneCycleLR's total_steps: say where it ends
+            program.check_step(steps - 1, None)
+        return canonical, (program.lrs(t) for t in range(steps))
 
     # -- reports -------------------------------------------------------------------------------
 
@@ -296,12 +401,20 @@ class ControllerService:
             FailedPrecondition: ``epoch`` is not the job's attach epoch (an older run,
                 superseded by a newer attach, or an epoch never handed out).
         """
+        items = max(len(report.applied), len(report.plateau_metrics), len(report.divergences))
+        if items > self._limits.max_report_items:
+            raise InvalidArgument(
+                f"expected at most {self._limits.max_report_items} applied versions, plateau "
+                f"metrics and divergences each in one report (lrctl serve --max-report-items), "
+                f"got {len(report.applied)}, {len(report.plateau_metrics)} and "
+                f"{len(report.divergences)}; send them over several reports")
         if report.rank < 0 or report.step < -1 or report.world_size < 0:
             raise InvalidArgument(f"expected rank >= 0, step >= -1 and world_size >= 0, got "
                                   f"rank={report.rank}, step={report.step}, "
                                   f"world_size={report.world_size}")
         async with self._table.lock(report.job_id):
             entry = self._table.get(report.job_id)
+            check_evaluable(entry)
             before = entry.job
             check_epoch(before, report.epoch)
             if report.rank != 0:
@@ -316,6 +429,7 @@ class ControllerService:
             if entry.running:
                 new_events, consumed = entry.plateau.consume(report.plateau_metrics,
                                                              before.version, now)
+                new_events = self._room(entry, new_events)
                 job = replace(before, step=report.step, lr=report.lrs or before.lr,
                               applied_version=report.applied_version,
                               world_size=0 if report.final else report.world_size,
@@ -340,7 +454,8 @@ class ControllerService:
                 entry.persisted_at = now
             else:
                 apply()
-            self._projection.reported(before, job, report)
+            with self._after_commit(report.job_id):
+                self._projection.reported(before, job, report)
             self._after_write(entry, new_events, done)
             return job.version
 
@@ -366,7 +481,7 @@ class ControllerService:
                 # The caller may hold a version another replica handed out: catch up first,
                 # or it would get a RESYNC to an older version.
                 await self._table.sync(job_id)
-        self._table.get(job_id)
+        check_evaluable(self._table.get(job_id))
 
         def current() -> Job:
             return self._table.jobs[job_id].job
@@ -382,6 +497,7 @@ class ControllerService:
         """End every watch stream with :class:`Unavailable` (shutdown); idempotent."""
         self._hub.close()
         self._table.close()
+        self._eval.close()
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -396,10 +512,31 @@ class ControllerService:
 
     def _after_write(self, entry: JobEntry, new_events: Sequence[Event],
                      applied: Sequence[Event]) -> None:
-        if new_events:
-            self._hub.notify(entry.job.job_id)
-        self._projection.appended(entry.job, new_events, applied,
-                                  streams=self._hub.streams(entry.job.job_id))
+        with self._after_commit(entry.job.job_id):
+            if new_events:
+                self._hub.notify(entry.job.job_id)
+            self._projection.appended(entry.job, new_events, applied,
+                                      streams=self._hub.streams(entry.job.job_id))
+
+    @staticmethod
+    def _after_commit(job_id: str) -> _AfterCommit:
+        return _AfterCommit(job_id)
+
+    def _room(self, entry: JobEntry, events: list[Event]) -> list[Event]:
+        """The plateau reductions that fit in the job's log (events and bytes); the rest
+        are dropped with a warning: a report must not fail for a full log."""
+        room = self._limits.max_events_per_job - len(entry.job.events)
+        size = log_bytes(entry)
+        kept: list[Event] = []
+        for event in events:
+            size += event_bytes(event)
+            if len(kept) >= room or size > self._log_budget:
+                _log.warning("job %s: its log is full (lrctl serve --max-events-per-job, "
+                             "--max-message-bytes); %d plateau reduction(s) not appended",
+                             entry.job.job_id, len(events) - len(kept))
+                break
+            kept.append(event)
+        return kept
 
     def _streams_changed(self, job_id: str) -> None:
         entry = self._table.jobs.get(job_id)
@@ -416,3 +553,21 @@ class ControllerService:
         elif was_running:
             self._projection.finished(entry.job)
         self._hub.notify(job_id)
+
+
+class _AfterCommit:
+    """What follows a commit (watchers, metrics, logs) never fails the call: the client must
+    learn that its write is stored. A failure is logged, with its traceback, and swallowed."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> bool:
+        if not isinstance(exc, Exception):
+            return False
+        _log.error("after a committed change of job %s", self.job_id, exc_info=exc)
+        return True

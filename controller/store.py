@@ -37,9 +37,10 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import TypeVar
 
+from controller.errors import StorageFull, StorageUnavailable
 from controller.rows import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
@@ -51,6 +52,7 @@ from controller.rows import (
     event_to_row,
     job_from_row,
     job_to_row,
+    salvage_job_row,
 )
 from lrctl.overrides import Event
 
@@ -167,10 +169,25 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (a full disk, I/O)
+            with suppress(sqlite3.Error):  # the original error says more
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
+
+
+def _write_error(path: str, exc: sqlite3.Error) -> Exception:
+    """The controller's error for a write SQLite refused: nothing of it was stored."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    if code == sqlite3.SQLITE_FULL:
+        return StorageFull(f"database {path!r} is full ({exc}); nothing was written. Free "
+                           f"disk space: writes resume by themselves, reads are still served")
+    if code == sqlite3.SQLITE_READONLY:
+        return StorageUnavailable(f"database {path!r} is read-only ({exc}); nothing was "
+                                  f"written. Reads are still served")
+    return StorageUnavailable(f"cannot write database {path!r} ({exc}); nothing was written. "
+                              f"Reads are still served")
 
 
 def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
@@ -260,8 +277,18 @@ class Store:
         return await self._run(self._load)
 
     async def commit(self, change: Change) -> None:
-        """Write ``change`` atomically; returns once it is durable on disk."""
-        await self._run(lambda: self._commit(change))
+        """Write ``change`` atomically; returns once it is durable on disk.
+
+        Raises:
+            StorageFull: the disk is full (RESOURCE_EXHAUSTED); nothing was written.
+            StorageUnavailable: a read-only file, an I/O error (UNAVAILABLE); nothing was
+                written.
+            StoreError: the store is closed.
+        """
+        try:
+            await self._run(lambda: self._commit(change))
+        except sqlite3.Error as exc:
+            raise _write_error(self.path, exc) from exc
 
     @property
     def description(self) -> str:
@@ -296,8 +323,13 @@ class Store:
             f"SELECT e.job_id, {columns} FROM events e "
             "JOIN jobs j ON j.job_id = e.job_id AND e.version > j.created_version "
             "ORDER BY e.job_id, e.version")
+        problems: dict[str, str] = {}  # one job's unreadable rows never stop the load
         for row in rows:
-            events.setdefault(row[0], []).append(event_from_row(row[1:]))
+            try:
+                events.setdefault(row[0], []).append(event_from_row(row[1:]))
+            except Exception as exc:
+                problems.setdefault(row[0], f"event row {row[1]!r} does not read "
+                                            f"({type(exc).__name__}: {exc})")
         metrics: dict[str, list[ConsumedMetric]] = {}
         for job_id, step, value, version in conn.execute(
                 "SELECT job_id, step, value, schedule_version FROM plateau_metrics "
@@ -307,9 +339,15 @@ class Store:
             metrics.setdefault(job_id, []).append(metric)
         out = []
         for row in conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY job_id"):
-            record = job_from_row(row)
+            try:
+                record = job_from_row(row)
+            except Exception as exc:
+                record = salvage_job_row(row)
+                problems.setdefault(record.job_id, f"its row does not read "
+                                                   f"({type(exc).__name__}: {exc})")
             log = events.get(record.job_id, [])
-            out.append(StoredJob(record, log, metrics.get(record.job_id, [])))
+            out.append(StoredJob(record, log, metrics.get(record.job_id, []),
+                                 problem=problems.get(record.job_id, "")))
         return out
 
     def _commit(self, change: Change) -> None:

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from controller.errors import NotFound
-from controller.jobs import JobEntry
+from controller.jobs import JobEntry, describe_error
 from controller.plateau import JobPlateau
 from controller.replica import apply_delta
 from controller.rows import Change, StoredJob
@@ -64,12 +64,23 @@ class JobTable:
         self._lock_users: Counter[str] = Counter()
 
     def load(self, stored: Iterable[StoredJob]) -> list[JobEntry]:
-        """Take the jobs the store loaded at startup; follow the change feed if shared."""
+        """Take the jobs the store loaded at startup; follow the change feed if shared.
+
+        One job never keeps the others from loading: a job whose bookkeeping cannot be
+        built (a spec this release refuses) is loaded marked ``broken`` (logged at ERROR).
+        """
         entries = []
         for item in stored:
             top = max([item.record.version, *(e.version for e in item.events)])
             job = replace(item.record, version=top, events=tuple(item.events))
-            entry = JobEntry(job, JobPlateau(job, item.events, item.plateau_metrics))
+            try:
+                if item.problem:
+                    raise ValueError(item.problem)
+                entry = JobEntry(job, JobPlateau(job, item.events, item.plateau_metrics))
+            except Exception as exc:  # any value of any job: the others must load
+                entry = JobEntry(job, JobPlateau.idle(job), broken=describe_error(exc))
+                _log.error("job %s cannot be evaluated and is served marked: %s",
+                           job.job_id, entry.broken)
             self.jobs[job.job_id] = entry
             self._revs[job.job_id] = item.rev
             entries.append(entry)

@@ -15,7 +15,8 @@ from bisect import bisect_right
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
-from controller.errors import Unavailable
+from controller.errors import ResourceExhausted, Unavailable
+from lrctl.constants import DEFAULT_MAX_WATCH_STREAMS, DEFAULT_MAX_WATCH_STREAMS_PER_JOB
 from lrctl.model import Job, WatchKind, WatchMessage
 
 __all__ = ["WatchHub"]
@@ -28,16 +29,22 @@ class WatchHub:
         heartbeat_seconds: Idle streams get a heartbeat about this often (jittered down by
             up to 25%, so thousands of streams do not beat in step).
         on_count: Called with a job id whenever its stream counts change.
+        max_streams_per_job: Streams one job may have open at once.
+        max_streams: Streams open at once, all jobs together.
     """
 
     def __init__(self, heartbeat_seconds: float,
-                 on_count: Callable[[str], None] | None = None) -> None:
+                 on_count: Callable[[str], None] | None = None, *,
+                 max_streams_per_job: int = DEFAULT_MAX_WATCH_STREAMS_PER_JOB,
+                 max_streams: int = DEFAULT_MAX_WATCH_STREAMS) -> None:
         self._heartbeat = heartbeat_seconds
         self._on_count = on_count
         self._changed: dict[str, asyncio.Event] = {}
         self._streams: Counter[str] = Counter()
         self._workers: dict[str, Counter[str]] = {}
         self._closing = False
+        self._max_per_job, self._max_total = max_streams_per_job, max_streams
+        self._total = 0
 
     def notify(self, job_id: str) -> None:
         """Wake every stream of ``job_id`` (after its change is in memory)."""
@@ -73,7 +80,9 @@ class WatchHub:
 
         Raises:
             Unavailable: the hub is closing (reconnect and resume).
+            ResourceExhausted: the job, or the hub, has as many streams open as allowed.
         """
+        self._admit(job_id)
         self._count(job_id, worker_id, +1)
         try:
             sent = from_version
@@ -115,8 +124,20 @@ class WatchHub:
         finally:
             self._count(job_id, worker_id, -1)
 
+    def _admit(self, job_id: str) -> None:
+        """Refuse a stream past the per-job or the total limit."""
+        if self._streams[job_id] >= self._max_per_job:
+            raise ResourceExhausted(
+                f"job {job_id!r} has {self._streams[job_id]} Watch streams open, the most one "
+                f"job may have (lrctl serve --max-watch-streams-per-job); close one first")
+        if self._total >= self._max_total:
+            raise ResourceExhausted(
+                f"this controller has {self._total} Watch streams open, the most it serves "
+                f"(lrctl serve --max-watch-streams); close one first")
+
     def _count(self, job_id: str, worker_id: str, delta: int) -> None:
         self._streams[job_id] += delta
+        self._total += delta
         if self._streams[job_id] <= 0:
             del self._streams[job_id]
         if worker_id:

@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
     "DEFAULT_DB",
     "DEFAULT_DIVERGENCE_CHECK_EVERY",
+    "DEFAULT_EVAL_DEADLINE_SECONDS",
     "DEFAULT_GRACE_SECONDS",
     "DEFAULT_HEARTBEAT_SECONDS",
     "DEFAULT_HOST",
@@ -51,7 +52,9 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_PARAM_GROUPS",
     "DEFAULT_MAX_REASON_BYTES",
+    "DEFAULT_MAX_REPORT_ITEMS",
     "DEFAULT_MAX_SPEC_BYTES",
+    "DEFAULT_MAX_WATCH_STREAMS",
     "DEFAULT_MAX_WATCH_STREAMS_PER_JOB",
     "DEFAULT_METRICS_PORT",
     "DEFAULT_PAGE_SIZE",
@@ -59,13 +62,26 @@ __all__ = [
     "DEFAULT_REPORT_INTERVAL_S",
     "DEFAULT_TIMEOUT_S",
     "DIVERGENCE_CHECK_EVERY_ENV_VAR",
+    "EVAL_DEADLINE_SECONDS_ENV_VAR",
     "GRACE_SECONDS_ENV_VAR",
     "HEARTBEAT_SECONDS_ENV_VAR",
     "HOST_ENV_VAR",
     "INSECURE_ENV_VAR",
     "JOB_ENV_VAR",
+    "MAX_ACTOR_CHARS_ENV_VAR",
+    "MAX_EVENTS_PER_JOB_ENV_VAR",
+    "MAX_JOBS_ENV_VAR",
+    "MAX_LR_ENV_VAR",
+    "MAX_MESSAGE_BYTES_ENV_VAR",
     "MAX_PAGE_SIZE",
+    "MAX_PARAM_GROUPS_ENV_VAR",
     "MAX_PREVIEW_VALUES",
+    "MAX_REASON_BYTES_ENV_VAR",
+    "MAX_REPORT_ITEMS_ENV_VAR",
+    "MAX_SPEC_BYTES_ENV_VAR",
+    "MAX_STATUS_MESSAGE_BYTES",
+    "MAX_WATCH_STREAMS_ENV_VAR",
+    "MAX_WATCH_STREAMS_PER_JOB_ENV_VAR",
     "METRICS_HOST_ENV_VAR",
     "METRICS_PORT_ENV_VAR",
     "METRICS_TLS_CERT_ENV_VAR",
@@ -203,7 +219,9 @@ MAX_PAGE_SIZE = 1000
 #: Preview rows x param groups; keeps a response well under the message size limit.
 MAX_PREVIEW_VALUES = 1_000_000
 
-# Default limits (DESIGN "Default limits"; RESOURCE_EXHAUSTED past them once enforced).
+# Default limits (DESIGN "Default limits"): RESOURCE_EXHAUSTED past a size or count,
+# INVALID_ARGUMENT for a value out of range. Each is an ``lrctl serve --max-...`` flag and an
+# ``LRCTL_MAX_...`` variable (``controller.limits.ServerLimits``; docs/controller.md "Limits").
 DEFAULT_MAX_EVENTS_PER_JOB = 10_000
 DEFAULT_MAX_JOBS = 100_000
 DEFAULT_MAX_WATCH_STREAMS_PER_JOB = 1_024
@@ -215,3 +233,30 @@ DEFAULT_MAX_REASON_BYTES = 1024
 #: far above any optimizer's LR, finite so a typo such as ``lr = 3e40`` is refused
 #: (INVALID_ARGUMENT). Schedules themselves may still grow past it (ExponentialLR(gamma=1.5)).
 DEFAULT_MAX_LR = 1e6
+#: Watch streams one controller serves at once, all jobs together (each costs a task and a
+#: few KiB); per job: :data:`DEFAULT_MAX_WATCH_STREAMS_PER_JOB`.
+DEFAULT_MAX_WATCH_STREAMS = 16_384
+#: Items one Report may carry in each of ``applied``, ``plateau_metrics`` and ``divergences``
+#: (a worker sends a handful every 0.1 s; thousands after a long outage).
+DEFAULT_MAX_REPORT_ITEMS = 10_000
+#: Longest CPU-heavy validation or evaluation (a spec of 1,024 groups, a preview), run off
+#: the event loop, before the call answers RESOURCE_EXHAUSTED.
+DEFAULT_EVAL_DEADLINE_SECONDS = 10.0
+#: Longest status message a client gets, in UTF-8 bytes: errors quote at most a bounded
+#: prefix of what was sent, so an answer never outgrows gRPC's 16 KiB header limit.
+MAX_STATUS_MESSAGE_BYTES = 1024
+
+MAX_JOBS_ENV_VAR = "LRCTL_MAX_JOBS"
+MAX_EVENTS_PER_JOB_ENV_VAR = "LRCTL_MAX_EVENTS_PER_JOB"
+MAX_WATCH_STREAMS_PER_JOB_ENV_VAR = "LRCTL_MAX_WATCH_STREAMS_PER_JOB"
+MAX_WATCH_STREAMS_ENV_VAR = "LRCTL_MAX_WATCH_STREAMS"
+MAX_PARAM_GROUPS_ENV_VAR = "LRCTL_MAX_PARAM_GROUPS"
+MAX_SPEC_BYTES_ENV_VAR = "LRCTL_MAX_SPEC_BYTES"
+MAX_ACTOR_CHARS_ENV_VAR = "LRCTL_MAX_ACTOR_CHARS"
+MAX_REASON_BYTES_ENV_VAR = "LRCTL_MAX_REASON_BYTES"
+MAX_LR_ENV_VAR = "LRCTL_MAX_LR"
+MAX_REPORT_ITEMS_ENV_VAR = "LRCTL_MAX_REPORT_ITEMS"
+EVAL_DEADLINE_SECONDS_ENV_VAR = "LRCTL_EVAL_DEADLINE_SECONDS"
+#: ``--max-message-bytes``: largest gRPC message sent or received
+#: (:data:`DEFAULT_MAX_MESSAGE_BYTES`); a job's log is kept small enough to fit in one.
+MAX_MESSAGE_BYTES_ENV_VAR = "LRCTL_MAX_MESSAGE_BYTES"

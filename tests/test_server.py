@@ -255,14 +255,24 @@ async def test_preview_matches_the_program(stub: Stub) -> None:
 
 
 async def test_unexpected_failure_is_internal_not_unknown(
-        controller: Controller, stub: Stub, caplog: pytest.LogCaptureFixture) -> None:
+        controller: Controller, stub: Stub, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     await create(stub)
-    await controller.service._store.close()  # the database goes away under the service
+
+    async def broken(change: object) -> None:  # a bug, not a fault of the database
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(controller.service._store, "commit", broken)
     err = await expect_status(scale(stub, 0.5), grpc.StatusCode.INTERNAL)
-    assert "StoreError" in (err.details() or "") and "controller log" in (err.details() or "")
+    assert "RuntimeError" in (err.details() or "") and "controller log" in (err.details() or "")
     assert any(r.exc_info for r in caplog.records if r.name == "lrctl.controller.rpc")
     job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))  # nothing half-applied
     assert job.version == 1 and not job.events
+    monkeypatch.undo()
+    await controller.service._store.close()  # the database goes away under the service
+    err = await expect_status(scale(stub, 0.5), grpc.StatusCode.UNAVAILABLE)
+    assert "closed" in (err.details() or "") and "nothing was written" in (err.details() or "")
+    assert (await stub.GetJob(pb.GetJobRequest(job_id="run-1"))).version == 1
 
 
 # -- reports ---------------------------------------------------------------------------------
