@@ -36,7 +36,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -46,6 +46,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("PostgreSQL support needs asyncpg: pip install 'lrctl[controller]'") from exc
 
+from controller.errors import Unavailable
 from controller.store import (
     EVENT_COLUMNS,
     JOB_COLUMNS,
@@ -67,6 +68,10 @@ _log = logging.getLogger("lrctl.controller.store")
 
 #: The LISTEN/NOTIFY channel; payload ``"<job_id> <rev>"`` (job ids hold no spaces).
 CHANNEL = "lrctl_jobs"
+#: Failures that say the database is out of reach (not that a request is wrong): the RPC
+#: fails UNAVAILABLE, so clients retry, possibly on another replica.
+_UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError)
 #: Even with a healthy listener, every job's revision is compared this often.
 RESYNC_SECONDS = 30.0
 #: Advisory lock keys: the migration lock (one bigint) and the per-job creation locks
@@ -247,6 +252,7 @@ class PgStore:
         self._listener: Any = None
         self._listen_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self._lost = asyncio.Event()
         self._closed = False
 
     @classmethod
@@ -305,13 +311,28 @@ class PgStore:
             return out
 
     async def since(self, job_id: str, rev: int) -> Delta | None:
-        """Return what changed in ``job_id`` after ``rev`` (one consistent snapshot)."""
-        async with self._pool.acquire() as conn, conn.transaction(
-                isolation="repeatable_read", readonly=True):
-            row = await conn.fetchrow(_SELECT_JOB, job_id)
-            if row is None or int(row["rev"]) == rev:
-                return None
-            return await _delta(conn, row, rev)
+        """Return what changed in ``job_id`` after ``rev`` (one consistent snapshot).
+
+        Raises:
+            Unavailable: the database cannot be reached.
+        """
+        with self._reachable():
+            async with self._pool.acquire() as conn, conn.transaction(
+                    isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow(_SELECT_JOB, job_id)
+                if row is None or int(row["rev"]) == rev:
+                    return None
+                return await _delta(conn, row, rev)
+
+    @contextlib.contextmanager
+    def _reachable(self) -> Iterator[None]:
+        try:
+            yield
+        except _UNREACHABLE as exc:
+            # A commit cut off here may or may not have happened: the next write or refresh
+            # of the job reads the database's answer (its revision) either way.
+            raise Unavailable(f"cannot reach the database {self.description} "
+                              f"({_scrub(exc, self._dsn)}); retry") from None
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -330,6 +351,13 @@ class PgStore:
     async def _locked(self, job_id: str, rev: int, *, want_delta: bool) -> AsyncIterator[_PgLock]:
         if self._closed:
             raise StoreError(f"database {self.description} is closed")
+        with self._reachable():
+            async with self._locked_conn(job_id, rev, want_delta=want_delta) as lk:
+                yield lk
+
+    @asynccontextmanager
+    async def _locked_conn(self, job_id: str, rev: int, *,
+                           want_delta: bool) -> AsyncIterator[_PgLock]:
         async with self._pool.acquire() as conn:
             lk = _PgLock(self, conn, job_id)
             await conn.execute("BEGIN")
@@ -376,6 +404,9 @@ class PgStore:
         conn = await asyncpg.connect(self._dsn, server_settings={
             "application_name": "lrctl-controller-listener"})
         await conn.add_listener(CHANNEL, self._on_notify)
+        # A closed connection (server restart, network) wakes the keeper at once.
+        conn.add_termination_listener(lambda _conn: self._lost.set())
+        self._lost.clear()
         self._listener = conn
 
     async def _resync(self) -> None:
@@ -402,7 +433,8 @@ class PgStore:
                     await self._resync()
                     conn = self._listener
                     backoff = 0.1
-                await asyncio.sleep(self._resync_seconds)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._lost.wait(), self._resync_seconds)
                 # A query proves the connection is alive (a half-open TCP connection would
                 # otherwise swallow notifications silently), then compare every revision.
                 await conn.fetchval("SELECT 1", timeout=10)

@@ -84,12 +84,21 @@ class PostgresServer:
                   "--pwfile", str(pwfile), "--auth-host=scram-sha-256", "--auth-local=trust",
                   "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
         pwfile.unlink()
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server on its data directory (after :meth:`start` made it, or a pause)."""
         options = (f"-c listen_addresses={self.host} -c port={self.port} "
                    f"-c unix_socket_directories={self.root} -c max_connections=300 "
                    f"-c shared_buffers=64MB -c log_min_messages=warning")
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
                   str(self.root / "server.log"), "-o", options, "-w", "-t", "60", "start")
-        return self
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: sessions are cut), keeping its data for resume()."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
+                  "-t", "60", "stop")
 
     def url(self, database: str = "postgres", *, password: bool = True) -> str:
         """``postgresql://lrctl[:PASSWORD]@127.0.0.1:PORT/DATABASE``."""

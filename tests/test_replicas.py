@@ -544,3 +544,41 @@ def test_cli_uses_whichever_replica_is_up(pg_url: str) -> None:
     finally:
         for replica in replicas:
             replica.stop()
+
+
+async def test_a_database_outage_is_unavailable_then_heals(
+        start_controller: Start, pg_url: str, postgres: PostgresServer) -> None:
+    """While PostgreSQL is down, writes fail UNAVAILABLE (retryable), never INTERNAL, and open
+    Watch streams stay open; once it is back, writes succeed, versions unbroken, and the
+    replicas' change feeds resume (a watcher on the other replica sees the new write)."""
+    replicas = await _replicas(start_controller, pg_url, 2)
+    stubs = Stubs(replicas)
+    try:
+        created = await _create(stubs[0])
+        stream = stubs[1].Watch(pb.WatchRequest(job_id="run-1",
+                                                from_version=created.job.version))
+        first = await asyncio.wait_for(stream.read(), 10)  # open: a heartbeat comes first
+        assert first.kind == pb.WatchResponse.KIND_HEARTBEAT
+        postgres.pause()
+        try:
+            await expect_status(stubs[0].Override(_scale("run-1", 0.5)),
+                                grpc.StatusCode.UNAVAILABLE)
+        finally:
+            postgres.resume()
+        reply = None
+        for _ in range(100):  # the pool reconnects on the next calls
+            try:
+                reply = await stubs[0].Override(_scale("run-1", 0.5, reason="after"))
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                await asyncio.sleep(0.1)
+        assert reply is not None and reply.event.version == created.job.version + 1
+        while True:  # the same stream, never broken, gets the write made through replica 0
+            message = await asyncio.wait_for(stream.read(), 40)
+            if message.kind == pb.WatchResponse.KIND_EVENT:
+                assert message.version == reply.event.version
+                break
+        stream.cancel()
+    finally:
+        await stubs.close()
