@@ -5,6 +5,11 @@ prints one line to stderr::
 
     lrctl controller listening on 127.0.0.1:50051 (metrics on 127.0.0.1:9464, db lrctl.db)
 
+(followed by ``, tls`` or ``, mutual tls``, ``, tokens`` and ``, https metrics`` when on).
+Outside loopback it refuses to start without TLS and tokens on gRPC and TLS on ``/metrics``
+(:func:`controller.config.exposure`), unless ``insecure`` is set; then it warns, once per
+exposed port, at WARNING (docs/security.md).
+
 :func:`start` embeds it in a running event loop (tests do). Keepalive and message-size
 options are :func:`controller.config.server_channel_options` (the numbers and their
 rationale: :mod:`lrctl.constants`). Every ``lrctl.v1.LRController`` call passes three
@@ -20,6 +25,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 import sys
 import threading
 from types import TracebackType
@@ -33,13 +39,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from controller.auth import Authenticator, AuthInterceptor
-from controller.config import ServerConfig, server_channel_options
+from controller.config import ServerConfig, exposure, server_channel_options
 from controller.interceptors import MetricsInterceptor, StatusInterceptor
 from controller.metrics import ControllerMetrics, exposition_app
 from controller.service import ControllerService
-from controller.servicer import LRControllerServicer
+from controller.servicer import LRControllerServicer, add_to_server
 from controller.store_api import JobStore, open_store, redact_url
-from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+from controller.tls import metrics_ssl_context, server_credentials
+from lrctl.v1 import lrctl_pb2
 
 __all__ = ["SERVICE_NAME", "Controller", "serve", "start"]
 
@@ -127,10 +134,21 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
         The running controller (use it with ``async with`` or call :meth:`Controller.stop`).
 
     Raises:
+        ValueError: a non-loopback bind without TLS and tokens (and not ``insecure``), or TLS
+            files that cannot be loaded.
         StoreError: the database cannot be opened (locked, newer schema, unreadable).
         RuntimeError: the gRPC port cannot be bound.
         OSError: the metrics port cannot be bound.
     """
+    problems = exposure(config)
+    if problems and not config.insecure:
+        raise ValueError("refusing to serve outside loopback unprotected: "
+                         + "; ".join(problems) + ". Give TLS and tokens (docs/security.md), "
+                         "bind 127.0.0.1, or pass --insecure (LRCTL_INSECURE=1) to accept it")
+    for problem in problems:
+        _log.warning("INSECURE (--insecure): %s", problem)
+    credentials = server_credentials(config)  # a bad TLS file fails before anything starts
+    metrics_tls = metrics_ssl_context(config)
     registry = CollectorRegistry() if registry is None else registry
     metrics = ControllerMetrics(registry)
     store = await open_store(config.db)
@@ -144,19 +162,20 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
                         AuthInterceptor(Authenticator(config.tokens), SERVICE_NAME)]
         server = grpc.aio.server(interceptors=interceptors,
                                  options=server_channel_options(config))
-        lrctl_pb2_grpc.add_LRControllerServicer_to_server(LRControllerServicer(service), server)
+        add_to_server(LRControllerServicer(service), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        port = server.add_insecure_port(config.address)
+        port = (server.add_insecure_port(config.address) if credentials is None
+                else server.add_secure_port(config.address, credentials))
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         httpd, metrics_port = None, None
         if config.metrics_port is not None:
             httpd = _start_exposition(config.metrics_host or config.host,
-                                      config.metrics_port, registry)
+                                      config.metrics_port, registry, metrics_tls)
             metrics_port = int(httpd.server_port)
     except BaseException:
         if server is not None:
@@ -169,19 +188,41 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
                       health_servicer=health_servicer, store=store, httpd=httpd)
 
 
+#: Longest a ``/metrics`` client may take to finish its TLS handshake and request.
+_METRICS_HANDSHAKE_TIMEOUT_S = 10.0
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Log nothing: Prometheus scrapes every few seconds."""
 
 
-def _start_exposition(host: str, port: int, registry: CollectorRegistry) -> ThreadingWSGIServer:
-    """Serve ``/metrics`` from a daemon thread; ``port`` 0 picks a free port.
+def _start_exposition(host: str, port: int, registry: CollectorRegistry,
+                      context: ssl.SSLContext | None = None) -> ThreadingWSGIServer:
+    """Serve ``/metrics`` from a daemon thread; ``port`` 0 picks a free port; HTTPS with
+    ``context``.
 
     prometheus_client's ``start_http_server`` polls for shutdown every 0.5 s; this one
-    polls every 50 ms so that :meth:`Controller.stop` is quick.
+    polls every 50 ms so that :meth:`Controller.stop` is quick. Its TLS wraps the listening
+    socket, so a client that connects and never finishes the handshake blocks every scrape;
+    here each connection's handshake runs in that connection's own thread, with a timeout.
     """
     class Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            if context is None:
+                super().finish_request(request, client_address)
+                return
+            request.settimeout(_METRICS_HANDSHAKE_TIMEOUT_S)
+            with context.wrap_socket(request, server_side=True) as tls:
+                super().finish_request(tls, client_address)
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            # A failed handshake (a plain-HTTP or certificate-less scraper) is the client's
+            # problem: one debug line, not a traceback on stderr.
+            _log.debug("metrics request from %s failed: %s", client_address,
+                       sys.exc_info()[1])
 
     httpd = make_server(host, port, exposition_app(registry), Server, handler_class=_QuietHandler)
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -213,7 +254,12 @@ async def _serve(config: ServerConfig) -> int:
     where = "metrics off" if controller.metrics_port is None else \
         f"metrics on {ServerConfig(host=metrics_host, port=controller.metrics_port).address}"
     db = redact_url(config.db)  # a PostgreSQL URL without its password
-    print(f"lrctl controller listening on {controller.address} ({where}, db {db})",
+    security = "".join(text for text, on in (
+        (", mutual tls" if config.tls_client_ca else ", tls", config.tls),
+        (", tokens", bool(config.tokens)),
+        (", https metrics", config.metrics_tls and controller.metrics_port is not None),
+        (", INSECURE", config.insecure and bool(exposure(config)))) if on)
+    print(f"lrctl controller listening on {controller.address} ({where}, db {db}{security})",
           file=sys.stderr, flush=True)
     await stop.wait()
     await controller.stop(config.grace_seconds)

@@ -127,10 +127,13 @@ class ControllerLink:
         except ClientError as exc:
             self._client.close()
             if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                tls = ("; over TLS, check LRCTL_TLS_CA, and with mutual TLS LRCTL_TLS_CERT/KEY: "
+                       "a controller closes connections it does not trust"
+                       if self.config.tls is not None else "")
                 raise WorkerError(
                     f"cannot reach the lrctl controller at {self.config.address} within "
                     f"{self.config.connect_timeout_s:g}s (set LRCTL_ADDRESS; is `lrctl serve` "
-                    "running?)") from None
+                    f"running?{tls})") from None
             raise WorkerError(f"cannot attach to job {self.config.job!r}: {exc.code}: "
                               f"{exc.details}") from None
         self.epoch = result.epoch

@@ -48,10 +48,27 @@ def _describe(code: str, details: str, address: str) -> str:
     details = " ".join(details.split())  # one line, whatever the server sent
     where = address or "its address"
     if code == "UNAVAILABLE":
-        return f"cannot reach the lrctl controller at {where} (is 'lrctl serve' running?)"
+        return f"cannot reach the lrctl controller at {where} ({_unreachable(details)})"
     if code == "DEADLINE_EXCEEDED":
         return f"DEADLINE_EXCEEDED: the lrctl controller at {where} did not answer in time"
     return f"{code}: {details}" if details else code
+
+
+def _unreachable(details: str) -> str:
+    """Why a controller could not be reached, as far as gRPC's last error tells."""
+    low = details.lower()
+    for marker in ("tls handshake failed", "ssl handshake failed", "handshake failed"):
+        at = low.find(marker)
+        if at >= 0:  # e.g. CERTIFICATE_VERIFY_FAILED: the server's certificate is not trusted
+            why = details[at + len(marker):].strip(" :").removesuffix(": OK")
+            return f"TLS handshake failed: {why}; check LRCTL_TLS_CA/CERT/KEY"
+    if "socket closed" in low:
+        # What a client sees when a TLS controller drops its plaintext connection, or a
+        # mutual-TLS one refuses its (missing) client certificate.
+        return ("the connection was closed: is 'lrctl serve' running? With TLS, set "
+                "LRCTL_TLS_CA; with mutual TLS also LRCTL_TLS_CERT/KEY, signed by the CA "
+                "the controller trusts")
+    return "is 'lrctl serve' running?"
 
 
 def from_rpc_error(error: grpc.RpcError, address: str) -> ClientError:

@@ -1,0 +1,324 @@
+"""TLS and mutual TLS end to end, and the bind rule (certificates made in the test).
+
+Real ``lrctl serve`` processes (configured by flags and by ``LRCTL_SERVER_TLS_*``), the real
+CLI, real training processes (``tests/attach_loop.py``), the container health probe, and
+``/metrics`` over HTTPS, each with and without the certificates they need.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import re
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.server import Controller
+from controller.tokens import hash_token
+from tests.pki import Pki, make_pki
+from tests.procs import ROOT, ControllerProcess
+
+SPEC = "StepLR(step_size=1000, gamma=0.5)"
+#: name -> (token, role, jobs)
+TOKENS = {"ops": ("ops-t0ken", "operator", None), "peek": ("peek-t0ken", "reader", None),
+          "rank0": ("rank0-t0ken", "worker", ["run-*"])}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tokens") / "tokens.json"
+    path.write_text(json.dumps({"tokens": [
+        {"name": name, "sha256": hash_token(token), "role": role, **({"jobs": j} if j else {})}
+        for name, (token, role, j) in TOKENS.items()]}))
+    return path
+
+
+def lrctl(address: str, *args: str, token: str = "ops", tls: dict[str, Path] | None = None,
+          ) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LRCTL_ADDRESS": address,
+           "LRCTL_TIMEOUT": "5", "LRCTL_TOKEN": TOKENS[token][0],
+           **{k: str(v) for k, v in (tls or {}).items()}}
+    return subprocess.run([sys.executable, "-m", "controller.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def client_env(pki: Pki, *, cert: bool = False, rogue: bool = False) -> dict[str, Path]:
+    env = {"LRCTL_TLS_CA": pki.ca}
+    if cert or rogue:
+        env["LRCTL_TLS_CERT"] = pki.rogue_cert if rogue else pki.client_cert
+        env["LRCTL_TLS_KEY"] = pki.rogue_key if rogue else pki.client_key
+    return env
+
+
+def scrape(port: int, pki: Pki, *, scheme: str = "https", cert: bool = False) -> str:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if cert:
+        context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    url = f"{scheme}://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, context=context if scheme == "https" else None,
+                                timeout=10) as response:
+        return str(response.read().decode())
+
+
+def listening(proc: ControllerProcess) -> str:
+    return next(line for line in proc.output if "listening on" in line)
+
+
+def metrics_port(proc: ControllerProcess) -> int:
+    line = listening(proc)
+    found = re.search(r"metrics on 127\.0\.0\.1:(\d+)", line)
+    assert found, line
+    return int(found[1])
+
+
+def worker(tmp_path: Path, name: str, address: str, job: str, env: dict[str, Path],
+           token: str = "rank0") -> tuple[subprocess.Popen[str], Path, Path]:
+    out, stop = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.stop"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.attach_loop", "--job", job, "--out", str(out),
+         "--stop", str(stop), "--sleep", "0.01", "--schedule", SPEC],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("LRCTL_")},
+             "LRCTL_ADDRESS": address, "LRCTL_TOKEN": TOKENS[token][0],
+             "LRCTL_CONNECT_TIMEOUT": "5", "LRCTL_REPORT_INTERVAL": "0.05",
+             **{k: str(v) for k, v in env.items()}})
+    return proc, out, stop
+
+
+def rows(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def finish(proc: subprocess.Popen[str], stop: Path) -> str:
+    stop.touch()
+    try:
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    if proc.stdout is None:
+        return ""
+    with proc.stdout:
+        return proc.stdout.read()
+
+
+@pytest.fixture
+def tls_controller(tmp_path: Path, pki: Pki, token_file: Path,
+                   monkeypatch: pytest.MonkeyPatch) -> Iterator[ControllerProcess]:
+    """TLS (from LRCTL_SERVER_TLS_*, as in a container), tokens, /metrics over HTTPS."""
+    monkeypatch.setenv("LRCTL_SERVER_TLS_CERT", str(pki.server_cert))
+    monkeypatch.setenv("LRCTL_SERVER_TLS_KEY", str(pki.server_key))
+    monkeypatch.setenv("LRCTL_TOKEN_FILE", str(token_file))
+    with ControllerProcess(tmp_path / "tls.db", extra=(
+            "--metrics-tls-cert", str(pki.server_cert),
+            "--metrics-tls-key", str(pki.server_key))) as proc:
+        yield proc
+
+
+@pytest.fixture
+def mtls_controller(tmp_path: Path, pki: Pki, token_file: Path) -> Iterator[ControllerProcess]:
+    """Mutual TLS on gRPC and /metrics (flags), tokens."""
+    with ControllerProcess(tmp_path / "mtls.db", extra=(
+            "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+            "--tls-client-ca", str(pki.ca), "--token-file", str(token_file),
+            "--metrics-tls-cert", str(pki.server_cert), "--metrics-tls-key", str(pki.server_key),
+            "--metrics-client-ca", str(pki.ca))) as proc:
+        yield proc
+
+
+@pytest.mark.slow
+def test_tls_for_serve_cli_worker_probe_and_metrics(tls_controller: ControllerProcess,
+                                                    pki: Pki, tmp_path: Path) -> None:
+    address = tls_controller.address
+    assert ", tls, tokens, https metrics)" in listening(tls_controller)
+    tls = client_env(pki)
+    # CLI: plaintext against the TLS port fails; over TLS with the operator's token it works.
+    done = lrctl(address, "job", "list")
+    assert done.returncode == 1 and "connection was closed" in done.stderr, done.stderr
+    done = lrctl(address, "job", "create", "run-1", "--schedule", SPEC, "--base-lr", "0.1",
+                 tls=tls)
+    assert done.returncode == 0, done.stderr
+    # A worker over TLS with its scoped token: attaches, reports, follows an override.
+    proc, out, stop = worker(tmp_path, "w", address, "run-1", tls)
+    try:
+        until(lambda: json.loads(lrctl(address, "job", "get", "run-1", "--json",
+                                       tls=tls).stdout)["step"] >= 20, 60, "reports over TLS")
+        done = lrctl(address, "override", "run-1", "lr /= 2", "--reason", "tls", tls=tls)
+        assert done.returncode == 0, done.stderr
+        until(lambda: any(r.get("lr") == 0.05 for r in rows(out)), 30, "the override")
+        # A reader over TLS still cannot override.
+        done = lrctl(address, "override", "run-1", "lr /= 2", token="peek", tls=tls)
+        assert done.returncode == 1 and "PERMISSION_DENIED" in done.stderr, done.stderr
+        # The health probe next to the server: TLS from LRCTL_TLS_CA, like in the pod.
+        probe = subprocess.run([sys.executable, "-m", "controller.healthcheck", "--address",
+                                address], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                               env={"LRCTL_TLS_CA": str(pki.ca)})
+        assert probe.returncode == 0, probe.stderr
+        # /metrics over HTTPS; plain HTTP gets nothing.
+        port = metrics_port(tls_controller)
+        assert 'lrctl_learning_rate{job_id="run-1",param_group="0"} 0.05' in scrape(port, pki)
+        with pytest.raises((OSError, http.client.HTTPException)):
+            scrape(port, pki, scheme="http")
+    finally:
+        log = finish(proc, stop)
+    assert proc.returncode == 0, log
+    history = json.loads(lrctl(address, "history", "run-1", "--json", tls=tls).stdout)
+    assert [(e["actor"], e["reason"]) for e in history] == [("ops", "tls")]
+    assert history[0]["effective_step"] is not None  # rank 0's report arrived over TLS
+    # The scoped worker token cannot attach to a job outside run-*.
+    proc, out, stop = worker(tmp_path, "x", address, "other-1", tls)
+    log = finish(proc, stop)
+    assert proc.returncode == 3 and "PERMISSION_DENIED" in log, log
+
+
+@pytest.mark.slow
+def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
+        mtls_controller: ControllerProcess, pki: Pki, tmp_path: Path) -> None:
+    address = mtls_controller.address
+    assert ", mutual tls, tokens, https metrics)" in listening(mtls_controller)
+    good = client_env(pki, cert=True)
+    create = ("job", "create", "run-1", "--schedule", SPEC, "--base-lr", "0.1")
+    for env in (client_env(pki), client_env(pki, rogue=True)):  # no certificate; a stranger's
+        done = lrctl(address, *create, tls=env)
+        assert done.returncode == 1 and "LRCTL_TLS_CERT" in done.stderr, done.stderr
+    done = lrctl(address, *create, tls=good)
+    assert done.returncode == 0, done.stderr
+    # A worker without a client certificate cannot attach; with one it trains and reports.
+    proc, _, stop = worker(tmp_path, "nocert", address, "run-1", client_env(pki))
+    log = finish(proc, stop)
+    assert proc.returncode == 3 and "cannot reach the lrctl controller" in log, log
+    assert "LRCTL_TLS_CERT/KEY" in log
+    proc, out, stop = worker(tmp_path, "w", address, "run-1", good)
+    try:
+        until(lambda: json.loads(lrctl(address, "job", "get", "run-1", "--json",
+                                       tls=good).stdout)["step"] >= 10, 60, "reports over mTLS")
+        assert rows(out)[-1]["epoch"] == 1
+    finally:
+        log = finish(proc, stop)
+    assert proc.returncode == 0, log
+    # /metrics: the scraper needs a certificate too.
+    port = metrics_port(mtls_controller)
+    assert "lrctl_step" in scrape(port, pki, cert=True)
+    with pytest.raises((OSError, http.client.HTTPException)):
+        scrape(port, pki)
+    probe = subprocess.run([sys.executable, "-m", "controller.healthcheck", "--address", address],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={k: str(v) for k, v in good.items()})
+    assert probe.returncode == 0, probe.stderr
+
+
+# -- the bind rule -------------------------------------------------------------------------------
+
+
+def serve(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "serve", "--port", "0", "--db",
+         str(tmp_path / "bind.db"), *args], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"})
+
+
+def test_a_public_bind_without_tls_and_tokens_refuses_to_start(
+        tmp_path: Path, pki: Pki, token_file: Path) -> None:
+    done = serve(tmp_path, "--host", "0.0.0.0", "--metrics-port", "0")
+    out = done.communicate(timeout=60)[0]
+    assert done.returncode == 1, out
+    assert "refusing to serve outside loopback unprotected" in out
+    assert "has no TLS (--tls-cert/--tls-key) and no tokens (--token-file)" in out
+    assert "/metrics on 0.0.0.0:0 has no TLS" in out and "--insecure" in out
+    # TLS and tokens on gRPC are not enough while /metrics is public in plain HTTP.
+    tls = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+           "--token-file", str(token_file))
+    done = serve(tmp_path, "--host", "0.0.0.0", "--metrics-port", "0", *tls)
+    out = done.communicate(timeout=60)[0]
+    assert done.returncode == 1 and "gRPC API" not in out and "/metrics on 0.0.0.0" in out
+    assert not (tmp_path / "bind.db").exists()  # refused before opening anything
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(("--insecure",), id="insecure"),
+    pytest.param(("--metrics-host", "127.0.0.1", "TLS"), id="tls-tokens-local-metrics"),
+])
+def test_a_public_bind_starts_with_tls_and_tokens_or_loudly_with_insecure(
+        tmp_path: Path, pki: Pki, token_file: Path, args: tuple[str, ...]) -> None:
+    if args[-1] == "TLS":
+        args = (*args[:-1], "--tls-cert", str(pki.server_cert), "--tls-key",
+                str(pki.server_key), "--token-file", str(token_file))
+    proc = serve(tmp_path, "--host", "0.0.0.0", "--metrics-port", "0", *args)
+    try:
+        lines: list[str] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "listening on" in line:
+                break
+        out = "".join(lines)
+        assert "listening on 0.0.0.0:" in out, out
+        if "--insecure" in args:
+            assert out.count("WARNING lrctl.controller.server: INSECURE (--insecure)") == 2
+            assert "anyone who can reach it can change every job's learning rate" in out
+            assert out.rstrip().endswith(", INSECURE)")
+        else:
+            assert "WARNING" not in out and ", tls, tokens)" in out
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def test_bind_rule_and_bad_tls_files_in_process(
+        start_controller: Callable[..., Awaitable[Controller]], pki: Pki, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(ValueError, match=r"gRPC API on \[::\]:0 has no TLS"):
+        await start_controller(host="::", metrics_port=None)
+    with pytest.raises(ValueError, match=r"/metrics on 0\.0\.0\.0:0 has no TLS"):
+        await start_controller(metrics_host="0.0.0.0")
+    assert not (tmp_path / "lrctl.db").exists()
+    caplog.set_level(logging.WARNING, logger="lrctl.controller.server")
+    ctl = await start_controller(metrics_host="0.0.0.0", insecure=True)
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == ["INSECURE (--insecure): /metrics on 0.0.0.0:0 has no TLS "
+                      "(--metrics-tls-cert/--metrics-tls-key)"]
+    await ctl.stop(0)
+    # A key that is not the certificate's, a file that is not there: named, before serving.
+    with pytest.raises(ValueError, match=r"cannot load the TLS certificate .*server\.crt.* "
+                                         r"\(--tls-cert\) with the key .*client\.key"):
+        await start_controller(tls_cert=str(pki.server_cert), tls_key=str(pki.client_key))
+    with pytest.raises(ValueError, match="cannot read the --metrics-client-ca file"):
+        await start_controller(metrics_tls_cert=str(pki.server_cert),
+                               metrics_tls_key=str(pki.server_key),
+                               metrics_tls_client_ca=str(tmp_path / "missing.crt"))
+    with pytest.raises(ValueError, match="expected both --tls-cert and --tls-key, got only "
+                                         "--tls-cert"):
+        await start_controller(tls_cert=str(pki.server_cert))
+    with pytest.raises(ValueError, match="mutual TLS is TLS first"):
+        await start_controller(tls_client_ca=str(pki.ca))
