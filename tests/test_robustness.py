@@ -224,6 +224,28 @@ async def test_non_protobuf_bytes_are_invalid_argument(
     assert await healthy(controller)
 
 
+@pytest.mark.parametrize(("path", "kind"), [
+    pytest.param("/grpc.health.v1.Health/Check", "unary", id="health-check"),
+    pytest.param("/grpc.health.v1.Health/Watch", "stream", id="health-watch"),
+    pytest.param("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "bidi",
+                 id="reflection"),
+])
+async def test_non_protobuf_bytes_to_health_and_reflection_are_invalid_argument(
+        controller: Controller, channel: grpc.aio.Channel, path: str, kind: str) -> None:
+    payload = b"\xff\xff\xff\xff"
+    if kind == "unary":
+        call: Awaitable[Any] = channel.unary_unary(path)(payload)
+    elif kind == "stream":
+        call = channel.unary_stream(path)(payload).read()
+    else:
+        stream = channel.stream_stream(path)()
+        await stream.write(payload)
+        await stream.done_writing()
+        call = stream.read()
+    await expect_status(call, grpc.StatusCode.INVALID_ARGUMENT)
+    assert await healthy(controller)
+
+
 # -- a job's log never outgrows a message; a failed call committed nothing ------------------------
 
 
