@@ -11,9 +11,9 @@ UNAVAILABLE (full: RESOURCE_EXHAUSTED); anything unexpected is INTERNAL with a s
 
 Bytes that do not parse as the method's request message never reach a handler: the request
 deserializer of every unary handler (every service's) is wrapped so that the call ends
-INVALID_ARGUMENT instead of grpc's UNKNOWN. A handler of ``lrctl.v1.LRController`` may return
-its response already serialized (bytes pass the response serializer as they are).
-Authentication and roles are :mod:`controller.auth`.
+INVALID_ARGUMENT instead of grpc's UNKNOWN (server reflection's streamed requests too). A
+handler of ``lrctl.v1.LRController`` may return its response already serialized (bytes pass
+the response serializer as they are). Authentication and roles are :mod:`controller.auth`.
 
 The server installs them outermost first: metrics (sees every final status), status mapping,
 then authentication, so a refused call is counted with its code.
@@ -276,5 +276,28 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
             return streaming if stream else unary
 
+        if handler.stream_stream is not None:  # reflection: each request checked as it comes
+            return _checked_streams(handler, refuse)
         return rewrap(handler, wrap, _tolerant(handler.request_deserializer),
                       _passing_bytes(handler.response_serializer) if ours else None)
+
+
+def _checked_streams(handler: Handler,
+                     refuse: Callable[[Any, _Undecodable], Awaitable[None]]) -> Handler:
+    """A bidirectional-streaming handler whose requests that do not parse end the call with
+    INVALID_ARGUMENT (server reflection's)."""
+    behavior: Any = handler.stream_stream  # an async generator function under grpc.aio
+
+    async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Undecodable):
+                await refuse(context, request)
+            yield request
+
+    async def streams(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        async for response in behavior(checked(requests, context), context):
+            yield response
+
+    return grpc.stream_stream_rpc_method_handler(
+        streams, request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer)
