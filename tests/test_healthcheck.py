@@ -1,8 +1,9 @@
 """The container health probe (``python -m controller.healthcheck``) against real servers.
 
-Plain text against a real controller; TLS and mutual TLS against a real grpc.aio server
-that carries the standard health service, with certificates made in the test (the probe's
-TLS path is the same whatever serves the health service).
+Plain text against a real controller; TLS and mutual TLS, with the certificate's name given
+by --tls-server-name and the failure modes (no client certificate, plain text, a wrong
+name), against a real grpc.aio server carrying the standard health service, with
+certificates made in the test. tests/test_tls.py probes a TLS and an mTLS controller too.
 """
 
 from __future__ import annotations
