@@ -43,10 +43,10 @@ from controller.config import ServerConfig, exposure, server_channel_options
 from controller.interceptors import MetricsInterceptor, StatusInterceptor
 from controller.metrics import ControllerMetrics, exposition_app
 from controller.service import ControllerService
-from controller.servicer import LRControllerServicer, add_to_server
+from controller.servicer import LRControllerServicer
 from controller.store_api import JobStore, open_store, redact_url
 from controller.tls import metrics_ssl_context, server_credentials
-from lrctl.v1 import lrctl_pb2
+from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 
 __all__ = ["SERVICE_NAME", "Controller", "serve", "start"]
 
@@ -162,7 +162,7 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
                         AuthInterceptor(Authenticator(config.tokens), SERVICE_NAME)]
         server = grpc.aio.server(interceptors=interceptors,
                                  options=server_channel_options(config))
-        add_to_server(LRControllerServicer(service), server)
+        lrctl_pb2_grpc.add_LRControllerServicer_to_server(LRControllerServicer(service), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -462,8 +462,12 @@ class ControllerService:
     # -- watch ---------------------------------------------------------------------------------
 
     async def watch(self, job_id: str, from_version: int = 0,
-                    worker_id: str = "") -> AsyncIterator[WatchMessage]:
-        """Stream a job: snapshot (or RESYNC), every later event in order, heartbeats, FINISHED.
+                    worker_id: str = "") -> AsyncGenerator[WatchMessage, None]:
+        """Open a stream of a job: snapshot (or RESYNC), every later event in order,
+        heartbeats, FINISHED.
+
+        The checks run here; the stream is the watch hub's own iterator (no layer in between),
+        to be consumed with ``async for`` (close it with ``aclose()`` when done early).
 
         Args:
             job_id: The job to follow.
@@ -489,9 +493,7 @@ class ControllerService:
         def snapshot() -> Job:
             return self._view(self._table.jobs[job_id])
 
-        async for message in self._hub.follow(job_id, from_version, worker_id, current,
-                                              snapshot):
-            yield message
+        return self._hub.follow(job_id, from_version, worker_id, current, snapshot)
 
     def close(self) -> None:
         """End every watch stream with :class:`Unavailable` (shutdown); idempotent."""

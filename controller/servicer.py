@@ -8,7 +8,7 @@ caller's token name in :data:`controller.auth.CALLER` and in an Override's ``act
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from contextlib import aclosing
 from itertools import islice
 from typing import Any
 
@@ -22,10 +22,11 @@ from lrctl.convert import (
     report_from_proto,
     watch_to_proto,
 )
+from lrctl.model import WatchKind, WatchMessage
 from lrctl.overrides import Op
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 
-__all__ = ["LRControllerServicer"]
+__all__ = ["LRControllerServicer", "WatchEncoder"]
 
 pb = lrctl_pb2
 #: The servicer context (its generic parameters carry nothing the adapter uses).
@@ -51,6 +52,7 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
 
     def __init__(self, service: ControllerService) -> None:
         self.service = service
+        self._encode = WatchEncoder()
 
     async def CreateJob(self, request: pb.CreateJobRequest,
                         context: Context) -> pb.CreateJobResponse:
@@ -114,13 +116,44 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
         parts.append(pb.PreviewResponse(schedule=schedule).SerializeToString())
         return b"".join(parts)
 
-
-    async def Watch(self, request: pb.WatchRequest,
-                    context: Context) -> AsyncIterator[pb.WatchResponse]:
-        async for message in self.service.watch(request.job_id, request.from_version,
-                                                request.worker_id):
-            yield watch_to_proto(message)
+    async def Watch(self, request: pb.WatchRequest,  # type: ignore[override]
+                    context: Context) -> None:
+        # Written, not yielded: no generator layer per interceptor. Each message goes out
+        # encoded (bytes pass the response serializer: controller.interceptors), an event
+        # once for every stream of its job.
+        stream = await self.service.watch(request.job_id, request.from_version,
+                                          request.worker_id)
+        encode, write = self._encode, context.write
+        async with aclosing(stream):
+            async for message in stream:
+                await write(encode(message))
 
     async def Report(self, request: pb.ReportRequest, context: Context) -> pb.ReportResponse:
         version = await self.service.report(report_from_proto(request))
         return pb.ReportResponse(version=version)
+
+
+class WatchEncoder:
+    """Encodes Watch messages to ``WatchResponse`` bytes; an EVENT message, one object handed
+    to every stream of its job (:class:`controller.watch.WatchHub`), is encoded once.
+
+    Args:
+        size: Event messages kept encoded (the latest; each is held with its bytes, so its
+            identity cannot be reused while cached).
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._cache: dict[int, tuple[WatchMessage, bytes]] = {}
+
+    def __call__(self, message: WatchMessage) -> bytes:
+        if message.kind is not WatchKind.EVENT:  # per stream anyway: snapshots, heartbeats
+            return watch_to_proto(message).SerializeToString()
+        hit = self._cache.get(id(message))
+        if hit is not None and hit[0] is message:
+            return hit[1]
+        data = watch_to_proto(message).SerializeToString()
+        self._cache[id(message)] = (message, data)
+        if len(self._cache) > self._size:
+            del self._cache[next(iter(self._cache))]  # the oldest
+        return data

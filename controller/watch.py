@@ -4,6 +4,11 @@ A stream follows one job (etcd-style): a snapshot (or RESYNC when the resume poi
 every later event in version order, a heartbeat after a quiet interval, and FINISHED when the
 job is finished. Writers call :meth:`WatchHub.notify` after a change is durable and in
 memory; no stream ever polls. Plain asyncio; never imports grpc.
+
+Fan-out costs what the transport costs: every stream of a job is handed the *same*
+:class:`WatchMessage` object for an event (so an encoder can encode it once for all of them),
+and a stream waits on the job's one shared future with a timer for its heartbeat, not a task
+of its own per event (``asyncio.wait_for`` would make one).
 """
 
 from __future__ import annotations
@@ -13,13 +18,17 @@ import random
 import time
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from controller.errors import ResourceExhausted, Unavailable
 from lrctl.constants import DEFAULT_MAX_WATCH_STREAMS, DEFAULT_MAX_WATCH_STREAMS_PER_JOB
 from lrctl.model import Job, WatchKind, WatchMessage
+from lrctl.overrides import Event
 
 __all__ = ["WatchHub"]
+
+#: Event messages kept per watched job for its streams to share (the latest versions).
+SHARED_MESSAGES = 64
 
 
 class WatchHub:
@@ -39,7 +48,8 @@ class WatchHub:
                  max_streams: int = DEFAULT_MAX_WATCH_STREAMS) -> None:
         self._heartbeat = heartbeat_seconds
         self._on_count = on_count
-        self._changed: dict[str, asyncio.Event] = {}
+        self._changed: dict[str, asyncio.Future[None]] = {}
+        self._messages: dict[str, dict[int, WatchMessage]] = {}  # job -> version -> message
         self._streams: Counter[str] = Counter()
         self._workers: dict[str, Counter[str]] = {}
         self._closing = False
@@ -49,8 +59,8 @@ class WatchHub:
     def notify(self, job_id: str) -> None:
         """Wake every stream of ``job_id`` (after its change is in memory)."""
         old = self._changed.pop(job_id, None)
-        if old is not None:
-            old.set()
+        if old is not None and not old.done():
+            old.set_result(None)
 
     def close(self) -> None:
         """End every stream with :class:`Unavailable` (shutdown); idempotent."""
@@ -68,7 +78,7 @@ class WatchHub:
 
     async def follow(self, job_id: str, from_version: int, worker_id: str,
                      current: Callable[[], Job],
-                     snapshot: Callable[[], Job]) -> AsyncIterator[WatchMessage]:
+                     snapshot: Callable[[], Job]) -> AsyncGenerator[WatchMessage, None]:
         """Stream one job until it is finished, the caller goes away or the hub closes.
 
         Args:
@@ -95,7 +105,9 @@ class WatchHub:
                 if self._closing:
                     raise Unavailable("controller is shutting down; reconnect and resume")
                 # Taken before reading the state, so a change in between is not missed.
-                changed = self._changed.setdefault(job_id, asyncio.Event())
+                changed = self._changed.get(job_id)
+                if changed is None:
+                    changed = self._changed[job_id] = asyncio.get_running_loop().create_future()
                 job = current()
                 if sent > job.version or sent < job.created_version:
                     # The resume point is gone: ahead of us, or from an earlier incarnation.
@@ -106,7 +118,7 @@ class WatchHub:
                     continue
                 start = bisect_right(job.events, sent, key=lambda e: e.version)
                 for event in job.events[start:]:
-                    yield WatchMessage(WatchKind.EVENT, event.version, event=event)
+                    yield self._message(job_id, event)
                     sent = event.version
                 if start < len(job.events):
                     deadline = self._next_heartbeat()
@@ -116,13 +128,22 @@ class WatchHub:
                     yield WatchMessage(WatchKind.FINISHED, final.version, job=final)
                     return
                 sent = max(sent, job.version)
-                try:
-                    await asyncio.wait_for(changed.wait(), max(deadline - time.monotonic(), 0))
-                except asyncio.TimeoutError:
+                if not await _wait(changed, deadline):
                     yield WatchMessage(WatchKind.HEARTBEAT, current().version)
                     deadline = self._next_heartbeat()
         finally:
             self._count(job_id, worker_id, -1)
+
+    def _message(self, job_id: str, event: Event) -> WatchMessage:
+        """The EVENT message of ``event``: one object for every stream of the job."""
+        shared = self._messages.setdefault(job_id, {})
+        message = shared.get(event.version)
+        if message is None or message.event is not event:  # new, or its effective step set
+            message = shared[event.version] = WatchMessage(WatchKind.EVENT, event.version,
+                                                           event=event)
+            if len(shared) > SHARED_MESSAGES:
+                del shared[min(shared)]
+        return message
 
     def _admit(self, job_id: str) -> None:
         """Refuse a stream past the per-job or the total limit."""
@@ -140,6 +161,7 @@ class WatchHub:
         self._total += delta
         if self._streams[job_id] <= 0:
             del self._streams[job_id]
+            self._messages.pop(job_id, None)
         if worker_id:
             workers = self._workers.setdefault(job_id, Counter())
             workers[worker_id] += delta
@@ -152,3 +174,28 @@ class WatchHub:
 
     def _next_heartbeat(self) -> float:
         return time.monotonic() + self._heartbeat * random.uniform(0.75, 1.0)
+
+
+async def _wait(changed: asyncio.Future[None], deadline: float) -> bool:
+    """Wait until ``changed`` is done or ``time.monotonic()`` reaches ``deadline``.
+
+    Returns:
+        True if ``changed`` is done. A future and a timer per call, no task.
+    """
+    loop = asyncio.get_running_loop()
+    if changed.done():
+        return True
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    changed.add_done_callback(wake)
+    timer = loop.call_later(max(deadline - time.monotonic(), 0.0), wake)
+    try:
+        await woken
+    finally:
+        timer.cancel()
+        changed.remove_done_callback(wake)
+    return changed.done()

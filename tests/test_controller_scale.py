@@ -7,19 +7,23 @@ log shows; an override on a long log returns the event, the head and the right L
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+import pytest
 from prometheus_client import CollectorRegistry
 
+from controller import servicer
 from controller.projection import pending_count
 from controller.rows import Change
 from controller.server import Controller
 from controller.store import Store
-from lrctl.model import Job, Report
+from lrctl import convert
+from lrctl.model import Job, Report, WatchKind, WatchMessage
 from lrctl.overrides import Event, Op, resolve_pending
 from lrctl.program import LRProgram
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
@@ -83,7 +87,7 @@ async def _job_with_log(path: Path, events: int) -> None:
 async def test_an_override_on_a_log_of_10000_events_returns_the_event_the_head_and_the_lrs(
         tmp_path: Path, start_controller: Callable[..., Awaitable[Controller]]) -> None:
     db = tmp_path / "long.db"
-    await _job_with_log(db, 10_000)
+    await _job_with_log(db, 9_990)  # (the default limit is 10,000 events per job)
     ctl = await start_controller(db=str(db))
     async with grpc.aio.insecure_channel(ctl.address) as channel:
         stub = lrctl_pb2_grpc.LRControllerStub(channel)  # type: ignore[no-untyped-call]
@@ -95,7 +99,7 @@ async def test_an_override_on_a_log_of_10000_events_returns_the_event_the_head_a
                 "effective_step")
             assert reply.job.version == job.version and len(reply.job.events) == 0  # the head
             assert list(reply.job.lrs) == rebuilt_lr(job)
-        assert len(job.events) == 10_002
+        assert len(job.events) == 9_992
         # rank 0 applies both: the shown LRs follow, still equal to a rebuild
         await stub.Report(pb.ReportRequest(
             job_id="long", rank=0, step=100_010, applied_version=job.version,
@@ -105,3 +109,40 @@ async def test_an_override_on_a_log_of_10000_events_returns_the_event_the_head_a
         job = ctl.service.get_job("long")
         assert [e.effective_step for e in job.events[-2:]] == [100_005, 100_005]
         assert list(got.lrs) == rebuilt_lr(job)
+
+
+async def test_every_stream_gets_the_same_event_bytes_encoded_once(
+        controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
+    encoded: list[int] = []
+    real = servicer.watch_to_proto
+
+    def counting(message: WatchMessage) -> pb.WatchResponse:
+        if message.kind is WatchKind.EVENT:
+            encoded.append(message.version)
+        return real(message)
+
+    monkeypatch.setattr(servicer, "watch_to_proto", counting)
+    async with grpc.aio.insecure_channel(controller.address) as channel:
+        stub = lrctl_pb2_grpc.LRControllerStub(channel)  # type: ignore[no-untyped-call]
+        await stub.CreateJob(pb.CreateJobRequest(job_id="fan", schedule=SPEC,
+                                                 base_lrs=[0.1, 0.2]))
+        calls = [stub.Watch(pb.WatchRequest(job_id="fan")) for _ in range(6)]
+        for call in calls:
+            assert (await call.read()).kind == pb.WatchResponse.KIND_SNAPSHOT
+        for value in (0.5, 2.0, 0.25):
+            await stub.Override(pb.OverrideRequest(job_id="fan", op=pb.OVERRIDE_OP_SCALE,
+                                                   value=value, param_group=1, reason="fan-out"))
+        received = []
+        for call in calls:
+            got = []
+            while len(got) < 3:
+                message = await asyncio.wait_for(call.read(), 5)
+                if message.kind != pb.WatchResponse.KIND_HEARTBEAT:
+                    got.append(message.SerializeToString())
+            received.append(got)
+            call.cancel()
+    job = controller.service.get_job("fan")
+    expected = [convert.watch_to_proto(WatchMessage(WatchKind.EVENT, e.version, event=e))
+                .SerializeToString() for e in job.events]
+    assert all(got == expected for got in received)  # identical bytes on every stream
+    assert sorted(encoded) == [e.version for e in job.events]  # each event encoded once
