@@ -67,7 +67,10 @@ class Projection:
         """The LR of each group at the job's step with pending events taking effect now."""
         step = max(job.step, 0)
         try:
-            return tuple(self._follow(job).program(step).lrs(step, max_cost=DISPLAY_MAX_COST))
+            # A finished job's display is not kept: listing 100,000 finished jobs must not
+            # leave 100,000 programs in memory.
+            display = JobDisplay(job) if job.finished else self._follow(job)
+            return tuple(display.program(step).lrs(step, max_cost=DISPLAY_MAX_COST))
         except LrctlError:
             # e.g. OneCycleLR stepped past total_steps (torch raises too), or a recurrence far
             # ahead of what it computed: show what rank 0 saw.
@@ -132,7 +135,10 @@ class Projection:
                             event.reason, value=event.value, schedule=event.schedule,
                             group=event.group, effective_step=event.effective_step)
         try:
-            self._follow(job, new_events, applied)  # the delta: no comparison of logs
+            if job.finished:
+                self.forget(job.job_id)  # shown rarely: built when asked, not kept
+            else:
+                self._follow(job, new_events, applied)  # the delta: no comparison of logs
         except LrctlError:
             self.forget(job.job_id)  # views show what rank 0 saw
         if self._metrics is None:
