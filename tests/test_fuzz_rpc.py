@@ -203,7 +203,7 @@ def _state(channel: grpc.Channel) -> Any:
 
 
 @pytest.mark.parametrize("examples", [
-    pytest.param(300, id="ci"),
+    pytest.param(600, id="ci"),
     pytest.param(5000, marks=pytest.mark.soak, id="soak"),
 ])
 def test_fuzzed_requests_get_defined_codes_and_hurt_nobody(
