@@ -29,6 +29,7 @@ import grpc
 from controller.errors import PermissionDenied, Unauthenticated
 from controller.interceptors import Behavior, rewrap
 from controller.tokens import ADMIN, OPERATOR, READER, WORKER, TokenEntry, as_entries, hash_token
+from lrctl.v1 import lrctl_pb2
 
 if TYPE_CHECKING:
     from controller.interceptors import Continuation, Handler
@@ -144,13 +145,18 @@ def _take_identity(entry: TokenEntry, request: Any) -> None:
         request.actor = entry.name
 
 
-def _in_scope(entry: TokenEntry, response: Any) -> Any:
-    """ListJobs: leave out the jobs outside a scoped token's patterns."""
-    if entry.jobs is not None and "jobs" in response.DESCRIPTOR.fields_by_name:
-        kept = [job for job in response.jobs if entry.covers(job.job_id)]
-        del response.jobs[:]
-        response.jobs.extend(kept)
-    return response
+def _in_scope(entry: TokenEntry, method: str, response: Any) -> Any:
+    """ListJobs: leave out the jobs outside a scoped token's patterns (a response the handler
+    already encoded is decoded, filtered and encoded again: never passed through unfiltered).
+    """
+    if entry.jobs is None or method != "ListJobs":
+        return response
+    message = (lrctl_pb2.ListJobsResponse.FromString(response)
+               if isinstance(response, bytes) else response)
+    kept = [job for job in message.jobs if entry.covers(job.job_id)]
+    del message.jobs[:]
+    message.jobs.extend(kept)
+    return message.SerializeToString() if isinstance(response, bytes) else message
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -180,7 +186,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 if entry is not None:
                     _take_identity(entry, request)
                 response = await behavior(request, context)
-                return response if entry is None else _in_scope(entry, response)
+                return response if entry is None else _in_scope(entry, method, response)
 
             async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
                 entry = check(context.invocation_metadata(), method, request)

@@ -175,9 +175,11 @@ def _entry(item: object, index: int, source: str) -> TokenEntry:
     digest = digest.lower()
     if name is None:
         name = f"sha256:{digest[:12]}"
-    if not isinstance(name, str) or not name.strip() or len(name) > DEFAULT_MAX_ACTOR_CHARS:
+    if (not isinstance(name, str) or not name.strip() or len(name) > DEFAULT_MAX_ACTOR_CHARS
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)):
+        # The name is written as the actor of overrides and in log lines: printable only.
         raise ValueError(f"expected {where} to have a name of 1-{DEFAULT_MAX_ACTOR_CHARS} "
-                         f"characters, got {name!r}")
+                         f"printable characters, got {name!r}")
     _check_role(role, f" in {where}")
     jobs = item.get("jobs")
     if jobs is not None:

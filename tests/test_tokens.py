@@ -251,10 +251,27 @@ _H = hash_token("t")
     pytest.param({"tokens": [], "extra": 1}, "only the key", id="extra-key"),
     pytest.param({"tokens": ["x"]}, "to be an object", id="entry-not-object"),
     pytest.param({"t": "root"}, "expected a role", id="plain-bad-role"),
+    pytest.param({"tokens": [{"name": "a\nb", "sha256": _H, "role": "admin"}]},
+                 "printable", id="name-with-newline"),
 ])
 def test_bad_token_files_say_what_was_expected(data: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_tokens(data)
+
+
+def test_list_jobs_is_filtered_even_when_the_handler_encoded_it() -> None:
+    from controller.auth import _in_scope
+
+    [entry] = parse_tokens({"tokens": [{"name": "v", "sha256": _H, "role": "reader",
+                                        "jobs": ["a-*"]}]})
+    response = pb.ListJobsResponse(jobs=[pb.Job(job_id="a-1"), pb.Job(job_id="b-1")],
+                                   next_page_token="x")
+    for given in (response, response.SerializeToString()):
+        out = _in_scope(entry, "ListJobs", given)
+        assert type(out) is type(given)
+        message = pb.ListJobsResponse.FromString(out) if isinstance(out, bytes) else out
+        assert ([j.job_id for j in message.jobs], message.next_page_token) == (["a-1"], "x")
+    assert _in_scope(entry, "Preview", b"raw") == b"raw"  # nothing to filter there
 
 
 def test_the_token_maker_prints_a_token_and_an_entry_that_loads() -> None:
