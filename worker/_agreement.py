@@ -14,16 +14,16 @@ between and never stalls the GPU stream (the side group is gloo on CPU tensors e
 training uses NCCL). When the result names a version the ranks do not apply yet, every rank
 receives its state in one broadcast and applies it from that same step.
 
-**Pacing without a knob.** An exchange costs the training thread ~0.1 ms (launch and wait
-on gloo), whatever the step time; an override must reach every rank soon after it reaches
-rank 0. Rank 0 measures its own step time and spaces exchanges about
-:data:`DEFAULT_PERIOD_S` apart (never more than twice the previous interval, at most
-:data:`MAX_INTERVAL` steps), and announces each exchange one exchange ahead in the payload,
-so every rank learns the schedule at the same step. An override that reaches rank 0 is
-announced at the next exchange and applied at the one after: within about two periods
-(~40 ms) plus the step in progress. With steps longer than a period, ranks exchange at
-every step, and an override takes at most two steps. ``LRCTL_AGREE_EVERY=k`` fixes the
-interval instead.
+**Pacing without a knob.** An exchange costs the training thread ~0.07 ms of CPU (gloo's
+launch and wait), whatever the step time; an override must reach every rank soon after it
+reaches rank 0. Rank 0 measures its own step time ``s`` and spaces exchanges
+``k = floor(P / s) + 1`` steps apart, ``P`` = :data:`DEFAULT_PERIOD_S` (never more than
+twice the previous interval, at most :data:`MAX_INTERVAL` steps), and announces each
+exchange one exchange ahead in the payload, so every rank learns the schedule at the same
+step. An override that reaches rank 0 is announced at the next exchange and applied at the
+one after: at worst ``2 k s <= 2 P + 2 s``, i.e. within 50 ms of reaching rank 0 plus two
+steps (about 1.5 ``k s`` on average). Steps longer than ``P`` exchange at every step.
+``LRCTL_AGREE_EVERY=k`` fixes the interval instead (rank 0's value holds for every rank).
 """
 
 from __future__ import annotations
@@ -40,10 +40,11 @@ import torch
 
 from worker._fanout import Plan, RankGroup
 
-__all__ = ["DEFAULT_PERIOD_S", "MAX_INTERVAL", "Agreement", "Outcome", "Pacer"]
+__all__ = ["DEFAULT_PERIOD_S", "MAX_INTERVAL", "Agreement", "Divergence", "Pacer"]
 
-#: Target time between two exchanges when paced automatically (seconds).
-DEFAULT_PERIOD_S = 0.02
+#: Half the latency target: with ``k = floor(period / step) + 1`` steps between exchanges,
+#: ``2 * k * step`` (the worst case, below) stays within ``2 * period`` plus two steps.
+DEFAULT_PERIOD_S = 0.025
 #: Most steps between two exchanges when paced automatically.
 MAX_INTERVAL = 1000
 
@@ -78,34 +79,22 @@ class Pacer:
         now = self._clock()
         if self._last is not None and call > self._last[0]:
             step_s = (now - self._last[1]) / (call - self._last[0])
-            target = int(self.period_s / step_s) if step_s > 0 else MAX_INTERVAL
+            target = int(self.period_s / step_s) + 1 if step_s > 0 else MAX_INTERVAL
             self._interval = max(1, min(target, 2 * self._interval, MAX_INTERVAL))
         self._last = (call, now)
         return self._interval
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """The result of one exchange, the same on every rank."""
+class Divergence:
+    """What an exchange that found the ranks apart compared (the same on every rank)."""
 
-    version: int
-    """The version rank 0 held when it launched the exchange."""
-    length: int
-    """Size of that version's encoded state (what :meth:`RankGroup.broadcast_bytes` sends)."""
     step: int
     """The step whose applied LRs the exchange compared."""
-    checked: bool
-    """Whether the exchange carried checksums."""
     lr_low: float
     lr_high: float
     applied_low: int
     applied_high: int
-
-    @property
-    def diverged(self) -> bool:
-        """Whether ranks applied different LRs or versions at :attr:`step`."""
-        return self.checked and (_bits(self.lr_low) != _bits(self.lr_high)
-                                 or self.applied_low != self.applied_high)
 
 
 class Agreement:
@@ -136,19 +125,27 @@ class Agreement:
         """This rank's checksum and applied version in the exchange just collected."""
         return self._sent[2], self._sent[3]
 
-    def collect(self) -> Outcome | None:
-        """Wait for the exchange launched at the previous one; None at the first exchange."""
-        if self._work is None:
+    def collect(self) -> tuple[int, int, Divergence | None] | None:
+        """Wait for the exchange launched at the previous one; None at the first exchange.
+
+        Returns:
+            Rank 0's version, the size of its encoded state (0: nothing new) and, when the
+            ranks' checksums or applied versions differed, what they were.
+        """
+        work = self._work
+        if work is None:
             self.next_call = self._second_call
             return None
-        self._work.wait()
+        work.wait()
         self._work = None
         v = self._ints.tolist()
         self.next_call = v[_NEXT_CALL]
         step, checked, _, _ = self._sent
-        return Outcome(version=v[_VERSION], length=v[_LENGTH], step=step, checked=checked,
-                       lr_low=_float(v[_LR_LOW]), lr_high=_float(~v[_LR_HIGH]),
-                       applied_low=v[_APPLIED_LOW], applied_high=~v[_APPLIED_HIGH])
+        apart = None
+        if checked and (v[_LR_LOW] != ~v[_LR_HIGH] or v[_APPLIED_LOW] != ~v[_APPLIED_HIGH]):
+            apart = Divergence(step, _float(v[_LR_LOW]), _float(~v[_LR_HIGH]),
+                               v[_APPLIED_LOW], ~v[_APPLIED_HIGH])
+        return v[_VERSION], v[_LENGTH], apart
 
     def launch(self, call: int, *, step: int, version: int, length: int,
                lr_checksum: float, applied_version: int) -> None:
@@ -191,7 +188,3 @@ class Agreement:
 
 def _float(bits: int) -> float:
     return float(struct.unpack("<d", struct.pack("<q", bits))[0])
-
-
-def _bits(value: float) -> int:
-    return int(struct.unpack("<q", struct.pack("<d", value))[0])

@@ -56,7 +56,7 @@ class RankGroup:
         self._bcast.rootRank = 0
         self._bcast.rootTensor = 0
         self._min = dist.AllreduceOptions()
-        self._min.reduceOp = dist.ReduceOp.MIN
+        self._min.reduceOp = dist.ReduceOp.MIN  # type: ignore[assignment]
 
     # The process group's own methods: dist.all_reduce/broadcast add ~50 µs of Python
     # bookkeeping per call, which the per-step exchange does not need.

@@ -18,7 +18,7 @@ from lrctl.limits import NO_LIMITS
 from lrctl.program import LRProgram
 from lrctl.schedules import ReduceLROnPlateau, Schedule
 from lrctl.spec import Spec, parse_spec
-from worker._agreement import Agreement, Outcome, Pacer
+from worker._agreement import Agreement, Divergence, Pacer
 from worker._config import WorkerConfig
 from worker._fanout import Plan, RankGroup, decode_held, encode_held, handshake
 from worker._link import ControllerLink, Held
@@ -114,7 +114,9 @@ class RemoteLRScheduler(LRScheduler):
         self._slot: Any = _NoSlot
         self._seen: Held | None = None
         self._tick_at = 1
-        self._after: Callable[[int, list[float]], None] | None = None
+        self._step_base = 0
+        self._printed: list[float] = []  # verbose: the LRs printed last
+        self._extra: Callable[[int, list[float]], None] | None = None  # momentum, verbose
         self._announced: bytes | None = None  # rank 0: the state of the version in flight
         self._link: ControllerLink | None = None
         self._group: RankGroup | None = None
@@ -151,8 +153,6 @@ class RemoteLRScheduler(LRScheduler):
             from worker.ray import lr_metrics_hook
 
             self._on_lr = lr_metrics_hook(self.job, self.rank)
-            if verbose:
-                self._after = self._print_changes
             self.optimizer = optimizer
             self._compile_writes()
             super().__init__(optimizer, last_epoch)
@@ -161,7 +161,8 @@ class RemoteLRScheduler(LRScheduler):
         except BaseException:
             self._release()
             raise
-        self._calls = 0
+        count, self._calls = self._step_count, 0
+        self._step_count = count
         self._slow_at = 1  # the first step() checks torch's call order
 
     # -- torch's interface -------------------------------------------------------------------
@@ -174,25 +175,34 @@ class RemoteLRScheduler(LRScheduler):
         at calls planned ahead (``_slow_at``).
         """
         n = self._calls + 1
-        self._calls = n
+        self._calls = n  # torch's _step_count follows it (a property)
         if n >= self._slow_at or self._slot.held is not self._seen:
             self._slow_step(n)
         t = self.last_epoch + 1
         self.last_epoch = t
-        self._step_count += 1
         row = self._lrs(t, self._base)
-        if self._plain:
+        single = self._single
+        if single is not None:
+            single["lr"] = row[0]
+        elif self._plain:
             for group, lr in zip(self._groups, row):
                 group["lr"] = lr
         else:
             _write_lrs(self._groups, row)
-        if self._momenta is not None:
-            self._write_momenta(t)
         self._values = row
-        if self._after is not None:
-            self._after(t, row)
+        if self._extra is not None:
+            self._extra(t, row)
         if metrics is not None:
             self._metric(t, metrics)
+
+    @property
+    def _step_count(self) -> int:
+        # torch's count of step() calls, derived from ours: one store less per step.
+        return self._calls + self._step_base
+
+    @_step_count.setter
+    def _step_count(self, value: int) -> None:
+        self._step_base = value - self._calls
 
     def get_lr(self) -> list[float | torch.Tensor]:
         """Return the LR of every group at ``last_epoch`` (closed form; no side effects)."""
@@ -368,25 +378,26 @@ class RemoteLRScheduler(LRScheduler):
             # What every rank does next depends on the outcome alone (the same everywhere),
             # never on what this rank applied: the collectives stay in step even if a rank
             # diverged.
-            if outcome.length:
-                data = group.broadcast_bytes(self._announced, outcome.length)
+            _, length, apart = outcome
+            if length:
+                data = group.broadcast_bytes(self._announced, length)
                 held = decode_held(data, self._replica)
                 self._replica = held
                 self._switch(held, held.version, t)
                 switched = True
-            if outcome.diverged:
-                self._on_divergence(outcome)
+            if apart is not None:
+                self._on_divergence(apart)
         version, length = self._applied_version, 0
         if self._link is not None:  # rank 0: announce the newest version it holds
-            held = self._link.held
-            if held is not None and held.version != self._applied_version:
-                self._announced = encode_held(held, self._replica)
-                version, length = held.version, len(self._announced)
+            newest = self._link.held
+            if newest is not None and newest.version != self._applied_version:
+                self._announced = encode_held(newest, self._replica)
+                version, length = newest.version, len(self._announced)
         agreement.launch(n, step=t - 1, version=version, length=length,
                          lr_checksum=sum(self._values), applied_version=self._applied_version)
         return switched
 
-    def _on_divergence(self, outcome: Outcome) -> None:
+    def _on_divergence(self, outcome: Divergence) -> None:
         """Every rank found it at once: gather each rank's figures, log, count, report."""
         if self._group is None or self._agreement is None:  # pragma: no cover
             return
@@ -456,32 +467,34 @@ class RemoteLRScheduler(LRScheduler):
             self._lrs, self._base = program.schedule.lrs, program.base_lrs
             momenta = program.schedule.momenta if program.cycles_momentum else None
         self._momenta: Callable[[int], list[float] | None] | None = momenta
+        self._extra = self._after_step if momenta is not None or self.verbose else None
         if version > self._applied_version and self._applied_version:
             log.info("lrctl: job %s version %d takes effect at step %d", self.job, version, step)
         self._applied_version = version
-        self._printed: list[float] = []
+        self._printed = []
 
     # -- internals: writing param_groups -----------------------------------------------------
 
     def _compile_writes(self) -> None:
-        """Note how to write the groups (float LRs take the fast loop in step())."""
+        """Note how to write the groups (float LRs take the fast paths in step())."""
         self._groups = self.optimizer.param_groups
         self._plain = not any(isinstance(g["lr"], torch.Tensor) for g in self._groups)
+        self._single = self._groups[0] if self._plain and len(self._groups) == 1 else None
 
-    def _write_momenta(self, t: int) -> None:
-        if self._momenta is None:
-            return
-        values = self._momenta(t)
-        if values is None:
-            return
-        beta = self._uses_beta1
-        for group, m in zip(self._groups, values):
-            if m != m:  # NaN: this group's schedule does not cycle momentum
-                continue
-            if beta:
-                group["betas"] = (m, *group["betas"][1:])
-            else:
-                group["momentum"] = m
+    def _after_step(self, t: int, row: list[float]) -> None:
+        """Cycled momentum (CyclicLR, OneCycleLR) and verbose printing, when they apply."""
+        values = None if self._momenta is None else self._momenta(t)
+        if values is not None:
+            beta = self._uses_beta1
+            for group, m in zip(self._groups, values):
+                if m != m:  # NaN: this group's schedule does not cycle momentum
+                    continue
+                if beta:
+                    group["betas"] = (m, *group["betas"][1:])
+                else:
+                    group["momentum"] = m
+        if self.verbose:
+            self._print_changes(t, row)
 
 
 
