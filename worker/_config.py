@@ -27,8 +27,8 @@ from lrctl.constants import (
     REPORT_INTERVAL_ENV_VAR,
     TOKEN_ENV_VAR,
 )
-from lrctl.errors import LrctlError
-from lrctl.model import JOB_ID_PATTERN
+from lrctl.errors import JobIdError, LrctlError
+from lrctl.model import check_job_id
 
 __all__ = ["WorkerConfig", "WorkerError"]
 
@@ -79,9 +79,11 @@ class WorkerConfig:
         if not self.job:
             raise WorkerError("no job id: pass job=..., set LRCTL_JOB, or run inside Ray Train "
                               "or torchrun")
-        if not JOB_ID_PATTERN.fullmatch(self.job):
+        try:
+            check_job_id(self.job)
+        except JobIdError as exc:
             raise WorkerError(f"job id {self.job!r} (from {self.job_source}) is not valid: "
-                              f"expected {JOB_ID_PATTERN.pattern}")
+                              f"{exc}") from None
         if self.connect_timeout_s <= 0 or self.report_interval_s < 0.01:
             raise WorkerError(f"expected connect_timeout_s > 0 and report_interval_s >= 0.01, "
                               f"got connect_timeout_s={self.connect_timeout_s}, "
@@ -153,7 +155,9 @@ def _job_id(job: str | None, env: Mapping[str, str],
                 f"every launch; set {JOB_ENV_VAR}, or give torchrun --rdzv-id=<job id>")
     if not default:
         return "", ""
-    if not JOB_ID_PATTERN.fullmatch(default):
-        raise WorkerError(f"{source} {default!r} cannot be a job id (expected "
-                          f"{JOB_ID_PATTERN.pattern}); set {JOB_ENV_VAR} to a valid one")
+    try:
+        check_job_id(default)
+    except JobIdError as exc:
+        raise WorkerError(f"{source} {default!r} cannot be a job id ({exc}); set "
+                          f"{JOB_ENV_VAR} to a valid one") from None
     return default, source
