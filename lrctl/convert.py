@@ -7,6 +7,7 @@ mapped once. Times are float Unix seconds on the domain side and ``Timestamp`` o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -22,6 +23,8 @@ __all__ = [
     "event_from_proto",
     "event_to_proto",
     "events_from_proto",
+    "job_delta_from_proto",
+    "job_delta_to_proto",
     "job_from_proto",
     "job_to_proto",
     "report_from_proto",
@@ -168,6 +171,24 @@ def job_to_proto(job: Job, *, events: bool = True) -> lrctl_pb2.Job:
 
 
 # -- watch -------------------------------------------------------------------------------------
+
+
+def job_delta_to_proto(job: Job, since_version: int) -> lrctl_pb2.Job:
+    """Encode what ``job`` adds to the same incarnation held at ``since_version``.
+
+    Only the version, the state and the events after ``since_version`` (how rank 0 sends a
+    new version to the other ranks of a ``torch.distributed`` run).
+    """
+    msg = lrctl_pb2.Job(version=job.version, state=_STATE_TO_PROTO[job.state])  # type: ignore[arg-type]
+    msg.events.extend(event_to_proto(e) for e in job.events if e.version > since_version)
+    return msg
+
+
+def job_delta_from_proto(msg: lrctl_pb2.Job, base: Job) -> Job:
+    """Apply :func:`job_delta_to_proto`'s message to ``base`` (the job it was made against)."""
+    state = JobState.FINISHED if msg.state == lrctl_pb2.JOB_STATE_FINISHED else base.state
+    return dataclasses.replace(base, version=msg.version, state=state,
+                               events=base.events + events_from_proto(msg.events))
 
 
 def watch_from_proto(msg: lrctl_pb2.WatchResponse) -> WatchMessage:

@@ -19,7 +19,6 @@ only rank 0 needs the controller's address and token.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,8 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lrctl.convert import events_from_proto, job_from_proto, job_to_proto
-from lrctl.model import JobState
+from lrctl.convert import job_delta_from_proto, job_delta_to_proto, job_from_proto, job_to_proto
 from lrctl.v1 import lrctl_pb2
 from worker._config import WorkerError
 from worker._link import Held
@@ -206,12 +204,7 @@ def encode_held(held: Held, base: Held | None) -> bytes:
     job = held.job
     if (base is not None and job.created_version == base.job.created_version
             and job.version >= base.version):
-        msg = lrctl_pb2.Job(version=job.version)
-        if job.finished:
-            msg.state = lrctl_pb2.JOB_STATE_FINISHED
-        msg.events.extend(job_to_proto(dataclasses.replace(
-            job, events=tuple(e for e in job.events if e.version > base.version))).events)
-        return _DELTA + msg.SerializeToString()
+        return _DELTA + job_delta_to_proto(job, base.version).SerializeToString()
     return _FULL + job_to_proto(job).SerializeToString()
 
 
@@ -222,14 +215,10 @@ def decode_held(data: bytes, base: Held | None) -> Held:
     if kind == _DELTA:
         if base is None:
             raise WorkerError("received a job delta without holding the job")
-        state = JobState.FINISHED if msg.state == lrctl_pb2.JOB_STATE_FINISHED else base.job.state
-        job = dataclasses.replace(base.job, version=msg.version, state=state,
-                                  events=base.job.events + events_from_proto(msg.events))
-        return Held(job, previous=base.previous)
+        return Held(job_delta_from_proto(msg, base.job), previous=base.previous)
     if kind != _FULL:
         raise WorkerError(f"unknown job encoding {kind!r} from rank 0")
     job = job_from_proto(msg)
     if base is not None and job.created_version > base.job.created_version:
         return Held(job, previous=base)  # a recreation: keep what came before
     return Held(job, previous=None if base is None else base.previous)
-
