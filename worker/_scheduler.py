@@ -411,9 +411,8 @@ class RemoteLRScheduler(LRScheduler):
         log.error("lrctl: job %s: ranks %s applied other LRs than rank 0 at step %d (%s); "
                   "DDP replicas may have diverged", self.job, odd, outcome.step, detail)
         if self._link is not None:
-            post = getattr(self._link, "post_divergence", None)
-            if post is not None:
-                post(outcome.step, int(reference[1]), [v[0] for v in ranks], detail)
+            self._link.post_divergence(outcome.step, int(reference[1]), [v[0] for v in ranks],
+                                       detail)
 
     def _metric(self, step: int, metrics: float) -> None:
         if not self._plateau:

@@ -65,16 +65,21 @@ class CosineAnnealingWarmRestarts(Schedule):
         self.T_0 = self._int("T_0", T_0, minimum=1)
         self.T_mult = self._int("T_mult", T_mult, minimum=1)
         self.eta_min = self._lr("eta_min", eta_min)
+        self._cycle = (0, self.T_0)  # (start, length) of the last cycle found
 
     def position(self, step: int) -> tuple[int, int]:
         """Return ``(T_cur, T_i)`` at ``step``."""
         t0, m = self.T_0, self.T_mult
         if m == 1:
             return step % t0, t0
-        start, length = 0, t0
+        # Steps mostly advance by one: search on from the last cycle found, not from 0.
+        start, length = self._cycle
+        if step < start:
+            start, length = 0, t0
         while step >= start + length:
             start += length
             length *= m
+        self._cycle = (start, length)
         return step - start, length
 
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
@@ -124,6 +129,8 @@ class CyclicLR(_MomentumCycling):
 
     name = "CyclicLR"
 
+    _last_phase: tuple[int | None, tuple[float, float]] = (None, (0.0, 0.0))
+
     def setup(self, base_lr: Any, max_lr: Any, step_size_up: Any = 2000,
               step_size_down: Any = None, mode: Any = "triangular", gamma: Any = 1.0,
               scale_fn: Any = None, scale_mode: Any = "cycle", cycle_momentum: Any = True,
@@ -167,6 +174,9 @@ class CyclicLR(_MomentumCycling):
 
     def _phase(self, step: int) -> tuple[float, float]:
         """Return torch's ``(scale_factor, scale_fn(...))`` at ``step``."""
+        last = self._last_phase  # lrs(t) then momenta(t): computed once
+        if last[0] == step:
+            return last[1]
         cycle = math.floor(1 + step / self.total_size)
         x = 1.0 + step / self.total_size - cycle
         if x <= self.step_ratio:
@@ -174,6 +184,7 @@ class CyclicLR(_MomentumCycling):
         else:
             scale_factor = (x - 1) / (self.step_ratio - 1)
         scale = self._scale(cycle if self.scale_mode == "cycle" else step)
+        self._last_phase = (step, (scale_factor, scale))
         return scale_factor, scale
 
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
@@ -198,6 +209,9 @@ class OneCycleLR(_MomentumCycling):
     """
 
     name = "OneCycleLR"
+
+    _last_where: tuple[int | None, tuple[tuple[float, int, int, int, int], float]] = (
+        None, ((0.0, 0, 0, 0, 0), 0.0))
 
     def setup(self, max_lr: Any, total_steps: Any = None, epochs: Any = None,
               steps_per_epoch: Any = None, pct_start: Any = 0.3, anneal_strategy: Any = "cos",
@@ -251,12 +265,17 @@ class OneCycleLR(_MomentumCycling):
         return (end - start) * pct + start
 
     def _where(self, step: int) -> tuple[tuple[float, int, int, int, int], float]:
+        last = self._last_where  # lrs(t) then momenta(t): computed once
+        if last[0] == step:
+            return last[1]
         if step > self.total_steps:
             raise StepLimitError(self.past_end(step))
         start = 0.0
         for i, phase in enumerate(self.phases):
             if step <= phase[0] or i == len(self.phases) - 1:
-                return phase, (step - start) / (phase[0] - start)
+                where = phase, (step - start) / (phase[0] - start)
+                self._last_where = (step, where)
+                return where
             start = phase[0]
         raise AssertionError("unreachable")  # pragma: no cover
 

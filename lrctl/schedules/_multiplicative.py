@@ -72,8 +72,15 @@ class LambdaLR(_Lambdas):
 
     def setup(self, lr_lambda: Any) -> None:
         self.fns = self._lambdas(lr_lambda)
+        # One text for every group (the usual case) is one Expression: evaluate it once.
+        first = self.fns[0]
+        self._shared = first if all(f is first for f in self.fns) else None
 
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
+        shared = self._shared
+        if shared is not None:
+            value = shared(step)
+            return [b * value for b in base_lrs]
         return [b * f(step) for b, f in zip(base_lrs, self.fns)]
 
     def max_step(self) -> int | None:
