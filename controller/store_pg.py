@@ -317,12 +317,20 @@ class PgStore:
             Unavailable: the database cannot be reached.
         """
         with self._reachable():
-            async with self._pool.acquire() as conn, conn.transaction(
-                    isolation="repeatable_read", readonly=True):
-                row = await conn.fetchrow(_SELECT_JOB, job_id)
-                if row is None or int(row["rev"]) == rev:
-                    return None
-                return await _delta(conn, row, rev)
+            try:
+                return await self._since(job_id, rev)
+            except _UNREACHABLE:
+                # A pooled connection the server closed (restart, idle timeout): a read is
+                # safe to repeat, and the pool hands out a fresh connection.
+                return await self._since(job_id, rev)
+
+    async def _since(self, job_id: str, rev: int) -> Delta | None:
+        async with self._pool.acquire() as conn, conn.transaction(
+                isolation="repeatable_read", readonly=True):
+            row = await conn.fetchrow(_SELECT_JOB, job_id)
+            if row is None or int(row["rev"]) == rev:
+                return None
+            return await _delta(conn, row, rev)
 
     @contextlib.contextmanager
     def _reachable(self) -> Iterator[None]:

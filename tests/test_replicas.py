@@ -403,7 +403,7 @@ def _storm(postgres: PostgresServer, pg_url: str, kills: int) -> None:
         db = pg_url.rsplit("/", 1)[1]
         rows = postgres.psql("SELECT job_id, version FROM lrctl_jobs", db).split()
         final = {job: int(version) for job, version in (r.split("|") for r in rows)}
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 45  # > RESYNC_SECONDS: a missed change heals
         while time.monotonic() < deadline and not all(
                 (w.versions[-1:] or [0])[0] >= final[w.call_job] for w in watchers):
             time.sleep(0.05)
@@ -432,10 +432,22 @@ def _storm(postgres: PostgresServer, pg_url: str, kills: int) -> None:
     assert set(by_reason) <= present  # every acknowledged override is there
     for watcher in watchers:  # surviving replicas streamed every version, in order
         expected = [e.version for e in logs[watcher.call_job]]
-        assert watcher.versions == expected, (watcher.error, len(watcher.versions))
+        assert watcher.versions == expected, _diagnose(watcher, expected, replicas)
     for follower, job in zip(followers, jobs):
         assert follower.job is not None
         assert [e.version for e in follower.job.events] == [e.version for e in logs[job]]
+
+
+def _diagnose(watcher: _Watcher, expected: list[int], replicas: list[ControllerProcess]) -> str:
+    got = watcher.versions
+    first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
+    logs = "".join(line for r in replicas for line in r.output if "WARNING" in line or
+                   "ERROR" in line)
+    return (f"watcher of {watcher.call_job}: error={watcher.error}, got {len(got)} of "
+            f"{len(expected)} versions, first difference at index {first} "
+            f"(got {got[first:first + 3] if first is not None else got[-3:]}, expected "
+            f"{expected[first:first + 3] if first is not None else expected[-3:]}); "
+            f"replica warnings:\n{logs[-3000:]}")
 
 
 @pytest.mark.slow
