@@ -1,0 +1,264 @@
+"""Section ``controller`` of RESULTS.md: override cost against history, throughput, /metrics,
+Watch fan-out against a bare grpc.aio push, start-up.
+
+``python -m benchmarks controller [--write] [--quick] [--controller-parts ...]``. Run it
+alone on the machine (``flock /tmp/coord/heavy.lock`` here): every figure is wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from benchmarks import ctl_fanout, ctl_load
+from benchmarks._results import machine
+
+TITLE = "Controller: override cost against history, /metrics, Watch fan-out, start-up"
+
+PARTS = ("override", "metrics", "fanout", "startup")
+
+
+def add_arguments(parser: argparse._ArgumentGroup) -> None:
+    parser.add_argument("--controller-parts", default=",".join(PARTS),
+                        help=f"comma-separated parts of this section ({', '.join(PARTS)})")
+    parser.add_argument("--controller-events", default="10,1000,10000",
+                        help="log lengths of the override part (default 10,1000,10000)")
+    parser.add_argument("--controller-overrides", type=int, default=0,
+                        help="overrides per run of the override part (default 200; 40 quick)")
+    parser.add_argument("--controller-jobs", default="1000,10000",
+                        help="running jobs of the /metrics part (default 1000,10000)")
+    parser.add_argument("--controller-streams", default="8,128,1000",
+                        help="Watch streams of the fan-out part (default 8,128,1000)")
+
+
+def run(args: argparse.Namespace) -> str:
+    parts = set(args.controller_parts.split(","))
+    unknown = parts - set(PARTS)
+    if unknown:
+        raise SystemExit(f"unknown controller part(s) {sorted(unknown)}; expected {PARTS}")
+    quick = args.quick
+    out = [f"Machine: {machine()}. `python -m benchmarks controller --write` "
+           "(one part: `--controller-parts override|metrics|fanout|startup`). Loopback only; "
+           "the controller is `lrctl serve` on SQLite (WAL, fsync at every commit) unless "
+           "said otherwise."]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "override" in parts:
+            events = [int(n) for n in args.controller_events.split(",")]
+            count = args.controller_overrides or (40 if quick else 200)
+            out += _override_part(work, events, count)
+        if "metrics" in parts:
+            jobs = [int(n) for n in args.controller_jobs.split(",")]
+            out += _metrics_part(work, jobs, quick)
+        if "fanout" in parts:
+            streams = [int(n) for n in args.controller_streams.split(",")]
+            out += _fanout_part(work, streams, quick)
+        if "startup" in parts:
+            out += _startup_part(work)
+    return "\n".join(out)
+
+
+def _override_part(work: Path, sizes: list[int], count: int) -> list[str]:
+    from tests.procs import ControllerProcess
+
+    # Room past the default 10,000 events per job: the 10,000-event log takes more overrides.
+    os.environ["LRCTL_MAX_EVENTS_PER_JOB"] = "100000"
+
+    lines = [
+        "",
+        "### Override: latency, throughput and CPU against the length of the job's log",
+        "",
+        "One job whose log already holds N applied events (2 param groups, job-wide and "
+        "per-group scale/set/clear), then SCALE overrides over gRPC (one channel per client, "
+        f"each client sending the next override when the last one returns): {count} from "
+        f"1 client, {count // 4} from each of 8 concurrent clients. CPU = the controller "
+        "process's user + system time over the run / overrides. *Report* = rank 0's Report "
+        "that applies the override just sent (1 client, every override reported). "
+        "Target: flat in N.",
+        "",
+        "| events in log | clients | p50 ms | p99 ms | overrides/s | controller CPU ms/override "
+        "| report p50 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    p50s: dict[int, tuple[float, float, float]] = {}
+    for n in sizes:
+        db = work / f"override-{n}.db"
+        ids = ctl_load.populate(db, 3, n, prefix=f"log{n}")
+        with ControllerProcess(db) as ctl:
+            assert ctl.proc is not None
+            pid = ctl.proc.pid
+            print(f"  override: {n} events", flush=True)
+            one = ctl_load.override_run(ctl.address, pid, ids[0], 1, count)
+            eight = ctl_load.override_run(ctl.address, pid, ids[1], 8, max(count // 4, 1))
+            reported = ctl_load.override_run(ctl.address, pid, ids[2], 1, max(count // 2, 1),
+                                             report_every=1)
+        for clients, r in ((1, one), (8, eight)):
+            rep = f"{reported['report_p50']:.2f}" if clients == 1 else ""
+            lines.append(f"| {n:,} | {clients} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                         f"{r['rate']:.0f} | {r['cpu']:.2f} | {rep} |")
+        p50s[n] = (one["p50"], eight["p50"], reported["report_p50"])
+    if len(sizes) > 1:
+        lo, hi = min(sizes), max(sizes)
+        ratio = [p50s[hi][i] / p50s[lo][i] for i in range(3)]
+        lines += [
+            "",
+            f"p50 at {hi:,} events / at {lo:,}: {ratio[0]:.2f} (1 client), {ratio[1]:.2f} "
+            f"(8 clients), {ratio[2]:.2f} (report).",
+        ]
+    lines += [
+        "",
+        "Reading it: an override appends to the job's program (`LRProgram.extend`) and to "
+        "its displayed state (`controller.display`) instead of rebuilding them over the log; "
+        "a report finds the events it applies by bisection; the pending count and the "
+        "latest-100 `lrctl_override_info` series are kept, not recounted; the response is "
+        "the event and the job's head. What grows with the log is one copy of its tuple "
+        "(a memcpy, ~20 µs at 10,000 events) and SQLite's index. The rest of an override is "
+        "gRPC's unary call and the commit (fsync) on the store's thread; one job's overrides "
+        "are serialized by its lock over that commit, so 8 clients on one job queue behind "
+        "each other (p50 ~ 8 x one override).",
+    ]
+    return lines
+
+
+def _metrics_part(work: Path, sizes: list[int], quick: bool) -> list[str]:
+    lines = [
+        "",
+        "### `/metrics`: scrape time and event-loop stalls",
+        "",
+        "An embedded controller (`controller.start`) loads N running jobs (2 param groups, "
+        "5 applied overrides each); a separate process GETs `/metrics` (text format). Each "
+        "round first changes every job (a rank-0 report of a new step: its LR and step series "
+        "change), then scrapes (*changed*), then scrapes again (*unchanged*). A 1 ms ticker on "
+        "the controller's event loop records the longest stall while a scrape runs. "
+        "*prometheus_client* = `generate_latest` of the same registry in the same process, "
+        "for reference. Target at 1,000 jobs: <= 15 ms, no stall over 20 ms.",
+        "",
+        "| jobs | series | body KiB | scrape after changes p50 / max ms | unchanged p50 ms "
+        "| longest loop stall ms | prometheus_client ms | after changes / prometheus_client |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in sizes:
+        db = work / f"metrics-{n}.db"
+        ctl_load.populate(db, n, 5)
+        rounds = (3 if quick else 10) if n <= 1000 else (2 if quick else 4)
+        print(f"  metrics: {n} jobs, {rounds} rounds", flush=True)
+        r = ctl_load.metrics_run(db, n, rounds)
+        lines.append(f"| {n:,} | {r['series']:,} | {r['bytes'] / 1024:.0f} | "
+                     f"{r['changed_p50']:.1f} / {r['changed_max']:.1f} | "
+                     f"{r['unchanged_p50']:.1f} | {r['stall_max']:.1f} | {r['generic']:.1f} | "
+                     f"{r['changed_p50'] / r['generic']:.2f} |")
+    lines += [
+        "",
+        "Reading it: every series with a `job_id` label lives in one collector that formats a "
+        "line when its value changes (on the event loop, about a microsecond) and keeps it, "
+        "so a scrape, in the exposition's own thread, joins the lines of the families that "
+        "changed; the bytes are those prometheus_client writes (text or OpenMetrics), without "
+        "the per-job counters' `_created` series. The longest stall is the join and the "
+        "gRPC/histogram part that prometheus_client still renders, holding the GIL.",
+    ]
+    return lines
+
+
+def _fanout_part(work: Path, sizes: list[int], quick: bool) -> list[str]:
+    from tests.procs import ControllerProcess
+
+    lines = [
+        "",
+        "### Watch fan-out: override -> every stream, against a bare grpc.aio push",
+        "",
+        f"S streams watch one job, spread over {ctl_fanout.CLIENT_PROCESSES} client "
+        "processes, one channel (connection) per stream; overrides are sent one at a time, "
+        "spaced apart; propagation = a stream reading the event - the Override being sent "
+        "(p50/p99 over every stream and override; *last* = the median over overrides of the "
+        "last stream's). *bare* = a grpc.aio server in its own process serving the same proto "
+        "naively (each stream an async generator that wakes on a shared `asyncio.Event` and "
+        "builds and yields its own message), measured in the same run with the same clients, "
+        "bare and lrctl alternating; figures are the median over rounds. Server CPU = the "
+        "server process's CPU time over the overrides / overrides / S. RSS per stream = the "
+        "server's RSS growth while the streams opened / S. Targets (lrctl p99): 5 / 50 / 100 "
+        "ms at 8 / 128 / 1,000 streams.",
+        "",
+        "| streams | server | rounds | p50 ms | p99 ms | last p50 ms | missing "
+        "| server CPU µs/stream/event | RSS KiB/stream | p99 / bare |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in sizes:
+        overrides = (10 if quick else 30) if s < 1000 else (6 if quick else 15)
+        rounds = 1 if quick else (3 if s < 1000 else 2)
+        gap = 0.1 if s <= 8 else (0.25 if s <= 128 else 0.6)
+        print(f"  fan-out: {s} streams, {rounds} rounds of {overrides} overrides", flush=True)
+        runs: dict[str, list[dict[str, float]]] = {"bare": [], "lrctl": []}
+        with ControllerProcess(work / f"fanout-{s}.db") as ctl:
+            assert ctl.proc is not None
+            asyncio.run(_create(ctl.address))
+            for _ in range(rounds):
+                with ctl_fanout.BareServer() as bare:
+                    runs["bare"].append(ctl_fanout.propagation(
+                        bare.address, bare.pid, "bench", s, overrides, gap))
+                runs["lrctl"].append(ctl_fanout.propagation(
+                    ctl.address, ctl.proc.pid, "bench", s, overrides, gap))
+        ratio = statistics.median(o["p99"] / b["p99"] for o, b in zip(runs["lrctl"],
+                                                                        runs["bare"]))
+        for name, key in (("bare grpc.aio", "bare"), ("**lrctl**", "lrctl")):
+            r = {k: statistics.median(run[k] for run in runs[key]) for k in runs[key][0]}
+            missing = sum(int(run["missing"]) for run in runs[key])
+            lines.append(f"| {s:,} | {name} | {rounds} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                         f"{r['last_p50']:.1f} | {missing} | {r['cpu_us']:.0f} | "
+                         f"{r['rss_per_stream'] / 1024:.1f} | "
+                         f"{f'{ratio:.2f}' if key == 'lrctl' else ''} |")
+    lines += [
+        "",
+        "Reading it: lrctl encodes an event once for all streams (the same message object "
+        "reaches every stream of the job; the bytes are written with `context.write`, no "
+        "generator layer per interceptor) and a stream waits on its job's shared future with "
+        "a heartbeat timer, no task per event. What is left per stream is the transport: "
+        "profiled with cProfile when this section was written, about 60 µs of each "
+        "message's server CPU is inside grpc's own `write` (the batch and its completion), "
+        "about 15 µs is lrctl's (waking the stream, its next event, the cached bytes); the "
+        "bare server pays the same write plus its own serialization. With 1,000 streams on 2 "
+        "cores an event costs the server ~75 ms of CPU and the 4 client processes about as "
+        "much again, so the 1,000-stream p99 is close to what this machine can do at all and "
+        "moves by tens of ms between runs as other processes take the cores.",
+    ]
+    return lines
+
+
+async def _create(address: str) -> None:
+    import grpc
+
+    from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        await lrctl_pb2_grpc.LRControllerStub(channel).CreateJob(lrctl_pb2.CreateJobRequest(
+            job_id="bench", schedule=ctl_load.SCHEDULE, base_lrs=list(ctl_load.BASE_LRS)))
+
+
+def _startup_part(work: Path) -> list[str]:
+    db = work / "startup.db"
+    print("  start-up: 10,000 jobs x 20 events", flush=True)
+    ctl_load.populate(db, 10_000, 20)
+    empty = ctl_load.empty_rss()
+    r = ctl_load.startup_run(db)
+    return [
+        "",
+        "### Start-up with 10,000 jobs x 20 events",
+        "",
+        "`lrctl serve` on a database of 10,000 running jobs with 20 applied events each "
+        "(2 param groups): from the process's start to its listening line, and its RSS then "
+        "(against the same process on an empty database).",
+        "",
+        "| jobs | events | seconds to listening | ms per job | RSS MiB | RSS over empty MiB "
+        "| KiB per event |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| 10,000 | 200,000 | {r['seconds']:.1f} | {r['seconds'] / 10:.2f} | "
+        f"{r['rss'] / 2**20:.0f} | {(r['rss'] - empty) / 2**20:.0f} | "
+        f"{(r['rss'] - empty) / 1024 / 200_000:.2f} |",
+        "",
+        "Reading it: start-up reads every row, then builds each running job's program "
+        "(its log, once) and exports its series (with 20 `lrctl_override_info` series per "
+        "job); profiled, the programs take about half of it, the series about a quarter.",
+    ]
