@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -178,13 +180,26 @@ def test_negative_control_catches_a_rank_that_switches_late(tmp_path: Path) -> N
         wait_for_step(client, "late", 15)
         client.override("late", "lr *= 0.5", reason="negative control")
         wait_ranks(procs)
+        exported = divergences_exported(controller, "late")
     ranks = read_ranks(tmp_path, "late", 2)
     with pytest.raises(AssertionError, match="rank 1 differs from rank 0 at step"):
         check_consistent(ranks)
     # ... and it is a real divergence: the replicas' parameters differ too.
     assert ranks[0]["params"] != ranks[1]["params"]
-    # The ranks' own LR checksums caught it too, on every rank.
+    # The ranks' own LR checksums caught it too, on every rank, and rank 0 reported it.
     assert all(r["divergences"] >= 1 for r in ranks), [r["divergences"] for r in ranks]
+    assert exported == ranks[0]["divergences"], (exported, ranks[0]["divergences"])
+
+
+def divergences_exported(controller: ControllerProcess, job: str) -> float:
+    """``lrctl_rank_divergence_total{job_id=job}`` from the controller's /metrics."""
+    match = re.search(r"metrics on ([\d.]+:\d+)", "".join(controller.output))
+    assert match, controller.output
+    text = urllib.request.urlopen(f"http://{match[1]}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'lrctl_rank_divergence_total{{job_id="{job}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 @pytest.mark.parametrize("case", ["rank 0 cannot attach", "rank 1 has another schedule"])
