@@ -7,8 +7,8 @@ memory; no stream ever polls. Plain asyncio; never imports grpc.
 
 Fan-out costs what the transport costs: every stream of a job is handed the *same*
 :class:`WatchMessage` object for an event (so an encoder can encode it once for all of them),
-and a stream waits on the job's one shared future with a timer for its heartbeat, not a task
-of its own per event (``asyncio.wait_for`` would make one).
+and a stream waits on the job's one shared future, with a heartbeat timer armed once per
+quiet interval: no task of its own per event (``asyncio.wait_for`` would make one).
 """
 
 from __future__ import annotations
@@ -94,13 +94,14 @@ class WatchHub:
         """
         self._admit(job_id)
         self._count(job_id, worker_id, +1)
+        sleeper: _Sleeper | None = None
         try:
             sent = from_version
             if from_version == 0:
                 head = snapshot()
                 yield WatchMessage(WatchKind.SNAPSHOT, head.version, job=head)
                 sent = head.version
-            deadline = self._next_heartbeat()
+            sleeper = _Sleeper(self._next_heartbeat())
             while True:
                 if self._closing:
                     raise Unavailable("controller is shutting down; reconnect and resume")
@@ -114,29 +115,33 @@ class WatchHub:
                     head = snapshot()
                     yield WatchMessage(WatchKind.RESYNC, head.version, job=head)
                     sent = head.version
-                    deadline = self._next_heartbeat()
+                    sleeper.deadline = self._next_heartbeat()
                     continue
-                start = bisect_right(job.events, sent, key=lambda e: e.version)
-                for event in job.events[start:]:
-                    yield self._message(job_id, event)
-                    sent = event.version
-                if start < len(job.events):
-                    deadline = self._next_heartbeat()
+                events = job.events
+                if events and events[-1].version > sent:  # (no search when none is new)
+                    for event in events[bisect_right(events, sent, key=_version):]:
+                        yield self._message(job_id, event)
+                        sent = event.version
+                    sleeper.deadline = self._next_heartbeat()
                     continue
                 if job.finished:
                     final = snapshot()
                     yield WatchMessage(WatchKind.FINISHED, final.version, job=final)
                     return
                 sent = max(sent, job.version)
-                if not await _wait(changed, deadline):
+                if not await sleeper.wait(changed):
                     yield WatchMessage(WatchKind.HEARTBEAT, current().version)
-                    deadline = self._next_heartbeat()
+                    sleeper.deadline = self._next_heartbeat()
         finally:
+            if sleeper is not None:
+                sleeper.close()
             self._count(job_id, worker_id, -1)
 
     def _message(self, job_id: str, event: Event) -> WatchMessage:
         """The EVENT message of ``event``: one object for every stream of the job."""
-        shared = self._messages.setdefault(job_id, {})
+        shared = self._messages.get(job_id)
+        if shared is None:
+            shared = self._messages[job_id] = {}
         message = shared.get(event.version)
         if message is None or message.event is not event:  # new, or its effective step set
             message = shared[event.version] = WatchMessage(WatchKind.EVENT, event.version,
@@ -176,26 +181,63 @@ class WatchHub:
         return time.monotonic() + self._heartbeat * random.uniform(0.75, 1.0)
 
 
-async def _wait(changed: asyncio.Future[None], deadline: float) -> bool:
-    """Wait until ``changed`` is done or ``time.monotonic()`` reaches ``deadline``.
+def _version(event: Event) -> int:
+    return event.version
 
-    Returns:
-        True if ``changed`` is done. A future and a timer per call, no task.
+
+class _Sleeper:
+    """One stream's wait for its job's next change or its heartbeat deadline.
+
+    The heartbeat timer is armed once per quiet interval, not once per wait: a stream that
+    sent events since only moves :attr:`deadline`, and the timer, when it fires early, arms
+    itself again for the rest. A wait then costs one future and no task.
     """
-    loop = asyncio.get_running_loop()
-    if changed.done():
-        return True
-    woken: asyncio.Future[None] = loop.create_future()
 
-    def wake(_: object = None) -> None:
-        if not woken.done():
+    __slots__ = ("_at", "_loop", "_timer", "_woken", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = 0.0
+        self._woken: asyncio.Future[None] | None = None
+        self.deadline = deadline  # time.monotonic() of the next heartbeat
+
+    async def wait(self, changed: asyncio.Future[None]) -> bool:
+        """Wait until ``changed`` is done (True) or the deadline passes (False)."""
+        if changed.done():
+            return True
+        if self._timer is not None and self._at > self.deadline:
+            self._timer.cancel()  # the deadline moved earlier (jitter): arm again
+            self._timer = None
+        if self._timer is None:
+            self._arm()
+        woken = self._woken = self._loop.create_future()
+        changed.add_done_callback(self._wake)
+        try:
+            await woken
+        finally:
+            self._woken = None
+            changed.remove_done_callback(self._wake)
+        return changed.done()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        self._at = self.deadline
+        self._timer = self._loop.call_later(max(self.deadline - time.monotonic(), 0.0),
+                                            self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if time.monotonic() < self.deadline:
+            self._arm()  # events were sent since it was armed: the rest of the interval
+        else:
+            self._wake()
+
+    def _wake(self, _: object = None) -> None:
+        woken = self._woken
+        if woken is not None and not woken.done():
             woken.set_result(None)
-
-    changed.add_done_callback(wake)
-    timer = loop.call_later(max(deadline - time.monotonic(), 0.0), wake)
-    try:
-        await woken
-    finally:
-        timer.cancel()
-        changed.remove_done_callback(wake)
-    return changed.done()

@@ -8,6 +8,7 @@ log shows; an override on a long log returns the event, the head and the right L
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from controller.projection import pending_count
 from controller.rows import Change
 from controller.server import Controller
 from controller.store import Store
+from controller.watch import WatchHub
 from lrctl import convert
 from lrctl.model import Job, Report, WatchKind, WatchMessage
 from lrctl.overrides import Event, Op, resolve_pending
@@ -146,3 +148,33 @@ async def test_every_stream_gets_the_same_event_bytes_encoded_once(
                 .SerializeToString() for e in job.events]
     assert all(got == expected for got in received)  # identical bytes on every stream
     assert sorted(encoded) == [e.version for e in job.events]  # each event encoded once
+
+
+async def test_heartbeats_come_after_a_quiet_interval_only() -> None:
+    # The heartbeat timer is armed once per quiet interval (not per event): a stream busy
+    # with events gets none, and one arrives about one interval after the last event.
+    hub = WatchHub(0.2)
+    state = {"job": Job(job_id="hb", schedule=SPEC, base_lrs=(0.1,), version=1)}
+    stream = hub.follow("hb", 1, "", lambda: state["job"], lambda: state["job"])
+    received: list[tuple[WatchKind, float]] = []
+
+    async def read() -> None:
+        async for message in stream:
+            received.append((message.kind, time.monotonic()))
+
+    reader = asyncio.ensure_future(read())
+    for _ in range(12):  # an event every 50 ms for 0.6 s: three heartbeat intervals
+        await asyncio.sleep(0.05)
+        job = state["job"]
+        event = Event(version=job.version + 1, op=Op.SCALE, value=0.5)
+        state["job"] = dataclasses.replace(job, version=event.version,
+                                           events=(*job.events, event))
+        hub.notify("hb")
+    last = time.monotonic()
+    await asyncio.sleep(0.45)
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    kinds = [kind for kind, _ in received]
+    assert kinds[:12] == [WatchKind.EVENT] * 12
+    beats = [at - last for kind, at in received if kind is WatchKind.HEARTBEAT]
+    assert beats and 0.1 <= beats[0] <= 0.3, beats  # 0.15-0.2 s after the last event
