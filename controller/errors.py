@@ -8,6 +8,7 @@ Messages say what was expected and what came, and are sent to the client verbati
 
 from __future__ import annotations
 
+from lrctl.constants import REASON_SUPERSEDED
 from lrctl.errors import LrctlError
 
 __all__ = [
@@ -20,13 +21,21 @@ __all__ = [
     "ResourceExhausted",
     "StorageFull",
     "StorageUnavailable",
+    "Superseded",
     "Unauthenticated",
     "Unavailable",
 ]
 
 
 class ControllerError(LrctlError):
-    """Root of the errors the controller reports to a client."""
+    """Root of the errors the controller reports to a client.
+
+    ``reason``, when set, travels to the client as the ``lrctl-reason`` trailing metadata
+    (:data:`lrctl.constants.REASON_METADATA_KEY`), so it can tell apart failures that share
+    a status code.
+    """
+
+    reason: str = ""
 
 
 class InvalidArgument(ControllerError, ValueError):
@@ -39,6 +48,12 @@ class NotFound(ControllerError, LookupError):
 
 class FailedPrecondition(ControllerError):
     """The job is not in a state that allows the request (finished, different spec)."""
+
+
+class Superseded(FailedPrecondition):
+    """A report from a run whose attach epoch a newer rank-0 attach superseded."""
+
+    reason = REASON_SUPERSEDED
 
 
 class Conflict(ControllerError):

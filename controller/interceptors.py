@@ -43,7 +43,7 @@ from controller.errors import (
 )
 from controller.metrics import ControllerMetrics
 from controller.rows import StoreError
-from lrctl.constants import MAX_STATUS_MESSAGE_BYTES
+from lrctl.constants import MAX_STATUS_MESSAGE_BYTES, REASON_METADATA_KEY
 from lrctl.errors import LrctlError, SizeLimitError
 
 __all__ = ["Behavior", "MetricsInterceptor", "StatusInterceptor", "Wrap", "bounded", "rewrap",
@@ -240,7 +240,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
         async def abort(context: Any, exc: Exception) -> None:
             code, message = status_for(exc, method)
-            await context.abort(code, message)
+            reason = getattr(exc, "reason", "") if isinstance(exc, ControllerError) else ""
+            await context.abort(code, message,
+                                ((REASON_METADATA_KEY, reason),) if reason else ())
 
         async def refuse(context: Any, request: _Undecodable) -> None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(

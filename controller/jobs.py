@@ -14,7 +14,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from controller.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from controller.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Superseded
 from controller.limits import ServerLimits
 from controller.plateau import JobPlateau
 from lrctl.errors import LrctlError
@@ -227,13 +227,14 @@ def check_epoch(job: Job, epoch: int) -> None:
     """Refuse a report from any run but the one attached last (``job.epoch``).
 
     Raises:
-        FailedPrecondition: an older epoch (a newer rank 0 attached since: this one must
-            stop reporting) or one never handed out; the message names the current one.
+        Superseded: an older epoch (a newer rank 0 attached since: this one must stop
+            reporting).
+        FailedPrecondition: an epoch never handed out; the message names the current one.
     """
     if epoch == job.epoch:
         return
     if 0 < epoch < job.epoch:
-        raise FailedPrecondition(
+        raise Superseded(
             f"job {job.job_id!r}: attach epoch {epoch} is superseded; the current epoch is "
             f"{job.epoch} (a newer rank 0 attached); this report changes nothing")
     raise FailedPrecondition(

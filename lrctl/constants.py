@@ -260,3 +260,11 @@ EVAL_DEADLINE_SECONDS_ENV_VAR = "LRCTL_EVAL_DEADLINE_SECONDS"
 #: ``--max-message-bytes``: largest gRPC message sent or received
 #: (:data:`DEFAULT_MAX_MESSAGE_BYTES`); a job's log is kept small enough to fit in one.
 MAX_MESSAGE_BYTES_ENV_VAR = "LRCTL_MAX_MESSAGE_BYTES"
+
+
+#: Trailing-metadata key by which the controller tells a client *why* a call failed, where
+#: the status code alone is ambiguous (FAILED_PRECONDITION covers a superseded attach epoch
+#: and a job that cannot be evaluated). Clients read it into ``ClientError.reason``.
+REASON_METADATA_KEY = "lrctl-reason"
+#: ``lrctl-reason`` of a report refused because a newer rank 0 attached to the job.
+REASON_SUPERSEDED = "superseded"

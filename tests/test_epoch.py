@@ -24,6 +24,7 @@ import pytest
 
 from controller.server import Controller
 from lrctl.client import Client
+from lrctl.constants import REASON_METADATA_KEY, REASON_SUPERSEDED
 from lrctl.v1 import lrctl_pb2 as pb
 from lrctl.v1 import lrctl_pb2_grpc
 from tests import pg
@@ -75,11 +76,15 @@ async def test_the_newest_attach_wins_and_older_reports_change_nothing(stub: Any
     err = await expect_status(stub.Report(stale), FAILED)
     assert err.details() == ("job 'run-1': attach epoch 1 is superseded; the current epoch is "
                              "2 (a newer rank 0 attached); this report changes nothing")
+    # Only this refusal says "superseded" in the trailing metadata: the worker stops reporting
+    # on that, never on another FAILED_PRECONDITION (a job that cannot be evaluated, say).
+    assert _reason(err) == REASON_SUPERSEDED
     for epoch, says in ((0, "does not attach"), (3, "never handed out"), (99, "never")):
         stale.epoch = epoch
         err = await expect_status(stub.Report(stale), FAILED)
         assert "expected a report from attach epoch 2" in (err.details() or "")
         assert says in (err.details() or "")
+        assert _reason(err) == ""
     stale.final = True  # a final report of the old run does not detach the new one either
     stale.epoch = 1
     await expect_status(stub.Report(stale), FAILED)
@@ -257,3 +262,8 @@ def test_a_second_process_attaching_takes_over_and_the_first_changes_nothing(
             if proc is not None and proc.stdout is not None:
                 proc.stdout.close()
         client.close()
+
+
+def _reason(err: Any) -> str:
+    """The ``lrctl-reason`` trailing metadata of a failed call."""
+    return dict(err.trailing_metadata() or ()).get(REASON_METADATA_KEY, "")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrctl.client import Client, ClientError, FollowUpdate, WatchFollower
+from lrctl.constants import REASON_SUPERSEDED
 from lrctl.model import Divergence, Job, Report
 from worker._config import WorkerConfig, WorkerError
 
@@ -272,7 +273,7 @@ class ControllerLink:
                 self._applied.extendleft(reversed(applied))
                 self._plateau.extendleft(reversed(plateau))
                 self._divergences.extendleft(reversed(divergences))
-            elif exc.code == "FAILED_PRECONDITION":  # another process attached since
+            elif exc.reason == REASON_SUPERSEDED:  # another process attached since
                 self.superseded = True
                 log.error("lrctl: job %s: the controller refuses this run's reports (attach "
                           "epoch %d): %s. Another process attached to the job since (a "

@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from lrctl.constants import REASON_METADATA_KEY
 from lrctl.errors import LrctlError
 
 __all__ = ["TRANSIENT_CODES", "ClientError", "from_rpc_error"]
@@ -27,12 +28,15 @@ class ClientError(LrctlError):
         code: The gRPC status code's name, e.g. ``"NOT_FOUND"``, ``"INVALID_ARGUMENT"``.
         details: The controller's message, verbatim.
         address: The controller address the call went to.
+        reason: Why, where the code alone is ambiguous (the controller's ``lrctl-reason``
+            trailing metadata, e.g. :data:`lrctl.constants.REASON_SUPERSEDED`); "" otherwise.
     """
 
-    def __init__(self, code: str, details: str, address: str = "") -> None:
+    def __init__(self, code: str, details: str, address: str = "", reason: str = "") -> None:
         self.code = code
         self.details = details
         self.address = address
+        self.reason = reason
         super().__init__(_describe(code, details, address))
 
     @property
@@ -41,7 +45,7 @@ class ClientError(LrctlError):
         return self.code in TRANSIENT_CODES
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.code, self.details, self.address))
+        return (type(self), (self.code, self.details, self.address, self.reason))
 
 
 def _describe(code: str, details: str, address: str) -> str:
@@ -76,5 +80,17 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> ClientError:
     if isinstance(error, grpc.Call):
         code = error.code()
         return ClientError(code.name if code is not None else "UNKNOWN",
-                           error.details() or "", address)
+                           error.details() or "", address, _reason(error))
     return ClientError("UNKNOWN", str(error), address)
+
+
+def _reason(call: grpc.Call) -> str:
+    """The controller's ``lrctl-reason`` trailing metadata of a failed call, or ""."""
+    try:
+        trailing = call.trailing_metadata() or ()
+    except Exception:  # a call that never reached a server has none
+        return ""
+    for key, value in trailing:
+        if key == REASON_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return ""
