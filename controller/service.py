@@ -215,6 +215,11 @@ class ControllerService:
             self._projection.attached(entry.job, actor)
             self._projection.export(entry.job, self._hub.streams(job.job_id))
 
+    async def sync(self, job_id: str) -> None:
+        """Catch ``job_id`` up with the shared database (replicas; a no-op on SQLite), so a
+        read on this replica sees every write another replica acknowledged before it."""
+        await self._table.sync(job_id)
+
     def get_job(self, job_id: str) -> Job:
         """Return a job with its event log.
 

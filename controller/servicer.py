@@ -22,7 +22,7 @@ from lrctl.convert import (
     report_from_proto,
     watch_to_proto,
 )
-from lrctl.model import WatchKind, WatchMessage
+from lrctl.model import WatchMessage
 from lrctl.overrides import Op
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 
@@ -65,6 +65,7 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
                                     epoch=job.epoch if request.attach else 0)
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
+        await self.service.sync(request.job_id)  # read your writes across replicas
         return job_to_proto(self.service.get_job(request.job_id))
 
     async def ListJobs(self, request: pb.ListJobsRequest,
@@ -92,6 +93,7 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
                                    job=job_to_proto(head, events=False))
 
     async def History(self, request: pb.HistoryRequest, context: Context) -> pb.HistoryResponse:
+        await self.service.sync(request.job_id)
         events = self.service.history(request.job_id)
         return pb.HistoryResponse(events=[event_to_proto(e) for e in events])
 
@@ -134,8 +136,9 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
 
 
 class WatchEncoder:
-    """Encodes Watch messages to ``WatchResponse`` bytes; an EVENT message, one object handed
-    to every stream of its job (:class:`controller.watch.WatchHub`), is encoded once.
+    """Encodes Watch messages to ``WatchResponse`` bytes; an EVENT or HEARTBEAT message, one
+    object handed to every stream of its job (:class:`controller.watch.WatchHub`), is encoded
+    once.
 
     Args:
         size: Event messages kept encoded (the latest; each is held with its bytes, so its
@@ -147,7 +150,7 @@ class WatchEncoder:
         self._cache: dict[int, tuple[WatchMessage, bytes]] = {}
 
     def __call__(self, message: WatchMessage) -> bytes:
-        if message.kind is not WatchKind.EVENT:  # per stream anyway: snapshots, heartbeats
+        if message.job is not None:  # snapshots, RESYNC, FINISHED: one per stream anyway
             return watch_to_proto(message).SerializeToString()
         hit = self._cache.get(id(message))
         if hit is not None and hit[0] is message:

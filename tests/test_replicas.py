@@ -107,6 +107,26 @@ async def test_writes_through_every_replica_get_distinct_versions(start_controll
         await stubs.close()
 
 
+async def test_a_read_on_another_replica_sees_every_acknowledged_write(start_controller: Start,
+                                                                      pg_url: str) -> None:
+    replicas = await _replicas(start_controller, pg_url, 2)
+    stubs = Stubs(replicas)
+    try:
+        await _create(stubs[0], "rw-1")
+        for i in range(20):  # write on one replica, read at once on the other: no waiting
+            reply = await stubs[i % 2].Override(_scale("rw-1", 0.9, reason=f"#{i}"))
+            job = await stubs[(i + 1) % 2].GetJob(pb.GetJobRequest(job_id="rw-1"))
+            assert job.version == reply.event.version
+            history = await stubs[(i + 1) % 2].History(pb.HistoryRequest(job_id="rw-1"))
+            assert history.events[-1].version == reply.event.version
+        # A job created on one replica is readable on the other at once.
+        await _create(stubs[1], "rw-2")
+        job = await stubs[0].GetJob(pb.GetJobRequest(job_id="rw-2"))
+        assert job.job_id == "rw-2"
+    finally:
+        await stubs.close()
+
+
 async def test_expected_version_means_the_same_on_every_replica(start_controller: Start,
                                                                 pg_url: str) -> None:
     replicas = await _replicas(start_controller, pg_url, 2)
