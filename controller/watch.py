@@ -6,7 +6,8 @@ job is finished. Writers call :meth:`WatchHub.notify` after a change is durable 
 memory; no stream ever polls. Plain asyncio; never imports grpc.
 
 Fan-out costs what the transport costs: every stream of a job is handed the *same*
-:class:`WatchMessage` object for an event (so an encoder can encode it once for all of them),
+:class:`WatchMessage` object for an event, or a heartbeat at one version (so an encoder can
+encode it once for all of them),
 and a stream waits on the job's one shared future, with a heartbeat timer armed once per
 quiet interval: no task of its own per event (``asyncio.wait_for`` would make one).
 """
@@ -50,6 +51,7 @@ class WatchHub:
         self._on_count = on_count
         self._changed: dict[str, asyncio.Future[None]] = {}
         self._messages: dict[str, dict[int, WatchMessage]] = {}  # job -> version -> message
+        self._beats: dict[str, WatchMessage] = {}  # job -> its latest heartbeat
         self._streams: Counter[str] = Counter()
         self._workers: dict[str, Counter[str]] = {}
         self._closing = False
@@ -130,7 +132,7 @@ class WatchHub:
                     return
                 sent = max(sent, job.version)
                 if not await sleeper.wait(changed):
-                    yield WatchMessage(WatchKind.HEARTBEAT, current().version)
+                    yield self._beat(job_id, current().version)
                     sleeper.deadline = self._next_heartbeat()
         finally:
             if sleeper is not None:
@@ -161,12 +163,20 @@ class WatchHub:
                 f"this controller has {self._total} Watch streams open, the most it serves "
                 f"(lrctl serve --max-watch-streams); close one first")
 
+    def _beat(self, job_id: str, version: int) -> WatchMessage:
+        """A HEARTBEAT at ``version``: one object for every stream of the job at that version."""
+        beat = self._beats.get(job_id)
+        if beat is None or beat.version != version:
+            beat = self._beats[job_id] = WatchMessage(WatchKind.HEARTBEAT, version)
+        return beat
+
     def _count(self, job_id: str, worker_id: str, delta: int) -> None:
         self._streams[job_id] += delta
         self._total += delta
         if self._streams[job_id] <= 0:
             del self._streams[job_id]
             self._messages.pop(job_id, None)
+            self._beats.pop(job_id, None)
         if worker_id:
             workers = self._workers.setdefault(job_id, Counter())
             workers[worker_id] += delta
