@@ -145,7 +145,8 @@ def propagation(address: str, server_pid: int, job_id: str, streams: int, overri
     """Watch ``job_id`` with ``streams`` streams and time ``overrides`` overrides to them.
 
     Returns:
-        p50/p99 over every (stream, override) arrival in ms, the median over overrides of
+        p50/p99 over every (stream, override) arrival in ms (from the Override's sending;
+        ``ack_p99`` from its acknowledgement), the median over overrides of
         the last stream's arrival, missing arrivals, the server's CPU per stream per event
         (µs, the Override call included) and its RSS per stream (bytes).
     """
@@ -170,6 +171,7 @@ def propagation(address: str, server_pid: int, job_id: str, streams: int, overri
         time.sleep(0.5)
         rss_per_stream = (rss_bytes(server_pid) - rss0) / streams
         sent: dict[int, float] = {}
+        acked: dict[int, float] = {}
 
         async def send() -> None:
             async with grpc.aio.insecure_channel(address) as channel:
@@ -180,6 +182,7 @@ def propagation(address: str, server_pid: int, job_id: str, streams: int, overri
                         job_id=job_id, op=pb.OVERRIDE_OP_SCALE, value=0.5, actor="bench",
                         reason="benchmark"))
                     sent[reply.event.version] = t0
+                    acked[reply.event.version] = time.perf_counter()
                     await asyncio.sleep(gap)
 
         cpu0 = cpu_seconds(server_pid)
@@ -198,15 +201,18 @@ def propagation(address: str, server_pid: int, job_id: str, streams: int, overri
             if proc.is_alive():
                 proc.kill()
     latencies: list[float] = []
+    after_ack: list[float] = []
     last: list[float] = []
     missing = 0
     for version, t0 in sent.items():
         times = arrivals.get(version, [])
         missing += streams - len(times)
         latencies += [t - t0 for t in times]
+        after_ack += [t - acked[version] for t in times]
         if times:
             last.append(max(times) - t0)
     return {"p50": pct(latencies, 0.5) * 1e3, "p99": pct(latencies, 0.99) * 1e3,
+            "ack_p99": pct(after_ack, 0.99) * 1e3,
             "last_p50": pct(last, 0.5) * 1e3, "missing": missing,
             "cpu_us": cpu / max(len(sent), 1) / streams * 1e6,
             "rss_per_stream": rss_per_stream}
