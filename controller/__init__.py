@@ -17,9 +17,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from controller.config import ServerConfig, load_tokens
+    from controller.config import ServerConfig
     from controller.server import Controller, serve, start
     from controller.service import ControllerService
+    from controller.tokens import load_tokens
 
 __all__ = [
     "Controller",
@@ -32,7 +33,7 @@ __all__ = [
 
 _HOMES = {
     "ServerConfig": "controller.config",
-    "load_tokens": "controller.config",
+    "load_tokens": "controller.tokens",
     "Controller": "controller.server",
     "serve": "controller.server",
     "start": "controller.server",

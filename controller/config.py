@@ -20,30 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.limits import ServerLimits, add_limit_arguments
-from controller.tokens import (
-    ADMIN,
-    OPERATOR,
-    READER,
-    ROLES,
-    WORKER,
-    TokenEntry,
-    as_entries,
-    load_tokens,
-)
+from controller.tokens import TokenEntry, as_entries, load_tokens
 from lrctl import constants as c
 
 __all__ = [
-    "ADMIN",
-    "OPERATOR",
-    "READER",
-    "ROLES",
-    "WORKER",
     "ServerConfig",
-    "TokenEntry",
     "add_server_arguments",
     "exposure",
     "is_loopback",
-    "load_tokens",
     "server_channel_options",
 ]
 

@@ -22,10 +22,11 @@ then authentication, so a refused call is counted with its code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -180,36 +181,33 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             return None
         service, method = _split(handler_call_details.method)
 
-        def done(context: Any, start: float, error: BaseException | None) -> None:
-            if isinstance(error, asyncio.CancelledError):
-                code = "CANCELLED"
-            else:
-                status = context.code()
-                ok = error is None or isinstance(error, grpc.aio.AbortError)
-                code = status.name if status is not None else ("OK" if ok else "UNKNOWN")
-            self._metrics.observe_rpc(service, method, code, time.perf_counter() - start)
+        @contextlib.contextmanager
+        def observed(context: Any) -> Iterator[None]:
+            """Time the call and count it under its final status, however it ends."""
+            start, error = time.perf_counter(), None
+            try:
+                yield
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if isinstance(error, asyncio.CancelledError):
+                    code = "CANCELLED"
+                else:
+                    status = context.code()
+                    ok = error is None or isinstance(error, grpc.aio.AbortError)
+                    code = status.name if status is not None else ("OK" if ok else "UNKNOWN")
+                self._metrics.observe_rpc(service, method, code, time.perf_counter() - start)
 
         def wrap(behavior: Behavior, stream: bool) -> Behavior:
             async def unary(request: Any, context: Any) -> Any:
-                start, error = time.perf_counter(), None
-                try:
+                with observed(context):
                     return await behavior(request, context)
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    done(context, start, error)
 
             async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-                start, error = time.perf_counter(), None
-                try:
+                with observed(context):
                     async for response in behavior(request, context):
                         yield response
-                except BaseException as exc:
-                    error = exc
-                    raise
-                finally:
-                    done(context, start, error)
 
             return streaming if stream else unary
 

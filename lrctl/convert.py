@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from lrctl.model import Divergence, Job, JobState, Report, WatchKind, WatchMessage
 from lrctl.overrides import Event, Op
 from lrctl.v1 import lrctl_pb2
+
+_T = TypeVar("_T")
 
 __all__ = [
     "CLIENT_OPS",
@@ -78,6 +80,15 @@ def _stamp(msg: Any, field: str, seconds: float | None) -> None:
         stamp.seconds, stamp.nanos = whole, nanos
 
 
+def _known(table: Mapping[int, _T], number: int, what: str) -> _T:
+    """``table[number]``, or ValueError naming ``what`` for a number this version does not
+    know (a newer controller's)."""
+    found = table.get(number)
+    if found is None:
+        raise ValueError(f"expected a known {what}, got {number}")
+    return found
+
+
 # -- events ------------------------------------------------------------------------------------
 
 
@@ -87,9 +98,7 @@ def event_from_proto(msg: lrctl_pb2.OverrideEvent) -> Event:
     Raises:
         ValueError: an op this version does not know (a newer controller).
     """
-    op = PROTO_TO_OP.get(msg.op)
-    if op is None:
-        raise ValueError(f"expected a known override op, got {msg.op}")
+    op = _known(PROTO_TO_OP, msg.op, "override op")
     return Event(
         version=msg.version,
         op=op,
@@ -197,9 +206,7 @@ def watch_from_proto(msg: lrctl_pb2.WatchResponse) -> WatchMessage:
     Raises:
         ValueError: a kind this version does not know (a newer controller).
     """
-    kind = _PROTO_TO_KIND.get(msg.kind)
-    if kind is None:
-        raise ValueError(f"expected a known Watch message kind, got {msg.kind}")
+    kind = _known(_PROTO_TO_KIND, msg.kind, "Watch message kind")
     return WatchMessage(
         kind=kind,
         version=msg.version,

@@ -9,9 +9,9 @@ import grpc
 import pytest
 
 from controller.auth import METHOD_ROLES, Authenticator
-from controller.config import ROLES
 from controller.errors import PermissionDenied, Unauthenticated
 from controller.server import SERVICE_NAME, Controller
+from controller.tokens import ROLES
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 from tests.conftest import expect_status
 

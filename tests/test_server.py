@@ -15,9 +15,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from controller.config import ServerConfig, add_server_arguments, load_tokens
-from controller.tokens import hash_token
+from controller.config import ServerConfig, add_server_arguments
 from controller.server import Controller
+from controller.tokens import hash_token, load_tokens
 from lrctl.convert import events_from_proto
 from lrctl.program import LRProgram, preview
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
