@@ -47,17 +47,21 @@ def _stub(channel: grpc.aio.Channel) -> lrctl_pb2_grpc.LRControllerStub:
 
 
 class Stubs:
-    """One channel and stub per replica."""
+    """One channel and stub per replica; ``async with`` closes the channels."""
 
     def __init__(self, replicas: list[Controller]) -> None:
         self.channels = [grpc.aio.insecure_channel(r.address, options=list(CLIENT_CHANNEL_OPTIONS))
                          for r in replicas]
+        self.replicas = replicas
         self.stubs = [_stub(c) for c in self.channels]
 
     def __getitem__(self, i: int) -> lrctl_pb2_grpc.LRControllerStub:
         return self.stubs[i]
 
-    async def close(self) -> None:
+    async def __aenter__(self) -> Stubs:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
         for channel in self.channels:
             await channel.close()
 
@@ -88,9 +92,7 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0
 
 async def test_writes_through_every_replica_get_distinct_versions(start_controller: Start,
                                                                   pg_url: str) -> None:
-    replicas = await _replicas(start_controller, pg_url, 3)
-    stubs = Stubs(replicas)
-    try:
+    async with Stubs(await _replicas(start_controller, pg_url, 3)) as stubs:
         await _create(stubs[0])
         replies = await asyncio.gather(*(
             stubs[i % 3].Override(_scale("run-1", 0.99, reason=f"#{i}")) for i in range(60)))
@@ -103,15 +105,11 @@ async def test_writes_through_every_replica_get_distinct_versions(start_controll
             await _eventually(complete)
             history = await stub.History(pb.HistoryRequest(job_id="run-1"))
             assert sorted(e.reason for e in history.events) == sorted(f"#{i}" for i in range(60))
-    finally:
-        await stubs.close()
 
 
 async def test_a_read_on_another_replica_sees_every_acknowledged_write(start_controller: Start,
                                                                       pg_url: str) -> None:
-    replicas = await _replicas(start_controller, pg_url, 2)
-    stubs = Stubs(replicas)
-    try:
+    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         await _create(stubs[0], "rw-1")
         for i in range(20):  # write on one replica, read at once on the other: no waiting
             reply = await stubs[i % 2].Override(_scale("rw-1", 0.9, reason=f"#{i}"))
@@ -123,15 +121,11 @@ async def test_a_read_on_another_replica_sees_every_acknowledged_write(start_con
         await _create(stubs[1], "rw-2")
         job = await stubs[0].GetJob(pb.GetJobRequest(job_id="rw-2"))
         assert job.job_id == "rw-2"
-    finally:
-        await stubs.close()
 
 
 async def test_expected_version_means_the_same_on_every_replica(start_controller: Start,
                                                                 pg_url: str) -> None:
-    replicas = await _replicas(start_controller, pg_url, 2)
-    stubs = Stubs(replicas)
-    try:
+    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         created = await _create(stubs[0])
         version = created.job.version
         results = await asyncio.gather(
@@ -147,18 +141,14 @@ async def test_expected_version_means_the_same_on_every_replica(start_controller
         await stubs[1].Override(_scale("run-1", 0.25, expected=version + 1))
         await expect_status(stubs[0].Override(_scale("run-1", 0.5, expected=version + 1)),
                             grpc.StatusCode.ABORTED)
-    finally:
-        await stubs.close()
 
 
 async def test_watchers_on_every_replica_see_every_write_within_milliseconds(
         start_controller: Start, pg_url: str) -> None:
-    replicas = await _replicas(start_controller, pg_url, 3)
-    stubs = Stubs(replicas)
-    try:
+    async with Stubs(await _replicas(start_controller, pg_url, 3)) as stubs:
         created = await _create(stubs[0])
         start = created.job.version
-        seen: list[list[int]] = [[] for _ in replicas]
+        seen: list[list[int]] = [[] for _ in stubs.replicas]
         arrival: dict[tuple[int, int], float] = {}
         streams = [stubs[i].Watch(pb.WatchRequest(job_id="run-1", from_version=start))
                    for i in range(3)]
@@ -182,15 +172,11 @@ async def test_watchers_on_every_replica_see_every_write_within_milliseconds(
         assert seen == [expected] * 3  # every version, in order, on every replica
         delays = sorted(arrival[i, v] - acked[v] for i in range(3) for v in expected)
         assert delays[len(delays) * 99 // 100 - 1] < 0.25, delays[-5:]
-    finally:
-        await stubs.close()
 
 
 async def test_watch_resumes_on_another_replica_from_a_version_it_handed_out(
         start_controller: Start, pg_url: str) -> None:
-    replicas = await _replicas(start_controller, pg_url, 2)
-    stubs = Stubs(replicas)
-    try:
+    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         await _create(stubs[0])
         for _ in range(3):
             reply = await stubs[0].Override(_scale("run-1", 0.5))
@@ -207,15 +193,11 @@ async def test_watch_resumes_on_another_replica_from_a_version_it_handed_out(
         first = await asyncio.wait_for(stream.read(), 5)
         assert first.kind == pb.WatchResponse.KIND_SNAPSHOT and first.job.job_id == "run-2"
         stream.cancel()
-    finally:
-        await stubs.close()
 
 
 async def test_concurrent_creates_of_one_id_on_two_replicas(start_controller: Start,
                                                             pg_url: str) -> None:
-    replicas = await _replicas(start_controller, pg_url, 2)
-    stubs = Stubs(replicas)
-    try:
+    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         a, b = await asyncio.gather(_create(stubs[0], "same"), _create(stubs[1], "same"))
         assert sorted([a.created, b.created]) == [False, True]  # one creates, one attaches
         assert a.job.version == b.job.version == 1
@@ -225,15 +207,11 @@ async def test_concurrent_creates_of_one_id_on_two_replicas(start_controller: St
         codes = sorted(r.code().name if isinstance(r, grpc.aio.AioRpcError) else "OK"
                        for r in other)
         assert codes == ["FAILED_PRECONDITION", "OK"]  # the second sees the first's spec
-    finally:
-        await stubs.close()
 
 
 async def test_effective_steps_and_plateau_reductions_happen_once(start_controller: Start,
                                                                   pg_url: str) -> None:
-    replicas = await _replicas(start_controller, pg_url, 2)
-    stubs = Stubs(replicas)
-    try:
+    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         await _create(stubs[0], spec=PLATEAU)
         flat = [pb.PlateauMetric(step=s, value=1.0) for s in range(1, 9)]
         # The same metrics reach both replicas (a retried report after a failover).
@@ -259,15 +237,11 @@ async def test_effective_steps_and_plateau_reductions_happen_once(start_controll
             history = await stub.History(pb.HistoryRequest(job_id="run-1"))
             steps.add(history.events[0].effective_step)
         assert len(steps) == 1 and steps <= {9, 10}  # the first report wins, everywhere
-    finally:
-        await stubs.close()
 
 
 async def test_finish_on_one_replica_ends_watches_on_the_others(start_controller: Start,
                                                                 pg_url: str) -> None:
-    replicas = await _replicas(start_controller, pg_url, 2)
-    stubs = Stubs(replicas)
-    try:
+    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         created = await _create(stubs[0])
         stream = stubs[1].Watch(pb.WatchRequest(job_id="run-1",
                                                 from_version=created.job.version))
@@ -277,15 +251,12 @@ async def test_finish_on_one_replica_ends_watches_on_the_others(start_controller
         assert kinds == [pb.WatchResponse.KIND_FINISHED]
         listed = await stubs[1].ListJobs(pb.ListJobsRequest())
         assert [j.job_id for j in listed.jobs] == []  # finished: not listed by default
-    finally:
-        await stubs.close()
 
 
 async def test_a_restarted_replica_loads_everything(start_controller: Start,
                                                     pg_url: str) -> None:
     first, second = await _replicas(start_controller, pg_url, 2)
-    stubs = Stubs([first, second])
-    try:
+    async with Stubs([first, second]) as stubs:
         await _create(stubs[0])
         await stubs[1].Override(_scale("run-1", 0.5, reason="kept"))
         await first.stop(0)
@@ -295,8 +266,6 @@ async def test_a_restarted_replica_loads_everything(start_controller: Start,
             assert [(e.version, e.reason) for e in history.events] == [(2, "kept")]
             reply = await _stub(chan).Override(_scale("run-1", 0.5))
             assert reply.event.version == 3
-    finally:
-        await stubs.close()
 
 
 @pytest.mark.parametrize("running_server", [{}], indirect=True)
@@ -524,8 +493,7 @@ async def test_metrics_aggregate_over_replicas(start_controller: Start, pg_url: 
     registries = [CollectorRegistry(), CollectorRegistry()]
     replicas = [await start_controller(db=pg_url, metrics_port=None, registry=r)
                 for r in registries]
-    stubs = Stubs(replicas)
-    try:
+    async with Stubs(replicas) as stubs:
         await _create(stubs[0], base_lrs=(0.1, 0.01))
         for i in range(8):
             await stubs[0 if i < 5 else 1].Override(_scale("run-1", 0.5))
@@ -547,8 +515,6 @@ async def test_metrics_aggregate_over_replicas(start_controller: Start, pg_url: 
         async def removed() -> bool:
             return all(gauges(r) == (None, None) for r in registries)
         await _eventually(removed)  # a finished job's series go on every replica
-    finally:
-        await stubs.close()
 
 
 @pytest.mark.slow
@@ -583,9 +549,7 @@ async def test_a_database_outage_is_unavailable_then_heals(
     """While PostgreSQL is down, writes fail UNAVAILABLE (retryable), never INTERNAL, and open
     Watch streams stay open; once it is back, writes succeed, versions unbroken, and the
     replicas' change feeds resume (a watcher on the other replica sees the new write)."""
-    replicas = await _replicas(start_controller, pg_url, 2)
-    stubs = Stubs(replicas)
-    try:
+    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         created = await _create(stubs[0])
         stream = stubs[1].Watch(pb.WatchRequest(job_id="run-1",
                                                 from_version=created.job.version))
@@ -612,5 +576,3 @@ async def test_a_database_outage_is_unavailable_then_heals(
                 assert message.version == reply.event.version
                 break
         stream.cancel()
-    finally:
-        await stubs.close()
