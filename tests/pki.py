@@ -74,16 +74,19 @@ def _write(path: Path, cert: x509.Certificate,
             serialization.NoEncryption()))
 
 
-def make_pki(directory: Path) -> Pki:
-    """Write a CA, a server certificate, a client certificate and a rogue client."""
+def make_pki(directory: Path, server_names: tuple[str, ...] = ("localhost",)) -> Pki:
+    """Write a CA, a server certificate (for ``server_names`` and 127.0.0.1), a client
+    certificate and a rogue client."""
     directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     _write(directory / "ca.crt", _issue("lrctl test CA", ca_key, "lrctl test CA", ca_key,
                                         ca=True))
     server_key = ec.generate_private_key(ec.SECP256R1())
     _write(directory / "server.crt", _issue(
-        "localhost", server_key, "lrctl test CA", ca_key, usage=ExtendedKeyUsageOID.SERVER_AUTH,
-        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+        server_names[0], server_key, "lrctl test CA", ca_key,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        san=[*(x509.DNSName(name) for name in server_names),
+             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
         server_key)
     client_key = ec.generate_private_key(ec.SECP256R1())
     _write(directory / "client.crt", _issue("rank-0", client_key, "lrctl test CA", ca_key,

@@ -9,24 +9,17 @@ certificates made in the test. tests/test_tls.py probes a TLS and an mTLS contro
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tests.conftest import RunningServer
+from tests.pki import Pki, make_pki
 from tests.procs import ROOT
 
 
@@ -54,59 +47,10 @@ def test_unknown_service_and_no_server_are_unhealthy(running_server: RunningServ
     assert done.returncode == 1 and "UNAVAILABLE" in done.stderr
 
 
-@dataclass
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _issue(name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
-           issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False,
-           usages: tuple[x509.ObjectIdentifier, ...] = (),
-           dns: tuple[str, ...] = ()) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-               .issuer_name(issuer).public_key(key.public_key())
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(hours=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if usages:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
-    if dns:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """A CA, a server certificate for lrctl.lrctl.svc, and a client certificate."""
-    out = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lrctl test CA")])
-    ca = _issue("lrctl test CA", ca_key, ca_name, ca_key, ca=True)
-    files = {"ca.crt": ca.public_bytes(serialization.Encoding.PEM)}
-    for role, usage, dns in (("server", ExtendedKeyUsageOID.SERVER_AUTH, ("lrctl.lrctl.svc",)),
-                             ("client", ExtendedKeyUsageOID.CLIENT_AUTH, ())):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(f"lrctl {role}", key, ca_name, ca_key, usages=(usage,), dns=dns)
-        files[f"{role}.crt"] = cert.public_bytes(serialization.Encoding.PEM)
-        files[f"{role}.key"] = _key_pem(key)
-    for name, data in files.items():
-        (out / name).write_bytes(data)
-    return Pki(out / "ca.crt", out / "server.crt", out / "server.key", out / "client.crt",
-               out / "client.key")
+    return make_pki(tmp_path_factory.mktemp("pki"), server_names=("lrctl.lrctl.svc",))
 
 
 @pytest.fixture(params=[False, True], ids=["tls", "mtls"])
