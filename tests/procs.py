@@ -17,6 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on (?P<host>[\d.]+):(?P<port>\d+)")
 
 
+def reap(procs: list[subprocess.Popen[str]]) -> None:
+    """Kill whichever of ``procs`` still run, wait for each and close its pipes."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
 def wait_for_step(client: Client, job: str, step: int, timeout: float = 120) -> int:
     """Wait until rank 0 has reported ``step`` (the job appears when the ranks attach)."""
     deadline = time.monotonic() + timeout

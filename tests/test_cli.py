@@ -28,7 +28,7 @@ from controller.cli import main
 from lrctl.client import Client
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 from tests.conftest import RunningServer
-from tests.procs import ControllerProcess
+from tests.procs import ControllerProcess, reap
 
 REPO = Path(__file__).resolve().parent.parent
 STEP_LR = "StepLR(step_size=200, gamma=0.5)"
@@ -113,13 +113,7 @@ def watch_process() -> Iterator[Callable[..., tuple[subprocess.Popen[str], Lines
         return proc, Lines(proc)
 
     yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+    reap(started)
 
 
 def one_error_line(err: str, prefix: str = "lrctl: error: ") -> str:

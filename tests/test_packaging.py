@@ -30,7 +30,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningServer
-from tests.procs import ROOT
+from tests.procs import ROOT, reap
 
 pytestmark = pytest.mark.slow
 
@@ -131,13 +131,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
     """Processes a test starts; whatever still runs at the end is killed."""
     started: list[subprocess.Popen[str]] = []
     yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+    reap(started)
 
 
 def test_controller_only_install_serves_and_its_cli_drives_it(
