@@ -14,6 +14,13 @@ from pathlib import Path
 from lrctl.client import Client, ClientError
 
 ROOT = Path(__file__).resolve().parent.parent
+# The environment of a Ray the tests start: local only, no auth, no usage stats.
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_DISABLE_USAGE_STATS": "1",
+}
 _LISTENING = re.compile(r"listening on (?P<host>[\d.]+):(?P<port>\d+)")
 
 

@@ -42,17 +42,11 @@ import pytest
 import yaml
 
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
-from tests.procs import ROOT, ControllerProcess
+from tests.procs import RAY_ENV, ROOT, ControllerProcess
 
 pytestmark = pytest.mark.slow
 
 T = TypeVar("T")
-RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "RAY_DISABLE_USAGE_STATS": "1",
-}
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "lrctl.json"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "lrctl.rules.yml"

@@ -27,16 +27,10 @@ from typing import IO
 import pytest
 
 from lrctl.client import Client
-from tests.procs import ROOT, ControllerProcess, wait_for_step
+from tests.procs import RAY_ENV, ROOT, ControllerProcess, wait_for_step
 
 pytestmark = pytest.mark.slow
 
-RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "RAY_DISABLE_USAGE_STATS": "1",
-}
 
 
 def free_port() -> int:

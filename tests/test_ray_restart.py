@@ -28,17 +28,14 @@ from typing import Any
 import pytest
 
 from lrctl.program import LRProgram
-from tests import operate
+from tests import operate, procs
 from tests.procs import ROOT, ControllerProcess
 from tests.ray_restart_loop import Gate
 
 pytestmark = pytest.mark.slow
 
 RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "RAY_DISABLE_USAGE_STATS": "1",
+    **procs.RAY_ENV,
     # The Train controller polls workers this often (default 2 s): reports and failure
     # detection wait for it.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
