@@ -28,31 +28,23 @@ from dataclasses import replace
 from itertools import islice
 from typing import Any, TypeVar
 
-from controller.errors import Conflict, FailedPrecondition, InvalidArgument, ResourceExhausted
+from controller.creation import JobCreator
+from controller.errors import InvalidArgument
 from controller.evaluate import Evaluator
 from controller.jobs import (
     JobEntry,
-    check_epoch,
     check_evaluable,
-    check_note,
-    check_override,
-    check_report,
-    create_conflict,
     decode_token,
     describe_error,
     encode_token,
-    event_bytes,
     head_bytes,
-    log_bytes,
-    mark_applied,
-    same_spec,
-    with_events,
 )
 from controller.limits import ServerLimits
 from controller.metrics import ControllerMetrics
-from controller.plateau import JobPlateau
+from controller.override import OverrideHandler
 from controller.projection import Projection
-from controller.rows import Change, ConsumedMetric
+from controller.reports import ReportHandler
+from controller.rows import Change
 from controller.store_api import JobStore
 from controller.table import JobTable
 from controller.watch import WatchHub
@@ -98,6 +90,13 @@ class ControllerService:
         self._hub = WatchHub(heartbeat_seconds, on_count=self._streams_changed,
                              max_streams_per_job=limits.max_watch_streams_per_job,
                              max_streams=limits.max_watch_streams)
+        self._creator = JobCreator(self._table, limits, self._eval, self._projection,
+                                   self._hub, self._now, self._view, self._after_commit)
+        self._overrides = OverrideHandler(self._table, limits, self._eval, self._log_budget,
+                                          max_message_bytes, self._now, self._view,
+                                          self._after_write)
+        self._reports = ReportHandler(self._table, limits, self._projection, self._log_budget,
+                                      self._now, self._after_commit, self._after_write)
 
     @classmethod
     async def open(cls, store: JobStore, metrics: ControllerMetrics | None = None, *,
@@ -151,69 +150,9 @@ class ControllerService:
             FailedPrecondition: the job exists with another spec (or is finished, or cannot
                 be evaluated) and ``replace_existing`` is false.
         """
-        check_job_id(job_id)
-        if world_size < 0:
-            raise InvalidArgument(f"expected world_size >= 0, got {world_size}")
-        if len(base_lrs) > self._limits.max_param_groups:  # before copying a million
-            check_num_groups(len(base_lrs), self._limits.core)
-        program = await self._eval.run(LRProgram, schedule, list(base_lrs),
-                                       limits=self._limits.core)
-        canonical, lrs = program.schedule.spec.to_text(), tuple(program.base_lrs)
-        async with self._table.lock(job_id, create=True):
-            old = self._table.jobs.get(job_id)
-            if old is None and len(self._table.jobs) >= self._limits.max_jobs:
-                raise ResourceExhausted(
-                    f"this controller holds {len(self._table.jobs)} jobs, the most it may "
-                    f"(lrctl serve --max-jobs); expected the id of an existing job, got "
-                    f"{job_id!r}")
-            if old is not None and not replace_existing:
-                check_evaluable(old)
-            if old is not None:
-                same = same_spec(old.job.schedule, canonical) and old.job.base_lrs == lrs
-                if same and old.running:
-                    if attach:
-                        await self._attach(old, world_size, actor)
-                    return self._view(old), False
-                if not replace_existing:
-                    raise FailedPrecondition(create_conflict(old.job, canonical, lrs))
-            now = self._now()
-            version = 1 if old is None else old.job.version + 1
-            epoch = 0 if old is None else old.job.epoch
-            job = Job(job_id=job_id, schedule=canonical, base_lrs=lrs, version=version,
-                      created_version=version, verbose=verbose, created_at=now, updated_at=now,
-                      epoch=epoch + 1 if attach else epoch,
-                      world_size=world_size if attach else 0)
-
-            def apply() -> JobEntry:
-                # Recreated in place: the old incarnation's watchers wake up to a RESYNC.
-                entry = JobEntry(job, JobPlateau(job, [], []))
-                self._table.jobs[job_id] = entry
-                return entry
-
-            entry = await self._table.write(Change(job, reset=old is not None), apply)
-            with self._after_commit(job_id):
-                self._hub.notify(job_id)
-                self._projection.created(job, recreated=old is not None,
-                                         streams=self._hub.streams(job_id), actor=actor)
-                if attach:
-                    self._projection.attached(job, actor)
-            return self._view(entry), True
-
-    async def _attach(self, entry: JobEntry, world_size: int, actor: str) -> None:
-        """Give the running job in ``entry`` a new attach epoch (caller holds its lock).
-
-        The version does not change: no event is added, watchers have nothing to apply.
-        """
-        job = replace(entry.job, epoch=entry.job.epoch + 1, world_size=world_size,
-                      updated_at=self._now())
-
-        def apply() -> None:
-            entry.job = job
-
-        await self._table.write(Change(job.head()), apply)
-        with self._after_commit(job.job_id):
-            self._projection.attached(entry.job, actor)
-            self._projection.export(entry.job, self._hub.streams(job.job_id))
+        return await self._creator.create_job(
+            job_id, schedule, base_lrs, replace_existing=replace_existing, verbose=verbose,
+            attach=attach, world_size=world_size, actor=actor)
 
     async def sync(self, job_id: str) -> None:
         """Catch ``job_id`` up with the shared database (replicas; a no-op on SQLite), so a
@@ -312,48 +251,9 @@ class ControllerService:
             ResourceExhausted: an actor or reason past its limit, a log at its limit (events,
                 or bytes: it must fit in one message), or validation past its deadline.
         """
-        async with self._table.lock(job_id):
-            entry = self._table.get(job_id)
-            check_evaluable(entry)
-            check_note(actor, reason, self._limits)
-            n, core = entry.job.num_groups, self._limits.core
-            if op is Op.REPLACE_SCHEDULE:  # builds a spec for n groups: off the loop
-                schedule = await self._eval.run(check_override, op, value, schedule, group,
-                                                n, core)
-            else:
-                schedule = check_override(op, value, schedule, group, n, core)
-            if not entry.running:
-                raise FailedPrecondition(f"job {job_id!r} is finished; expected a running job")
-            if expected_version is not None and expected_version != entry.job.version:
-                raise Conflict(f"expected job {job_id!r} at version {expected_version}, "
-                               f"but it is at version {entry.job.version}")
-            if len(entry.job.events) >= self._limits.max_events_per_job:
-                raise ResourceExhausted(
-                    f"job {job_id!r} has {len(entry.job.events)} events, the most a job may "
-                    f"hold (lrctl serve --max-events-per-job); finish it, or recreate it "
-                    f"(CreateJob with replace) for an empty log")
-            keeps_value = op in (Op.SCALE, Op.SET)
-            event = Event(version=entry.job.version + 1, op=op,
-                          value=float(value) if keeps_value and value is not None else None,
-                          schedule=schedule if op is Op.REPLACE_SCHEDULE else None,
-                          group=group, actor=actor, reason=reason, created_at=self._now())
-            size = log_bytes(entry) + event_bytes(event)
-            if size > self._log_budget:
-                raise ResourceExhausted(
-                    f"job {job_id!r}'s log would take {size} bytes, more than fits in one "
-                    f"message beside the job ({self._log_budget} of lrctl serve "
-                    f"--max-message-bytes {self._max_message_bytes}); shorten the reason, or "
-                    f"recreate the job (CreateJob with replace) for an empty log")
-            job = replace(entry.job, version=event.version, updated_at=event.created_at,
-                          events=with_events(entry.job.events, (), [event]))
-
-            def apply() -> None:
-                entry.job = job
-                entry.plateau.on_events([event])
-
-            await self._table.write(Change(job.head(), [event]), apply)
-            self._after_write(entry, [event], [])
-            return event, self._view(entry, events=False)
+        return await self._overrides.override(
+            job_id, op, value=value, schedule=schedule, group=group, actor=actor,
+            reason=reason, expected_version=expected_version)
 
     def history(self, job_id: str) -> tuple[Event, ...]:
         """Return a job's event log, oldest first."""
@@ -419,63 +319,7 @@ class ControllerService:
             FailedPrecondition: ``epoch`` is not the job's attach epoch (an older run,
                 superseded by a newer attach, or an epoch never handed out).
         """
-        items = max(len(report.applied), len(report.plateau_metrics), len(report.divergences))
-        if items > self._limits.max_report_items:
-            raise InvalidArgument(
-                f"expected at most {self._limits.max_report_items} applied versions, plateau "
-                f"metrics and divergences each in one report (lrctl serve --max-report-items), "
-                f"got {len(report.applied)}, {len(report.plateau_metrics)} and "
-                f"{len(report.divergences)}; send them over several reports")
-        if report.rank < 0 or report.step < -1 or report.world_size < 0:
-            raise InvalidArgument(f"expected rank >= 0, step >= -1 and world_size >= 0, got "
-                                  f"rank={report.rank}, step={report.step}, "
-                                  f"world_size={report.world_size}")
-        async with self._table.lock(report.job_id):
-            entry = self._table.get(report.job_id)
-            check_evaluable(entry)
-            before = entry.job
-            check_epoch(before, report.epoch)
-            if report.rank != 0:
-                return before.version
-            pairs = sorted(set(report.applied))
-            check_report(before, report, pairs)
-            now = self._now()
-            done = mark_applied(before.events, pairs, now)
-            new_events: list[Event] = []
-            consumed: list[ConsumedMetric] = []
-            job = before
-            if entry.running:
-                new_events, consumed = entry.plateau.consume(report.plateau_metrics,
-                                                             before.version, now)
-                new_events = self._room(entry, new_events)
-                job = replace(before, step=report.step, lr=report.lrs or before.lr,
-                              applied_version=report.applied_version,
-                              world_size=0 if report.final else report.world_size,
-                              updated_at=now)
-            elif not done:
-                return before.version
-            if done or new_events:
-                job = replace(job, version=new_events[-1].version if new_events else job.version,
-                              events=with_events(job.events, done, new_events))
-
-            def apply() -> None:
-                entry.job = job
-                entry.plateau.commit()
-
-            # Effective steps, new events, plateau metrics and a run's final report are
-            # durable before the reply; bare progress (step, LRs, ~10/s from rank 0) is
-            # fsynced at most every PROGRESS_PERSIST_S; a restart may show a slightly older
-            # step, never another version.
-            if (done or new_events or consumed or report.final
-                    or now - entry.persisted_at >= constants.PROGRESS_PERSIST_S):
-                await self._table.write(Change(job.head(), new_events, done, consumed), apply)
-                entry.persisted_at = now
-            else:
-                apply()
-            with self._after_commit(report.job_id):
-                self._projection.reported(before, job, report)
-            self._after_write(entry, new_events, done)
-            return job.version
+        return await self._reports.report(report)
 
     # -- watch ---------------------------------------------------------------------------------
 
@@ -541,22 +385,6 @@ class ControllerService:
     @staticmethod
     def _after_commit(job_id: str) -> _AfterCommit:
         return _AfterCommit(job_id)
-
-    def _room(self, entry: JobEntry, events: list[Event]) -> list[Event]:
-        """The plateau reductions that fit in the job's log (events and bytes); the rest
-        are dropped with a warning: a report must not fail for a full log."""
-        room = self._limits.max_events_per_job - len(entry.job.events)
-        size = log_bytes(entry)
-        kept: list[Event] = []
-        for event in events:
-            size += event_bytes(event)
-            if len(kept) >= room or size > self._log_budget:
-                _log.warning("job %s: its log is full (lrctl serve --max-events-per-job, "
-                             "--max-message-bytes); %d plateau reduction(s) not appended",
-                             entry.job.job_id, len(events) - len(kept))
-                break
-            kept.append(event)
-        return kept
 
     def _streams_changed(self, job_id: str) -> None:
         entry = self._table.jobs.get(job_id)

@@ -23,10 +23,8 @@ reconnects and resyncs every job from the database (and checks every
 :data:`RESYNC_SECONDS` anyway), so a missed notification delays a change, never loses it,
 and the log a replica serves is always a gap-free prefix of the database's.
 
-Migrations: ``MIGRATIONS[i]`` (SQL statements) takes the schema from version *i* to *i + 1*,
-numbered like the SQLite store's; the version lives in ``lrctl_schema``. Every replica
-migrates at startup inside one transaction that first takes a database-wide advisory lock,
-so replicas starting together on an empty database migrate it exactly once.
+Migrations (``MIGRATIONS``, :func:`migrate` under a database-wide advisory lock) and the SQL
+text of the queries are in :mod:`controller.store_pg_schema`; re-exported here.
 """
 
 from __future__ import annotations
@@ -48,8 +46,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from controller.errors import Unavailable
 from controller.store import (
-    EVENT_COLUMNS,
-    JOB_COLUMNS,
     Change,
     ConsumedMetric,
     StoredJob,
@@ -60,132 +56,33 @@ from controller.store import (
     job_to_row,
 )
 from controller.store_api import Delta, redact_url
+from controller.store_pg_feed import CHANNEL, ChangeFeed
+from controller.store_pg_schema import (
+    EVENT_COLUMNS_SQL,
+    INSERT_EVENT,
+    JOB_COLUMNS_SQL,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SELECT_JOB,
+    UPSERT_JOB,
+    migrate,
+)
 from lrctl.overrides import Event
 
 __all__ = ["CHANNEL", "MIGRATIONS", "RESYNC_SECONDS", "SCHEMA_VERSION", "PgStore", "migrate"]
 
 _log = logging.getLogger("lrctl.controller.store")
 
-#: The LISTEN/NOTIFY channel; payload ``"<job_id> <rev>"`` (job ids hold no spaces).
-CHANNEL = "lrctl_jobs"
 #: Failures that say the database is out of reach (not that a request is wrong): the RPC
 #: fails UNAVAILABLE, so clients retry, possibly on another replica.
 _UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
                 asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError)
 #: Even with a healthy listener, every job's revision is compared this often.
 RESYNC_SECONDS = 30.0
-#: Advisory lock keys: the migration lock (one bigint) and the per-job creation locks
-#: (two ints: this class id and ``hashtext(job_id)``; a separate key space).
-_MIGRATION_LOCK = 0x6C7263746C5F6D69  # "lrctl_mi"
+#: Advisory lock key of the per-job creation locks (two ints: this class id and
+#: ``hashtext(job_id)``; a key space apart from the migration lock's one bigint).
 _JOB_LOCK_CLASS = 0x6C726374  # "lrct"
 
-_V1 = (
-    """CREATE TABLE lrctl_jobs (
-        job_id text PRIMARY KEY,
-        schedule text NOT NULL,
-        base_lrs text NOT NULL,
-        version bigint NOT NULL,
-        created_version bigint NOT NULL,
-        step bigint NOT NULL,
-        state text NOT NULL,
-        "verbose" integer NOT NULL,  -- quoted: VERBOSE is a reserved word
-        created_at double precision NOT NULL,
-        updated_at double precision NOT NULL,
-        lrs text,
-        rev bigint NOT NULL,
-        created_rev bigint NOT NULL
-    )""",
-    """CREATE TABLE lrctl_events (
-        job_id text NOT NULL REFERENCES lrctl_jobs (job_id),
-        version bigint NOT NULL,
-        op text NOT NULL,
-        value double precision,
-        schedule text,
-        param_group integer,
-        effective_step bigint,
-        actor text NOT NULL,
-        reason text NOT NULL,
-        created_at double precision NOT NULL,
-        applied_at double precision,
-        rev bigint NOT NULL,
-        PRIMARY KEY (job_id, version)
-    )""",
-    "CREATE INDEX lrctl_events_rev ON lrctl_events (job_id, rev)",
-)
-_V2 = (
-    # ReduceLROnPlateau: the consumed metrics (as SQLite's schema version 2).
-    """CREATE TABLE lrctl_plateau_metrics (
-        job_id text NOT NULL REFERENCES lrctl_jobs (job_id),
-        step bigint NOT NULL,
-        value double precision,
-        schedule_version bigint NOT NULL,
-        rev bigint NOT NULL,
-        PRIMARY KEY (job_id, step)
-    )""",
-)
-
-_V3 = (
-    # Reports: the agreed version every rank applied, and the run's world size.
-    "ALTER TABLE lrctl_jobs ADD COLUMN applied_version bigint NOT NULL DEFAULT 0",
-    "ALTER TABLE lrctl_jobs ADD COLUMN world_size bigint NOT NULL DEFAULT 0",
-)
-
-_V4 = (
-    # Attach epochs (as SQLite's schema version 4): handed out under the job's row lock.
-    "ALTER TABLE lrctl_jobs ADD COLUMN epoch bigint NOT NULL DEFAULT 0",
-)
-
-#: ``MIGRATIONS[i]`` upgrades a database at schema version ``i`` to ``i + 1``.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-# The rows are the SQLite store's (controller.store's converters), plus the bookkeeping.
-# Quoted: ``verbose`` is a reserved word in PostgreSQL.
-_JOB_COLUMNS = ", ".join(f'"{c}"' for c in JOB_COLUMNS)
-_EVENT_COLUMNS = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
-_N = len(JOB_COLUMNS)
-_SELECT_JOB = f"SELECT {_JOB_COLUMNS}, rev, created_rev FROM lrctl_jobs WHERE job_id = $1"
-_UPSERT_JOB = f"""
-    INSERT INTO lrctl_jobs AS j ({_JOB_COLUMNS}, rev, created_rev)
-    VALUES ({", ".join(f"${i + 1}" for i in range(_N))}, 1, 1)
-    ON CONFLICT (job_id) DO UPDATE SET
-        {", ".join(f'"{c}" = excluded."{c}"' for c in JOB_COLUMNS[1:])},
-        rev = j.rev + 1,
-        created_rev = CASE WHEN excluded.created_version <> j.created_version
-                           THEN j.rev + 1 ELSE j.created_rev END
-    WHERE j.rev = ${_N + 1}
-    RETURNING rev"""
-_INSERT_EVENT = (f"INSERT INTO lrctl_events (job_id, {_EVENT_COLUMNS}, rev) VALUES "
-                 f"({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS) + 2))})")
-
-
-async def migrate(conn: Any, target: int = SCHEMA_VERSION) -> int:
-    """Upgrade the schema behind ``conn`` to ``target`` in one transaction.
-
-    Safe when several replicas call it at the same moment: the transaction first takes a
-    database-wide advisory lock, so one migrates and the others then find it done.
-
-    Returns:
-        The schema version found before upgrading.
-
-    Raises:
-        StoreError: the database is newer than this code.
-    """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-        await conn.execute("CREATE TABLE IF NOT EXISTS lrctl_schema (version integer NOT NULL)")
-        found = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM lrctl_schema"))
-        if found > SCHEMA_VERSION:
-            raise StoreError(f"database schema version {found} is newer than this controller "
-                             f"supports ({SCHEMA_VERSION}); upgrade lrctl")
-        if found >= target:
-            return found
-        for statements in MIGRATIONS[found:target]:
-            for statement in statements:
-                await conn.execute(statement)
-        await conn.execute("DELETE FROM lrctl_schema")
-        await conn.execute("INSERT INTO lrctl_schema (version) VALUES ($1)", target)
-    return found
 
 
 class _PgLock:
@@ -204,7 +101,7 @@ class _PgLock:
         if job.job_id != self._job_id:
             raise StoreError(f"expected a change of job {self._job_id!r}, got {job.job_id!r}")
         conn = self._conn
-        rev = await conn.fetchval(_UPSERT_JOB, *job_to_row(job), self.rev)
+        rev = await conn.fetchval(UPSERT_JOB, *job_to_row(job), self.rev)
         if rev is None:
             # Cannot happen while every writer holds the row lock; refuse rather than guess.
             raise StoreError(f"job {job.job_id!r} changed under its row lock (revision "
@@ -212,7 +109,7 @@ class _PgLock:
         if change.reset:
             await conn.execute("DELETE FROM lrctl_plateau_metrics WHERE job_id = $1", job.job_id)
         if change.new_events:
-            await conn.executemany(_INSERT_EVENT, [(job.job_id, *event_to_row(e), rev)
+            await conn.executemany(INSERT_EVENT, [(job.job_id, *event_to_row(e), rev)
                                                    for e in change.new_events])
         if change.applied:
             await conn.executemany(
@@ -247,12 +144,8 @@ class PgStore:
         self._dsn = dsn
         self._pool = pool
         self.description = redact_url(dsn)
-        self._resync_seconds = resync_seconds
-        self._callbacks: list[Callable[[str, int], None]] = []
-        self._listener: Any = None
-        self._listen_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Future[None]] = set()
-        self._lost = asyncio.Event()
+        self._feed = ChangeFeed(dsn, pool, self.description, resync_seconds,
+                                lambda exc: _scrub(exc, dsn))
         self._closed = False
 
     @classmethod
@@ -277,13 +170,13 @@ class PgStore:
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
-            await store._connect_listener()
+            await store._feed.connect()
         except BaseException as exc:
             await pool.close()
             if isinstance(exc, StoreError) or not isinstance(exc, Exception):
                 raise
             raise StoreError(f"cannot open database {description}: {_scrub(exc, dsn)}") from None
-        store._listen_task = asyncio.ensure_future(store._keep_listening())
+        store._feed.start()
         return store
 
     # -- reads ---------------------------------------------------------------------------------
@@ -293,8 +186,9 @@ class PgStore:
         async with self._pool.acquire() as conn, conn.transaction(
                 isolation="repeatable_read", readonly=True):
             events: dict[str, list[Event]] = {}
+            columns = ", ".join("e." + c for c in EVENT_COLUMNS_SQL.split(", "))
             for row in await conn.fetch(
-                    f"SELECT e.job_id, {', '.join('e.' + c for c in _EVENT_COLUMNS.split(', '))} "
+                    f"SELECT e.job_id, {columns} "
                     "FROM lrctl_events e JOIN lrctl_jobs j ON j.job_id = e.job_id "
                     "AND e.version > j.created_version ORDER BY e.job_id, e.version"):
                 events.setdefault(row[0], []).append(event_from_row(tuple(row)[1:]))
@@ -303,7 +197,7 @@ class PgStore:
                                         "FROM lrctl_plateau_metrics ORDER BY job_id, step"):
                 metrics.setdefault(row[0], []).append(_metric_from_row(tuple(row)[1:]))
             out: list[StoredJob] = []
-            for row in await conn.fetch(f"SELECT {_JOB_COLUMNS}, rev FROM lrctl_jobs "
+            for row in await conn.fetch(f"SELECT {JOB_COLUMNS_SQL}, rev FROM lrctl_jobs "
                                         "ORDER BY job_id"):
                 record = job_from_row(tuple(row)[:-1])
                 out.append(StoredJob(record, events.get(record.job_id, []),
@@ -327,7 +221,7 @@ class PgStore:
     async def _since(self, job_id: str, rev: int) -> Delta | None:
         async with self._pool.acquire() as conn, conn.transaction(
                 isolation="repeatable_read", readonly=True):
-            row = await conn.fetchrow(_SELECT_JOB, job_id)
+            row = await conn.fetchrow(SELECT_JOB, job_id)
             if row is None or int(row["rev"]) == rev:
                 return None
             return await _delta(conn, row, rev)
@@ -370,13 +264,13 @@ class PgStore:
             lk = _PgLock(self, conn, job_id)
             await conn.execute("BEGIN")
             try:
-                row = await conn.fetchrow(_SELECT_JOB + " FOR UPDATE", job_id)
+                row = await conn.fetchrow(SELECT_JOB + " FOR UPDATE", job_id)
                 if row is None:
                     # No row to lock yet: serialize creations of this id instead, then look
                     # again (a replica may have created it while we waited).
                     await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))",
                                        _JOB_LOCK_CLASS, job_id)
-                    row = await conn.fetchrow(_SELECT_JOB + " FOR UPDATE", job_id)
+                    row = await conn.fetchrow(SELECT_JOB + " FOR UPDATE", job_id)
                 if row is not None:
                     lk.rev = int(row["rev"])
                     if want_delta and lk.rev != rev:
@@ -392,88 +286,14 @@ class PgStore:
     def subscribe(self, callback: Callable[[str, int], None]) -> None:
         """Call ``callback(job_id, rev)`` for every committed change (any replica), and once
         for every job now and after each reconnection of the listener (resync)."""
-        self._callbacks.append(callback)
-        self._tasks.add(task := asyncio.ensure_future(self._resync_quietly()))
-        task.add_done_callback(self._tasks.discard)
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        job_id, _, rev = payload.rpartition(" ")
-        if job_id and rev.isdigit():
-            self._announce(job_id, int(rev))
-
-    def _announce(self, job_id: str, rev: int) -> None:
-        for callback in self._callbacks:
-            try:
-                callback(job_id, rev)
-            except Exception:  # one broken subscriber must not starve the others
-                _log.exception("store change callback failed for job %s", job_id)
-
-    async def _connect_listener(self) -> None:
-        conn = await asyncpg.connect(self._dsn, server_settings={
-            "application_name": "lrctl-controller-listener"})
-        await conn.add_listener(CHANNEL, self._on_notify)
-        # A closed connection (server restart, network) wakes the keeper at once.
-        conn.add_termination_listener(lambda _conn: self._lost.set())
-        self._lost.clear()
-        self._listener = conn
-
-    async def _resync(self) -> None:
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch("SELECT job_id, rev FROM lrctl_jobs")
-        for row in rows:
-            self._announce(row["job_id"], int(row["rev"]))
-
-    async def _resync_quietly(self) -> None:
-        try:
-            await self._resync()
-        except Exception as exc:
-            _log.warning("resync from %s failed: %s", self.description, _scrub(exc, self._dsn))
-
-    async def _keep_listening(self) -> None:
-        """Keep the LISTEN connection alive; after reconnecting, resync every job."""
-        backoff = 0.1
-        while not self._closed:
-            conn = self._listener
-            try:
-                if conn is None or conn.is_closed():
-                    await self._connect_listener()
-                    _log.info("listening on %s again; resyncing every job", self.description)
-                    await self._resync()
-                    conn = self._listener
-                    backoff = 0.1
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._lost.wait(), self._resync_seconds)
-                # A query proves the connection is alive (a half-open TCP connection would
-                # otherwise swallow notifications silently), then compare every revision.
-                await conn.fetchval("SELECT 1", timeout=10)
-                await self._resync()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self._closed:
-                    return
-                _log.warning("lost the change feed of %s (%s); reconnecting",
-                             self.description, _scrub(exc, self._dsn))
-                if self._listener is not None:
-                    with contextlib.suppress(Exception):
-                        self._listener.terminate()
-                    self._listener = None
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        self._feed.subscribe(callback)
 
     async def close(self) -> None:
         """Stop listening and close every connection; safe to call twice."""
         if self._closed:
             return
         self._closed = True
-        for task in [self._listen_task, *self._tasks]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close(timeout=5)
+        await self._feed.close()
         await self._pool.close()
 
 
@@ -484,7 +304,7 @@ async def _delta(conn: Any, row: Any, rev: int) -> Delta:
     cond = "" if full else " AND rev > $3"
     args: list[Any] = [job_id, int(row["created_version"])] + ([] if full else [rev])
     events = [event_from_row(tuple(r)) for r in await conn.fetch(
-        f"SELECT {_EVENT_COLUMNS} FROM lrctl_events WHERE job_id = $1 AND version > $2{cond} "
+        f"SELECT {EVENT_COLUMNS_SQL} FROM lrctl_events WHERE job_id = $1 AND version > $2{cond} "
         "ORDER BY version", *args)]
     mcond = "" if full else " AND rev > $2"
     margs: list[Any] = [job_id] + ([] if full else [rev])

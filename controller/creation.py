@@ -1,0 +1,117 @@
+"""The CreateJob command (create, recreate with ``replace``, attach), behind
+:meth:`ControllerService.create_job <controller.service.ControllerService.create_job>`.
+
+A create validates the spec off the event loop, then, inside the job's lock, attaches to the
+running job with the same spec and base LRs, refuses another spec (without ``replace``), or
+(re)creates the job. An attach hands out the job's next attach epoch under the same lock.
+The decisions are in docs/controller.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+
+from controller.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from controller.evaluate import Evaluator
+from controller.jobs import JobEntry, check_evaluable, create_conflict, same_spec
+from controller.limits import ServerLimits
+from controller.plateau import JobPlateau
+from controller.projection import Projection
+from controller.rows import Change
+from controller.table import JobTable
+from controller.watch import WatchHub
+from lrctl.model import Job, check_job_id
+from lrctl.program import LRProgram
+from lrctl.schedules import check_num_groups
+
+__all__ = ["JobCreator"]
+
+
+class JobCreator:
+    """Creates and attaches jobs for a :class:`~controller.service.ControllerService` (its
+    table, limits, evaluator, projection and watch hub; ``view`` and ``after_commit`` are its
+    own)."""
+
+    def __init__(self, table: JobTable, limits: ServerLimits, evaluator: Evaluator,
+                 projection: Projection, hub: WatchHub, now: Callable[[], float],
+                 view: Callable[[JobEntry], Job],
+                 after_commit: Callable[[str], AbstractContextManager[None]]) -> None:
+        self._table = table
+        self._limits = limits
+        self._eval = evaluator
+        self._projection = projection
+        self._hub = hub
+        self._now = now
+        self._view = view
+        self._after_commit = after_commit
+
+    async def create_job(self, job_id: str, schedule: str, base_lrs: Sequence[float], *,
+                         replace_existing: bool = False, verbose: bool = False,
+                         attach: bool = False, world_size: int = 0,
+                         actor: str = "") -> tuple[Job, bool]:
+        """See :meth:`controller.service.ControllerService.create_job`."""
+        check_job_id(job_id)
+        if world_size < 0:
+            raise InvalidArgument(f"expected world_size >= 0, got {world_size}")
+        if len(base_lrs) > self._limits.max_param_groups:  # before copying a million
+            check_num_groups(len(base_lrs), self._limits.core)
+        program = await self._eval.run(LRProgram, schedule, list(base_lrs),
+                                       limits=self._limits.core)
+        canonical, lrs = program.schedule.spec.to_text(), tuple(program.base_lrs)
+        async with self._table.lock(job_id, create=True):
+            old = self._table.jobs.get(job_id)
+            if old is None and len(self._table.jobs) >= self._limits.max_jobs:
+                raise ResourceExhausted(
+                    f"this controller holds {len(self._table.jobs)} jobs, the most it may "
+                    f"(lrctl serve --max-jobs); expected the id of an existing job, got "
+                    f"{job_id!r}")
+            if old is not None and not replace_existing:
+                check_evaluable(old)
+            if old is not None:
+                same = same_spec(old.job.schedule, canonical) and old.job.base_lrs == lrs
+                if same and old.running:
+                    if attach:
+                        await self._attach(old, world_size, actor)
+                    return self._view(old), False
+                if not replace_existing:
+                    raise FailedPrecondition(create_conflict(old.job, canonical, lrs))
+            now = self._now()
+            version = 1 if old is None else old.job.version + 1
+            epoch = 0 if old is None else old.job.epoch
+            job = Job(job_id=job_id, schedule=canonical, base_lrs=lrs, version=version,
+                      created_version=version, verbose=verbose, created_at=now, updated_at=now,
+                      epoch=epoch + 1 if attach else epoch,
+                      world_size=world_size if attach else 0)
+
+            def apply() -> JobEntry:
+                # Recreated in place: the old incarnation's watchers wake up to a RESYNC.
+                entry = JobEntry(job, JobPlateau(job, [], []))
+                self._table.jobs[job_id] = entry
+                return entry
+
+            entry = await self._table.write(Change(job, reset=old is not None), apply)
+            with self._after_commit(job_id):
+                self._hub.notify(job_id)
+                self._projection.created(job, recreated=old is not None,
+                                         streams=self._hub.streams(job_id), actor=actor)
+                if attach:
+                    self._projection.attached(job, actor)
+            return self._view(entry), True
+
+    async def _attach(self, entry: JobEntry, world_size: int, actor: str) -> None:
+        """Give the running job in ``entry`` a new attach epoch (caller holds its lock).
+
+        The version does not change: no event is added, watchers have nothing to apply.
+        """
+        job = replace(entry.job, epoch=entry.job.epoch + 1, world_size=world_size,
+                      updated_at=self._now())
+
+        def apply() -> None:
+            entry.job = job
+
+        await self._table.write(Change(job.head()), apply)
+        with self._after_commit(job.job_id):
+            self._projection.attached(entry.job, actor)
+            self._projection.export(entry.job, self._hub.streams(job.job_id))

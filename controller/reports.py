@@ -1,0 +1,133 @@
+"""The Report command: a worker's progress, behind :meth:`ControllerService.report`.
+
+Rank 0's report is checked against the job's attach epoch, then sets the effective step of
+each event it applied, the job's progress (step, LRs, applied version, world size; the final
+report sets the world size to 0), consumes plateau metrics (possibly appending PLATEAU_REDUCE
+events, as many as fit in the job's log) and counts divergences in metrics. The decisions are
+in docs/controller.md ("Reports").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+
+from controller.errors import InvalidArgument
+from controller.jobs import (
+    JobEntry,
+    check_epoch,
+    check_evaluable,
+    check_report,
+    event_bytes,
+    log_bytes,
+    mark_applied,
+    with_events,
+)
+from controller.limits import ServerLimits
+from controller.projection import Projection
+from controller.rows import Change, ConsumedMetric
+from controller.table import JobTable
+from lrctl import constants
+from lrctl.model import Report
+from lrctl.overrides import Event
+
+__all__ = ["ReportHandler"]
+
+_log = logging.getLogger("lrctl.controller.service")
+
+
+class ReportHandler:
+    """Records reports for a :class:`~controller.service.ControllerService` (its table,
+    limits and projection; ``after_commit`` and ``after_write`` are its own steps after a
+    commit)."""
+
+    def __init__(self, table: JobTable, limits: ServerLimits, projection: Projection,
+                 log_budget: int, now: Callable[[], float],
+                 after_commit: Callable[[str], AbstractContextManager[None]],
+                 after_write: Callable[[JobEntry, Sequence[Event], Sequence[Event]], None],
+                 ) -> None:
+        self._table = table
+        self._limits = limits
+        self._projection = projection
+        self._log_budget = log_budget
+        self._now = now
+        self._after_commit = after_commit
+        self._after_write = after_write
+
+    async def report(self, report: Report) -> int:
+        """See :meth:`controller.service.ControllerService.report`."""
+        items = max(len(report.applied), len(report.plateau_metrics), len(report.divergences))
+        if items > self._limits.max_report_items:
+            raise InvalidArgument(
+                f"expected at most {self._limits.max_report_items} applied versions, plateau "
+                f"metrics and divergences each in one report (lrctl serve --max-report-items), "
+                f"got {len(report.applied)}, {len(report.plateau_metrics)} and "
+                f"{len(report.divergences)}; send them over several reports")
+        if report.rank < 0 or report.step < -1 or report.world_size < 0:
+            raise InvalidArgument(f"expected rank >= 0, step >= -1 and world_size >= 0, got "
+                                  f"rank={report.rank}, step={report.step}, "
+                                  f"world_size={report.world_size}")
+        async with self._table.lock(report.job_id):
+            entry = self._table.get(report.job_id)
+            check_evaluable(entry)
+            before = entry.job
+            check_epoch(before, report.epoch)
+            if report.rank != 0:
+                return before.version
+            pairs = sorted(set(report.applied))
+            check_report(before, report, pairs)
+            now = self._now()
+            done = mark_applied(before.events, pairs, now)
+            new_events: list[Event] = []
+            consumed: list[ConsumedMetric] = []
+            job = before
+            if entry.running:
+                new_events, consumed = entry.plateau.consume(report.plateau_metrics,
+                                                             before.version, now)
+                new_events = self._room(entry, new_events)
+                job = replace(before, step=report.step, lr=report.lrs or before.lr,
+                              applied_version=report.applied_version,
+                              world_size=0 if report.final else report.world_size,
+                              updated_at=now)
+            elif not done:
+                return before.version
+            if done or new_events:
+                job = replace(job, version=new_events[-1].version if new_events else job.version,
+                              events=with_events(job.events, done, new_events))
+
+            def apply() -> None:
+                entry.job = job
+                entry.plateau.commit()
+
+            # Effective steps, new events, plateau metrics and a run's final report are
+            # durable before the reply; bare progress (step, LRs, ~10/s from rank 0) is
+            # fsynced at most every PROGRESS_PERSIST_S; a restart may show a slightly older
+            # step, never another version.
+            if (done or new_events or consumed or report.final
+                    or now - entry.persisted_at >= constants.PROGRESS_PERSIST_S):
+                await self._table.write(Change(job.head(), new_events, done, consumed), apply)
+                entry.persisted_at = now
+            else:
+                apply()
+            with self._after_commit(report.job_id):
+                self._projection.reported(before, job, report)
+            self._after_write(entry, new_events, done)
+            return job.version
+
+    def _room(self, entry: JobEntry, events: list[Event]) -> list[Event]:
+        """The plateau reductions that fit in the job's log (events and bytes); the rest
+        are dropped with a warning: a report must not fail for a full log."""
+        room = self._limits.max_events_per_job - len(entry.job.events)
+        size = log_bytes(entry)
+        kept: list[Event] = []
+        for event in events:
+            size += event_bytes(event)
+            if len(kept) >= room or size > self._log_budget:
+                _log.warning("job %s: its log is full (lrctl serve --max-events-per-job, "
+                             "--max-message-bytes); %d plateau reduction(s) not appended",
+                             entry.job.job_id, len(events) - len(kept))
+                break
+            kept.append(event)
+        return kept
