@@ -22,6 +22,7 @@ from lrctl.expressions import compile_expression
 from lrctl.overrides import Event, Op
 from lrctl.program import LRProgram
 from tests.test_parity import assert_rows_close
+from tests.torch_ref import lr_rows
 
 BASE = [0.1, 0.05]
 
@@ -33,13 +34,7 @@ def torch_rows(make: Callable[[torch.optim.Optimizer], Any], base: list[float],
                "lr": torch.tensor(b, dtype=torch.float64) if i == 1 else b}
               for i, b in enumerate(base)]
     opt = torch.optim.SGD(groups, lr=0.001)
-    sched = make(opt)
-    rows = [[float(x) for x in sched.get_last_lr()]]
-    for _ in range(steps - 1):
-        opt.step()
-        sched.step()
-        rows.append([float(x) for x in sched.get_last_lr()])
-    return rows
+    return lr_rows(make(opt), opt, steps)
 
 
 # spec, the same scheduler in torch, rows: long enough to leave the float range.

@@ -11,7 +11,7 @@ import torch
 from lrctl.client import Client
 from lrctl.errors import SpecError
 from tests.procs import ControllerProcess
-from tests.torch_ref import build_torch
+from tests.torch_ref import build_torch, lr_rows
 from worker import RemoteLRScheduler, WorkerConfig, WorkerError
 
 
@@ -33,16 +33,6 @@ def make_optimizer(kind: str = "sgd") -> torch.optim.Optimizer:
     if kind == "adam":
         return torch.optim.Adam(groups)
     return torch.optim.SGD(groups, momentum=0.9)
-
-
-def run(scheduler: RemoteLRScheduler, optimizer: torch.optim.Optimizer,
-        steps: int) -> list[list[float]]:
-    rows = [[float(x) for x in scheduler.get_last_lr()]]
-    for _ in range(steps - 1):
-        optimizer.step()
-        scheduler.step()
-        rows.append([float(x) for x in scheduler.get_last_lr()])
-    return rows
 
 
 def wait_for_version(scheduler: RemoteLRScheduler, version: int, timeout: float = 10) -> None:
@@ -79,18 +69,18 @@ def test_override_takes_effect_and_resume_replays_exactly(
     spec = "ExponentialLR(gamma=0.99)"
     opt = make_optimizer()
     first = RemoteLRScheduler(opt, spec, job="resume", address=controller.address)
-    rows = run(first, opt, 30)
+    rows = lr_rows(first, opt, 30)
     version = client.override("resume", "lr *= 0.5", reason="spike").event.version
     wait_for_version(first, version)
     opt.step()
     first.step()  # applied at step 30
     assert float(opt.param_groups[0]["lr"]) == pytest.approx(0.1 * 0.99**30 * 0.5)
     rows.append([float(x) for x in first.get_last_lr()])
-    rows += run(first, opt, 31)[1:]  # to step 60
+    rows += lr_rows(first, opt, 31)[1:]  # to step 60
     checkpoint = first.state_dict()
     version = client.override("resume", "lr = 1e-3", group=1).event.version
     wait_for_version(first, version)
-    rows += run(first, opt, 41)[1:]  # to step 100
+    rows += lr_rows(first, opt, 41)[1:]  # to step 100
     first.close()
     history = client.history("resume")
     assert [e.effective_step for e in history] == [30, 61]
@@ -100,7 +90,7 @@ def test_override_takes_effect_and_resume_replays_exactly(
     second = RemoteLRScheduler(opt2, spec, job="resume", address=controller.address)
     second.load_state_dict(checkpoint)
     replay = [[float(x) for x in second.get_last_lr()]]
-    replay += run(second, opt2, 41)[1:]
+    replay += lr_rows(second, opt2, 41)[1:]
     second.close()
     assert replay == rows[60:]
 
@@ -158,7 +148,7 @@ def test_final_progress_is_flushed_on_close(controller: ControllerProcess,
     opt = make_optimizer()
     spec = "StepLR(step_size=5)"
     with RemoteLRScheduler(opt, spec, job="flush", address=controller.address) as s:
-        run(s, opt, 13)
+        lr_rows(s, opt, 13)
     job = client.get_job("flush")
     assert job.step == 12
     assert job.lr == pytest.approx([0.001, 0.0005])
@@ -171,7 +161,7 @@ def test_override_made_while_down_takes_effect_at_the_resume_step(
     spec = "StepLR(step_size=100)"
     opt = make_optimizer()
     with RemoteLRScheduler(opt, spec, job="resume-pending", address=controller.address) as s:
-        run(s, opt, 21)  # to step 20
+        lr_rows(s, opt, 21)  # to step 20
         checkpoint = s.state_dict()
     client.override("resume-pending", "lr = 1e-3", reason="while down")
     opt2 = make_optimizer()
@@ -246,10 +236,10 @@ def test_rank_0_reports_the_agreed_version_and_the_final_report_detaches(
     opt = make_optimizer()
     with RemoteLRScheduler(opt, "StepLR(step_size=5)", job="final",
                            address=controller.address) as sched:
-        run(sched, opt, 5)
+        lr_rows(sched, opt, 5)
         version = client.override("final", "lr /= 2").event.version
         wait_for_version(sched, version)
-        run(sched, opt, 3)
+        lr_rows(sched, opt, 3)
         assert sched.applied_version == version
         deadline = time.monotonic() + 10
         while (job := client.get_job("final")).applied_version < version:

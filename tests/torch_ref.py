@@ -75,6 +75,16 @@ def _value(x: Any) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
 
+def lr_rows(scheduler: Any, optimizer: torch.optim.Optimizer, steps: int) -> list[list[float]]:
+    """``steps`` rows of ``scheduler.get_last_lr()``: the current one, then one per step."""
+    rows = [[float(x) for x in scheduler.get_last_lr()]]
+    for _ in range(steps - 1):
+        optimizer.step()
+        scheduler.step()
+        rows.append([float(x) for x in scheduler.get_last_lr()])
+    return rows
+
+
 def torch_rows(spec: str, base_lrs: Sequence[float], steps: int, *,
                tensor_group: int | None = 1, kind: str = "sgd",
                ) -> tuple[list[list[float]], list[list[float]]]:
