@@ -167,11 +167,8 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts every RPC by method and final status and times it (streams: at stream end)."""
-
-    def __init__(self, metrics: ControllerMetrics) -> None:
-        self._metrics = metrics
+class _HandlerInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that replaces each method's handler with :meth:`_intercept`'s."""
 
     async def intercept_service(self, continuation: Continuation,
                                 handler_call_details: grpc.HandlerCallDetails,
@@ -179,7 +176,19 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        service, method = _split(handler_call_details.method)
+        return self._intercept(handler, *_split(handler_call_details.method))
+
+    def _intercept(self, handler: Handler, service: str, method: str) -> Handler:
+        raise NotImplementedError
+
+
+class MetricsInterceptor(_HandlerInterceptor):
+    """Counts every RPC by method and final status and times it (streams: at stream end)."""
+
+    def __init__(self, metrics: ControllerMetrics) -> None:
+        self._metrics = metrics
+
+    def _intercept(self, handler: Handler, service: str, method: str) -> Handler:
 
         @contextlib.contextmanager
         def observed(context: Any) -> Iterator[None]:
@@ -214,7 +223,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return rewrap(handler, wrap)
 
 
-class StatusInterceptor(grpc.aio.ServerInterceptor):
+class StatusInterceptor(_HandlerInterceptor):
     """Ends a call of ``service`` that raised with the status :func:`status_for` gives.
 
     Also ends a call of any service whose request bytes do not parse with INVALID_ARGUMENT.
@@ -227,13 +236,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str) -> None:
         self._service = service
 
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: grpc.HandlerCallDetails,
-                                ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        service, method = _split(handler_call_details.method)
+    def _intercept(self, handler: Handler, service: str, method: str) -> Handler:
         ours = service == self._service
 
         async def abort(context: Any, exc: Exception) -> None:
