@@ -28,20 +28,23 @@ from torch.nn.parallel import DistributedDataParallel
 from worker import RemoteLRScheduler
 
 
-def main() -> int:
+def rank_arguments() -> argparse.ArgumentParser:
+    """The flags every test rank takes (this one's and tests/fault_worker.py's)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--world", type=int, required=True)
     parser.add_argument("--init", required=True)
     parser.add_argument("--job", required=True)
     parser.add_argument("--address", default=None)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--sleep", type=float, default=0.02)
-    parser.add_argument("--schedule", default="CosineAnnealingLR(T_max=100, eta_min=0.001)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--late-rank", type=int, default=-1)
-    args = parser.parse_args()
+    parser.add_argument("--sleep", type=float, default=0.02)
+    return parser
 
+
+def start_rank(args: argparse.Namespace, lr2: float | torch.Tensor,
+               ) -> tuple[torch.nn.Sequential, DistributedDataParallel, torch.optim.SGD]:
+    """Join the gloo group; the model, its DDP wrapper and an SGD optimizer with two param
+    groups (LRs 0.1 and ``lr2``)."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{args.init}", rank=args.rank,
@@ -50,8 +53,33 @@ def main() -> int:
     ddp = DistributedDataParallel(model)
     optimizer = torch.optim.SGD([
         {"params": model[0].parameters(), "lr": 0.1},
-        {"params": model[2].parameters(), "lr": torch.tensor(0.05)},  # a tensor LR
+        {"params": model[2].parameters(), "lr": lr2},
     ], momentum=0.9)
+    return model, ddp, optimizer
+
+
+def train_step(ddp: DistributedDataParallel, optimizer: torch.optim.SGD,
+               scheduler: RemoteLRScheduler, gen: torch.Generator) -> list[float]:
+    """One training step and scheduler step; the log row ``[step, applied_version, lr...]``."""
+    x = torch.randn(32, 8, generator=gen)
+    y = x.sum(dim=1, keepdim=True).sin()
+    loss = torch.nn.functional.mse_loss(ddp(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    return [scheduler.last_epoch, scheduler.applied_version, *lrs]
+
+
+def main() -> int:
+    parser = rank_arguments()
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--schedule", default="CosineAnnealingLR(T_max=100, eta_min=0.001)")
+    parser.add_argument("--late-rank", type=int, default=-1)
+    args = parser.parse_args()
+
+    model, ddp, optimizer = start_rank(args, torch.tensor(0.05))  # a tensor LR
     try:
         scheduler = RemoteLRScheduler(optimizer, args.schedule, job=args.job,
                                       address=args.address)
@@ -63,15 +91,7 @@ def main() -> int:
     gen = torch.Generator().manual_seed(1000 + args.rank)
     log = []
     for _ in range(args.steps):
-        x = torch.randn(32, 8, generator=gen)
-        y = x.sum(dim=1, keepdim=True).sin()
-        loss = torch.nn.functional.mse_loss(ddp(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        lrs = [float(g["lr"]) for g in optimizer.param_groups]
-        log.append([scheduler.last_epoch, scheduler.applied_version, *lrs])
+        log.append(train_step(ddp, optimizer, scheduler, gen))
         if args.sleep:
             time.sleep(args.sleep)
     held_stream = scheduler._link is not None

@@ -12,7 +12,6 @@ parameters; rank 0 also writes DIR/progress (its latest step) every 10 steps.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -21,50 +20,26 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
+from tests.ddp_worker import rank_arguments, start_rank, train_step
 from worker import RemoteLRScheduler
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--world", type=int, required=True)
-    parser.add_argument("--init", required=True)
-    parser.add_argument("--job", required=True)
-    parser.add_argument("--address", default=None)
-    parser.add_argument("--out", required=True)
+    parser = rank_arguments()
     parser.add_argument("--stop-file", required=True)
-    parser.add_argument("--sleep", type=float, default=0.02)
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--schedule", default="CosineAnnealingLR(T_max=400, eta_min=0.001)")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{args.init}", rank=args.rank,
-                            world_size=args.world)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    ddp = DistributedDataParallel(model)
-    optimizer = torch.optim.SGD([
-        {"params": model[0].parameters(), "lr": 0.1},
-        {"params": model[2].parameters(), "lr": 0.05},
-    ], momentum=0.9)
+    model, ddp, optimizer = start_rank(args, 0.05)
     scheduler = RemoteLRScheduler(optimizer, args.schedule, job=args.job, address=args.address)
     gen = torch.Generator().manual_seed(1000 + args.rank)
     out = Path(args.out)
     log = []
     stop = torch.zeros(1)
     for step in range(args.max_steps):
-        x = torch.randn(32, 8, generator=gen)
-        y = x.sum(dim=1, keepdim=True).sin()
-        loss = torch.nn.functional.mse_loss(ddp(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        log.append([scheduler.last_epoch, scheduler.applied_version,
-                    *(float(g["lr"]) for g in optimizer.param_groups)])
+        log.append(train_step(ddp, optimizer, scheduler, gen))
         if args.rank == 0 and step % 10 == 0:
             tmp = out / "progress.tmp"
             tmp.write_text(str(scheduler.last_epoch))
