@@ -411,6 +411,14 @@ async def _sql(ctl: Controller, statement: str) -> None:
 Start = Callable[..., Awaitable[Controller]]
 
 
+async def _stub_with_a_job(chan: grpc.aio.Channel) -> lrctl_pb2_grpc.LRControllerStub:
+    """A stub on ``chan``, after creating job run-1 (StepLR(step_size=2), base LR 0.1) with it."""
+    stub = lrctl_pb2_grpc.LRControllerStub(chan)  # type: ignore[no-untyped-call]
+    await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)",
+                                             base_lrs=[0.1]))
+    return stub
+
+
 async def test_a_full_disk_refuses_writes_and_serves_reads(start_controller: Start,
                                                            tmp_path: Path) -> None:
     data = tmp_path / "data"
@@ -418,9 +426,7 @@ async def test_a_full_disk_refuses_writes_and_serves_reads(start_controller: Sta
         db = data / "lrctl.db"
         ctl = await start_controller(db=str(db), metrics_port=None)
         async with grpc.aio.insecure_channel(ctl.address) as chan:
-            stub = lrctl_pb2_grpc.LRControllerStub(chan)  # type: ignore[no-untyped-call]
-            await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)",
-                                                     base_lrs=[0.1]))
+            stub = await _stub_with_a_job(chan)
             ballast = data / "ballast"
             if real:  # fill the file system, keeping a ballast to free later
                 ballast.write_bytes(b"\0" * (512 << 10))
@@ -476,9 +482,7 @@ async def test_a_read_only_database_refuses_writes_and_serves_reads(
     db = tmp_path / "lrctl.db"
     ctl = await start_controller(db=str(db), metrics_port=None)
     async with grpc.aio.insecure_channel(ctl.address) as chan:
-        stub = lrctl_pb2_grpc.LRControllerStub(chan)  # type: ignore[no-untyped-call]
-        await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)",
-                                                 base_lrs=[0.1]))
+        stub = await _stub_with_a_job(chan)
         await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SCALE,
                                                value=0.5))
         await _sql(ctl, "PRAGMA query_only = ON")
