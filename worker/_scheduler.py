@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import warnings
 from collections.abc import Callable, Sequence
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -14,6 +13,7 @@ import torch.distributed as dist
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lrctl._closing import Closing
 from lrctl.limits import NO_LIMITS
 from lrctl.program import LRProgram
 from lrctl.schedules import ReduceLROnPlateau, Schedule
@@ -36,7 +36,7 @@ class _NoSlot:
     held: Held | None = None
 
 
-class RemoteLRScheduler(LRScheduler):
+class RemoteLRScheduler(LRScheduler, Closing):
     """A drop-in for a torch scheduler whose LR can be changed live from the controller.
 
     Construct it on every rank where you would construct the torch scheduler, and call
@@ -279,13 +279,6 @@ class RemoteLRScheduler(LRScheduler):
         if self._link is not None and self._values:
             self._link.post_progress(self.last_epoch, self._applied_version, self._values)
         self._release()
-
-    def __enter__(self) -> RemoteLRScheduler:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     # -- internals: construction ------------------------------------------------------------
 

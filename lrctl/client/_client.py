@@ -6,11 +6,11 @@ import getpass
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import grpc
 
+from lrctl._closing import Closing
 from lrctl.client._errors import ClientError, from_rpc_error
 from lrctl.client._tls import TLSConfig
 from lrctl.constants import (
@@ -104,7 +104,7 @@ class WatchStream(Iterator[WatchMessage]):
         self.cancel()
 
 
-class Client:
+class Client(Closing):
     """A synchronous, thread-safe connection to the lrctl controller.
 
     ::
@@ -345,13 +345,6 @@ class Client:
     def close(self) -> None:
         """Close the channel; open streams end. Idempotent."""
         self._channel.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"Client(address={self.address!r}, tls={self.tls is not None})"
