@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from controller.cli import _jobs, _preview, _serve, _watch
 from lrctl.client import Client, ClientError
@@ -68,6 +69,16 @@ def build_parser(*, serve_flags: bool = True) -> argparse.ArgumentParser:
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print JSON")
 
+    def job_command(commands: Any, name: str, handler: _ClientHandler,
+                    parents: Sequence[argparse.ArgumentParser] = (address, json_flag),
+                    **kwargs: Any) -> argparse.ArgumentParser:
+        """Add the command ``name`` on one JOB, which ``handler`` runs with a client."""
+        command: argparse.ArgumentParser = commands.add_parser(name, parents=list(parents),
+                                                               **kwargs)
+        command.add_argument("job", metavar="JOB", help=_JOB_HELP)
+        command.set_defaults(handler=_with_client(handler))
+        return command
+
     parser = argparse.ArgumentParser(
         prog="lrctl", description="Live learning-rate controller for PyTorch training.")
     parser.add_argument("--address", metavar="HOST:PORT", default=None, help=address_help)
@@ -81,9 +92,8 @@ def build_parser(*, serve_flags: bool = True) -> argparse.ArgumentParser:
 
     job = commands.add_parser("job", help="create, inspect, list and finish jobs")
     job_commands = job.add_subparsers(dest="job_command", metavar="COMMAND", required=True)
-    create = job_commands.add_parser("create", parents=[address, json_flag],
-                                     help="create a job (or attach to an identical one)")
-    create.add_argument("job", metavar="JOB", help=_JOB_HELP)
+    create = job_command(job_commands, "create", _jobs.create,
+                         help="create a job (or attach to an identical one)")
     create.add_argument("--schedule", required=True, metavar="SPEC",
                         help="e.g. 'StepLR(step_size=200, gamma=0.5)'")
     _add_base_lr(create)
@@ -91,24 +101,16 @@ def build_parser(*, serve_flags: bool = True) -> argparse.ArgumentParser:
                         help="replace the schedule of an existing job with a different one")
     create.add_argument("--verbose", action="store_true",
                         help="workers log every LR change (torch's verbose)")
-    create.set_defaults(handler=_with_client(_jobs.create))
-    get = job_commands.add_parser("get", parents=[address, json_flag],
-                                  help="show a job and its override log")
-    get.add_argument("job", metavar="JOB", help=_JOB_HELP)
-    get.set_defaults(handler=_with_client(_jobs.get))
+    job_command(job_commands, "get", _jobs.get, help="show a job and its override log")
     listing = job_commands.add_parser("list", parents=[address, json_flag], help="list jobs")
     listing.add_argument("--all", action="store_true", help="include finished jobs")
     listing.set_defaults(handler=_with_client(_jobs.list_jobs))
-    finish = job_commands.add_parser("finish", parents=[address, json_flag],
-                                     help="mark a job finished")
-    finish.add_argument("job", metavar="JOB", help=_JOB_HELP)
-    finish.set_defaults(handler=_with_client(_jobs.finish))
+    job_command(job_commands, "finish", _jobs.finish, help="mark a job finished")
 
-    override = commands.add_parser(
-        "override", parents=[address, json_flag], help="change a running job's LR",
+    override = job_command(
+        commands, "override", _jobs.override, help="change a running job's LR",
         description="Append an override: exactly one of EXPR ('lr /= 2', 'lr *= 0.1', "
                     "'lr = 3e-4'), --clear or --schedule SPEC.")
-    override.add_argument("job", metavar="JOB", help=_JOB_HELP)
     override.add_argument("expression", metavar="EXPR", nargs="*",
                           help="'lr /= X', 'lr *= X' or 'lr = X'")
     override.add_argument("--clear", action="store_true",
@@ -120,19 +122,14 @@ def build_parser(*, serve_flags: bool = True) -> argparse.ArgumentParser:
     override.add_argument("--reason", default="", metavar="TEXT", help="why, for the history")
     override.add_argument("--expected-version", type=int, metavar="V",
                           help="refuse (ABORTED) unless the job is at version V")
-    override.set_defaults(handler=_with_client(_jobs.override))
 
-    history = commands.add_parser("history", parents=[address, json_flag],
-                                  help="show who changed what, when, and at which step")
-    history.add_argument("job", metavar="JOB", help=_JOB_HELP)
-    history.set_defaults(handler=_with_client(_jobs.history))
+    job_command(commands, "history", _jobs.history,
+                help="show who changed what, when, and at which step")
 
-    watch = commands.add_parser("watch", parents=[address],
-                                help="follow a job live until it finishes")
-    watch.add_argument("job", metavar="JOB", help=_JOB_HELP)
+    watch = job_command(commands, "watch", _watch.run, parents=[address],
+                        help="follow a job live until it finishes")
     watch.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
                        help="refresh step and LR this often between updates (default 1)")
-    watch.set_defaults(handler=_with_client(_watch.run))
 
     preview = commands.add_parser(
         "preview", help="print a schedule's LRs, with no controller",
