@@ -24,11 +24,9 @@ import logging
 import time
 from bisect import bisect_right
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
-from dataclasses import replace
 from itertools import islice
 from typing import Any, TypeVar
 
-from controller.creation import JobCreator
 from controller.errors import InvalidArgument
 from controller.evaluate import Evaluator
 from controller.jobs import (
@@ -39,17 +37,17 @@ from controller.jobs import (
     encode_token,
     head_bytes,
 )
+from controller.lifecycle import JobLifecycle
 from controller.limits import ServerLimits
 from controller.metrics import ControllerMetrics
 from controller.override import OverrideHandler
 from controller.projection import Projection
 from controller.reports import ReportHandler
-from controller.rows import Change
 from controller.store_api import JobStore
 from controller.table import JobTable
 from controller.watch import WatchHub
 from lrctl import constants
-from lrctl.model import Job, JobState, Report, WatchMessage, check_job_id
+from lrctl.model import Job, Report, WatchMessage, check_job_id
 from lrctl.overrides import Event, Op
 from lrctl.program import LRProgram
 from lrctl.schedules import check_num_groups
@@ -90,8 +88,8 @@ class ControllerService:
         self._hub = WatchHub(heartbeat_seconds, on_count=self._streams_changed,
                              max_streams_per_job=limits.max_watch_streams_per_job,
                              max_streams=limits.max_watch_streams)
-        self._creator = JobCreator(self._table, limits, self._eval, self._projection,
-                                   self._hub, self._now, self._view, self._after_commit)
+        self._lifecycle = JobLifecycle(self._table, limits, self._eval, self._projection,
+                                       self._hub, self._now, self._view, self._after_commit)
         self._overrides = OverrideHandler(self._table, limits, self._eval, self._log_budget,
                                           max_message_bytes, self._now, self._view,
                                           self._after_write)
@@ -150,7 +148,7 @@ class ControllerService:
             FailedPrecondition: the job exists with another spec (or is finished, or cannot
                 be evaluated) and ``replace_existing`` is false.
         """
-        return await self._creator.create_job(
+        return await self._lifecycle.create_job(
             job_id, schedule, base_lrs, replace_existing=replace_existing, verbose=verbose,
             attach=attach, world_size=world_size, actor=actor)
 
@@ -214,21 +212,7 @@ class ControllerService:
             InvalidArgument: malformed job id.
             NotFound: no such job.
         """
-        async with self._table.lock(job_id):
-            entry = self._table.get(job_id)
-            if not entry.running:
-                return self._view(entry)
-            job = replace(entry.job, state=JobState.FINISHED, version=entry.job.version + 1,
-                          updated_at=self._now())
-
-            def apply() -> None:
-                entry.job = job
-
-            await self._table.write(Change(job), apply)
-            with self._after_commit(job_id):
-                self._hub.notify(job_id)
-                self._projection.finished(job, actor)
-            return self._view(entry)
+        return await self._lifecycle.finish_job(job_id, actor=actor)
 
     # -- overrides -----------------------------------------------------------------------------
 

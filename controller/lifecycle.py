@@ -1,5 +1,6 @@
-"""The CreateJob command (create, recreate with ``replace``, attach), behind
-:meth:`ControllerService.create_job <controller.service.ControllerService.create_job>`.
+"""A job's lifecycle: the CreateJob command (create, recreate with ``replace``, attach) and
+FinishJob, behind :meth:`controller.service.ControllerService.create_job` and
+:meth:`~controller.service.ControllerService.finish_job`.
 
 A create validates the spec off the event loop, then, inside the job's lock, attaches to the
 running job with the same spec and base LRs, refuses another spec (without ``replace``), or
@@ -22,15 +23,15 @@ from controller.projection import Projection
 from controller.rows import Change
 from controller.table import JobTable
 from controller.watch import WatchHub
-from lrctl.model import Job, check_job_id
+from lrctl.model import Job, JobState, check_job_id
 from lrctl.program import LRProgram
 from lrctl.schedules import check_num_groups
 
-__all__ = ["JobCreator"]
+__all__ = ["JobLifecycle"]
 
 
-class JobCreator:
-    """Creates and attaches jobs for a :class:`~controller.service.ControllerService` (its
+class JobLifecycle:
+    """Creates, attaches and finishes jobs for a :class:`~controller.service.ControllerService` (its
     table, limits, evaluator, projection and watch hub; ``view`` and ``after_commit`` are its
     own)."""
 
@@ -115,3 +116,21 @@ class JobCreator:
         with self._after_commit(job.job_id):
             self._projection.attached(entry.job, actor)
             self._projection.export(entry.job, self._hub.streams(job.job_id))
+
+    async def finish_job(self, job_id: str, *, actor: str = "") -> Job:
+        """See :meth:`controller.service.ControllerService.finish_job`."""
+        async with self._table.lock(job_id):
+            entry = self._table.get(job_id)
+            if not entry.running:
+                return self._view(entry)
+            job = replace(entry.job, state=JobState.FINISHED, version=entry.job.version + 1,
+                          updated_at=self._now())
+
+            def apply() -> None:
+                entry.job = job
+
+            await self._table.write(Change(job), apply)
+            with self._after_commit(job_id):
+                self._hub.notify(job_id)
+                self._projection.finished(job, actor)
+            return self._view(entry)
