@@ -78,6 +78,22 @@ def populate(path: Path, jobs: int, events: int, *, prefix: str = "job") -> list
     return ids
 
 
+def commit_times(path: Path, count: int) -> list[float]:
+    """Seconds of ``count`` SQLite commits of one small row each, with the controller's
+    settings (WAL, synchronous=FULL): the disk's part of an override."""
+    conn = connect(path)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    times = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t VALUES (?, ?)", (i, "x" * 200))
+        conn.execute("COMMIT")
+        times.append(time.perf_counter() - t0)
+    conn.close()
+    return times
+
+
 def pct(values: Sequence[float], q: float) -> float:
     """The q-quantile (0..1) of ``values``, nearest rank."""
     ordered = sorted(values)
