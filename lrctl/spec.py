@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import math
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ from typing import Any, TypeAlias, Union
 
 from lrctl.constants import DEFAULT_MAX_SPEC_BYTES
 from lrctl.errors import SizeLimitError, SpecError
+
+#: One parse at a time: CPython 3.11's ast.parse keeps its recursion depth in per-interpreter
+#: state (two threads parsing at once raise "SystemError: AST constructor recursion depth
+#: mismatch"), and catch_warnings changes process-wide state; the controller parses on threads.
+_PARSE_LOCK = threading.Lock()
 
 __all__ = ["Spec", "SpecValue", "parse_spec"]
 
@@ -120,7 +126,7 @@ def parse_spec(text: str | Spec | Mapping[str, Any], *,
         raise SpecError("schedule spec is empty; expected e.g. 'StepLR(step_size=200, gamma=0.5)'")
     try:
         # A warning ("invalid decimal literal") is a syntax error here, never printed.
-        with warnings.catch_warnings():
+        with _PARSE_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error")
             tree = ast.parse(stripped, mode="eval")
     except Warning as exc:
