@@ -22,19 +22,13 @@ from __future__ import annotations
 
 import ast
 import math
-import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, Union
 
+from lrctl._parsing import parse_eval
 from lrctl.constants import DEFAULT_MAX_SPEC_BYTES
 from lrctl.errors import SizeLimitError, SpecError
-
-#: One parse at a time: CPython 3.11's ast.parse keeps its recursion depth in per-interpreter
-#: state (two threads parsing at once raise "SystemError: AST constructor recursion depth
-#: mismatch"), and catch_warnings changes process-wide state; the controller parses on threads.
-_PARSE_LOCK = threading.Lock()
 
 __all__ = ["Spec", "SpecValue", "parse_spec"]
 
@@ -126,9 +120,7 @@ def parse_spec(text: str | Spec | Mapping[str, Any], *,
         raise SpecError("schedule spec is empty; expected e.g. 'StepLR(step_size=200, gamma=0.5)'")
     try:
         # A warning ("invalid decimal literal") is a syntax error here, never printed.
-        with _PARSE_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("error")
-            tree = ast.parse(stripped, mode="eval")
+        tree = parse_eval(stripped)
     except Warning as exc:
         raise SpecError(f"schedule spec is not valid syntax ({_short(str(exc))}); expected "
                         f"e.g. 'StepLR(step_size=200, gamma=0.5)', got {_quote(stripped)}"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ast
-import warnings
 from typing import Any, Final, NoReturn
 
+from lrctl._parsing import parse_eval
 from lrctl.expressions._grammar import (
     BINOPS,
     COMPARISONS,
@@ -208,11 +208,9 @@ class Validator:
 def parse(text: str) -> ast.Expression:
     """``ast.parse`` that turns every way it can fail into :class:`ExpressionError`."""
     try:
-        # Warnings (invalid escapes, "1if") become SyntaxErrors instead of leaking out. This
-        # touches the process-wide warning filters for the duration of one parse only.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            return ast.parse(text, mode="eval")
+        # Warnings (invalid escapes, "1if") raise instead of leaking out; one parse at a
+        # time (lrctl._parsing says why).
+        return parse_eval(text)
     except SyntaxError as exc:
         lines = text.splitlines() or [""]
         lineno = exc.lineno if exc.lineno and 0 < exc.lineno <= len(lines) else len(lines)
