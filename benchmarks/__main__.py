@@ -47,14 +47,23 @@ def _load(section: str) -> ModuleType | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("sections", nargs="*", metavar="SECTION",
-                        help=f"any of {', '.join(SECTIONS)} (default: all but soak)")
-    parser.add_argument("--write", action="store_true",
-                        help=f"replace the sections that ran in {RESULTS.relative_to(ROOT)}")
-    parser.add_argument("--quick", action="store_true",
-                        help="fewer repetitions (a smoke run; implies no --write)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "sections",
+        nargs="*",
+        metavar="SECTION",
+        help=f"any of {', '.join(SECTIONS)} (default: all but soak)",
+    )
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"replace the sections that ran in {RESULTS.relative_to(ROOT)}",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repetitions (a smoke run; implies no --write)"
+    )
     sections = [a for a in (argv if argv is not None else sys.argv[1:]) if a in SECTIONS]
     modules: dict[str, ModuleType] = {}
     for section in sections or DEFAULT_SECTIONS:

@@ -36,8 +36,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    parts = [f"{cpu}, {os.cpu_count()} CPUs", f"Python {platform.python_version()}",
-             f"{platform.system()} {platform.release()}"]
+    parts = [
+        f"{cpu}, {os.cpu_count()} CPUs",
+        f"Python {platform.python_version()}",
+        f"{platform.system()} {platform.release()}",
+    ]
     try:
         import torch
 
@@ -69,7 +72,7 @@ def write_section(section: str, title: str, body: str, path: Path = RESULTS) -> 
         text = span.sub(lambda _: block, text, count=1)
     else:
         # Insert before the first section that comes later in SECTIONS, else at the end.
-        later = [_markers(s)[0] for s in SECTIONS[SECTIONS.index(section) + 1:]]
+        later = [_markers(s)[0] for s in SECTIONS[SECTIONS.index(section) + 1 :]]
         at = min((text.index(m) for m in later if m in text), default=len(text))
         head, tail = text[:at].rstrip("\n"), text[at:]
         text = f"{head}\n\n{block}\n" + (f"\n{tail}" if tail else "")

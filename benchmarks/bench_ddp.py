@@ -74,8 +74,9 @@ def rank_main(args: argparse.Namespace) -> int:
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{args.init}", rank=args.rank,
-                            world_size=args.world)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{args.init}", rank=args.rank, world_size=args.world
+    )
     model, width, batch = _model(args.model)
     ddp = DistributedDataParallel(model)
     side = dist.new_group(backend="gloo")
@@ -95,21 +96,21 @@ def rank_main(args: argparse.Namespace) -> int:
         if variant in ("torch", "bare"):
             return CosineAnnealingLR(optimizer, T_max=1000, eta_min=0.001)
         every = {"default": 0, "every1": 1, "every10": 10}[variant]
-        config = WorkerConfig(job=job, address=args.address or "127.0.0.1:1",
-                              agree_every=every)
+        config = WorkerConfig(job=job, address=args.address or "127.0.0.1:1", agree_every=every)
         return RemoteLRScheduler(optimizer, spec, config=config)
 
     out: dict[str, Any] = {"rounds": []}
     if args.mode == "overhead":
         for r in range(args.rounds):
-            order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
+            order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
             times: dict[str, float] = {}
             inside: dict[str, float] = {}
             inside_cpu: dict[str, float] = {}
             for variant in order:
                 optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-                sched = scheduler_for(variant, optimizer, f"bench-{args.world}-{args.model}-"
-                                                          f"{variant}")
+                sched = scheduler_for(
+                    variant, optimizer, f"bench-{args.world}-{args.model}-{variant}"
+                )
                 bare = variant == "bare"
                 for _ in range(args.warmup):
                     train_step(optimizer)
@@ -142,6 +143,7 @@ def rank_main(args: argparse.Namespace) -> int:
         stop = threading.Event()
         link = sched._link
         if link is not None:
+
             def poll() -> None:
                 seen = link.held
                 while not stop.wait(0.0002):
@@ -151,6 +153,7 @@ def rank_main(args: argparse.Namespace) -> int:
                             # The time, and the last step done when it arrived.
                             arrivals.append((held.version, time.monotonic(), sched.last_epoch))
                         seen = held
+
             poller = threading.Thread(target=poll, daemon=True)
             poller.start()
         applied: list[tuple[int, int, float]] = []
@@ -166,7 +169,8 @@ def rank_main(args: argparse.Namespace) -> int:
                 version = sched.applied_version
                 applied.append((version, sched.last_epoch, time.monotonic()))
             if sched._agreement is not None and (
-                    not exchanges or exchanges[-1] != sched._agreement.next_call):
+                not exchanges or exchanges[-1] != sched._agreement.next_call
+            ):
                 exchanges.append(sched._agreement.next_call)
             if steps % 50 == 0:  # every rank stops at the same step
                 flag = torch.tensor([1.0 if time.monotonic() > deadline else 0.0])
@@ -174,8 +178,13 @@ def rank_main(args: argparse.Namespace) -> int:
                 if flag.item():
                     break
         stop.set()
-        out.update(arrivals=arrivals, applied=applied, exchanges=exchanges, steps=steps,
-                   seconds=args.seconds)
+        out.update(
+            arrivals=arrivals,
+            applied=applied,
+            exchanges=exchanges,
+            steps=steps,
+            seconds=args.seconds,
+        )
         sched.close()
     Path(args.out, f"rank-{args.rank}.json").write_text(json.dumps(out))
     dist.destroy_process_group()
@@ -202,21 +211,40 @@ class Overhead:
         return self.direct_us(variant) / bare if bare > 0 else float("nan")
 
 
-def _launch(tmp: Path, address: str, world: int, model: str, mode: str,
-            extra: list[str]) -> tuple[list[subprocess.Popen[str]], Path]:
+def _launch(
+    tmp: Path, address: str, world: int, model: str, mode: str, extra: list[str]
+) -> tuple[list[subprocess.Popen[str]], Path]:
     out = tmp / f"{mode}-{world}-{model}"
     out.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LRCTL_")}
     env["PYTHONPATH"] = str(ROOT)
     procs = []
     for rank in range(world):
-        cmd = [sys.executable, "-m", "benchmarks.bench_ddp", "--rank", str(rank), "--world",
-               str(world), "--init", str(out / "init"), "--model", model, "--mode", mode,
-               "--out", str(out), *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_ddp",
+            "--rank",
+            str(rank),
+            "--world",
+            str(world),
+            "--init",
+            str(out / "init"),
+            "--model",
+            model,
+            "--mode",
+            mode,
+            "--out",
+            str(out),
+            *extra,
+        ]
         if rank == 0:
             cmd += ["--address", address]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     return procs, out
 
 
@@ -227,17 +255,24 @@ def _wait(procs: list[subprocess.Popen[str]], timeout: float) -> None:
             raise RuntimeError(f"a benchmark rank failed:\n{output}")
 
 
-def measure_overhead(address: str, tmp: Path, world: int, model: str, *, rounds: int,
-                     steps: int, warmup: int) -> Overhead:
-    procs, out = _launch(tmp, address, world, model, "overhead",
-                         ["--rounds", str(rounds), "--steps", str(steps),
-                          "--warmup", str(warmup)])
+def measure_overhead(
+    address: str, tmp: Path, world: int, model: str, *, rounds: int, steps: int, warmup: int
+) -> Overhead:
+    procs, out = _launch(
+        tmp,
+        address,
+        world,
+        model,
+        "overhead",
+        ["--rounds", str(rounds), "--steps", str(steps), "--warmup", str(warmup)],
+    )
     _wait(procs, timeout=3600)
     rounds_data = json.loads((out / "rank-0.json").read_text())["rounds"]
     loops = [r["loop"] for r in rounds_data]
     torch_us = statistics.median(r["torch"] for r in loops)
-    overhead = {v: statistics.median(r[v] - r["torch"] for r in loops)
-                for v in VARIANTS if v != "torch"}
+    overhead = {
+        v: statistics.median(r[v] - r["torch"] for r in loops) for v in VARIANTS if v != "torch"
+    }
     inside = {v: statistics.median(r["inside"][v] for r in rounds_data) for v in VARIANTS}
     return Overhead(world, model, torch_us, overhead, inside)
 
@@ -253,8 +288,9 @@ class Latency:
     intervals: list[int]  # steps between exchanges, as paced by rank 0
 
 
-def measure_latency(address: str, tmp: Path, world: int, model: str, *, seconds: float,
-                    overrides: int) -> Latency:
+def measure_latency(
+    address: str, tmp: Path, world: int, model: str, *, seconds: float, overrides: int
+) -> Latency:
     from lrctl.client import Client
 
     job = f"latency-{world}-{model}"
@@ -275,8 +311,9 @@ def measure_latency(address: str, tmp: Path, world: int, model: str, *, seconds:
         for i in range(overrides):
             time.sleep(rng.uniform(0.15, 0.45))
             before = time.monotonic()
-            result = client.override(job, "lr *= 0.9" if i % 2 else "lr /= 0.9",
-                                     reason=f"latency {i}")
+            result = client.override(
+                job, "lr *= 0.9" if i % 2 else "lr /= 0.9", reason=f"latency {i}"
+            )
             sent[result.event.version] = before
     _wait(procs, timeout=seconds + 300)
     ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(world)]

@@ -101,8 +101,9 @@ def time_lrctl(case: Case, steps: int, address: str, job: str) -> float:
     return elapsed / steps / 1000
 
 
-def measure(cases: Sequence[Case], *, steps: int, runs: int, address: str,
-            progress: bool = True) -> list[Result]:
+def measure(
+    cases: Sequence[Case], *, steps: int, runs: int, address: str, progress: bool = True
+) -> list[Result]:
     """Median µs per step of each side over ``runs`` alternating runs per case."""
     torch.set_num_threads(1)
     out = []
@@ -122,10 +123,13 @@ def measure(cases: Sequence[Case], *, steps: int, runs: int, address: str,
             result = Result(case, statistics.median(theirs), statistics.median(ours), runs)
             out.append(result)
             if progress:
-                print(f"  [{i}/{len(cases)}] {case.name} x{case.groups}"
-                      f"{' (tensor LR)' if case.tensor_group is not None else ''}: torch "
-                      f"{result.torch_us:.2f} µs, lrctl {result.lrctl_us:.2f} µs, "
-                      f"{result.ratio:.2f}x", file=sys.stderr)
+                print(
+                    f"  [{i}/{len(cases)}] {case.name} x{case.groups}"
+                    f"{' (tensor LR)' if case.tensor_group is not None else ''}: torch "
+                    f"{result.torch_us:.2f} µs, lrctl {result.lrctl_us:.2f} µs, "
+                    f"{result.ratio:.2f}x",
+                    file=sys.stderr,
+                )
     return out
 
 
@@ -138,11 +142,15 @@ def tensor_cases() -> list[Case]:
 
 
 def table(results: Sequence[Result]) -> str:
-    lines = ["| schedule | groups | torch µs/step | RemoteLRScheduler µs/step | ratio |",
-             "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| schedule | groups | torch µs/step | RemoteLRScheduler µs/step | ratio |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in results:
-        lines.append(f"| `{r.case.name}` | {r.case.groups} | {r.torch_us:.2f} | "
-                     f"{r.lrctl_us:.2f} | {r.ratio:.2f} |")
+        lines.append(
+            f"| `{r.case.name}` | {r.case.groups} | {r.torch_us:.2f} | "
+            f"{r.lrctl_us:.2f} | {r.ratio:.2f} |"
+        )
     ratios = [r.ratio for r in results]
     lines.append(f"| **median** | | | | **{statistics.median(ratios):.2f}** |")
     lines.append(f"| **max** | | | | **{max(ratios):.2f}** |")
@@ -152,8 +160,9 @@ def table(results: Sequence[Result]) -> str:
 def run_all(*, steps: int, runs: int, tensor: bool = True) -> tuple[list[Result], list[Result]]:
     with tempfile.TemporaryDirectory() as tmp, ControllerProcess(Path(tmp) / "bench.db") as ctl:
         main = measure(main_cases(), steps=steps, runs=runs, address=ctl.address)
-        extra = measure(tensor_cases(), steps=steps, runs=runs,
-                        address=ctl.address) if tensor else []
+        extra = (
+            measure(tensor_cases(), steps=steps, runs=runs, address=ctl.address) if tensor else []
+        )
     return main, extra
 
 

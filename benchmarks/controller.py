@@ -23,16 +23,32 @@ PARTS = ("override", "metrics", "fanout", "startup")
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
-    parser.add_argument("--controller-parts", default=",".join(PARTS),
-                        help=f"comma-separated parts of this section ({', '.join(PARTS)})")
-    parser.add_argument("--controller-events", default="10,1000,10000",
-                        help="log lengths of the override part (default 10,1000,10000)")
-    parser.add_argument("--controller-overrides", type=int, default=0,
-                        help="overrides per run of the override part (default 200; 40 quick)")
-    parser.add_argument("--controller-jobs", default="1000,10000",
-                        help="running jobs of the /metrics part (default 1000,10000)")
-    parser.add_argument("--controller-streams", default="8,128,1000",
-                        help="Watch streams of the fan-out part (default 8,128,1000)")
+    parser.add_argument(
+        "--controller-parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts of this section ({', '.join(PARTS)})",
+    )
+    parser.add_argument(
+        "--controller-events",
+        default="10,1000,10000",
+        help="log lengths of the override part (default 10,1000,10000)",
+    )
+    parser.add_argument(
+        "--controller-overrides",
+        type=int,
+        default=0,
+        help="overrides per run of the override part (default 200; 40 quick)",
+    )
+    parser.add_argument(
+        "--controller-jobs",
+        default="1000,10000",
+        help="running jobs of the /metrics part (default 1000,10000)",
+    )
+    parser.add_argument(
+        "--controller-streams",
+        default="8,128,1000",
+        help="Watch streams of the fan-out part (default 8,128,1000)",
+    )
 
 
 def run(args: argparse.Namespace) -> str:
@@ -41,10 +57,12 @@ def run(args: argparse.Namespace) -> str:
     if unknown:
         raise SystemExit(f"unknown controller part(s) {sorted(unknown)}; expected {PARTS}")
     quick = args.quick
-    out = [f"Machine: {machine()}. `python -m benchmarks controller --write` "
-           "(one part: `--controller-parts override|metrics|fanout|startup`). Loopback only; "
-           "the controller is `lrctl serve` on SQLite (WAL, fsync at every commit) unless "
-           "said otherwise."]
+    out = [
+        f"Machine: {machine()}. `python -m benchmarks controller --write` "
+        "(one part: `--controller-parts override|metrics|fanout|startup`). Loopback only; "
+        "the controller is `lrctl serve` on SQLite (WAL, fsync at every commit) unless "
+        "said otherwise."
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if "override" in parts:
@@ -95,19 +113,26 @@ def _override_part(work: Path, sizes: list[int], count: int, rounds: int) -> lis
             pid = ctl.proc.pid
             print(f"  override: {n} events, {rounds} rounds", flush=True)
             for round_ in range(rounds):  # a job of n events per run, kinds alternating
-                job = ids[3 * round_:3 * round_ + 3]
+                job = ids[3 * round_ : 3 * round_ + 3]
                 runs["one"].append(ctl_load.override_run(ctl.address, pid, job[0], 1, count))
-                runs["eight"].append(ctl_load.override_run(ctl.address, pid, job[1], 8,
-                                                           max(count // 4, 1)))
-                runs["reported"].append(ctl_load.override_run(
-                    ctl.address, pid, job[2], 1, max(count // 2, 1), report_every=1))
-        one, eight, reported = ({k: statistics.median(run[k] for run in runs[kind])
-                                 for k in runs[kind][0]}
-                                for kind in ("one", "eight", "reported"))
+                runs["eight"].append(
+                    ctl_load.override_run(ctl.address, pid, job[1], 8, max(count // 4, 1))
+                )
+                runs["reported"].append(
+                    ctl_load.override_run(
+                        ctl.address, pid, job[2], 1, max(count // 2, 1), report_every=1
+                    )
+                )
+        one, eight, reported = (
+            {k: statistics.median(run[k] for run in runs[kind]) for k in runs[kind][0]}
+            for kind in ("one", "eight", "reported")
+        )
         for clients, r in ((1, one), (8, eight)):
             rep = f"{reported['report_p50']:.2f}" if clients == 1 else ""
-            lines.append(f"| {n:,} | {clients} | {r['p50']:.2f} | {r['p99']:.2f} | "
-                         f"{r['rate']:.0f} | {r['cpu']:.2f} | {rep} |")
+            lines.append(
+                f"| {n:,} | {clients} | {r['p50']:.2f} | {r['p99']:.2f} | "
+                f"{r['rate']:.0f} | {r['cpu']:.2f} | {rep} |"
+            )
         p50s[n] = (one["p50"], eight["p50"], reported["report_p50"])
     commits = ctl_load.commit_times(work / "commits.db", 300)
     lines += [
@@ -162,10 +187,12 @@ def _metrics_part(work: Path, sizes: list[int], quick: bool) -> list[str]:
         rounds = (3 if quick else 10) if n <= 1000 else (2 if quick else 4)
         print(f"  metrics: {n} jobs, {rounds} rounds", flush=True)
         r = ctl_load.metrics_run(db, n, rounds)
-        lines.append(f"| {n:,} | {r['series']:,} | {r['bytes'] / 1024:.0f} | "
-                     f"{r['changed_p50']:.1f} / {r['changed_max']:.1f} | "
-                     f"{r['unchanged_p50']:.1f} | {r['stall_max']:.1f} | {r['generic']:.1f} | "
-                     f"{r['changed_p50'] / r['generic']:.2f} |")
+        lines.append(
+            f"| {n:,} | {r['series']:,} | {r['bytes'] / 1024:.0f} | "
+            f"{r['changed_p50']:.1f} / {r['changed_max']:.1f} | "
+            f"{r['unchanged_p50']:.1f} | {r['stall_max']:.1f} | {r['generic']:.1f} | "
+            f"{r['changed_p50'] / r['generic']:.2f} |"
+        )
     lines += [
         "",
         "Reading it: every series with a `job_id` label lives in one collector that formats a "
@@ -215,24 +242,28 @@ def _fanout_part(work: Path, sizes: list[int], quick: bool) -> list[str]:
         runs: dict[str, list[dict[str, float]]] = {"bare": [], "lrctl": []}
         for round_ in range(rounds):  # a fresh server each time (its RSS growth is the streams')
             with ctl_fanout.BareServer() as bare:
-                runs["bare"].append(ctl_fanout.propagation(
-                    bare.address, bare.pid, "bench", s, overrides, gap))
-            with ControllerProcess(work / f"fanout-{s}-{round_}.db",
-                                   extra=("--heartbeat-seconds", "60")) as ctl:
+                runs["bare"].append(
+                    ctl_fanout.propagation(bare.address, bare.pid, "bench", s, overrides, gap)
+                )
+            with ControllerProcess(
+                work / f"fanout-{s}-{round_}.db", extra=("--heartbeat-seconds", "60")
+            ) as ctl:
                 assert ctl.proc is not None
                 asyncio.run(_create(ctl.address))
-                runs["lrctl"].append(ctl_fanout.propagation(
-                    ctl.address, ctl.proc.pid, "bench", s, overrides, gap))
-        ratio = statistics.median(o["p99"] / b["p99"] for o, b in zip(runs["lrctl"],
-                                                                        runs["bare"]))
+                runs["lrctl"].append(
+                    ctl_fanout.propagation(ctl.address, ctl.proc.pid, "bench", s, overrides, gap)
+                )
+        ratio = statistics.median(o["p99"] / b["p99"] for o, b in zip(runs["lrctl"], runs["bare"]))
         for name, key in (("bare grpc.aio", "bare"), ("**lrctl**", "lrctl")):
             r = {k: statistics.median(run[k] for run in runs[key]) for k in runs[key][0]}
             missing = sum(int(run["missing"]) for run in runs[key])
-            lines.append(f"| {s:,} | {name} | {rounds} | {r['p50']:.1f} | {r['p99']:.1f} | "
-                         f"{r['ack_p99']:.1f} | {r['last_p50']:.1f} | {missing} | "
-                         f"{r['cpu_us']:.0f} | "
-                         f"{r['rss_per_stream'] / 1024:.1f} | "
-                         f"{f'{ratio:.2f}' if key == 'lrctl' else ''} |")
+            lines.append(
+                f"| {s:,} | {name} | {rounds} | {r['p50']:.1f} | {r['p99']:.1f} | "
+                f"{r['ack_p99']:.1f} | {r['last_p50']:.1f} | {missing} | "
+                f"{r['cpu_us']:.0f} | "
+                f"{r['rss_per_stream'] / 1024:.1f} | "
+                f"{f'{ratio:.2f}' if key == 'lrctl' else ''} |"
+            )
     lines += [
         "",
         "Reading it: lrctl encodes an event once for all streams (the same message object "
@@ -258,8 +289,11 @@ async def _create(address: str) -> None:
     from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 
     async with grpc.aio.insecure_channel(address) as channel:
-        await lrctl_pb2_grpc.LRControllerStub(channel).CreateJob(lrctl_pb2.CreateJobRequest(
-            job_id="bench", schedule=ctl_load.SCHEDULE, base_lrs=list(ctl_load.BASE_LRS)))
+        await lrctl_pb2_grpc.LRControllerStub(channel).CreateJob(
+            lrctl_pb2.CreateJobRequest(
+                job_id="bench", schedule=ctl_load.SCHEDULE, base_lrs=list(ctl_load.BASE_LRS)
+            )
+        )
 
 
 def _startup_part(work: Path) -> list[str]:

@@ -58,8 +58,9 @@ class _Bare(lrctl_pb2_grpc.LRControllerServicer):
 
 
 def _event(version: int) -> pb.OverrideEvent:
-    event = pb.OverrideEvent(version=version, op=pb.OVERRIDE_OP_SCALE, value=0.5,
-                             actor="bench", reason="benchmark")
+    event = pb.OverrideEvent(
+        version=version, op=pb.OVERRIDE_OP_SCALE, value=0.5, actor="bench", reason="benchmark"
+    )
     event.created_at.GetCurrentTime()
     return event
 
@@ -140,8 +141,9 @@ def _client(address: str, job_id: str, count: int, conn: Connection) -> None:
     asyncio.run(main())
 
 
-def propagation(address: str, server_pid: int, job_id: str, streams: int, overrides: int,
-                gap: float) -> dict[str, float]:
+def propagation(
+    address: str, server_pid: int, job_id: str, streams: int, overrides: int, gap: float
+) -> dict[str, float]:
     """Watch ``job_id`` with ``streams`` streams and time ``overrides`` overrides to them.
 
     Returns:
@@ -152,8 +154,10 @@ def propagation(address: str, server_pid: int, job_id: str, streams: int, overri
     """
     ctx = mp.get_context("spawn")
     rss0 = rss_bytes(server_pid)
-    shares = [streams // CLIENT_PROCESSES + (i < streams % CLIENT_PROCESSES)
-              for i in range(CLIENT_PROCESSES)]
+    shares = [
+        streams // CLIENT_PROCESSES + (i < streams % CLIENT_PROCESSES)
+        for i in range(CLIENT_PROCESSES)
+    ]
     pipes, procs = [], []
     for share in shares:
         if not share:
@@ -178,9 +182,15 @@ def propagation(address: str, server_pid: int, job_id: str, streams: int, overri
                 stub = lrctl_pb2_grpc.LRControllerStub(channel)
                 for _ in range(overrides):
                     t0 = time.perf_counter()
-                    reply = await stub.Override(pb.OverrideRequest(
-                        job_id=job_id, op=pb.OVERRIDE_OP_SCALE, value=0.5, actor="bench",
-                        reason="benchmark"))
+                    reply = await stub.Override(
+                        pb.OverrideRequest(
+                            job_id=job_id,
+                            op=pb.OVERRIDE_OP_SCALE,
+                            value=0.5,
+                            actor="bench",
+                            reason="benchmark",
+                        )
+                    )
                     sent[reply.event.version] = t0
                     acked[reply.event.version] = time.perf_counter()
                     await asyncio.sleep(gap)
@@ -211,8 +221,12 @@ def propagation(address: str, server_pid: int, job_id: str, streams: int, overri
         after_ack += [t - acked[version] for t in times]
         if times:
             last.append(max(times) - t0)
-    return {"p50": pct(latencies, 0.5) * 1e3, "p99": pct(latencies, 0.99) * 1e3,
-            "ack_p99": pct(after_ack, 0.99) * 1e3,
-            "last_p50": pct(last, 0.5) * 1e3, "missing": missing,
-            "cpu_us": cpu / max(len(sent), 1) / streams * 1e6,
-            "rss_per_stream": rss_per_stream}
+    return {
+        "p50": pct(latencies, 0.5) * 1e3,
+        "p99": pct(latencies, 0.99) * 1e3,
+        "ack_p99": pct(after_ack, 0.99) * 1e3,
+        "last_p50": pct(last, 0.5) * 1e3,
+        "missing": missing,
+        "cpu_us": cpu / max(len(sent), 1) / streams * 1e6,
+        "rss_per_stream": rss_per_stream,
+    }

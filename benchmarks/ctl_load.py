@@ -28,10 +28,14 @@ pb = lrctl_pb2
 SCHEDULE = "StepLR(step_size=100, gamma=0.9)"
 BASE_LRS = (0.1, 0.01)
 
-_UPSERT = (f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(JOB_COLUMNS))})")
-_EVENT = (f"INSERT INTO events (job_id, {', '.join(EVENT_COLUMNS)}) "
-          f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))})")
+_UPSERT = (
+    f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(JOB_COLUMNS))})"
+)
+_EVENT = (
+    f"INSERT INTO events (job_id, {', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))})"
+)
 
 
 def _event(version: int, i: int, step: int | None, now: float) -> Event:
@@ -47,9 +51,17 @@ def _event(version: int, i: int, step: int | None, now: float) -> Event:
         op, value, group = Op.CLEAR, None, 1
     else:
         op, value, group = Op.SCALE, 0.9, 0
-    return Event(version=version, op=op, value=value, group=group, effective_step=step,
-                 actor="bench", reason=f"benchmark event {i}", created_at=now,
-                 applied_at=None if step is None else now)
+    return Event(
+        version=version,
+        op=op,
+        value=value,
+        group=group,
+        effective_step=step,
+        actor="bench",
+        reason=f"benchmark event {i}",
+        created_at=now,
+        applied_at=None if step is None else now,
+    )
 
 
 def populate(path: Path, jobs: int, events: int, *, prefix: str = "job") -> list[str]:
@@ -68,9 +80,17 @@ def populate(path: Path, jobs: int, events: int, *, prefix: str = "job") -> list
         job_id = f"{prefix}-{j:05d}"
         ids.append(job_id)
         log = [_event(2 + i, i, 10 * (i + 1), now) for i in range(events)]
-        job = Job(job_id=job_id, schedule=SCHEDULE, base_lrs=BASE_LRS, version=1 + events,
-                  created_version=1, step=10 * events + 5, created_at=now, updated_at=now,
-                  applied_version=1 + events)
+        job = Job(
+            job_id=job_id,
+            schedule=SCHEDULE,
+            base_lrs=BASE_LRS,
+            version=1 + events,
+            created_version=1,
+            step=10 * events + 5,
+            created_at=now,
+            updated_at=now,
+            applied_version=1 + events,
+        )
         conn.execute(_UPSERT, job_to_row(job))
         conn.executemany(_EVENT, [(job_id, *event_to_row(e)) for e in log])
     conn.execute("COMMIT")
@@ -117,9 +137,16 @@ def rss_bytes(pid: int) -> int:
 # -- overrides ---------------------------------------------------------------------------------
 
 
-async def _override_client(address: str, job_id: str, count: int, report_every: int,
-                           times: list[float], reports: list[float], start: asyncio.Event,
-                           epoch: int) -> None:
+async def _override_client(
+    address: str,
+    job_id: str,
+    count: int,
+    report_every: int,
+    times: list[float],
+    reports: list[float],
+    start: asyncio.Event,
+    epoch: int,
+) -> None:
     """Send ``count`` SCALE overrides one after another; every ``report_every``-th one,
     rank 0 then reports it applied (timed separately)."""
     async with grpc.aio.insecure_channel(address) as channel:
@@ -127,49 +154,69 @@ async def _override_client(address: str, job_id: str, count: int, report_every: 
         await channel.channel_ready()
         await start.wait()
         for i in range(count):
-            request = pb.OverrideRequest(job_id=job_id, op=pb.OVERRIDE_OP_SCALE,
-                                         value=0.5 if i % 2 else 2.0, actor="bench",
-                                         reason="benchmark")
+            request = pb.OverrideRequest(
+                job_id=job_id,
+                op=pb.OVERRIDE_OP_SCALE,
+                value=0.5 if i % 2 else 2.0,
+                actor="bench",
+                reason="benchmark",
+            )
             t0 = time.perf_counter()
             response = await stub.Override(request)
             times.append(time.perf_counter() - t0)
             if report_every and i % report_every == 0:
                 version = response.event.version
                 t0 = time.perf_counter()
-                await stub.Report(pb.ReportRequest(
-                    job_id=job_id, rank=0, step=10 ** 6 + version, applied_version=version,
-                    epoch=epoch, world_size=1,
-                    applied=[pb.AppliedVersion(version=version,
-                                               effective_step=10 ** 6 + version)]))
+                await stub.Report(
+                    pb.ReportRequest(
+                        job_id=job_id,
+                        rank=0,
+                        step=10**6 + version,
+                        applied_version=version,
+                        epoch=epoch,
+                        world_size=1,
+                        applied=[
+                            pb.AppliedVersion(version=version, effective_step=10**6 + version)
+                        ],
+                    )
+                )
                 reports.append(time.perf_counter() - t0)
 
 
 async def _attach(address: str, job_id: str) -> int:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = lrctl_pb2_grpc.LRControllerStub(channel)
-        reply = await stub.CreateJob(pb.CreateJobRequest(
-            job_id=job_id, schedule=SCHEDULE, base_lrs=list(BASE_LRS), attach=True,
-            world_size=1))
+        reply = await stub.CreateJob(
+            pb.CreateJobRequest(
+                job_id=job_id, schedule=SCHEDULE, base_lrs=list(BASE_LRS), attach=True, world_size=1
+            )
+        )
         return int(reply.epoch)
 
 
-def override_run(address: str, pid: int, job_id: str, clients: int, per_client: int,
-                 *, report_every: int = 0) -> dict[str, float]:
+def override_run(
+    address: str, pid: int, job_id: str, clients: int, per_client: int, *, report_every: int = 0
+) -> dict[str, float]:
     """``clients`` concurrent clients (one channel each) overriding ``job_id``.
 
     Returns:
         p50/p99 latency (ms), overrides/s, controller CPU per override (ms), and the p50 of
         the rank-0 reports that applied them (ms; 0 when none were sent).
     """
+
     async def main() -> tuple[list[float], list[float], float, float]:
         epoch = await _attach(address, job_id) if report_every else 0
         times: list[float] = []
         reports: list[float] = []
         start = asyncio.Event()
-        tasks = [asyncio.ensure_future(_override_client(address, job_id, per_client,
-                                                        report_every, times, reports, start,
-                                                        epoch))
-                 for _ in range(clients)]
+        tasks = [
+            asyncio.ensure_future(
+                _override_client(
+                    address, job_id, per_client, report_every, times, reports, start, epoch
+                )
+            )
+            for _ in range(clients)
+        ]
         await asyncio.sleep(0.3)
         cpu0, t0 = cpu_seconds(pid), time.perf_counter()
         start.set()
@@ -178,9 +225,13 @@ def override_run(address: str, pid: int, job_id: str, clients: int, per_client: 
 
     times, reports, wall, cpu = asyncio.run(main())
     n = len(times)
-    return {"p50": pct(times, 0.5) * 1e3, "p99": pct(times, 0.99) * 1e3, "rate": n / wall,
-            "cpu": cpu / n * 1e3,
-            "report_p50": pct(reports, 0.5) * 1e3 if reports else 0.0}
+    return {
+        "p50": pct(times, 0.5) * 1e3,
+        "p99": pct(times, 0.99) * 1e3,
+        "rate": n / wall,
+        "cpu": cpu / n * 1e3,
+        "report_p50": pct(reports, 0.5) * 1e3 if reports else 0.0,
+    }
 
 
 # -- /metrics ----------------------------------------------------------------------------------
@@ -246,8 +297,12 @@ def metrics_run(db: Path, jobs: int, scrapes: int) -> dict[str, float]:
             page, token = ctl.service.list_jobs(page_size=1000, page_token=token)
             ids += [j.job_id for j in page]
         url = f"http://127.0.0.1:{ctl.metrics_port}/metrics"
-        scraper = subprocess.Popen([sys.executable, "-c", _SCRAPER, url, str(2 * scrapes)],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        scraper = subprocess.Popen(
+            [sys.executable, "-c", _SCRAPER, url, str(2 * scrapes)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert scraper.stdin is not None and scraper.stdout is not None
         monitor = _StallMonitor()
         changed: list[float] = []
@@ -257,8 +312,9 @@ def metrics_run(db: Path, jobs: int, scrapes: int) -> dict[str, float]:
         try:
             for round_ in range(scrapes):
                 for i, job_id in enumerate(ids):
-                    await ctl.service.report(Report(job_id=job_id, rank=0,
-                                                    step=10 ** 5 + 100 * round_ + i % 7))
+                    await ctl.service.report(
+                        Report(job_id=job_id, rank=0, step=10**5 + 100 * round_ + i % 7)
+                    )
                 await asyncio.sleep(0.05)
                 for into in (changed, unchanged):
                     monitor.start()
@@ -279,13 +335,19 @@ def metrics_run(db: Path, jobs: int, scrapes: int) -> dict[str, float]:
             scraper.stdin.close()
             scraper.wait(30)
             await ctl.stop(0)
-        series = sum(1 for line in reference.decode().splitlines()
-                     if line and not line.startswith("#"))
-        return {"changed_p50": statistics.median(changed) * 1e3,
-                "changed_max": max(changed) * 1e3,
-                "unchanged_p50": statistics.median(unchanged) * 1e3,
-                "stall_max": max(stalls) * 1e3, "bytes": size, "series": series,
-                "generic": generic * 1e3, "startup": startup}
+        series = sum(
+            1 for line in reference.decode().splitlines() if line and not line.startswith("#")
+        )
+        return {
+            "changed_p50": statistics.median(changed) * 1e3,
+            "changed_max": max(changed) * 1e3,
+            "unchanged_p50": statistics.median(unchanged) * 1e3,
+            "stall_max": max(stalls) * 1e3,
+            "bytes": size,
+            "series": series,
+            "generic": generic * 1e3,
+            "startup": startup,
+        }
 
     return asyncio.run(main())
 

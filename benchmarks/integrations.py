@@ -35,12 +35,17 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "Integrations: live change against restart"
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "RAY_DISABLE_USAGE_STATS": "1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_DISABLE_USAGE_STATS": "1",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+}
 STEP_SLEEP_S = 0.02  # plus the model step: a ~25 ms training step on this machine
 
 
 # -- the training step both routes run --------------------------------------------------------
+
 
 def _build(lr: float) -> tuple[Any, Any]:
     import ray.train.torch
@@ -48,7 +53,8 @@ def _build(lr: float) -> tuple[Any, Any]:
 
     torch.manual_seed(0)
     model = ray.train.torch.prepare_model(
-        torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)))
+        torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    )
     return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
 
 
@@ -71,6 +77,7 @@ def _append(path: str, record: dict[str, Any]) -> None:
 
 # -- lrctl: a live override ------------------------------------------------------------------
 
+
 def live_loop(config: dict[str, Any]) -> None:
     """Ray Train (V2) worker: follow the controller; log the time each new version lands."""
     import ray.train
@@ -89,16 +96,18 @@ def live_loop(config: dict[str, Any]) -> None:
         scheduler.step()
         if scheduler.applied_version != seen:  # the new LR is in param_groups from here on
             seen = scheduler.applied_version
-            _append(config["events"], {"rank": rank, "version": seen, "step": step,
-                                       "t": time.time()})
+            _append(
+                config["events"], {"rank": rank, "version": seen, "step": step, "t": time.time()}
+            )
             if seen >= stop_version:  # every rank gets here at the same step
                 stop_at = min(stop_at, step + 5)
         time.sleep(config["step_sleep"])
     scheduler.close()
 
 
-def measure_live(address: str, storage: str, rpc_overrides: int,
-                 cli_overrides: int) -> dict[str, Any]:
+def measure_live(
+    address: str, storage: str, rpc_overrides: int, cli_overrides: int
+) -> dict[str, Any]:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -111,13 +120,19 @@ def measure_live(address: str, storage: str, rpc_overrides: int,
     def start(name: str, overrides: int) -> threading.Thread:
         trainer = TorchTrainer(
             live_loop,
-            train_loop_config={"lr": 0.05, "overrides": overrides, "max_steps": 20_000,
-                               "events": os.path.join(storage, f"{name}.jsonl"),
-                               "step_sleep": STEP_SLEEP_S},
-            scaling_config=ScalingConfig(num_workers=2, use_gpu=False,
-                                         resources_per_worker={"CPU": 1}),
+            train_loop_config={
+                "lr": 0.05,
+                "overrides": overrides,
+                "max_steps": 20_000,
+                "events": os.path.join(storage, f"{name}.jsonl"),
+                "step_sleep": STEP_SLEEP_S,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}
+            ),
             torch_config=TorchConfig(backend="gloo", timeout_s=120),
-            run_config=RunConfig(name=name, storage_path=storage))
+            run_config=RunConfig(name=name, storage_path=storage),
+        )
         fit = threading.Thread(target=trainer.fit, daemon=True)
         fit.start()
         return fit
@@ -140,8 +155,11 @@ def measure_live(address: str, storage: str, rpc_overrides: int,
                 version = client.override(job, statement, reason="bench").event.version
                 decisions.append((version, decided, "rpc"))
             else:
-                subprocess.run([lrctl, "override", job, statement, "--reason", "bench",
-                                "--address", address], check=True, capture_output=True)
+                subprocess.run(
+                    [lrctl, "override", job, statement, "--reason", "bench", "--address", address],
+                    check=True,
+                    capture_output=True,
+                )
                 version += 1
                 decisions.append((version, decided, "cli"))
                 while client.get_job(job).version < version:
@@ -154,8 +172,10 @@ def measure_live(address: str, storage: str, rpc_overrides: int,
     records = [json.loads(line) for line in Path(events).read_text().splitlines()]
     out: dict[str, list[float]] = {"rpc": [], "cli": []}
     for version, decided, route in decisions:
-        landed = [min(r["t"] for r in records if r["rank"] == rank and r["version"] >= version)
-                  for rank in (0, 1)]
+        landed = [
+            min(r["t"] for r in records if r["rank"] == rank and r["version"] >= version)
+            for rank in (0, 1)
+        ]
         out[route].append(max(landed) - decided)
     return {"rpc_s": out["rpc"], "cli_s": out["cli"], "step_s": _step_time(records)}
 
@@ -179,6 +199,7 @@ def _step_time(records: list[dict[str, Any]]) -> float:
 
 # -- Ray Tune PBT: checkpoint, stop, restore -------------------------------------------------
 
+
 def pbt_loop(config: dict[str, Any]) -> None:
     """Ray Train (V1, under Tune) worker: plain LR from the config, checkpoint every report."""
     import ray.train
@@ -197,21 +218,35 @@ def pbt_loop(config: dict[str, Any]) -> None:
             group["lr"] = config["lr"]
         start = int(state["step"])
     # The new LR is in param_groups and the next optimizer step uses it.
-    _append(config["events"], {"rank": rank, "t": time.time(), "lr": config["lr"],
-                               "decided_at": config.get("decided_at"), "step": start})
+    _append(
+        config["events"],
+        {
+            "rank": rank,
+            "t": time.time(),
+            "lr": config["lr"],
+            "decided_at": config.get("decided_at"),
+            "step": start,
+        },
+    )
     for step in range(start + 1, config["max_steps"] + 1):
         _step(model, optimizer, rank, step)
         if step % config["steps_per_report"] == 0:
             with tempfile.TemporaryDirectory() as folder:
                 saved = None
                 if rank == 0:
-                    torch.save({"model": getattr(model, "module", model).state_dict(),
-                                "optimizer": optimizer.state_dict(), "step": step},
-                               Path(folder) / "state.pt")
+                    torch.save(
+                        {
+                            "model": getattr(model, "module", model).state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "step": step,
+                        },
+                        Path(folder) / "state.pt",
+                    )
                     saved = ray.train.Checkpoint.from_directory(folder)
                 # Score: closeness to a "good" LR, so one trial is clearly worse.
-                ray.train.report({"score": -abs(config["lr"] - 0.05), "step": step},
-                                 checkpoint=saved)
+                ray.train.report(
+                    {"score": -abs(config["lr"] - 0.05), "step": step}, checkpoint=saved
+                )
         time.sleep(config["step_sleep"])
 
 
@@ -229,25 +264,42 @@ def pbt_phase(ray_address: str, storage: str, out: str, iterations: int) -> None
     from ray.tune.schedulers import PopulationBasedTraining
 
     # Tuner(TorchTrainer) is Ray Train's V1 path: the trial actors need V1 too.
-    ray.init(address=ray_address, runtime_env={"env_vars": {
-        "PYTHONPATH": str(ROOT), "RAY_TRAIN_V2_ENABLED": "0"}})
+    ray.init(
+        address=ray_address,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "RAY_TRAIN_V2_ENABLED": "0"}},
+    )
     events = os.path.join(storage, "pbt.jsonl")
-    trainer = TorchTrainer(pbt_loop, scaling_config=ScalingConfig(
-        num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}))
+    trainer = TorchTrainer(
+        pbt_loop,
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
+    )
     pbt = PopulationBasedTraining(
-        time_attr="training_iteration", perturbation_interval=6, quantile_fraction=0.5,
+        time_attr="training_iteration",
+        perturbation_interval=6,
+        quantile_fraction=0.5,
         hyperparam_mutations={"train_loop_config": {"lr": tune.uniform(0.001, 0.1)}},
-        custom_explore_fn=_stamp_decision)
+        custom_explore_fn=_stamp_decision,
+    )
     steps_per_report = 20
     tuner = tune.Tuner(
         trainer,
-        param_space={"train_loop_config": {
-            "lr": tune.grid_search([0.01, 0.05]), "events": events,
-            "steps_per_report": steps_per_report, "step_sleep": STEP_SLEEP_S,
-            "max_steps": iterations * steps_per_report}},
+        param_space={
+            "train_loop_config": {
+                "lr": tune.grid_search([0.01, 0.05]),
+                "events": events,
+                "steps_per_report": steps_per_report,
+                "step_sleep": STEP_SLEEP_S,
+                "max_steps": iterations * steps_per_report,
+            }
+        },
         tune_config=tune.TuneConfig(metric="score", mode="max", scheduler=pbt),
-        run_config=tune.RunConfig(name="bench-pbt", storage_path=storage,
-                             stop={"training_iteration": iterations}, verbose=0))
+        run_config=tune.RunConfig(
+            name="bench-pbt",
+            storage_path=storage,
+            stop={"training_iteration": iterations},
+            verbose=0,
+        ),
+    )
     tuner.fit()
     records = [json.loads(line) for line in Path(events).read_text().splitlines()]
     latencies = []
@@ -260,6 +312,7 @@ def pbt_phase(ray_address: str, storage: str, out: str, iterations: int) -> None
 
 # -- the run and its section of RESULTS.md ---------------------------------------------------
 
+
 def measure(rpc_overrides: int, cli_overrides: int, pbt_iterations: int) -> dict[str, Any]:
     # Before `import ray`: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import (docs/ray.md).
     os.environ.update(RAY_ENV)
@@ -269,22 +322,44 @@ def measure(rpc_overrides: int, cli_overrides: int, pbt_iterations: int) -> dict
     sys.path.insert(0, str(ROOT))
     from tests.procs import ControllerProcess
 
-    with tempfile.TemporaryDirectory(prefix="lrctl-bench-") as storage, \
-            ControllerProcess(Path(storage) / "lrctl.db") as controller:
+    with (
+        tempfile.TemporaryDirectory(prefix="lrctl-bench-") as storage,
+        ControllerProcess(Path(storage) / "lrctl.db") as controller,
+    ):
         # One local head owned by this process (ray.shutdown() stops it, and nothing else):
         # 8 logical CPUs so PBT's population of two 2-worker trials fits.
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=8,
-                 include_dashboard=False, object_store_memory=256 * 1024**2,
-                 runtime_env={"env_vars": {"LRCTL_ADDRESS": controller.address,
-                                           "PYTHONPATH": str(ROOT)}})
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            num_cpus=8,
+            include_dashboard=False,
+            object_store_memory=256 * 1024**2,
+            runtime_env={
+                "env_vars": {"LRCTL_ADDRESS": controller.address, "PYTHONPATH": str(ROOT)}
+            },
+        )
         try:
             live = measure_live(controller.address, storage, rpc_overrides, cli_overrides)
             out = os.path.join(storage, "pbt-result.json")
             env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "0", "PYTHONPATH": str(ROOT)}
             gcs = ray.get_runtime_context().gcs_address
-            subprocess.run([sys.executable, str(Path(__file__).resolve()), "_pbt-phase",
-                            "--ray-address", gcs, "--storage", storage, "--out", out,
-                            "--iterations", str(pbt_iterations)], env=env, check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).resolve()),
+                    "_pbt-phase",
+                    "--ray-address",
+                    gcs,
+                    "--storage",
+                    storage,
+                    "--out",
+                    out,
+                    "--iterations",
+                    str(pbt_iterations),
+                ],
+                env=env,
+                check=True,
+            )
             pbt = json.loads(Path(out).read_text())
         finally:
             ray.shutdown()
@@ -292,12 +367,24 @@ def measure(rpc_overrides: int, cli_overrides: int, pbt_iterations: int) -> dict
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
-    parser.add_argument("--integrations-overrides", type=int, default=10,
-                        help="live overrides sent through the client (default 10)")
-    parser.add_argument("--integrations-cli-overrides", type=int, default=3,
-                        help="live overrides sent with the lrctl CLI (default 3)")
-    parser.add_argument("--integrations-pbt-iterations", type=int, default=60,
-                        help="reports per PBT trial, 20 steps each (default 60)")
+    parser.add_argument(
+        "--integrations-overrides",
+        type=int,
+        default=10,
+        help="live overrides sent through the client (default 10)",
+    )
+    parser.add_argument(
+        "--integrations-cli-overrides",
+        type=int,
+        default=3,
+        help="live overrides sent with the lrctl CLI (default 3)",
+    )
+    parser.add_argument(
+        "--integrations-pbt-iterations",
+        type=int,
+        default=60,
+        help="reports per PBT trial, 20 steps each (default 60)",
+    )
 
 
 def run(args: argparse.Namespace) -> str:
@@ -305,8 +392,11 @@ def run(args: argparse.Namespace) -> str:
     if getattr(args, "quick", False):
         figures = measure(3, 1, 30)
     else:
-        figures = measure(args.integrations_overrides, args.integrations_cli_overrides,
-                          args.integrations_pbt_iterations)
+        figures = measure(
+            args.integrations_overrides,
+            args.integrations_cli_overrides,
+            args.integrations_pbt_iterations,
+        )
     return render(figures)
 
 
@@ -317,38 +407,42 @@ def render(figures: dict[str, Any]) -> str:
     def row(route: str, values: list[float]) -> str:
         if not values:
             return f"| {route} | 0 | – | – | – |"
-        return (f"| {route} | {len(values)} | {_fmt(statistics.median(values))} | "
-                f"{_fmt(min(values))} | {_fmt(max(values))} |")
+        return (
+            f"| {route} | {len(values)} | {_fmt(statistics.median(values))} | "
+            f"{_fmt(min(values))} | {_fmt(max(values))} |"
+        )
 
     rpc, cli, pbt = figures["rpc_s"], figures["cli_s"], figures["pbt_s"]
     ratio = statistics.median(pbt) / statistics.median(rpc) if pbt and rpc else float("nan")
     ratio_cli = statistics.median(pbt) / statistics.median(cli) if pbt and cli else float("nan")
-    return "\n".join([
-        "`python -m benchmarks integrations --write` (one run, one local Ray head on "
-        f"{os.cpu_count()} cores; Ray {ray.__version__}, torch {torch.__version__}, Python "
-        f"{platform.python_version()}). The same Ray Train job both ways: `TorchTrainer`, 2 "
-        f"DDP workers (gloo), a {_fmt(figures['step_s'])} training step.",
-        "",
-        "| route: decision → new LR in effect on every rank | n | median | min | max |",
-        "|---|---:|---:|---:|---:|",
-        row("lrctl: `Client.override(job, \"lr /= 2\")`", rpc),
-        row("lrctl: `lrctl override JOB 'lr /= 2'` (CLI, its Python start-up included)", cli),
-        row("Ray Tune PBT: exploit → checkpoint, stop, restore the trial", pbt),
-        "",
-        f"**Ratio (medians): PBT's restart takes {ratio:,.0f}× as long as a live lrctl "
-        f"override ({ratio_cli:,.0f}× the CLI route).**",
-        "",
-        "Reading it: a live override reaches the workers' Watch stream in milliseconds and "
-        "every rank applies it at the step after the next agreement, so the time is about one "
-        "to two training steps. PBT stops the trial, starts a new trainer actor and worker "
-        "group (processes, imports, process group), restores the checkpoint, then steps with "
-        "the new LR; during that time the trial trains nothing. Decision times: lrctl just "
-        "before the call; PBT inside its exploit step (`custom_explore_fn`). PBT runs "
-        "`Tuner(TorchTrainer)`, Ray Train's V1 path (`RAY_TRAIN_V2_ENABLED=0`; deprecated in "
-        "Ray 2.60, whose V2 `TuneReportCallback` hands Tune a checkpoint only as a path in "
-        "the metrics, nothing PBT can restore). Both phases run two 2-worker jobs on the "
-        "cores: PBT its population of two, lrctl the measured job and a neighbour.",
-    ])
+    return "\n".join(
+        [
+            "`python -m benchmarks integrations --write` (one run, one local Ray head on "
+            f"{os.cpu_count()} cores; Ray {ray.__version__}, torch {torch.__version__}, Python "
+            f"{platform.python_version()}). The same Ray Train job both ways: `TorchTrainer`, 2 "
+            f"DDP workers (gloo), a {_fmt(figures['step_s'])} training step.",
+            "",
+            "| route: decision → new LR in effect on every rank | n | median | min | max |",
+            "|---|---:|---:|---:|---:|",
+            row('lrctl: `Client.override(job, "lr /= 2")`', rpc),
+            row("lrctl: `lrctl override JOB 'lr /= 2'` (CLI, its Python start-up included)", cli),
+            row("Ray Tune PBT: exploit → checkpoint, stop, restore the trial", pbt),
+            "",
+            f"**Ratio (medians): PBT's restart takes {ratio:,.0f}× as long as a live lrctl "
+            f"override ({ratio_cli:,.0f}× the CLI route).**",
+            "",
+            "Reading it: a live override reaches the workers' Watch stream in milliseconds and "
+            "every rank applies it at the step after the next agreement, so the time is about one "
+            "to two training steps. PBT stops the trial, starts a new trainer actor and worker "
+            "group (processes, imports, process group), restores the checkpoint, then steps with "
+            "the new LR; during that time the trial trains nothing. Decision times: lrctl just "
+            "before the call; PBT inside its exploit step (`custom_explore_fn`). PBT runs "
+            "`Tuner(TorchTrainer)`, Ray Train's V1 path (`RAY_TRAIN_V2_ENABLED=0`; deprecated in "
+            "Ray 2.60, whose V2 `TuneReportCallback` hands Tune a checkpoint only as a path in "
+            "the metrics, nothing PBT can restore). Both phases run two 2-worker jobs on the "
+            "cores: PBT its population of two, lrctl the measured job and a neighbour.",
+        ]
+    )
 
 
 def _fmt(seconds: float) -> str:

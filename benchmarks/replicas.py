@@ -37,8 +37,7 @@ def add_arguments(parser: argparse._ArgumentGroup) -> None:
     parser.add_argument("--overrides", type=int, default=60, help="overrides sent (60)")
 
 
-def _client(address: str, jobs: list[str], count: int, ready: Any, stop: Any,
-            results: Any) -> None:
+def _client(address: str, jobs: list[str], count: int, ready: Any, stop: Any, results: Any) -> None:
     """One client process: ``count`` streams on one replica, round robin over ``jobs``."""
     import grpc
 
@@ -49,8 +48,10 @@ def _client(address: str, jobs: list[str], count: int, ready: Any, stop: Any,
     arrivals: list[tuple[str, int, float]] = []
 
     async def main() -> None:
-        channels = [grpc.aio.insecure_channel(address, options=list(CLIENT_CHANNEL_OPTIONS))
-                    for _ in range(max(1, -(-count // STREAMS_PER_CHANNEL)))]
+        channels = [
+            grpc.aio.insecure_channel(address, options=list(CLIENT_CHANNEL_OPTIONS))
+            for _ in range(max(1, -(-count // STREAMS_PER_CHANNEL)))
+        ]
         opened = 0
 
         async def follow(i: int) -> None:
@@ -94,8 +95,10 @@ def measure(replicas: int, streams: int, jobs: int, overrides: int) -> dict[str,
     job_ids = [f"bench-{j:03d}" for j in range(jobs)]
     with PostgresServer() as pg:
         url = pg.url(pg.create_database())
-        ctls = [ControllerProcess(url, extra=("--log-level", "warning")).start()
-                for _ in range(replicas)]
+        ctls = [
+            ControllerProcess(url, extra=("--log-level", "warning")).start()
+            for _ in range(replicas)
+        ]
         ctx = mp.get_context("spawn")
         ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
         procs = []
@@ -106,8 +109,9 @@ def measure(replicas: int, streams: int, jobs: int, overrides: int) -> dict[str,
             share = [streams // replicas + (i < streams % replicas) for i in range(replicas)]
             opening = time.perf_counter()
             for ctl, count in zip(ctls, share):
-                proc = ctx.Process(target=_client,
-                                   args=(ctl.address, job_ids, count, ready, stop, results))
+                proc = ctx.Process(
+                    target=_client, args=(ctl.address, job_ids, count, ready, stop, results)
+                )
                 proc.start()
                 procs.append(proc)
             for _ in procs:
@@ -146,14 +150,24 @@ def measure(replicas: int, streams: int, jobs: int, overrides: int) -> dict[str,
             from_ack.append((at - ack) * 1e3)
             from_send.append((at - start) * 1e3)
     expected = sum(per_job[job] for job, _ in sent)
-    return {"replicas": replicas, "streams": streams, "jobs": jobs, "overrides": overrides,
-            "opened_s": opened_s, "expected": expected, "received": len(from_ack),
-            "ack": from_ack, "send": from_send}
+    return {
+        "replicas": replicas,
+        "streams": streams,
+        "jobs": jobs,
+        "overrides": overrides,
+        "opened_s": opened_s,
+        "expected": expected,
+        "received": len(from_ack),
+        "ack": from_ack,
+        "send": from_send,
+    }
 
 
 def _row(name: str, values: list[float]) -> str:
-    return (f"| {name} | {statistics.median(values):.1f} | {_percentile(values, 0.9):.1f} | "
-            f"{_percentile(values, 0.99):.1f} | {max(values):.1f} |")
+    return (
+        f"| {name} | {statistics.median(values):.1f} | {_percentile(values, 0.9):.1f} | "
+        f"{_percentile(values, 0.99):.1f} | {max(values):.1f} |"
+    )
 
 
 def run(args: argparse.Namespace) -> str:
@@ -162,28 +176,30 @@ def run(args: argparse.Namespace) -> str:
     missing = r["expected"] - r["received"]
     from benchmarks._results import machine
 
-    return "\n".join([
-        f"Machine: {machine()}. Reproduce: `python -m benchmarks replicas --write` "
-        f"(options `--replicas`, `--streams`, `--jobs`, `--overrides`).",
-        "",
-        f"{r['replicas']} `lrctl serve` replicas on one PostgreSQL 15 (a local server, "
-        f"fsync on), {r['streams']:,} Watch streams spread evenly over them (one client "
-        f"process per replica), following {r['jobs']} jobs ({r['streams'] // r['jobs']} "
-        f"streams each); {r['overrides']} overrides sent one at a time (0.1 s apart) to the "
-        f"replicas in turn. Each arrival is timed on the machine's monotonic clock; "
-        f"everything (PostgreSQL, replicas, clients) shares the machine's CPUs.",
-        "",
-        "| ms to every stream of the job | p50 | p90 | p99 | max |",
-        "|---|---|---|---|---|",
-        _row("from the override's acknowledgement", r["ack"]),
-        _row("from sending the override", r["send"]),
-        "",
-        f"Arrivals: {r['received']:,} of {r['expected']:,} expected "
-        f"({missing} missing: {'every stream saw every version' if missing == 0 else 'LOST'}). "
-        f"Opening the {r['streams']:,} streams took {r['opened_s']:.1f} s. "
-        "A negative time from the acknowledgement means the stream had the event before the "
-        "client had its reply (the notification reached the replicas first).",
-    ])
+    return "\n".join(
+        [
+            f"Machine: {machine()}. Reproduce: `python -m benchmarks replicas --write` "
+            f"(options `--replicas`, `--streams`, `--jobs`, `--overrides`).",
+            "",
+            f"{r['replicas']} `lrctl serve` replicas on one PostgreSQL 15 (a local server, "
+            f"fsync on), {r['streams']:,} Watch streams spread evenly over them (one client "
+            f"process per replica), following {r['jobs']} jobs ({r['streams'] // r['jobs']} "
+            f"streams each); {r['overrides']} overrides sent one at a time (0.1 s apart) to the "
+            f"replicas in turn. Each arrival is timed on the machine's monotonic clock; "
+            f"everything (PostgreSQL, replicas, clients) shares the machine's CPUs.",
+            "",
+            "| ms to every stream of the job | p50 | p90 | p99 | max |",
+            "|---|---|---|---|---|",
+            _row("from the override's acknowledgement", r["ack"]),
+            _row("from sending the override", r["send"]),
+            "",
+            f"Arrivals: {r['received']:,} of {r['expected']:,} expected "
+            f"({missing} missing: {'every stream saw every version' if missing == 0 else 'LOST'}). "
+            f"Opening the {r['streams']:,} streams took {r['opened_s']:.1f} s. "
+            "A negative time from the acknowledgement means the stream had the event before the "
+            "client had its reply (the notification reached the replicas first).",
+        ]
+    )
 
 
 if __name__ == "__main__":

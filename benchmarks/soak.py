@@ -56,18 +56,30 @@ from tests.procs import ControllerProcess  # noqa: E402
 
 TITLE = "Soak: mixed load with faults"
 
-SPECS = ["StepLR(step_size=50, gamma=0.5)", "CosineAnnealingLR(T_max=500, eta_min=0.001)",
-         "MultiplicativeLR(lr_lambda='0.999 + 0.0001 * sin(epoch)')",
-         "OneCycleLR(max_lr=0.1, total_steps=1000000)", "ReduceLROnPlateau(patience=3)"]
+SPECS = [
+    "StepLR(step_size=50, gamma=0.5)",
+    "CosineAnnealingLR(T_max=500, eta_min=0.001)",
+    "MultiplicativeLR(lr_lambda='0.999 + 0.0001 * sin(epoch)')",
+    "OneCycleLR(max_lr=0.1, total_steps=1000000)",
+    "ReduceLROnPlateau(patience=3)",
+]
 STATEMENTS = ["lr *= 0.5", "lr *= 2", "lr = 3e-3", None, "lr *= 0.9"]
 BAD_CODES = ("INTERNAL", "UNKNOWN")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--soak-minutes", type=float, default=30.0,
-                        help="how long the load and the faults run (default 30)")
-    parser.add_argument("--soak-jobs", type=int, default=12,
-                        help="steady jobs, each with a simulated rank 0 (default 12)")
+    parser.add_argument(
+        "--soak-minutes",
+        type=float,
+        default=30.0,
+        help="how long the load and the faults run (default 30)",
+    )
+    parser.add_argument(
+        "--soak-jobs",
+        type=int,
+        default=12,
+        help="steady jobs, each with a simulated rank 0 (default 12)",
+    )
 
 
 @dataclass
@@ -111,18 +123,25 @@ class RankZero:
         self.held_version = 0
         self.epoch = 0
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._follow, daemon=True),
-                        threading.Thread(target=self._report, daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._follow, daemon=True),
+            threading.Thread(target=self._report, daemon=True),
+        ]
         self.follower: WatchFollower | None = None
 
     def start(self, spec: str) -> None:
-        result = self.direct.create_job(self.job_id, spec, [0.1, 0.01], attach=True,
-                                        world_size=2)
+        result = self.direct.create_job(self.job_id, spec, [0.1, 0.01], attach=True, world_size=2)
         self.epoch = result.epoch
         self.held_version = result.job.version
-        self.follower = WatchFollower(self.client, self.job_id, job=result.job,
-                                      worker_id="rank-0", retry=lambda e: True,
-                                      backoff_initial_s=0.1, backoff_max_s=2.0)
+        self.follower = WatchFollower(
+            self.client,
+            self.job_id,
+            job=result.job,
+            worker_id="rank-0",
+            retry=lambda e: True,
+            backoff_initial_s=0.1,
+            backoff_max_s=2.0,
+        )
         for thread in self.threads:
             thread.start()
 
@@ -143,10 +162,21 @@ class RankZero:
             self.step += 10
             applied, self.applied = self.applied, []
             metrics = ((self.step, random.random()),)
-            sent = self.tally.call("Report", self.client.report, Report(
-                job_id=self.job_id, rank=0, step=self.step, applied_version=self.held_version,
-                applied=tuple(applied), plateau_metrics=metrics, epoch=self.epoch,
-                world_size=2), timeout=5.0)
+            sent = self.tally.call(
+                "Report",
+                self.client.report,
+                Report(
+                    job_id=self.job_id,
+                    rank=0,
+                    step=self.step,
+                    applied_version=self.held_version,
+                    applied=tuple(applied),
+                    plateau_metrics=metrics,
+                    epoch=self.epoch,
+                    world_size=2,
+                ),
+                timeout=5.0,
+            )
             if sent is None:
                 self.applied = applied + self.applied  # retried with the next report
 
@@ -167,21 +197,34 @@ def sample(controller: ControllerProcess, metrics_port: int | None) -> dict[str,
     series = churn = info = -1
     if metrics_port is not None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
-                                        timeout=10) as reply:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{metrics_port}/metrics", timeout=10
+            ) as reply:
                 text = reply.read().decode()
-            lines = [line for line in text.splitlines()
-                     if 'job_id="' in line and not line.startswith("#")]
+            lines = [
+                line
+                for line in text.splitlines()
+                if 'job_id="' in line and not line.startswith("#")
+            ]
             series = len(lines)
             churn = sum(1 for line in lines if 'job_id="churn-' in line)
-            per_job = Counter(line.split('job_id="')[1].split('"')[0] for line in lines
-                              if line.startswith("lrctl_override_info"))
+            per_job = Counter(
+                line.split('job_id="')[1].split('"')[0]
+                for line in lines
+                if line.startswith("lrctl_override_info")
+            )
             info = max(per_job.values(), default=0)
         except OSError:
             pass
-    return {"t": time.monotonic(), "rss_mib": int(field_of["VmRSS"][0]) / 1024,
-            "fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": int(field_of["Threads"][0]),
-            "series": series, "churn": churn, "info": info}
+    return {
+        "t": time.monotonic(),
+        "rss_mib": int(field_of["VmRSS"][0]) / 1024,
+        "fds": len(os.listdir(f"/proc/{pid}/fd")),
+        "threads": int(field_of["Threads"][0]),
+        "series": series,
+        "churn": churn,
+        "info": info,
+    }
 
 
 def _metrics_port(controller: ControllerProcess) -> int | None:
@@ -196,16 +239,18 @@ def run(args: argparse.Namespace) -> str:
     rng = random.Random(10)
     tally = Tally()
     with TemporaryDirectory(prefix="lrctl-soak-") as tmp:
-        controller = ControllerProcess(Path(tmp) / "lrctl.db",
-                                       extra=("--log-level", "error")).start()
+        controller = ControllerProcess(
+            Path(tmp) / "lrctl.db", extra=("--log-level", "error")
+        ).start()
         try:
             return _soak(controller, minutes, args.soak_jobs, rng, tally)
         finally:
             controller.stop()
 
 
-def _soak(controller: ControllerProcess, minutes: float, jobs: int, rng: random.Random,
-          tally: Tally) -> str:
+def _soak(
+    controller: ControllerProcess, minutes: float, jobs: int, rng: random.Random, tally: Tally
+) -> str:
     metrics_port = _metrics_port(controller)
     proxy = FaultProxy(controller.address).start()
     direct = Client(controller.address, timeout=10.0)
@@ -220,14 +265,22 @@ def _soak(controller: ControllerProcess, minutes: float, jobs: int, rng: random.
         while not stop.wait(0.1):
             rank = rng.choice(ranks)
             statement = rng.choice(STATEMENTS)
-            tally.call("Override", direct.override, rank.job_id, statement,
-                       clear=statement is None, group=rng.choice([None, 0, 1]),
-                       reason="soak", actor="operator")
+            tally.call(
+                "Override",
+                direct.override,
+                rank.job_id,
+                statement,
+                clear=statement is None,
+                group=rng.choice([None, 0, 1]),
+                reason="soak",
+                actor="operator",
+            )
             job = tally.call("GetJob", direct.get_job, rank.job_id)
             if job is not None and len(job.events) >= 100:
                 spec = SPECS[rng.randrange(len(SPECS))]
-                tally.call("Recreate", direct.create_job, rank.job_id, spec, [0.1, 0.01],
-                           replace=True)
+                tally.call(
+                    "Recreate", direct.create_job, rank.job_id, spec, [0.1, 0.01], replace=True
+                )
                 events["recreated"] += 1
             if rng.random() < 0.2:
                 tally.call("History", direct.history, rank.job_id)
@@ -240,8 +293,14 @@ def _soak(controller: ControllerProcess, minutes: float, jobs: int, rng: random.
         while not stop.wait(0.5):
             job_id = f"churn-{n % 8}"
             n += 1
-            tally.call("CreateJob", direct.create_job, job_id, rng.choice(SPECS[:3]),
-                       [0.1] * 4, replace=True)
+            tally.call(
+                "CreateJob",
+                direct.create_job,
+                job_id,
+                rng.choice(SPECS[:3]),
+                [0.1] * 4,
+                replace=True,
+            )
             for _ in range(3):
                 tally.call("Override", direct.override, job_id, "lr *= 0.5", reason="churn")
             try:
@@ -258,8 +317,13 @@ def _soak(controller: ControllerProcess, minutes: float, jobs: int, rng: random.
     def abuse() -> None:
         channel = grpc.insecure_channel(controller.address)
         far = "far-step"
-        tally.call("CreateJob", direct.create_job, far,
-                   "MultiplicativeLR(lr_lambda='0.999 + 0.0001 * sin(epoch)')", [0.1])
+        tally.call(
+            "CreateJob",
+            direct.create_job,
+            far,
+            "MultiplicativeLR(lr_lambda='0.999 + 0.0001 * sin(epoch)')",
+            [0.1],
+        )
         methods = ["GetJob", "Override", "CreateJob", "Report", "Preview", "ListJobs"]
         while not stop.wait(1.0):
             method = rng.choice(methods)
@@ -269,8 +333,11 @@ def _soak(controller: ControllerProcess, minutes: float, jobs: int, rng: random.
             tally.call("huge-actor", direct.override, far, "lr *= 0.9", actor="a" * 300)
             tally.call("2000-groups", direct.create_job, "wide", SPECS[0], [0.1] * 2000)
             tally.call("5k-spec", direct.create_job, "long", "StepLR(1)" + " " * 5000, [0.1])
-            tally.call("far-step", direct.report,
-                       Report(job_id=far, rank=0, step=rng.choice([10**7, 10**12])))
+            tally.call(
+                "far-step",
+                direct.report,
+                Report(job_id=far, rank=0, step=rng.choice([10**7, 10**12])),
+            )
             if rng.random() < 0.1:  # a burst of Watch streams, then all closed
                 streams = []
                 for _ in range(50):
@@ -317,8 +384,7 @@ def _soak(controller: ControllerProcess, minutes: float, jobs: int, rng: random.
     baseline = sample(controller, metrics_port)
     samples.append(baseline)
     start = time.monotonic()
-    threads = [threading.Thread(target=t, daemon=True) for t in (operators, churn, abuse,
-                                                                    faults)]
+    threads = [threading.Thread(target=t, daemon=True) for t in (operators, churn, abuse, faults)]
     for thread in threads:
         thread.start()
     every = 30.0 if total >= 600 else max(5.0, total / 10)
@@ -346,12 +412,21 @@ def _soak(controller: ControllerProcess, minutes: float, jobs: int, rng: random.
     return _report(samples, baseline, after, tally, events, lagging, minutes, jobs)
 
 
-def _report(samples: list[dict[str, float]], baseline: dict[str, float],
-            after: dict[str, float], tally: Tally, events: Counter[str], lagging: list[str],
-            minutes: float, jobs: int) -> str:
+def _report(
+    samples: list[dict[str, float]],
+    baseline: dict[str, float],
+    after: dict[str, float],
+    tally: Tally,
+    events: Counter[str],
+    lagging: list[str],
+    minutes: float,
+    jobs: int,
+) -> str:
     t0 = baseline["t"]
-    peak = {k: max(s[k] for s in samples)
-            for k in ("rss_mib", "fds", "threads", "series", "churn", "info")}
+    peak = {
+        k: max(s[k] for s in samples)
+        for k in ("rss_mib", "fds", "threads", "series", "churn", "info")
+    }
     lines = [
         f"`python -m benchmarks soak --soak-minutes {minutes:g} --write`: one `lrctl serve` on "
         f"loopback, {jobs} steady jobs each followed by a simulated rank 0 through a fault "
@@ -360,35 +435,47 @@ def _report(samples: list[dict[str, float]], baseline: dict[str, float],
         "| | RSS MiB | open fds | threads | per-job series | of churn jobs | "
         "most `lrctl_override_info` of one job |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        *(f"| {name} | {s['rss_mib']:.1f} | {s['fds']:.0f} | {s['threads']:.0f} | "
-          f"{s['series']:.0f} | {s['churn']:.0f} | {s['info']:.0f} |"
-          for name, s in (("baseline (after warm-up)", baseline), ("peak under load", peak),
-                          ("after the load stopped", after))),
+        *(
+            f"| {name} | {s['rss_mib']:.1f} | {s['fds']:.0f} | {s['threads']:.0f} | "
+            f"{s['series']:.0f} | {s['churn']:.0f} | {s['info']:.0f} |"
+            for name, s in (
+                ("baseline (after warm-up)", baseline),
+                ("peak under load", peak),
+                ("after the load stopped", after),
+            )
+        ),
         "",
         "Per-job series grow with the steady jobs' override history up to its bound "
         "(`lrctl_override_info` keeps the latest 100 per job) and go away with finished jobs "
         "(the churn jobs' column).",
         "",
         "Samples (minutes since the load started: RSS MiB / fds / series): "
-        + ", ".join(f"{(s['t'] - t0) / 60:.0f}: {s['rss_mib']:.0f}/{s['fds']:.0f}/"
-                    f"{s['series']:.0f}" for s in samples[:: max(1, len(samples) // 12)]),
+        + ", ".join(
+            f"{(s['t'] - t0) / 60:.0f}: {s['rss_mib']:.0f}/{s['fds']:.0f}/{s['series']:.0f}"
+            for s in samples[:: max(1, len(samples) // 12)]
+        ),
         "",
     ]
-    rss = [s["rss_mib"] for s in samples[len(samples) // 2:]]
+    rss = [s["rss_mib"] for s in samples[len(samples) // 2 :]]
     if len(rss) > 2:
-        lines.append(f"RSS over the second half of the run: median {statistics.median(rss):.1f} "
-                     f"MiB, spread {max(rss) - min(rss):.1f} MiB.")
+        lines.append(
+            f"RSS over the second half of the run: median {statistics.median(rss):.1f} "
+            f"MiB, spread {max(rss) - min(rss):.1f} MiB."
+        )
     calls = Counter[str]()
     for (_what, code), n in tally.codes.items():
         calls[code] += n
     lines += [
         "",
         "Calls by status: " + ", ".join(f"{code} {n}" for code, n in calls.most_common()) + ".",
-        "Faults and churn: " + ", ".join(f"{what} x{n}" for what, n in sorted(events.items()))
+        "Faults and churn: "
+        + ", ".join(f"{what} x{n}" for what, n in sorted(events.items()))
         + ".",
         f"INTERNAL/UNKNOWN answers: {len(tally.bad)}"
-        + (f" ({'; '.join(tally.bad[:5])})" if tally.bad else "") + ".",
+        + (f" ({'; '.join(tally.bad[:5])})" if tally.bad else "")
+        + ".",
         f"Rank 0s not on their job's version after the load: {len(lagging)}"
-        + (f" ({'; '.join(lagging[:5])})" if lagging else "") + ".",
+        + (f" ({'; '.join(lagging[:5])})" if lagging else "")
+        + ".",
     ]
     return "\n".join(lines)

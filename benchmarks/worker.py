@@ -17,14 +17,23 @@ TITLE = "Worker: step() against torch, the DDP agreement, override latency"
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
-    parser.add_argument("--worker-parts", default="hot,ddp,latency",
-                        help="comma-separated parts of the worker section (hot, ddp, latency)")
-    parser.add_argument("--worker-worlds", default="2,4",
-                        help="world sizes of the DDP parts (default 2,4)")
-    parser.add_argument("--worker-rounds", type=int, default=7,
-                        help="rounds per DDP variant and runs per hot-path case (default 7)")
-    parser.add_argument("--worker-steps", type=int, default=400,
-                        help="timed steps per DDP round (default 400)")
+    parser.add_argument(
+        "--worker-parts",
+        default="hot,ddp,latency",
+        help="comma-separated parts of the worker section (hot, ddp, latency)",
+    )
+    parser.add_argument(
+        "--worker-worlds", default="2,4", help="world sizes of the DDP parts (default 2,4)"
+    )
+    parser.add_argument(
+        "--worker-rounds",
+        type=int,
+        default=7,
+        help="rounds per DDP variant and runs per hot-path case (default 7)",
+    )
+    parser.add_argument(
+        "--worker-steps", type=int, default=400, help="timed steps per DDP round (default 400)"
+    )
 
 
 def run(args: argparse.Namespace) -> str:
@@ -52,11 +61,11 @@ def run(args: argparse.Namespace) -> str:
     if "ddp" in parts or "latency" in parts:
         from tests.procs import ControllerProcess
 
-        with tempfile.TemporaryDirectory() as tmp, \
-                ControllerProcess(Path(tmp) / "bench.db") as ctl:
+        with tempfile.TemporaryDirectory() as tmp, ControllerProcess(Path(tmp) / "bench.db") as ctl:
             if "ddp" in parts:
-                out += _overhead_section(ctl.address, Path(tmp), worlds, quick,
-                                         args.worker_rounds, args.worker_steps)
+                out += _overhead_section(
+                    ctl.address, Path(tmp), worlds, quick, args.worker_rounds, args.worker_steps
+                )
             if "latency" in parts:
                 out += _latency_section(ctl.address, Path(tmp), quick)
     out += ["", READING]
@@ -78,15 +87,19 @@ derived from the step time measured over the previous interval; on this shared m
 step times jitter by tens of %, so the worst case can exceed 2 k s."""
 
 
-def _overhead_section(address: str, tmp: Path, worlds: list[int], quick: bool, rounds: int,
-                      steps: int) -> list[str]:
+def _overhead_section(
+    address: str, tmp: Path, worlds: list[int], quick: bool, rounds: int, steps: int
+) -> list[str]:
     rounds, steps, warmup = (3, 100, 30) if quick else (rounds, steps, 50)
     rows = []
     for world in worlds:
         for model in bench_ddp.MODELS:
             print(f"  DDP overhead: {world} ranks, {model} model", flush=True)
-            rows.append(bench_ddp.measure_overhead(address, tmp, world, model, rounds=rounds,
-                                                   steps=steps, warmup=warmup))
+            rows.append(
+                bench_ddp.measure_overhead(
+                    address, tmp, world, model, rounds=rounds, steps=steps, warmup=warmup
+                )
+            )
     lines = [
         "",
         "### DDP: per-step overhead of the agreement",
@@ -106,14 +119,20 @@ def _overhead_section(address: str, tmp: Path, worlds: list[int], quick: bool, r
         "| whole loop: µs/step |",
         "|---:|---|---:|---|---:|---:|---:|---:|",
     ]
-    names = {"bare": "bare all-reduce", "default": "**default**",
-             "every1": "`LRCTL_AGREE_EVERY=1`", "every10": "`LRCTL_AGREE_EVERY=10`"}
+    names = {
+        "bare": "bare all-reduce",
+        "default": "**default**",
+        "every1": "`LRCTL_AGREE_EVERY=1`",
+        "every10": "`LRCTL_AGREE_EVERY=10`",
+    }
     for r in rows:
         for variant in ("bare", "default", "every1", "every10"):
             direct = r.direct_us(variant)
-            lines.append(f"| {r.world} | {r.model} | {r.torch_us:.0f} | {names[variant]} | "
-                         f"{direct:.1f} | {100 * direct / r.torch_us:.2f}% | "
-                         f"{r.vs_bare(variant):.3f} | {r.overhead_us[variant]:+.0f} |")
+            lines.append(
+                f"| {r.world} | {r.model} | {r.torch_us:.0f} | {names[variant]} | "
+                f"{direct:.1f} | {100 * direct / r.torch_us:.2f}% | "
+                f"{r.vs_bare(variant):.3f} | {r.overhead_us[variant]:+.0f} |"
+            )
     return lines
 
 
@@ -136,8 +155,9 @@ def _latency_section(address: str, tmp: Path, quick: bool) -> list[str]:
     ]
     for model in bench_ddp.MODELS:
         print(f"  latency: 2 ranks, {model} model", flush=True)
-        lat = bench_ddp.measure_latency(address, tmp, 2, model, seconds=seconds,
-                                        overrides=overrides)
+        lat = bench_ddp.measure_latency(
+            address, tmp, 2, model, seconds=seconds, overrides=overrides
+        )
         if not lat.ms:
             lines.append(f"| 2 | {model} | {lat.step_ms:.2f} | - | no override measured | | |")
             continue
@@ -146,5 +166,6 @@ def _latency_section(address: str, tmp: Path, quick: bool) -> list[str]:
             f"| 2 | {model} | {lat.step_ms:.2f} | {interval:.0f} | "
             f"{statistics.median(lat.ms):.1f} / {max(lat.ms):.1f} | "
             f"{statistics.median(lat.steps):.0f} / {max(lat.steps)} | "
-            f"{statistics.median(lat.sent_ms):.1f} / {max(lat.sent_ms):.1f} |")
+            f"{statistics.median(lat.sent_ms):.1f} / {max(lat.sent_ms):.1f} |"
+        )
     return lines

@@ -42,17 +42,19 @@ CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("lrctl_caller", def
 _READ = frozenset({ADMIN, OPERATOR, READER})
 
 #: Method of ``lrctl.v1.LRController`` -> the roles that may call it.
-METHOD_ROLES: Mapping[str, frozenset[str]] = MappingProxyType({
-    "CreateJob": frozenset({ADMIN, OPERATOR, WORKER}),  # with `replace`: RECREATE_ROLES
-    "GetJob": _READ,
-    "ListJobs": _READ,
-    "History": _READ,
-    "Preview": _READ,
-    "Watch": _READ | {WORKER},
-    "Override": frozenset({ADMIN, OPERATOR}),
-    "FinishJob": frozenset({ADMIN, OPERATOR}),
-    "Report": frozenset({ADMIN, WORKER}),
-})
+METHOD_ROLES: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "CreateJob": frozenset({ADMIN, OPERATOR, WORKER}),  # with `replace`: RECREATE_ROLES
+        "GetJob": _READ,
+        "ListJobs": _READ,
+        "History": _READ,
+        "Preview": _READ,
+        "Watch": _READ | {WORKER},
+        "Override": frozenset({ADMIN, OPERATOR}),
+        "FinishJob": frozenset({ADMIN, OPERATOR}),
+        "Report": frozenset({ADMIN, WORKER}),
+    }
+)
 #: CreateJob with ``replace`` recreates a job (a new schedule, an empty log): not a worker's.
 RECREATE_ROLES = frozenset({ADMIN, OPERATOR})
 
@@ -92,8 +94,10 @@ class Authenticator:
                 header = value if isinstance(value, str) else value.decode()
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("expected metadata 'authorization: Bearer <token>', got "
-                                  + ("none" if not header else "another scheme"))
+            raise Unauthenticated(
+                "expected metadata 'authorization: Bearer <token>', got "
+                + ("none" if not header else "another scheme")
+            )
         digest = hash_token(token.strip()).encode()
         found = None
         for entry in self._entries:
@@ -108,8 +112,9 @@ class Authenticator:
         """Return the role of the call's bearer token (see :meth:`identify`)."""
         return self.identify(metadata).role
 
-    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None, method: str,
-              request: Any = None) -> TokenEntry | None:
+    def check(
+        self, metadata: Iterable[tuple[str, str | bytes]] | None, method: str, request: Any = None
+    ) -> TokenEntry | None:
         """Return who makes the call; raise unless it may call ``method`` with ``request``.
 
         Returns:
@@ -127,14 +132,15 @@ class Authenticator:
         if entry.role not in allowed:
             what = f"{method} with replace" if allowed != METHOD_ROLES.get(method) else method
             needed = " or ".join(repr(r) for r in sorted(allowed)) or "no role (unknown method)"
-            raise PermissionDenied(f"{what} needs role {needed}; the token has role "
-                                   f"{entry.role!r}")
+            raise PermissionDenied(f"{what} needs role {needed}; the token has role {entry.role!r}")
         job_id = getattr(request, "job_id", None)
         if isinstance(job_id, str) and not entry.covers(job_id):
             shown = job_id if len(job_id) <= 140 else job_id[:137] + "..."
-            raise PermissionDenied(f"{method} of job {shown!r} is outside the scope of token "
-                                   f"{entry.name!r} (jobs matching "
-                                   f"{', '.join(map(repr, entry.jobs or ()))})")
+            raise PermissionDenied(
+                f"{method} of job {shown!r} is outside the scope of token "
+                f"{entry.name!r} (jobs matching "
+                f"{', '.join(map(repr, entry.jobs or ()))})"
+            )
         return entry
 
 
@@ -151,8 +157,9 @@ def _in_scope(entry: TokenEntry, method: str, response: Any) -> Any:
     """
     if entry.jobs is None or method != "ListJobs":
         return response
-    message = (lrctl_pb2.ListJobsResponse.FromString(response)
-               if isinstance(response, bytes) else response)
+    message = (
+        lrctl_pb2.ListJobsResponse.FromString(response) if isinstance(response, bytes) else response
+    )
     kept = [job for job in message.jobs if entry.covers(job.job_id)]
     del message.jobs[:]
     message.jobs.extend(kept)
@@ -171,9 +178,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._auth = authenticator
         self._service = service
 
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: grpc.HandlerCallDetails,
-                                ) -> Handler | None:
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         if handler is None or service != self._service or not self._auth.enabled:

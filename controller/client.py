@@ -42,5 +42,9 @@ __all__ = [
 
 DEFAULT_TIMEOUT_SECONDS = DEFAULT_TIMEOUT_S
 
-warnings.warn("controller.client is deprecated: use lrctl.client (from lrctl.client import "
-              "Client, ClientError)", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "controller.client is deprecated: use lrctl.client (from lrctl.client import "
+    "Client, ClientError)",
+    DeprecationWarning,
+    stacklevel=2,
+)

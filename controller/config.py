@@ -109,22 +109,27 @@ class ServerConfig:
         # A job's log must fit in a message beside its largest other fields.
         least = self.limits.reserved_bytes() + 16 * 1024
         if self.max_message_bytes < least:
-            raise ValueError(f"expected max_message_bytes >= {least} with these limits (room "
-                             f"for a job of {self.limits.max_param_groups} groups and a "
-                             f"{self.limits.max_spec_bytes}-byte spec, and its log), got "
-                             f"{self.max_message_bytes}")
+            raise ValueError(
+                f"expected max_message_bytes >= {least} with these limits (room "
+                f"for a job of {self.limits.max_param_groups} groups and a "
+                f"{self.limits.max_spec_bytes}-byte spec, and its log), got "
+                f"{self.max_message_bytes}"
+            )
         # Frozen all the way down: a config shared between tasks cannot change under them.
         object.__setattr__(self, "tokens", as_entries(self.tokens))
         for prefix, flag in (("", "--tls"), ("metrics_", "--metrics-tls")):
-            cert, key, ca = (getattr(self, f"{prefix}tls_{k}") for k in ("cert", "key",
-                                                                        "client_ca"))
+            cert, key, ca = (
+                getattr(self, f"{prefix}tls_{k}") for k in ("cert", "key", "client_ca")
+            )
             if (cert is None) != (key is None):
                 given = f"{flag}-cert" if key is None else f"{flag}-key"
                 raise ValueError(f"expected both {flag}-cert and {flag}-key, got only {given}")
             if ca is not None and cert is None:
-                raise ValueError(f"expected {flag}-cert and {flag}-key with "
-                                 f"{flag.replace('-tls', '')}-client-ca (mutual TLS is TLS "
-                                 f"first), got only the client CA")
+                raise ValueError(
+                    f"expected {flag}-cert and {flag}-key with "
+                    f"{flag.replace('-tls', '')}-client-ca (mutual TLS is TLS "
+                    f"first), got only the client CA"
+                )
 
     @property
     def token_entries(self) -> tuple[TokenEntry, ...]:
@@ -190,8 +195,7 @@ class ServerConfig:
                     values[key] = convert(env[var])
                 except ValueError:
                     kind = "1, true, 0 or false" if convert is _flag else convert.__name__
-                    raise ValueError(f"expected {var} to be {kind}, "
-                                     f"got {env[var]!r}") from None
+                    raise ValueError(f"expected {var} to be {kind}, got {env[var]!r}") from None
         if "limits" not in overrides:
             values["limits"] = ServerLimits.from_env(env)
         if env.get(c.TOKEN_FILE_ENV_VAR):
@@ -202,79 +206,125 @@ class ServerConfig:
         return cls(**values)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace,
-                  environ: Mapping[str, str] | None = None) -> ServerConfig:
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    ) -> ServerConfig:
         """Build a config from :func:`add_server_arguments` flags; flags win over ``LRCTL_*``.
 
         Raises:
             ValueError: an unreadable token file or an invalid resulting config.
         """
         tokens = load_tokens(args.token_file) if args.token_file else None
-        return cls.from_env(environ, host=args.host, port=args.port,
-                            metrics_host=args.metrics_host,
-                            metrics_port=args.metrics_port, db=args.db, tokens=tokens,
-                            heartbeat_seconds=args.heartbeat_seconds,
-                            max_message_bytes=getattr(args, "max_message_bytes", None),
-                            limits=ServerLimits.from_args(
-                                args, os.environ if environ is None else environ),
-                            grace_seconds=args.grace_seconds,
-                            tls_cert=args.tls_cert, tls_key=args.tls_key,
-                            tls_client_ca=args.tls_client_ca,
-                            metrics_tls_cert=args.metrics_tls_cert,
-                            metrics_tls_key=args.metrics_tls_key,
-                            metrics_tls_client_ca=args.metrics_client_ca,
-                            insecure=True if args.insecure else None)
+        return cls.from_env(
+            environ,
+            host=args.host,
+            port=args.port,
+            metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port,
+            db=args.db,
+            tokens=tokens,
+            heartbeat_seconds=args.heartbeat_seconds,
+            max_message_bytes=getattr(args, "max_message_bytes", None),
+            limits=ServerLimits.from_args(args, os.environ if environ is None else environ),
+            grace_seconds=args.grace_seconds,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            metrics_tls_cert=args.metrics_tls_cert,
+            metrics_tls_key=args.metrics_tls_key,
+            metrics_tls_client_ca=args.metrics_client_ca,
+            insecure=True if args.insecure else None,
+        )
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``lrctl serve`` flags; read them back with :meth:`ServerConfig.from_args`."""
-    parser.add_argument("--host", help=f"interface to bind (default {c.DEFAULT_HOST}; "
-                                       f"{c.HOST_ENV_VAR})")
-    parser.add_argument("--port", type=int,
-                        help=f"gRPC port, 0 = any free (default {c.DEFAULT_PORT}; "
-                             f"{c.PORT_ENV_VAR})")
-    parser.add_argument("--metrics-port", type=int,
-                        help=f"Prometheus port, 0 = any free, -1 = off "
-                             f"(default {c.DEFAULT_METRICS_PORT}; {c.METRICS_PORT_ENV_VAR})")
-    parser.add_argument("--db", help=f"SQLite file, or postgresql://USER@HOST:PORT/DB for "
-                                     f"replicas (password: PGPASSWORD or PGPASSFILE) "
-                                     f"(default {c.DEFAULT_DB}; {c.DB_ENV_VAR})")
-    parser.add_argument("--metrics-host",
-                        help=f"interface of /metrics (default: --host; {c.METRICS_HOST_ENV_VAR})")
-    parser.add_argument("--token-file",
-                        help='JSON {"tokens": [{"name", "sha256", "role", "jobs"}]} or '
-                             '{"TOKEN": "ROLE"}; roles admin, operator, worker, reader; '
-                             f"enables authentication ({c.TOKEN_FILE_ENV_VAR}; "
-                             "docs/security.md)")
+    parser.add_argument(
+        "--host", help=f"interface to bind (default {c.DEFAULT_HOST}; {c.HOST_ENV_VAR})"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"gRPC port, 0 = any free (default {c.DEFAULT_PORT}; {c.PORT_ENV_VAR})",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help=f"Prometheus port, 0 = any free, -1 = off "
+        f"(default {c.DEFAULT_METRICS_PORT}; {c.METRICS_PORT_ENV_VAR})",
+    )
+    parser.add_argument(
+        "--db",
+        help=f"SQLite file, or postgresql://USER@HOST:PORT/DB for "
+        f"replicas (password: PGPASSWORD or PGPASSFILE) "
+        f"(default {c.DEFAULT_DB}; {c.DB_ENV_VAR})",
+    )
+    parser.add_argument(
+        "--metrics-host", help=f"interface of /metrics (default: --host; {c.METRICS_HOST_ENV_VAR})"
+    )
+    parser.add_argument(
+        "--token-file",
+        help='JSON {"tokens": [{"name", "sha256", "role", "jobs"}]} or '
+        '{"TOKEN": "ROLE"}; roles admin, operator, worker, reader; '
+        f"enables authentication ({c.TOKEN_FILE_ENV_VAR}; "
+        "docs/security.md)",
+    )
     tls = parser.add_argument_group(
-        "TLS", "PEM files. Outside loopback the gRPC API needs TLS and --token-file, and "
-               "/metrics needs TLS, unless --insecure is given.")
-    tls.add_argument("--tls-cert", metavar="FILE",
-                     help=f"server certificate chain ({c.SERVER_TLS_CERT_ENV_VAR})")
-    tls.add_argument("--tls-key", metavar="FILE",
-                     help=f"server private key ({c.SERVER_TLS_KEY_ENV_VAR})")
-    tls.add_argument("--tls-client-ca", metavar="FILE",
-                     help=f"require client certificates signed by this CA: mutual TLS "
-                          f"({c.SERVER_TLS_CLIENT_CA_ENV_VAR})")
-    tls.add_argument("--metrics-tls-cert", metavar="FILE",
-                     help=f"/metrics certificate chain: HTTPS ({c.METRICS_TLS_CERT_ENV_VAR})")
-    tls.add_argument("--metrics-tls-key", metavar="FILE",
-                     help=f"/metrics private key ({c.METRICS_TLS_KEY_ENV_VAR})")
-    tls.add_argument("--metrics-client-ca", "--metrics-tls-client-ca", metavar="FILE",
-                     dest="metrics_client_ca",
-                     help=f"require scrapers' certificates signed by this CA "
-                          f"({c.METRICS_TLS_CLIENT_CA_ENV_VAR})")
-    tls.add_argument("--insecure", action="store_true", default=None,
-                     help="serve outside loopback without TLS or tokens anyway: anyone who "
-                          "reaches the port can change every job's LR "
-                          f"({c.INSECURE_ENV_VAR}=1)")
+        "TLS",
+        "PEM files. Outside loopback the gRPC API needs TLS and --token-file, and "
+        "/metrics needs TLS, unless --insecure is given.",
+    )
+    tls.add_argument(
+        "--tls-cert", metavar="FILE", help=f"server certificate chain ({c.SERVER_TLS_CERT_ENV_VAR})"
+    )
+    tls.add_argument(
+        "--tls-key", metavar="FILE", help=f"server private key ({c.SERVER_TLS_KEY_ENV_VAR})"
+    )
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help=f"require client certificates signed by this CA: mutual TLS "
+        f"({c.SERVER_TLS_CLIENT_CA_ENV_VAR})",
+    )
+    tls.add_argument(
+        "--metrics-tls-cert",
+        metavar="FILE",
+        help=f"/metrics certificate chain: HTTPS ({c.METRICS_TLS_CERT_ENV_VAR})",
+    )
+    tls.add_argument(
+        "--metrics-tls-key",
+        metavar="FILE",
+        help=f"/metrics private key ({c.METRICS_TLS_KEY_ENV_VAR})",
+    )
+    tls.add_argument(
+        "--metrics-client-ca",
+        "--metrics-tls-client-ca",
+        metavar="FILE",
+        dest="metrics_client_ca",
+        help=f"require scrapers' certificates signed by this CA "
+        f"({c.METRICS_TLS_CLIENT_CA_ENV_VAR})",
+    )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="serve outside loopback without TLS or tokens anyway: anyone who "
+        "reaches the port can change every job's LR "
+        f"({c.INSECURE_ENV_VAR}=1)",
+    )
     add_limit_arguments(parser)
-    parser.add_argument("--heartbeat-seconds", type=float,
-                        help=f"Watch heartbeat interval (default {c.DEFAULT_HEARTBEAT_SECONDS}; "
-                             f"{c.HEARTBEAT_SECONDS_ENV_VAR})")
-    parser.add_argument("--grace-seconds", type=float,
-                        help=f"shutdown grace period (default {c.DEFAULT_GRACE_SECONDS}; "
-                             f"{c.GRACE_SECONDS_ENV_VAR})")
+    parser.add_argument(
+        "--heartbeat-seconds",
+        type=float,
+        help=f"Watch heartbeat interval (default {c.DEFAULT_HEARTBEAT_SECONDS}; "
+        f"{c.HEARTBEAT_SECONDS_ENV_VAR})",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        help=f"shutdown grace period (default {c.DEFAULT_GRACE_SECONDS}; "
+        f"{c.GRACE_SECONDS_ENV_VAR})",
+    )
 
 
 def server_channel_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -333,16 +383,24 @@ def exposure(config: ServerConfig) -> list[str]:
     """
     problems: list[str] = []
     if not is_loopback(config.host):
-        missing = [what for what, ok in (("TLS (--tls-cert/--tls-key)", config.tls),
-                                         ("tokens (--token-file)", bool(config.tokens)))
-                   if not ok]
+        missing = [
+            what
+            for what, ok in (
+                ("TLS (--tls-cert/--tls-key)", config.tls),
+                ("tokens (--token-file)", bool(config.tokens)),
+            )
+            if not ok
+        ]
         if missing:
-            problems.append(f"the gRPC API on {config.address} has no "
-                            f"{' and no '.join(missing)}: anyone who can reach it can change "
-                            "every job's learning rate")
+            problems.append(
+                f"the gRPC API on {config.address} has no "
+                f"{' and no '.join(missing)}: anyone who can reach it can change "
+                "every job's learning rate"
+            )
     metrics_host = config.metrics_host or config.host
-    if config.metrics_port is not None and not is_loopback(metrics_host) \
-            and not config.metrics_tls:
-        problems.append(f"/metrics on {join_host_port(metrics_host, config.metrics_port)} "
-                        "has no TLS (--metrics-tls-cert/--metrics-tls-key)")
+    if config.metrics_port is not None and not is_loopback(metrics_host) and not config.metrics_tls:
+        problems.append(
+            f"/metrics on {join_host_port(metrics_host, config.metrics_port)} "
+            "has no TLS (--metrics-tls-cert/--metrics-tls-key)"
+        )
     return problems

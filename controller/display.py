@@ -40,12 +40,12 @@ class JobDisplay:
         self._job = job
         self._n = len(events)
         # Pending events (no effective step), in version order: (version, index in the log).
-        self._pending: list[tuple[int, int]] = [(e.version, i) for i, e in enumerate(events)
-                                                if e.effective_step is None]
+        self._pending: list[tuple[int, int]] = [
+            (e.version, i) for i, e in enumerate(events) if e.effective_step is None
+        ]
         # A stored job was checked against the limits when it was accepted; a lower limit
         # since then must not make it unreadable.
-        self._applied = LRProgram(job.schedule, job.base_lrs, events, self._built,
-                                  limits=NO_LIMITS)
+        self._applied = LRProgram(job.schedule, job.base_lrs, events, self._built, limits=NO_LIMITS)
         self._forget_shown()
 
     def _forget_shown(self) -> None:
@@ -55,8 +55,12 @@ class JobDisplay:
 
     # -- following the job -------------------------------------------------------------------
 
-    def follow(self, job: Job, new_events: Sequence[Event] | None = None,
-               applied: Sequence[Event] | None = None) -> None:
+    def follow(
+        self,
+        job: Job,
+        new_events: Sequence[Event] | None = None,
+        applied: Sequence[Event] | None = None,
+    ) -> None:
         """Take ``job``, the next state of the job this display follows.
 
         Args:
@@ -74,14 +78,17 @@ class JobDisplay:
             self._job = job
             return
         n = len(events)
-        if (job.created_version != old.created_version or not same_spec or n < self._n
-                or (self._n and events[self._n - 1].version != old.events[-1].version)
-                or (new_events is not None and n != self._n + len(new_events))):
+        if (
+            job.created_version != old.created_version
+            or not same_spec
+            or n < self._n
+            or (self._n and events[self._n - 1].version != old.events[-1].version)
+            or (new_events is not None and n != self._n + len(new_events))
+        ):
             self._rebuild(job)  # not an extension of the log this display holds
             return
         if applied is None:
-            applied = [events[i] for _, i in self._pending
-                       if events[i].effective_step is not None]
+            applied = [events[i] for _, i in self._pending if events[i].effective_step is not None]
         fresh: list[Event] = []
         done: set[int] = set()
         for event in applied:  # pending events that got their effective step
@@ -124,13 +131,19 @@ class JobDisplay:
         else:
             base, start = self._shown, self._shown_count
         if start < len(pending):
-            resolved = [dataclasses.replace(events[i], effective_step=step)
-                        for _, i in pending[start:]]
+            resolved = [
+                dataclasses.replace(events[i], effective_step=step) for _, i in pending[start:]
+            ]
             try:
                 shown = base.extend(resolved)
             except ValueError:  # an applied event after `step`: evaluate the whole log
-                shown = LRProgram(self._job.schedule, self._job.base_lrs,
-                                  resolve_pending(events, step), self._built, limits=NO_LIMITS)
+                shown = LRProgram(
+                    self._job.schedule,
+                    self._job.base_lrs,
+                    resolve_pending(events, step),
+                    self._built,
+                    limits=NO_LIMITS,
+                )
             self._shown, self._shown_step, self._shown_count = shown, step, len(pending)
             return shown
         return base

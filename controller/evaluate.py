@@ -51,7 +51,8 @@ class Evaluator:
             raise ResourceExhausted(
                 f"the evaluation did not finish within {self._deadline:g} s (lrctl serve "
                 f"--eval-deadline-seconds); ask for less (fewer steps or groups, a simpler "
-                f"spec), or retry when the controller is less busy") from None
+                f"spec), or retry when the controller is less busy"
+            ) from None
 
     def close(self) -> None:
         """Stop taking work; queued calls are dropped (idempotent)."""

@@ -34,63 +34,98 @@ __all__ = ["check", "main"]
 DEFAULT_SERVICE = "lrctl.v1.LRController"
 
 
-def check(address: str, service: str = DEFAULT_SERVICE, *, timeout: float = 3.0,
-          credentials: grpc.ChannelCredentials | None = None,
-          server_name: str | None = None) -> str:
+def check(
+    address: str,
+    service: str = DEFAULT_SERVICE,
+    *,
+    timeout: float = 3.0,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
+) -> str:
     """Return the health status name of ``service`` at ``address`` (``SERVING``, ...).
 
     Raises:
         grpc.RpcError: the call failed (unreachable, timeout, TLS, unknown service).
     """
     options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    channel = (grpc.secure_channel(address, credentials, options) if credentials is not None
-               else grpc.insecure_channel(address, options))
+    channel = (
+        grpc.secure_channel(address, credentials, options)
+        if credentials is not None
+        else grpc.insecure_channel(address, options)
+    )
     with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
-def _credentials(ca: str | None, cert: str | None,
-                 key: str | None) -> grpc.ChannelCredentials | None:
+def _credentials(
+    ca: str | None, cert: str | None, key: str | None
+) -> grpc.ChannelCredentials | None:
     if not ca:
         if cert or key:
-            raise SystemExit(f"expected {c.TLS_CA_ENV_VAR} (--tls-ca) with a client "
-                             "certificate, got only the certificate/key")
+            raise SystemExit(
+                f"expected {c.TLS_CA_ENV_VAR} (--tls-ca) with a client "
+                "certificate, got only the certificate/key"
+            )
         return None
     if bool(cert) != bool(key):
-        raise SystemExit("expected both --tls-cert and --tls-key (LRCTL_TLS_CERT/KEY) or "
-                         "neither")
+        raise SystemExit("expected both --tls-cert and --tls-key (LRCTL_TLS_CERT/KEY) or neither")
     return grpc.ssl_channel_credentials(
         root_certificates=Path(ca).read_bytes(),
         private_key=Path(key).read_bytes() if key else None,
-        certificate_chain=Path(cert).read_bytes() if cert else None)
+        certificate_chain=Path(cert).read_bytes() if cert else None,
+    )
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     port = env.get(c.PORT_ENV_VAR) or str(c.DEFAULT_PORT)
-    parser = argparse.ArgumentParser(prog="python -m controller.healthcheck",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--address", default=f"127.0.0.1:{port}",
-                        help="HOST:PORT (default 127.0.0.1:$LRCTL_PORT, else 50051)")
-    parser.add_argument("--service", default=DEFAULT_SERVICE,
-                        help=f'service to check; "" = the whole server (default {DEFAULT_SERVICE})')
+    parser = argparse.ArgumentParser(
+        prog="python -m controller.healthcheck", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--address",
+        default=f"127.0.0.1:{port}",
+        help="HOST:PORT (default 127.0.0.1:$LRCTL_PORT, else 50051)",
+    )
+    parser.add_argument(
+        "--service",
+        default=DEFAULT_SERVICE,
+        help=f'service to check; "" = the whole server (default {DEFAULT_SERVICE})',
+    )
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
-    parser.add_argument("--tls-ca", default=env.get(c.TLS_CA_ENV_VAR),
-                        help=f"CA bundle to verify the server (default ${c.TLS_CA_ENV_VAR})")
-    parser.add_argument("--tls-cert", default=env.get(c.TLS_CERT_ENV_VAR),
-                        help=f"client certificate for mutual TLS (${c.TLS_CERT_ENV_VAR})")
-    parser.add_argument("--tls-key", default=env.get(c.TLS_KEY_ENV_VAR),
-                        help=f"client key for mutual TLS (${c.TLS_KEY_ENV_VAR})")
-    parser.add_argument("--tls-server-name", default=None,
-                        help="name to expect in the server certificate (e.g. the Service's "
-                             "DNS name) when --address is an IP")
+    parser.add_argument(
+        "--tls-ca",
+        default=env.get(c.TLS_CA_ENV_VAR),
+        help=f"CA bundle to verify the server (default ${c.TLS_CA_ENV_VAR})",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=env.get(c.TLS_CERT_ENV_VAR),
+        help=f"client certificate for mutual TLS (${c.TLS_CERT_ENV_VAR})",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=env.get(c.TLS_KEY_ENV_VAR),
+        help=f"client key for mutual TLS (${c.TLS_KEY_ENV_VAR})",
+    )
+    parser.add_argument(
+        "--tls-server-name",
+        default=None,
+        help="name to expect in the server certificate (e.g. the Service's "
+        "DNS name) when --address is an IP",
+    )
     args = parser.parse_args(argv)
     try:
         credentials = _credentials(args.tls_ca, args.tls_cert, args.tls_key)
-        status = check(args.address, args.service, timeout=args.timeout,
-                       credentials=credentials, server_name=args.tls_server_name)
+        status = check(
+            args.address,
+            args.service,
+            timeout=args.timeout,
+            credentials=credentials,
+            server_name=args.tls_server_name,
+        )
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None
         details = exc.details() if isinstance(exc, grpc.Call) else str(exc)

@@ -47,8 +47,15 @@ from controller.rows import StoreError
 from lrctl.constants import MAX_STATUS_MESSAGE_BYTES, REASON_METADATA_KEY
 from lrctl.errors import LrctlError, SizeLimitError
 
-__all__ = ["Behavior", "MetricsInterceptor", "StatusInterceptor", "Wrap", "bounded", "rewrap",
-           "status_for"]
+__all__ = [
+    "Behavior",
+    "MetricsInterceptor",
+    "StatusInterceptor",
+    "Wrap",
+    "bounded",
+    "rewrap",
+    "status_for",
+]
 
 _log = logging.getLogger("lrctl.controller.rpc")
 
@@ -93,16 +100,23 @@ def status_for(exc: BaseException, method: str = "") -> tuple[grpc.StatusCode, s
     if isinstance(exc, LrctlError) and isinstance(exc, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc))
     if isinstance(exc, StoreError):  # the database went away (closed, connection lost)
-        return grpc.StatusCode.UNAVAILABLE, bounded(f"the database is unavailable: {exc}; "
-                                                    "nothing was written")
+        return grpc.StatusCode.UNAVAILABLE, bounded(
+            f"the database is unavailable: {exc}; nothing was written"
+        )
     _log.error("internal error in %s", method or "an RPC", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error in {method or 'the controller'} " \
-                                     f"({type(exc).__name__}); see the controller log"
+    return (
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {method or 'the controller'} "
+        f"({type(exc).__name__}); see the controller log",
+    )
 
 
-def rewrap(handler: Handler, wrap: Wrap,
-           deserializer: Callable[[bytes], Any] | None = None,
-           serializer: Callable[[Any], bytes] | None = None) -> Handler:
+def rewrap(
+    handler: Handler,
+    wrap: Wrap,
+    deserializer: Callable[[bytes], Any] | None = None,
+    serializer: Callable[[Any], bytes] | None = None,
+) -> Handler:
     """Return ``handler`` with its behaviour wrapped (unary-unary and unary-stream RPCs).
 
     A unary-stream behaviour that writes with ``context.write()`` instead of yielding
@@ -115,12 +129,16 @@ def rewrap(handler: Handler, wrap: Wrap,
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             wrap(handler.unary_unary, False),
-            request_deserializer=decode, response_serializer=encode)
+            request_deserializer=decode,
+            response_serializer=encode,
+        )
     if handler.unary_stream is not None:
         behavior = handler.unary_stream
         return grpc.unary_stream_rpc_method_handler(
             wrap(behavior, inspect.isasyncgenfunction(behavior)),
-            request_deserializer=decode, response_serializer=encode)
+            request_deserializer=decode,
+            response_serializer=encode,
+        )
     return handler
 
 
@@ -170,9 +188,11 @@ def _split(method: str) -> tuple[str, str]:
 class _HandlerInterceptor(grpc.aio.ServerInterceptor):
     """An interceptor that replaces each method's handler with :meth:`_intercept`'s."""
 
-    async def intercept_service(self, continuation: Continuation,
-                                handler_call_details: grpc.HandlerCallDetails,
-                                ) -> Handler | None:
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -242,13 +262,16 @@ class StatusInterceptor(_HandlerInterceptor):
         async def abort(context: Any, exc: Exception) -> None:
             code, message = status_for(exc, method)
             reason = getattr(exc, "reason", "") if isinstance(exc, ControllerError) else ""
-            await context.abort(code, message,
-                                ((REASON_METADATA_KEY, reason),) if reason else ())
+            await context.abort(code, message, ((REASON_METADATA_KEY, reason),) if reason else ())
 
         async def refuse(context: Any, request: _Undecodable) -> None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(
-                f"expected a serialized {service}/{method} request, got {request.size} bytes "
-                f"that do not parse as one: {request.error}"))
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                bounded(
+                    f"expected a serialized {service}/{method} request, got {request.size} bytes "
+                    f"that do not parse as one: {request.error}"
+                ),
+            )
 
         def wrap(behavior: Behavior, stream: bool) -> Behavior:
             async def unary(request: Any, context: Any) -> Any:
@@ -281,12 +304,17 @@ class StatusInterceptor(_HandlerInterceptor):
 
         if handler.stream_stream is not None:  # reflection: each request checked as it comes
             return _checked_streams(handler, refuse)
-        return rewrap(handler, wrap, _tolerant(handler.request_deserializer),
-                      _passing_bytes(handler.response_serializer) if ours else None)
+        return rewrap(
+            handler,
+            wrap,
+            _tolerant(handler.request_deserializer),
+            _passing_bytes(handler.response_serializer) if ours else None,
+        )
 
 
-def _checked_streams(handler: Handler,
-                     refuse: Callable[[Any, _Undecodable], Awaitable[None]]) -> Handler:
+def _checked_streams(
+    handler: Handler, refuse: Callable[[Any, _Undecodable], Awaitable[None]]
+) -> Handler:
     """A bidirectional-streaming handler whose requests that do not parse end the call with
     INVALID_ARGUMENT (server reflection's)."""
     behavior: Any = handler.stream_stream  # an async generator function under grpc.aio
@@ -302,5 +330,7 @@ def _checked_streams(handler: Handler,
             yield response
 
     return grpc.stream_stream_rpc_method_handler(
-        streams, request_deserializer=_tolerant(handler.request_deserializer),
-        response_serializer=handler.response_serializer)
+        streams,
+        request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )

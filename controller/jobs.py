@@ -42,6 +42,7 @@ __all__ = [
     "with_events",
 ]
 
+
 @dataclass
 class JobEntry:
     """One job in memory; its fields are replaced only after the write behind them is durable.
@@ -83,7 +84,8 @@ def check_evaluable(entry: JobEntry) -> None:
         raise FailedPrecondition(
             f"job {entry.job.job_id!r} cannot be evaluated: {entry.broken}; its log is still "
             f"readable (History); finish it (FinishJob) or recreate it (CreateJob with "
-            f"replace)")
+            f"replace)"
+        )
 
 
 def _prefix(text: str, limit: int = 40) -> str:
@@ -98,15 +100,21 @@ def check_note(actor: str, reason: str, limits: ServerLimits) -> None:
         InvalidArgument: control characters (newlines, escape sequences) in the actor.
     """
     if len(actor) > limits.max_actor_chars:
-        raise ResourceExhausted(f"expected an actor of at most {limits.max_actor_chars} "
-                                f"characters, got {len(actor)}: {_prefix(actor)}")
+        raise ResourceExhausted(
+            f"expected an actor of at most {limits.max_actor_chars} "
+            f"characters, got {len(actor)}: {_prefix(actor)}"
+        )
     if not actor.isprintable():
-        raise InvalidArgument(f"expected an actor without control characters (newlines, "
-                              f"escape sequences), got {_prefix(actor)}")
+        raise InvalidArgument(
+            f"expected an actor without control characters (newlines, "
+            f"escape sequences), got {_prefix(actor)}"
+        )
     size = len(reason.encode("utf-8", "surrogatepass"))
     if size > limits.max_reason_bytes:
-        raise ResourceExhausted(f"expected a reason of at most {limits.max_reason_bytes} "
-                                f"bytes (UTF-8), got {size}: {_prefix(reason)}")
+        raise ResourceExhausted(
+            f"expected a reason of at most {limits.max_reason_bytes} "
+            f"bytes (UTF-8), got {size}: {_prefix(reason)}"
+        )
 
 
 #: Encoded size of an event beyond its strings, at most: version, op, value, group, effective
@@ -116,15 +124,22 @@ _EVENT_OVERHEAD = 96
 
 def event_bytes(event: Event) -> int:
     """An upper bound of ``event``'s size in a message, once it is applied."""
-    return (_EVENT_OVERHEAD + len(event.actor.encode("utf-8", "surrogatepass"))
-            + len(event.reason.encode("utf-8", "surrogatepass"))
-            + len((event.schedule or "").encode("utf-8", "surrogatepass")))
+    return (
+        _EVENT_OVERHEAD
+        + len(event.actor.encode("utf-8", "surrogatepass"))
+        + len(event.reason.encode("utf-8", "surrogatepass"))
+        + len((event.schedule or "").encode("utf-8", "surrogatepass"))
+    )
 
 
 def head_bytes(job: Job) -> int:
     """An upper bound of the encoded size of ``job``'s head (no log): ListJobs pages by it."""
-    return (256 + len(job.job_id) + len(job.schedule.encode("utf-8", "surrogatepass"))
-            + 20 * len(job.base_lrs))
+    return (
+        256
+        + len(job.job_id)
+        + len(job.schedule.encode("utf-8", "surrogatepass"))
+        + 20 * len(job.base_lrs)
+    )
 
 
 def log_bytes(entry: JobEntry) -> int:
@@ -163,8 +178,9 @@ def decode_token(token: str) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         after = ""
     if not JOB_ID_PATTERN.fullmatch(after):
-        raise InvalidArgument(f"expected a page_token from a previous ListJobs, got "
-                              f"{_prefix(token)}")
+        raise InvalidArgument(
+            f"expected a page_token from a previous ListJobs, got {_prefix(token)}"
+        )
     return after
 
 
@@ -179,12 +195,16 @@ def same_spec(a: str, b: str) -> bool:
 def create_conflict(old: Job, schedule: str, base_lrs: tuple[float, ...]) -> str:
     """Say why CreateJob cannot attach to ``old`` (finished, or another spec/base LRs)."""
     if old.finished and same_spec(old.schedule, schedule) and old.base_lrs == base_lrs:
-        return (f"job {old.job_id!r} is finished; expected a running job to attach to "
-                f"(pass replace to start it again)")
-    return (f"job {old.job_id!r} exists with schedule {_prefix(old.schedule, 200)} and "
-            f"base_lrs {_lrs(old.base_lrs)}; expected the same to attach, got "
-            f"{_prefix(schedule, 200)} and base_lrs {_lrs(base_lrs)} (pass replace to "
-            f"replace it)")
+        return (
+            f"job {old.job_id!r} is finished; expected a running job to attach to "
+            f"(pass replace to start it again)"
+        )
+    return (
+        f"job {old.job_id!r} exists with schedule {_prefix(old.schedule, 200)} and "
+        f"base_lrs {_lrs(old.base_lrs)}; expected the same to attach, got "
+        f"{_prefix(schedule, 200)} and base_lrs {_lrs(base_lrs)} (pass replace to "
+        f"replace it)"
+    )
 
 
 def _lrs(values: Sequence[float], shown: int = 8) -> str:
@@ -195,8 +215,14 @@ def _lrs(values: Sequence[float], shown: int = 8) -> str:
     return f"[{head}, ...] ({len(values)} groups)"
 
 
-def check_override(op: Op, value: float | None, schedule: str | None, group: int | None,
-                   num_groups: int, limits: Limits = DEFAULT_LIMITS) -> str | None:
+def check_override(
+    op: Op,
+    value: float | None,
+    schedule: str | None,
+    group: int | None,
+    num_groups: int,
+    limits: Limits = DEFAULT_LIMITS,
+) -> str | None:
     """Check a client's override for a job with ``num_groups`` groups, under ``limits``
     (the LR ceiling, a replacement spec's size).
 
@@ -209,8 +235,10 @@ def check_override(op: Op, value: float | None, schedule: str | None, group: int
         OverrideError, SpecError: bad value, group or replacement spec (from :mod:`lrctl`).
     """
     if not isinstance(op, Op) or op is Op.PLATEAU_REDUCE:
-        raise InvalidArgument(f"expected an override op of scale, set, clear or "
-                              f"replace_schedule, got {getattr(op, 'value', op)!r}")
+        raise InvalidArgument(
+            f"expected an override op of scale, set, clear or "
+            f"replace_schedule, got {getattr(op, 'value', op)!r}"
+        )
     validate_override(op, value, group, num_groups, max_lr=limits.max_lr)
     if op is not Op.REPLACE_SCHEDULE:
         return schedule
@@ -218,8 +246,10 @@ def check_override(op: Op, value: float | None, schedule: str | None, group: int
         raise InvalidArgument("expected a schedule spec to replace with, got ''")
     built = build_schedule(schedule, num_groups, limits=limits)
     if group is not None and isinstance(built, ReduceLROnPlateau):
-        raise InvalidArgument("expected a job-wide ReduceLROnPlateau replacement (its metric "
-                              f"drives every group), got one for param group {group}")
+        raise InvalidArgument(
+            "expected a job-wide ReduceLROnPlateau replacement (its metric "
+            f"drives every group), got one for param group {group}"
+        )
     return built.spec.to_text()
 
 
@@ -236,12 +266,18 @@ def check_epoch(job: Job, epoch: int) -> None:
     if 0 < epoch < job.epoch:
         raise Superseded(
             f"job {job.job_id!r}: attach epoch {epoch} is superseded; the current epoch is "
-            f"{job.epoch} (a newer rank 0 attached); this report changes nothing")
+            f"{job.epoch} (a newer rank 0 attached); this report changes nothing"
+        )
     raise FailedPrecondition(
         f"job {job.job_id!r}: expected a report from attach epoch {job.epoch} (the current "
         f"one), got epoch {epoch}, which "
-        + ("does not attach (send CreateJob with attach first)" if epoch == 0
-           else "was never handed out") + "; this report changes nothing")
+        + (
+            "does not attach (send CreateJob with attach first)"
+            if epoch == 0
+            else "was never handed out"
+        )
+        + "; this report changes nothing"
+    )
 
 
 def check_report(job: Job, report: Report, pairs: Sequence[tuple[int, int]]) -> None:
@@ -251,15 +287,19 @@ def check_report(job: Job, report: Report, pairs: Sequence[tuple[int, int]]) -> 
         raise InvalidArgument(f"expected {n} lrs (one per param group), got {len(report.lrs)}")
     for version, step in pairs:
         if version > job.version or step < 0:
-            raise InvalidArgument(f"expected applied versions <= {job.version} with "
-                                  f"effective_step >= 0, got version {version} at step {step}")
+            raise InvalidArgument(
+                f"expected applied versions <= {job.version} with "
+                f"effective_step >= 0, got version {version} at step {step}"
+            )
     if report.applied_version > job.version:
-        raise InvalidArgument(f"expected applied_version <= {job.version}, got "
-                              f"{report.applied_version}")
+        raise InvalidArgument(
+            f"expected applied_version <= {job.version}, got {report.applied_version}"
+        )
 
 
-def mark_applied(events: Sequence[Event], pairs: Sequence[tuple[int, int]],
-                  now: float) -> list[Event]:
+def mark_applied(
+    events: Sequence[Event], pairs: Sequence[tuple[int, int]], now: float
+) -> list[Event]:
     """Return the events that ``pairs`` apply for the first time (effective step set once).
 
     ``events`` is a log in version order: each pair finds its event by bisection, so a report
@@ -279,8 +319,9 @@ def mark_applied(events: Sequence[Event], pairs: Sequence[tuple[int, int]],
     return done
 
 
-def with_events(events: tuple[Event, ...], changed: Sequence[Event],
-                new: Sequence[Event] = ()) -> tuple[Event, ...]:
+def with_events(
+    events: tuple[Event, ...], changed: Sequence[Event], new: Sequence[Event] = ()
+) -> tuple[Event, ...]:
     """Return the log ``events`` with each of ``changed`` in place of the event of its
     version, and ``new`` appended (one copy of the tuple, no Python work per event)."""
     if not changed:

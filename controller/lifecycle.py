@@ -35,10 +35,17 @@ class JobLifecycle:
     table, limits, evaluator, projection and watch hub; ``view`` and ``after_commit`` are its
     own)."""
 
-    def __init__(self, table: JobTable, limits: ServerLimits, evaluator: Evaluator,
-                 projection: Projection, hub: WatchHub, now: Callable[[], float],
-                 view: Callable[[JobEntry], Job],
-                 after_commit: Callable[[str], AbstractContextManager[None]]) -> None:
+    def __init__(
+        self,
+        table: JobTable,
+        limits: ServerLimits,
+        evaluator: Evaluator,
+        projection: Projection,
+        hub: WatchHub,
+        now: Callable[[], float],
+        view: Callable[[JobEntry], Job],
+        after_commit: Callable[[str], AbstractContextManager[None]],
+    ) -> None:
         self._table = table
         self._limits = limits
         self._eval = evaluator
@@ -48,18 +55,27 @@ class JobLifecycle:
         self._view = view
         self._after_commit = after_commit
 
-    async def create_job(self, job_id: str, schedule: str, base_lrs: Sequence[float], *,
-                         replace_existing: bool = False, verbose: bool = False,
-                         attach: bool = False, world_size: int = 0,
-                         actor: str = "") -> tuple[Job, bool]:
+    async def create_job(
+        self,
+        job_id: str,
+        schedule: str,
+        base_lrs: Sequence[float],
+        *,
+        replace_existing: bool = False,
+        verbose: bool = False,
+        attach: bool = False,
+        world_size: int = 0,
+        actor: str = "",
+    ) -> tuple[Job, bool]:
         """See :meth:`controller.service.ControllerService.create_job`."""
         check_job_id(job_id)
         if world_size < 0:
             raise InvalidArgument(f"expected world_size >= 0, got {world_size}")
         if len(base_lrs) > self._limits.max_param_groups:  # before copying a million
             check_num_groups(len(base_lrs), self._limits.core)
-        program = await self._eval.run(LRProgram, schedule, list(base_lrs),
-                                       limits=self._limits.core)
+        program = await self._eval.run(
+            LRProgram, schedule, list(base_lrs), limits=self._limits.core
+        )
         canonical, lrs = program.schedule.spec.to_text(), tuple(program.base_lrs)
         async with self._table.lock(job_id, create=True):
             old = self._table.jobs.get(job_id)
@@ -67,7 +83,8 @@ class JobLifecycle:
                 raise ResourceExhausted(
                     f"this controller holds {len(self._table.jobs)} jobs, the most it may "
                     f"(lrctl serve --max-jobs); expected the id of an existing job, got "
-                    f"{job_id!r}")
+                    f"{job_id!r}"
+                )
             if old is not None and not replace_existing:
                 check_evaluable(old)
             if old is not None:
@@ -81,10 +98,18 @@ class JobLifecycle:
             now = self._now()
             version = 1 if old is None else old.job.version + 1
             epoch = 0 if old is None else old.job.epoch
-            job = Job(job_id=job_id, schedule=canonical, base_lrs=lrs, version=version,
-                      created_version=version, verbose=verbose, created_at=now, updated_at=now,
-                      epoch=epoch + 1 if attach else epoch,
-                      world_size=world_size if attach else 0)
+            job = Job(
+                job_id=job_id,
+                schedule=canonical,
+                base_lrs=lrs,
+                version=version,
+                created_version=version,
+                verbose=verbose,
+                created_at=now,
+                updated_at=now,
+                epoch=epoch + 1 if attach else epoch,
+                world_size=world_size if attach else 0,
+            )
 
             def apply() -> JobEntry:
                 # Recreated in place: the old incarnation's watchers wake up to a RESYNC.
@@ -95,8 +120,9 @@ class JobLifecycle:
             entry = await self._table.write(Change(job, reset=old is not None), apply)
             with self._after_commit(job_id):
                 self._hub.notify(job_id)
-                self._projection.created(job, recreated=old is not None,
-                                         streams=self._hub.streams(job_id), actor=actor)
+                self._projection.created(
+                    job, recreated=old is not None, streams=self._hub.streams(job_id), actor=actor
+                )
                 if attach:
                     self._projection.attached(job, actor)
             return self._view(entry), True
@@ -106,8 +132,9 @@ class JobLifecycle:
 
         The version does not change: no event is added, watchers have nothing to apply.
         """
-        job = replace(entry.job, epoch=entry.job.epoch + 1, world_size=world_size,
-                      updated_at=self._now())
+        job = replace(
+            entry.job, epoch=entry.job.epoch + 1, world_size=world_size, updated_at=self._now()
+        )
 
         def apply() -> None:
             entry.job = job
@@ -123,8 +150,12 @@ class JobLifecycle:
             entry = self._table.get(job_id)
             if not entry.running:
                 return self._view(entry)
-            job = replace(entry.job, state=JobState.FINISHED, version=entry.job.version + 1,
-                          updated_at=self._now())
+            job = replace(
+                entry.job,
+                state=JobState.FINISHED,
+                version=entry.job.version + 1,
+                updated_at=self._now(),
+            )
 
             def apply() -> None:
                 entry.job = job

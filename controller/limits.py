@@ -69,15 +69,22 @@ class ServerLimits:
             if f.type == "int":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                     raise ValueError(f"expected {f.name} to be an integer >= 1, got {value!r}")
-            elif (isinstance(value, bool) or not isinstance(value, (int, float))
-                  or not math.isfinite(value) or value <= 0):
+            elif (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
                 raise ValueError(f"expected {f.name} to be a finite number > 0, got {value!r}")
 
     @property
     def core(self) -> Limits:
         """The spec, group and LR limits as :mod:`lrctl.program` takes them."""
-        return Limits(max_spec_bytes=self.max_spec_bytes,
-                      max_param_groups=self.max_param_groups, max_lr=float(self.max_lr))
+        return Limits(
+            max_spec_bytes=self.max_spec_bytes,
+            max_param_groups=self.max_param_groups,
+            max_lr=float(self.max_lr),
+        )
 
     def reserved_bytes(self) -> int:
         """Room a job's fields other than its log take in a message, at most: the spec and
@@ -97,8 +104,9 @@ class ServerLimits:
                 try:
                     values[name] = convert(environ[var])
                 except ValueError:
-                    raise ValueError(f"expected {var} to be {convert.__name__}, "
-                                     f"got {environ[var][:64]!r}") from None
+                    raise ValueError(
+                        f"expected {var} to be {convert.__name__}, got {environ[var][:64]!r}"
+                    ) from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -117,39 +125,88 @@ _number.__name__ = "a number"
 #: field -> (variable, converter, flag, help)
 _SETTINGS: dict[str, tuple[str, Callable[[str], Any], str, str]] = {
     "max_jobs": (c.MAX_JOBS_ENV_VAR, int, "--max-jobs", "jobs held, finished ones included"),
-    "max_events_per_job": (c.MAX_EVENTS_PER_JOB_ENV_VAR, int, "--max-events-per-job",
-                           "events in a job's log"),
-    "max_watch_streams_per_job": (c.MAX_WATCH_STREAMS_PER_JOB_ENV_VAR, int,
-                                  "--max-watch-streams-per-job", "Watch streams of one job"),
-    "max_watch_streams": (c.MAX_WATCH_STREAMS_ENV_VAR, int, "--max-watch-streams",
-                          "Watch streams in all"),
-    "max_param_groups": (c.MAX_PARAM_GROUPS_ENV_VAR, int, "--max-param-groups",
-                         "param groups of a job"),
-    "max_spec_bytes": (c.MAX_SPEC_BYTES_ENV_VAR, int, "--max-spec-bytes",
-                       "bytes of a schedule spec"),
-    "max_actor_chars": (c.MAX_ACTOR_CHARS_ENV_VAR, int, "--max-actor-chars",
-                        "characters of an override's actor"),
-    "max_reason_bytes": (c.MAX_REASON_BYTES_ENV_VAR, int, "--max-reason-bytes",
-                         "bytes of an override's reason"),
-    "max_lr": (c.MAX_LR_ENV_VAR, _number, "--max-lr",
-               "ceiling of base LRs, 'lr = X' and LRs in specs"),
-    "max_report_items": (c.MAX_REPORT_ITEMS_ENV_VAR, int, "--max-report-items",
-                         "applied versions, plateau metrics or divergences in one report"),
-    "eval_deadline_seconds": (c.EVAL_DEADLINE_SECONDS_ENV_VAR, _number,
-                              "--eval-deadline-seconds",
-                              "longest validation or evaluation of one call"),
+    "max_events_per_job": (
+        c.MAX_EVENTS_PER_JOB_ENV_VAR,
+        int,
+        "--max-events-per-job",
+        "events in a job's log",
+    ),
+    "max_watch_streams_per_job": (
+        c.MAX_WATCH_STREAMS_PER_JOB_ENV_VAR,
+        int,
+        "--max-watch-streams-per-job",
+        "Watch streams of one job",
+    ),
+    "max_watch_streams": (
+        c.MAX_WATCH_STREAMS_ENV_VAR,
+        int,
+        "--max-watch-streams",
+        "Watch streams in all",
+    ),
+    "max_param_groups": (
+        c.MAX_PARAM_GROUPS_ENV_VAR,
+        int,
+        "--max-param-groups",
+        "param groups of a job",
+    ),
+    "max_spec_bytes": (
+        c.MAX_SPEC_BYTES_ENV_VAR,
+        int,
+        "--max-spec-bytes",
+        "bytes of a schedule spec",
+    ),
+    "max_actor_chars": (
+        c.MAX_ACTOR_CHARS_ENV_VAR,
+        int,
+        "--max-actor-chars",
+        "characters of an override's actor",
+    ),
+    "max_reason_bytes": (
+        c.MAX_REASON_BYTES_ENV_VAR,
+        int,
+        "--max-reason-bytes",
+        "bytes of an override's reason",
+    ),
+    "max_lr": (
+        c.MAX_LR_ENV_VAR,
+        _number,
+        "--max-lr",
+        "ceiling of base LRs, 'lr = X' and LRs in specs",
+    ),
+    "max_report_items": (
+        c.MAX_REPORT_ITEMS_ENV_VAR,
+        int,
+        "--max-report-items",
+        "applied versions, plateau metrics or divergences in one report",
+    ),
+    "eval_deadline_seconds": (
+        c.EVAL_DEADLINE_SECONDS_ENV_VAR,
+        _number,
+        "--eval-deadline-seconds",
+        "longest validation or evaluation of one call",
+    ),
 }
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the limit flags (and ``--max-message-bytes``) to ``lrctl serve``."""
     group = parser.add_argument_group(
-        "limits", "Past a size or count limit a call answers RESOURCE_EXHAUSTED, a value out "
-                  "of range INVALID_ARGUMENT (docs/controller.md, 'Limits').")
+        "limits",
+        "Past a size or count limit a call answers RESOURCE_EXHAUSTED, a value out "
+        "of range INVALID_ARGUMENT (docs/controller.md, 'Limits').",
+    )
     defaults = ServerLimits()
     for name, (var, convert, flag, text) in _SETTINGS.items():
-        group.add_argument(flag, type=float if convert is _number else int, metavar="N",
-                           help=f"{text} (default {getattr(defaults, name):g}; {var})")
-    group.add_argument("--max-message-bytes", type=int, metavar="N",
-                       help=f"largest gRPC message sent or received (default "
-                            f"{c.DEFAULT_MAX_MESSAGE_BYTES}; {c.MAX_MESSAGE_BYTES_ENV_VAR})")
+        group.add_argument(
+            flag,
+            type=float if convert is _number else int,
+            metavar="N",
+            help=f"{text} (default {getattr(defaults, name):g}; {var})",
+        )
+    group.add_argument(
+        "--max-message-bytes",
+        type=int,
+        metavar="N",
+        help=f"largest gRPC message sent or received (default "
+        f"{c.DEFAULT_MAX_MESSAGE_BYTES}; {c.MAX_MESSAGE_BYTES_ENV_VAR})",
+    )

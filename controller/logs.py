@@ -36,8 +36,13 @@ def _escape(text: str) -> str:
             out.append(ch)
         else:
             code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x100 else
-                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+            out.append(
+                f"\\x{code:02x}"
+                if code < 0x100
+                else f"\\u{code:04x}"
+                if code < 0x10000
+                else f"\\U{code:08x}"
+            )
     return "".join(out)
 
 
@@ -49,11 +54,17 @@ def _quote(value: object) -> str:
     return '"' + escaped + '"'
 
 
-def log_change(job_id: str, version: int, op: str, actor: str = "", reason: str = "",
-               **extra: object) -> None:
+def log_change(
+    job_id: str, version: int, op: str, actor: str = "", reason: str = "", **extra: object
+) -> None:
     """Log one state change as ``job=... version=... op=... actor=... reason=...``."""
-    fields: dict[str, object] = {"job": job_id, "version": version, "op": op, "actor": actor,
-                                 "reason": reason}
+    fields: dict[str, object] = {
+        "job": job_id,
+        "version": version,
+        "op": op,
+        "actor": actor,
+        "reason": reason,
+    }
     fields.update({k: v for k, v in extra.items() if v is not None})
     CHANGES.info(" ".join(f"{k}={_quote(v)}" for k, v in fields.items()))
 

@@ -25,12 +25,32 @@ from prometheus_client.utils import floatToGoString
 
 from lrctl.overrides import Event
 
-__all__ = ["APPLY_BUCKETS", "INFO_PER_JOB", "INFO_REASON_CHARS", "ControllerMetrics",
-           "exposition_app"]
+__all__ = [
+    "APPLY_BUCKETS",
+    "INFO_PER_JOB",
+    "INFO_REASON_CHARS",
+    "ControllerMetrics",
+    "exposition_app",
+]
 
 #: Accepted -> applied by rank 0: milliseconds with a live watch, up to the report interval.
-APPLY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                 120.0, 300.0)
+APPLY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
 #: ``lrctl_override_info`` keeps one series for each of a job's latest overrides, this many.
 INFO_PER_JOB = 100
 #: Longest ``reason`` label of ``lrctl_override_info`` (longer reasons end in "…").
@@ -45,8 +65,7 @@ class _Family:
     """One metric family of per-job series: values, and their exposition lines, formatted when
     a value changes, so a scrape only joins them (once per family that changed)."""
 
-    def __init__(self, name: str, documentation: str, kind: str,
-                 labelnames: Sequence[str]) -> None:
+    def __init__(self, name: str, documentation: str, kind: str, labelnames: Sequence[str]) -> None:
         self.name, self.documentation, self.kind = name, documentation, kind
         self.labelnames = tuple(labelnames)
         self.sample = f"{name}_total" if kind == "counter" else name
@@ -57,8 +76,10 @@ class _Family:
         self._body = ""
         empty = _Single(Metric(name, documentation, kind))
         openmetrics: bytes = om_generate_latest(empty)  # type: ignore[no-untyped-call]
-        self.headers = {False: generate_latest(empty).decode(),
-                        True: openmetrics.decode().removesuffix("# EOF\n")}
+        self.headers = {
+            False: generate_latest(empty).decode(),
+            True: openmetrics.decode().removesuffix("# EOF\n"),
+        }
 
     def metric(self) -> Metric:
         """A prometheus_client family of the current values (for ``registry.collect()``)."""
@@ -81,7 +102,7 @@ class _Family:
         self.values[labels] = value
         line = self.lines.get(labels)
         # The label part of a line never changes: format it once per series.
-        prefix = line[:line.rindex(" ") + 1] if line is not None else self._prefix(labels)
+        prefix = line[: line.rindex(" ") + 1] if line is not None else self._prefix(labels)
         self.lines[labels] = prefix + _go(value) + "\n"
         self.changed = True
 
@@ -111,7 +132,7 @@ def _go(value: float) -> str:
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 #: Set in a thread serving ``/metrics``: job series collectors step aside and render their
@@ -146,8 +167,11 @@ class _JobSeries:
     def render(self, openmetrics: bool, names: set[str] | None = None) -> str:
         """Every family in exposition format, from the lines kept between scrapes."""
         with self.lock:
-            bodies = [(f, f.body()) for f in self.families.values()
-                      if names is None or f.sample in names or f.name in names]
+            bodies = [
+                (f, f.body())
+                for f in self.families.values()
+                if names is None or f.sample in names or f.name in names
+            ]
         return "".join(family.headers[openmetrics] + body for family, body in bodies)
 
 
@@ -159,6 +183,7 @@ def exposition_app(registry: CollectorRegistry, *, disable_compression: bool = F
     prometheus_client's; the bytes of every series are those ``generate_latest`` would write,
     counters of per-job series without their ``_created`` samples.
     """
+
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
         if method == "OPTIONS":
@@ -181,12 +206,16 @@ def exposition_app(registry: CollectorRegistry, *, disable_compression: bool = F
         finally:
             del _exposing.found
         openmetrics = content_type.startswith("application/openmetrics-text")
-        extra = "".join(series.render(openmetrics, set(names) if names else None)
-                        for series in found).encode()
+        extra = "".join(
+            series.render(openmetrics, set(names) if names else None) for series in found
+        ).encode()
         if extra:
             eof = b"# EOF\n"
-            output = (output[:-len(eof)] + extra + eof if openmetrics
-                      and output.endswith(eof) else output + extra)
+            output = (
+                output[: -len(eof)] + extra + eof
+                if openmetrics and output.endswith(eof)
+                else output + extra
+            )
         headers = [("Content-Type", content_type)]
         if not disable_compression and gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
             output = gzip.compress(output)
@@ -213,47 +242,87 @@ class ControllerMetrics:
         self.registry = registry
         family = _Family
         self.learning_rate = family(
-            "lrctl_learning_rate", "Learning rate of a param group at the job's latest step "
-            "(pending overrides included).", "gauge", ["job_id", "param_group"])
-        self.step = family("lrctl_step", "Latest scheduler step reported by rank 0.", "gauge",
-                           ["job_id"])
-        self.overrides = family("lrctl_overrides", "Override events accepted, by operation.",
-                                "counter", ["job_id", "op"])
-        self.workers = family("lrctl_workers", "World size reported by the job's attached "
-                              "rank 0 (0 when none).", "gauge", ["job_id"])
-        self.schedule_version = family("lrctl_schedule_version", "The job's current version.",
-                                       "gauge", ["job_id"])
-        self.watch_streams = family("lrctl_watch_streams",
-                                    "Watch streams open on this controller (any client).",
-                                    "gauge", ["job_id"])
+            "lrctl_learning_rate",
+            "Learning rate of a param group at the job's latest step (pending overrides included).",
+            "gauge",
+            ["job_id", "param_group"],
+        )
+        self.step = family(
+            "lrctl_step", "Latest scheduler step reported by rank 0.", "gauge", ["job_id"]
+        )
+        self.overrides = family(
+            "lrctl_overrides",
+            "Override events accepted, by operation.",
+            "counter",
+            ["job_id", "op"],
+        )
+        self.workers = family(
+            "lrctl_workers",
+            "World size reported by the job's attached rank 0 (0 when none).",
+            "gauge",
+            ["job_id"],
+        )
+        self.schedule_version = family(
+            "lrctl_schedule_version", "The job's current version.", "gauge", ["job_id"]
+        )
+        self.watch_streams = family(
+            "lrctl_watch_streams",
+            "Watch streams open on this controller (any client).",
+            "gauge",
+            ["job_id"],
+        )
         self.overrides_pending = family(
             "lrctl_overrides_pending",
-            "Events accepted but not yet reported applied by the job's ranks.", "gauge",
-            ["job_id"])
+            "Events accepted but not yet reported applied by the job's ranks.",
+            "gauge",
+            ["job_id"],
+        )
         self.override_info = family(
             "lrctl_override_info",
             f"One series per override (the latest {INFO_PER_JOB} per job); value: when it "
-            "was accepted, in Unix seconds. The Grafana annotation source.", "gauge",
-            ["job_id", "version", "op", "actor", "reason"])
+            "was accepted, in Unix seconds. The Grafana annotation source.",
+            "gauge",
+            ["job_id", "version", "op", "actor", "reason"],
+        )
         self.rank_divergence = family(
-            "lrctl_rank_divergence", "Checks in which the job's ranks disagreed on the "
-            "applied LRs, as rank 0 reported them.", "counter", ["job_id"])
+            "lrctl_rank_divergence",
+            "Checks in which the job's ranks disagreed on the "
+            "applied LRs, as rank 0 reported them.",
+            "counter",
+            ["job_id"],
+        )
         # Registration order is the order of families in registry.collect().
-        self._jobs = _JobSeries([
-            self.learning_rate, self.step, self.overrides, self.workers, self.schedule_version,
-            self.watch_streams, self.overrides_pending, self.override_info,
-            self.rank_divergence])
+        self._jobs = _JobSeries(
+            [
+                self.learning_rate,
+                self.step,
+                self.overrides,
+                self.workers,
+                self.schedule_version,
+                self.watch_streams,
+                self.overrides_pending,
+                self.override_info,
+                self.rank_divergence,
+            ]
+        )
         self.override_apply_seconds = Histogram(
             "lrctl_override_apply_seconds",
             "Time from an override being accepted to rank 0 reporting it applied.",
-            buckets=APPLY_BUCKETS, registry=registry)
+            buckets=APPLY_BUCKETS,
+            registry=registry,
+        )
         self.grpc_handled = Counter(
-            "lrctl_grpc_server_handled", "RPCs completed on the server, by method and status.",
-            ["grpc_service", "grpc_method", "grpc_code"], registry=registry)
+            "lrctl_grpc_server_handled",
+            "RPCs completed on the server, by method and status.",
+            ["grpc_service", "grpc_method", "grpc_code"],
+            registry=registry,
+        )
         self.grpc_handling_seconds = Histogram(
             "lrctl_grpc_server_handling_seconds",
             "Time to complete an RPC (for streams: the stream's lifetime).",
-            ["grpc_service", "grpc_method"], registry=registry)
+            ["grpc_service", "grpc_method"],
+            registry=registry,
+        )
         registry.register(self._jobs)
         self._lock = self._jobs.lock
         # Label values in use per job, so a finished job's series can all be removed.
@@ -282,13 +351,18 @@ class ControllerMetrics:
             key = (job_id,)
             _set(self.step, key, step)
             _set(self.schedule_version, key, version)
-            for family in (self.workers, self.watch_streams, self.overrides_pending,
-                           self.rank_divergence):
+            for family in (
+                self.workers,
+                self.watch_streams,
+                self.overrides_pending,
+                self.rank_divergence,
+            ):
                 if key not in family.values:  # present (0) from creation on
                     _set(family, key, 0.0)
 
-    def update_overrides(self, job_id: str, events: Sequence[Event],
-                         pending: int | None = None) -> None:
+    def update_overrides(
+        self, job_id: str, events: Sequence[Event], pending: int | None = None
+    ) -> None:
         """Export a running job's pending count and its latest overrides' info series.
 
         ``events`` is the job's whole log (current incarnation); ``pending`` the events not
@@ -307,13 +381,12 @@ class ControllerMetrics:
             self._info_key[job_id] = key
             exported = self._info.setdefault(job_id, deque())
             count, last = old if old is not None else (0, 0)
-            if not (count <= len(events)
-                    and (count == 0 or events[count - 1].version == last)):
+            if not (count <= len(events) and (count == 0 or events[count - 1].version == last)):
                 for _, labels in exported:  # not an extension: start over
                     _remove(self.override_info, labels)
                 exported.clear()
                 count = 0
-            for event in events[max(count, len(events) - INFO_PER_JOB):]:
+            for event in events[max(count, len(events) - INFO_PER_JOB) :]:
                 labels = _info_labels(job_id, event)
                 exported.append((event.version, labels))
                 _set(self.override_info, labels, event.created_at)
@@ -352,8 +425,14 @@ class ControllerMetrics:
             for _, labels in self._info.pop(job_id, ()):
                 _remove(self.override_info, labels)
             self._info_key.pop(job_id, None)
-            for family in (self.step, self.workers, self.schedule_version, self.watch_streams,
-                           self.overrides_pending, self.rank_divergence):
+            for family in (
+                self.step,
+                self.workers,
+                self.schedule_version,
+                self.watch_streams,
+                self.overrides_pending,
+                self.rank_divergence,
+            ):
                 _remove(family, (job_id,))  # a no-op for series never created
 
     # -- the rest ------------------------------------------------------------------------------
@@ -377,6 +456,7 @@ class ControllerMetrics:
 
 # Mutations of a family (the caller holds the series lock).
 
+
 def _set(family: _Family, labels: Labels, value: float) -> None:
     family.set(labels, float(value))
 
@@ -392,5 +472,5 @@ def _remove(family: _Family, labels: Labels) -> None:
 def _info_labels(job_id: str, event: Event) -> Labels:
     reason = event.reason
     if len(reason) > INFO_REASON_CHARS:
-        reason = reason[:INFO_REASON_CHARS - 1] + "…"
+        reason = reason[: INFO_REASON_CHARS - 1] + "…"
     return job_id, str(event.version), event.op.value, event.actor, reason

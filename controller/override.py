@@ -35,11 +35,17 @@ class OverrideHandler:
     """Appends overrides for a :class:`~controller.service.ControllerService` (its table,
     limits and evaluator; ``view`` and ``after_write`` are its own)."""
 
-    def __init__(self, table: JobTable, limits: ServerLimits, evaluator: Evaluator,
-                 log_budget: int, max_message_bytes: int, now: Callable[[], float],
-                 view: Callable[..., Job],
-                 after_write: Callable[[JobEntry, Sequence[Event], Sequence[Event]], None],
-                 ) -> None:
+    def __init__(
+        self,
+        table: JobTable,
+        limits: ServerLimits,
+        evaluator: Evaluator,
+        log_budget: int,
+        max_message_bytes: int,
+        now: Callable[[], float],
+        view: Callable[..., Job],
+        after_write: Callable[[JobEntry, Sequence[Event], Sequence[Event]], None],
+    ) -> None:
         self._table = table
         self._limits = limits
         self._eval = evaluator
@@ -49,10 +55,18 @@ class OverrideHandler:
         self._view = view
         self._after_write = after_write
 
-    async def override(self, job_id: str, op: Op, *, value: float | None = None,
-                       schedule: str | None = None, group: int | None = None,
-                       actor: str = "", reason: str = "",
-                       expected_version: int | None = None) -> tuple[Event, Job]:
+    async def override(
+        self,
+        job_id: str,
+        op: Op,
+        *,
+        value: float | None = None,
+        schedule: str | None = None,
+        group: int | None = None,
+        actor: str = "",
+        reason: str = "",
+        expected_version: int | None = None,
+    ) -> tuple[Event, Job]:
         """See :meth:`controller.service.ControllerService.override`."""
         async with self._table.lock(job_id):
             entry = self._table.get(job_id)
@@ -60,34 +74,47 @@ class OverrideHandler:
             check_note(actor, reason, self._limits)
             n, core = entry.job.num_groups, self._limits.core
             if op is Op.REPLACE_SCHEDULE:  # builds a spec for n groups: off the loop
-                schedule = await self._eval.run(check_override, op, value, schedule, group,
-                                                n, core)
+                schedule = await self._eval.run(check_override, op, value, schedule, group, n, core)
             else:
                 schedule = check_override(op, value, schedule, group, n, core)
             if not entry.running:
                 raise FailedPrecondition(f"job {job_id!r} is finished; expected a running job")
             if expected_version is not None and expected_version != entry.job.version:
-                raise Conflict(f"expected job {job_id!r} at version {expected_version}, "
-                               f"but it is at version {entry.job.version}")
+                raise Conflict(
+                    f"expected job {job_id!r} at version {expected_version}, "
+                    f"but it is at version {entry.job.version}"
+                )
             if len(entry.job.events) >= self._limits.max_events_per_job:
                 raise ResourceExhausted(
                     f"job {job_id!r} has {len(entry.job.events)} events, the most a job may "
                     f"hold (lrctl serve --max-events-per-job); finish it, or recreate it "
-                    f"(CreateJob with replace) for an empty log")
+                    f"(CreateJob with replace) for an empty log"
+                )
             keeps_value = op in (Op.SCALE, Op.SET)
-            event = Event(version=entry.job.version + 1, op=op,
-                          value=float(value) if keeps_value and value is not None else None,
-                          schedule=schedule if op is Op.REPLACE_SCHEDULE else None,
-                          group=group, actor=actor, reason=reason, created_at=self._now())
+            event = Event(
+                version=entry.job.version + 1,
+                op=op,
+                value=float(value) if keeps_value and value is not None else None,
+                schedule=schedule if op is Op.REPLACE_SCHEDULE else None,
+                group=group,
+                actor=actor,
+                reason=reason,
+                created_at=self._now(),
+            )
             size = log_bytes(entry) + event_bytes(event)
             if size > self._log_budget:
                 raise ResourceExhausted(
                     f"job {job_id!r}'s log would take {size} bytes, more than fits in one "
                     f"message beside the job ({self._log_budget} of lrctl serve "
                     f"--max-message-bytes {self._max_message_bytes}); shorten the reason, or "
-                    f"recreate the job (CreateJob with replace) for an empty log")
-            job = replace(entry.job, version=event.version, updated_at=event.created_at,
-                          events=with_events(entry.job.events, (), [event]))
+                    f"recreate the job (CreateJob with replace) for an empty log"
+                )
+            job = replace(
+                entry.job,
+                version=event.version,
+                updated_at=event.created_at,
+                events=with_events(entry.job.events, (), [event]),
+            )
 
             def apply() -> None:
                 entry.job = job

@@ -22,8 +22,9 @@ class JobPlateau:
     replaying the stored metrics consumed under the current schedule.
     """
 
-    def __init__(self, job: Job, events: Sequence[Event],
-                 consumed: Sequence[ConsumedMetric]) -> None:
+    def __init__(
+        self, job: Job, events: Sequence[Event], consumed: Sequence[ConsumedMetric]
+    ) -> None:
         self.num_groups = len(job.base_lrs)
         self.last_step = max((m.step for m in consumed), default=-1)
         self.schedule_version = job.created_version
@@ -59,8 +60,9 @@ class JobPlateau:
             if event.op is Op.REPLACE_SCHEDULE and event.group is None and event.schedule:
                 self._install(event.schedule, event.version)
 
-    def consume(self, metrics: Iterable[tuple[int, float]], version: int,
-                now: float) -> tuple[list[Event], list[ConsumedMetric]]:
+    def consume(
+        self, metrics: Iterable[tuple[int, float]], version: int, now: float
+    ) -> tuple[list[Event], list[ConsumedMetric]]:
         """Feed new metrics (step order) to a copy of the tracker; :meth:`commit` keeps it.
 
         Returns:
@@ -80,11 +82,16 @@ class JobPlateau:
                 # Pending like every event: the workers apply it at an agreed step and rank 0
                 # reports that step, so a resumed run replays what the live run did
                 # (torch reduces inside the step(metric) call itself; docs/parity.md).
-                events.append(Event(
-                    version=version + len(events) + 1, op=Op.PLATEAU_REDUCE,
-                    actor="plateau", created_at=now,
-                    reason=f"metric {value!r} did not improve on {tracker.best!r} "
-                           f"for more than {tracker.patience} steps"))
+                events.append(
+                    Event(
+                        version=version + len(events) + 1,
+                        op=Op.PLATEAU_REDUCE,
+                        actor="plateau",
+                        created_at=now,
+                        reason=f"metric {value!r} did not improve on {tracker.best!r} "
+                        f"for more than {tracker.patience} steps",
+                    )
+                )
         self._staged = (tracker, last)
         return events, consumed
 

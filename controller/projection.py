@@ -46,8 +46,7 @@ def pending_count(job: Job) -> int:
     An event is pending until rank 0 reports the step it took effect at, and while its
     version is above the agreed version every rank has applied (``job.applied_version``).
     """
-    return sum(1 for e in job.events
-               if e.effective_step is None or e.version > job.applied_version)
+    return sum(1 for e in job.events if e.effective_step is None or e.version > job.applied_version)
 
 
 class Projection:
@@ -80,11 +79,15 @@ class Projection:
             self.forget(job.job_id)
             return job.lr if job.lr else (math.nan,) * len(job.base_lrs)
 
-    def view(self, job: Job, *, events: bool = True, workers: int = 0,
-             streams: int = 0) -> Job:
+    def view(self, job: Job, *, events: bool = True, workers: int = 0, streams: int = 0) -> Job:
         """Return ``job`` as clients see it: displayed LRs, stream counts, log or head."""
-        return dataclasses.replace(job, lr=self.lr(job), workers=workers, watch_streams=streams,
-                                   events=job.events if events else ())
+        return dataclasses.replace(
+            job,
+            lr=self.lr(job),
+            workers=workers,
+            watch_streams=streams,
+            events=job.events if events else (),
+        )
 
     def pending(self, job: Job) -> int:
         """Events accepted but not yet applied by every rank (:func:`pending_count`),
@@ -103,8 +106,12 @@ class Projection:
         """Drop a job's cached program (it was recreated: other spec, other groups)."""
         self._display.pop(job_id, None)
 
-    def _follow(self, job: Job, new_events: Sequence[Event] | None = None,
-                applied: Sequence[Event] | None = None) -> JobDisplay:
+    def _follow(
+        self,
+        job: Job,
+        new_events: Sequence[Event] | None = None,
+        applied: Sequence[Event] | None = None,
+    ) -> JobDisplay:
         """The job's display, brought up to ``job`` (built on first use)."""
         display = self._display.get(job.job_id)
         if display is None:
@@ -118,22 +125,38 @@ class Projection:
     def created(self, job: Job, *, recreated: bool, streams: int, actor: str = "") -> None:
         """A job was created (or recreated in place) by ``actor`` (a token's name, or "")."""
         self.forget(job.job_id)
-        logs.log_change(job.job_id, job.version, "recreate" if recreated else "create", actor,
-                        schedule=job.schedule, base_lrs=list(job.base_lrs))
+        logs.log_change(
+            job.job_id,
+            job.version,
+            "recreate" if recreated else "create",
+            actor,
+            schedule=job.schedule,
+            base_lrs=list(job.base_lrs),
+        )
         self.export(job, streams)
 
     def attached(self, job: Job, actor: str = "") -> None:
         """Rank 0 of a run attached to ``job`` and got the attach epoch ``job.epoch``."""
-        logs.log_change(job.job_id, job.version, "attach", actor, epoch=job.epoch,
-                        world_size=job.world_size)
+        logs.log_change(
+            job.job_id, job.version, "attach", actor, epoch=job.epoch, world_size=job.world_size
+        )
 
-    def appended(self, job: Job, new_events: Sequence[Event], applied: Sequence[Event],
-                 *, streams: int) -> None:
+    def appended(
+        self, job: Job, new_events: Sequence[Event], applied: Sequence[Event], *, streams: int
+    ) -> None:
         """Events were appended to ``job`` and/or took effect (``applied``)."""
         for event in new_events:
-            logs.log_change(job.job_id, event.version, event.op.value, event.actor,
-                            event.reason, value=event.value, schedule=event.schedule,
-                            group=event.group, effective_step=event.effective_step)
+            logs.log_change(
+                job.job_id,
+                event.version,
+                event.op.value,
+                event.actor,
+                event.reason,
+                value=event.value,
+                schedule=event.schedule,
+                group=event.group,
+                effective_step=event.effective_step,
+            )
         try:
             if job.finished:
                 self.forget(job.job_id)  # shown rarely: built when asked, not kept
@@ -158,8 +181,13 @@ class Projection:
             for group, value in enumerate(report.lrs):
                 if group >= len(old) or old[group] != value:
                     # torch's verbose=True wording, with the job in front.
-                    _lr_log.info("job=%s step=%d: adjusting learning rate of group %d to %.4e.",
-                                 after.job_id, after.step, group, value)
+                    _lr_log.info(
+                        "job=%s step=%d: adjusting learning rate of group %d to %.4e.",
+                        after.job_id,
+                        after.step,
+                        group,
+                        value,
+                    )
         if self._metrics is not None and not after.finished:
             self._metrics.count_divergence(after.job_id, len(report.divergences))
 

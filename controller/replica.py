@@ -39,8 +39,11 @@ def apply_delta(entry: JobEntry | None, delta: Delta) -> tuple[JobEntry, list[Ev
         events = tuple(sorted(delta.events, key=lambda e: e.version))
         job = replace(delta.record, events=events)
         fresh = JobEntry(job, JobPlateau(job, list(events), list(delta.plateau_metrics)))
-        known = set() if entry is None or entry.job.created_version != job.created_version \
+        known = (
+            set()
+            if entry is None or entry.job.created_version != job.created_version
             else {e.version for e in entry.job.events}
+        )
         return fresh, [e for e in events if e.version not in known]
     by_version = {e.version: e for e in entry.job.events}
     new = [e for e in sorted(delta.events, key=lambda e: e.version) if e.version not in by_version]

@@ -43,11 +43,16 @@ class ReportHandler:
     limits and projection; ``after_commit`` and ``after_write`` are its own steps after a
     commit)."""
 
-    def __init__(self, table: JobTable, limits: ServerLimits, projection: Projection,
-                 log_budget: int, now: Callable[[], float],
-                 after_commit: Callable[[str], AbstractContextManager[None]],
-                 after_write: Callable[[JobEntry, Sequence[Event], Sequence[Event]], None],
-                 ) -> None:
+    def __init__(
+        self,
+        table: JobTable,
+        limits: ServerLimits,
+        projection: Projection,
+        log_budget: int,
+        now: Callable[[], float],
+        after_commit: Callable[[str], AbstractContextManager[None]],
+        after_write: Callable[[JobEntry, Sequence[Event], Sequence[Event]], None],
+    ) -> None:
         self._table = table
         self._limits = limits
         self._projection = projection
@@ -64,11 +69,14 @@ class ReportHandler:
                 f"expected at most {self._limits.max_report_items} applied versions, plateau "
                 f"metrics and divergences each in one report (lrctl serve --max-report-items), "
                 f"got {len(report.applied)}, {len(report.plateau_metrics)} and "
-                f"{len(report.divergences)}; send them over several reports")
+                f"{len(report.divergences)}; send them over several reports"
+            )
         if report.rank < 0 or report.step < -1 or report.world_size < 0:
-            raise InvalidArgument(f"expected rank >= 0, step >= -1 and world_size >= 0, got "
-                                  f"rank={report.rank}, step={report.step}, "
-                                  f"world_size={report.world_size}")
+            raise InvalidArgument(
+                f"expected rank >= 0, step >= -1 and world_size >= 0, got "
+                f"rank={report.rank}, step={report.step}, "
+                f"world_size={report.world_size}"
+            )
         async with self._table.lock(report.job_id):
             entry = self._table.get(report.job_id)
             check_evaluable(entry)
@@ -84,18 +92,26 @@ class ReportHandler:
             consumed: list[ConsumedMetric] = []
             job = before
             if entry.running:
-                new_events, consumed = entry.plateau.consume(report.plateau_metrics,
-                                                             before.version, now)
+                new_events, consumed = entry.plateau.consume(
+                    report.plateau_metrics, before.version, now
+                )
                 new_events = self._room(entry, new_events)
-                job = replace(before, step=report.step, lr=report.lrs or before.lr,
-                              applied_version=report.applied_version,
-                              world_size=0 if report.final else report.world_size,
-                              updated_at=now)
+                job = replace(
+                    before,
+                    step=report.step,
+                    lr=report.lrs or before.lr,
+                    applied_version=report.applied_version,
+                    world_size=0 if report.final else report.world_size,
+                    updated_at=now,
+                )
             elif not done:
                 return before.version
             if done or new_events:
-                job = replace(job, version=new_events[-1].version if new_events else job.version,
-                              events=with_events(job.events, done, new_events))
+                job = replace(
+                    job,
+                    version=new_events[-1].version if new_events else job.version,
+                    events=with_events(job.events, done, new_events),
+                )
 
             def apply() -> None:
                 entry.job = job
@@ -105,8 +121,13 @@ class ReportHandler:
             # durable before the reply; bare progress (step, LRs, ~10/s from rank 0) is
             # fsynced at most every PROGRESS_PERSIST_S; a restart may show a slightly older
             # step, never another version.
-            if (done or new_events or consumed or report.final
-                    or now - entry.persisted_at >= constants.PROGRESS_PERSIST_S):
+            if (
+                done
+                or new_events
+                or consumed
+                or report.final
+                or now - entry.persisted_at >= constants.PROGRESS_PERSIST_S
+            ):
                 await self._table.write(Change(job.head(), new_events, done, consumed), apply)
                 entry.persisted_at = now
             else:
@@ -125,9 +146,12 @@ class ReportHandler:
         for event in events:
             size += event_bytes(event)
             if len(kept) >= room or size > self._log_budget:
-                _log.warning("job %s: its log is full (lrctl serve --max-events-per-job, "
-                             "--max-message-bytes); %d plateau reduction(s) not appended",
-                             entry.job.job_id, len(events) - len(kept))
+                _log.warning(
+                    "job %s: its log is full (lrctl serve --max-events-per-job, "
+                    "--max-message-bytes); %d plateau reduction(s) not appended",
+                    entry.job.job_id,
+                    len(events) - len(kept),
+                )
                 break
             kept.append(event)
         return kept

@@ -31,12 +31,35 @@ __all__ = [
 ]
 
 #: Columns of ``jobs``, in the order of :func:`job_to_row`.
-JOB_COLUMNS = ("job_id", "schedule", "base_lrs", "version", "created_version", "step", "state",
-               "verbose", "created_at", "updated_at", "lrs", "applied_version", "world_size",
-               "epoch")
+JOB_COLUMNS = (
+    "job_id",
+    "schedule",
+    "base_lrs",
+    "version",
+    "created_version",
+    "step",
+    "state",
+    "verbose",
+    "created_at",
+    "updated_at",
+    "lrs",
+    "applied_version",
+    "world_size",
+    "epoch",
+)
 #: Columns of ``events`` after ``job_id``, in the order of :func:`event_to_row`.
-EVENT_COLUMNS = ("version", "op", "value", "schedule", "param_group", "effective_step",
-                 "actor", "reason", "created_at", "applied_at")
+EVENT_COLUMNS = (
+    "version",
+    "op",
+    "value",
+    "schedule",
+    "param_group",
+    "effective_step",
+    "actor",
+    "reason",
+    "created_at",
+    "applied_at",
+)
 
 
 class StoreError(LrctlError):
@@ -93,10 +116,22 @@ class Change:
 
 def job_to_row(job: Job) -> tuple[Any, ...]:
     """Return the ``jobs`` row of ``job`` (:data:`JOB_COLUMNS`; its events are not in it)."""
-    return (job.job_id, job.schedule, json.dumps(list(job.base_lrs)), job.version,
-            job.created_version, job.step, job.state.value, int(job.verbose), job.created_at,
-            job.updated_at, json.dumps(list(job.lr)) if job.lr else None, job.applied_version,
-            job.world_size, job.epoch)
+    return (
+        job.job_id,
+        job.schedule,
+        json.dumps(list(job.base_lrs)),
+        job.version,
+        job.created_version,
+        job.step,
+        job.state.value,
+        int(job.verbose),
+        job.created_at,
+        job.updated_at,
+        json.dumps(list(job.lr)) if job.lr else None,
+        job.applied_version,
+        job.world_size,
+        job.epoch,
+    )
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
@@ -104,16 +139,38 @@ def job_from_row(row: Sequence[Any]) -> Job:
 
     A spec stored by an older release is read back in today's canonical text.
     """
-    (job_id, schedule, base_lrs, version, created_version, step, state, verbose,
-     created_at, updated_at, lrs, applied_version, world_size, epoch) = row
-    return Job(job_id=job_id, schedule=stored_spec_text(schedule),
-               base_lrs=tuple(float(b) for b in json.loads(base_lrs)),
-               version=int(version), created_version=int(created_version), step=int(step),
-               state=JobState(state), verbose=bool(verbose), created_at=float(created_at),
-               updated_at=float(updated_at),
-               lr=() if lrs is None else tuple(float(x) for x in json.loads(lrs)),
-               applied_version=int(applied_version), world_size=int(world_size),
-               epoch=int(epoch))
+    (
+        job_id,
+        schedule,
+        base_lrs,
+        version,
+        created_version,
+        step,
+        state,
+        verbose,
+        created_at,
+        updated_at,
+        lrs,
+        applied_version,
+        world_size,
+        epoch,
+    ) = row
+    return Job(
+        job_id=job_id,
+        schedule=stored_spec_text(schedule),
+        base_lrs=tuple(float(b) for b in json.loads(base_lrs)),
+        version=int(version),
+        created_version=int(created_version),
+        step=int(step),
+        state=JobState(state),
+        verbose=bool(verbose),
+        created_at=float(created_at),
+        updated_at=float(updated_at),
+        lr=() if lrs is None else tuple(float(x) for x in json.loads(lrs)),
+        applied_version=int(applied_version),
+        world_size=int(world_size),
+        epoch=int(epoch),
+    )
 
 
 def salvage_job_row(row: Sequence[Any]) -> Job:
@@ -134,20 +191,38 @@ def salvage_job_row(row: Sequence[Any]) -> Job:
     def floats(text: Any) -> tuple[float, ...]:
         return tuple(float(x) for x in json.loads(text))
 
-    return Job(job_id=str(values["job_id"]), schedule=get("schedule", str, ""),
-               base_lrs=get("base_lrs", floats, ()), version=get("version", int, 0),
-               created_version=get("created_version", int, 1), step=get("step", int, -1),
-               state=get("state", JobState, JobState.RUNNING),
-               verbose=get("verbose", bool, False), created_at=get("created_at", float, 0.0),
-               updated_at=get("updated_at", float, 0.0), lr=get("lrs", floats, ()),
-               applied_version=get("applied_version", int, 0),
-               world_size=get("world_size", int, 0), epoch=get("epoch", int, 0))
+    return Job(
+        job_id=str(values["job_id"]),
+        schedule=get("schedule", str, ""),
+        base_lrs=get("base_lrs", floats, ()),
+        version=get("version", int, 0),
+        created_version=get("created_version", int, 1),
+        step=get("step", int, -1),
+        state=get("state", JobState, JobState.RUNNING),
+        verbose=get("verbose", bool, False),
+        created_at=get("created_at", float, 0.0),
+        updated_at=get("updated_at", float, 0.0),
+        lr=get("lrs", floats, ()),
+        applied_version=get("applied_version", int, 0),
+        world_size=get("world_size", int, 0),
+        epoch=get("epoch", int, 0),
+    )
 
 
 def event_to_row(e: Event) -> tuple[Any, ...]:
     """Return the ``events`` row of ``e`` after ``job_id`` (:data:`EVENT_COLUMNS`)."""
-    return (e.version, e.op.value, e.value, e.schedule, e.group, e.effective_step, e.actor,
-            e.reason, e.created_at, e.applied_at)
+    return (
+        e.version,
+        e.op.value,
+        e.value,
+        e.schedule,
+        e.group,
+        e.effective_step,
+        e.actor,
+        e.reason,
+        e.created_at,
+        e.applied_at,
+    )
 
 
 def event_from_row(row: Sequence[Any]) -> Event:
@@ -156,7 +231,15 @@ def event_from_row(row: Sequence[Any]) -> Event:
     A replacement spec stored by an older release is read back in today's canonical text.
     """
     version, op, value, schedule, group, effective_step, actor, reason, created, applied = row
-    return Event(version=version, op=Op(op), value=value,
-                 schedule=None if schedule is None else stored_spec_text(schedule),
-                 group=group, effective_step=effective_step, actor=actor, reason=reason,
-                 created_at=created, applied_at=applied)
+    return Event(
+        version=version,
+        op=Op(op),
+        value=value,
+        schedule=None if schedule is None else stored_spec_text(schedule),
+        group=group,
+        effective_step=effective_step,
+        actor=actor,
+        reason=reason,
+        created_at=created,
+        applied_at=applied,
+    )

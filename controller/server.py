@@ -66,11 +66,20 @@ class Controller:
         registry: The registry holding them.
     """
 
-    def __init__(self, config: ServerConfig, *, port: int, metrics_port: int | None,
-                 service: ControllerService, metrics: ControllerMetrics,
-                 registry: CollectorRegistry, server: grpc.aio.Server,
-                 health_servicer: health.aio.HealthServicer, store: JobStore,
-                 httpd: Any) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        port: int,
+        metrics_port: int | None,
+        service: ControllerService,
+        metrics: ControllerMetrics,
+        registry: CollectorRegistry,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        store: JobStore,
+        httpd: Any,
+    ) -> None:
         self.config = config
         self.port = port
         self.metrics_port = metrics_port
@@ -117,8 +126,12 @@ class Controller:
     async def __aenter__(self) -> Controller:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
 
@@ -142,9 +155,12 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
     """
     problems = exposure(config)
     if problems and not config.insecure:
-        raise ValueError("refusing to serve outside loopback unprotected: "
-                         + "; ".join(problems) + ". Give TLS and tokens (docs/security.md), "
-                         "bind 127.0.0.1, or pass --insecure (LRCTL_INSECURE=1) to accept it")
+        raise ValueError(
+            "refusing to serve outside loopback unprotected: "
+            + "; ".join(problems)
+            + ". Give TLS and tokens (docs/security.md), "
+            "bind 127.0.0.1, or pass --insecure (LRCTL_INSECURE=1) to accept it"
+        )
     for problem in problems:
         _log.warning("INSECURE (--insecure): %s", problem)
     credentials = server_credentials(config)  # a bad TLS file fails before anything starts
@@ -154,28 +170,38 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
     store = await open_store(config.db)
     server: grpc.aio.Server | None = None
     try:
-        service = await ControllerService.open(store, metrics,
-                                               heartbeat_seconds=config.heartbeat_seconds,
-                                               limits=config.limits,
-                                               max_message_bytes=config.max_message_bytes)
-        interceptors = [MetricsInterceptor(metrics), StatusInterceptor(SERVICE_NAME),
-                        AuthInterceptor(Authenticator(config.tokens), SERVICE_NAME)]
-        server = grpc.aio.server(interceptors=interceptors,
-                                 options=server_channel_options(config))
+        service = await ControllerService.open(
+            store,
+            metrics,
+            heartbeat_seconds=config.heartbeat_seconds,
+            limits=config.limits,
+            max_message_bytes=config.max_message_bytes,
+        )
+        interceptors = [
+            MetricsInterceptor(metrics),
+            StatusInterceptor(SERVICE_NAME),
+            AuthInterceptor(Authenticator(config.tokens), SERVICE_NAME),
+        ]
+        server = grpc.aio.server(interceptors=interceptors, options=server_channel_options(config))
         lrctl_pb2_grpc.add_LRControllerServicer_to_server(LRControllerServicer(service), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        port = (server.add_insecure_port(config.address) if credentials is None
-                else server.add_secure_port(config.address, credentials))
+            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        port = (
+            server.add_insecure_port(config.address)
+            if credentials is None
+            else server.add_secure_port(config.address, credentials)
+        )
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         httpd, metrics_port = None, None
         if config.metrics_port is not None:
-            httpd = _start_exposition(config.metrics_host or config.host,
-                                      config.metrics_port, registry, metrics_tls)
+            httpd = _start_exposition(
+                config.metrics_host or config.host, config.metrics_port, registry, metrics_tls
+            )
             metrics_port = int(httpd.server_port)
     except BaseException:
         if server is not None:
@@ -183,9 +209,18 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
         await store.close()
         raise
     _log.debug("controller listening on %s:%d", config.host, port)
-    return Controller(config, port=port, metrics_port=metrics_port, service=service,
-                      metrics=metrics, registry=registry, server=server,
-                      health_servicer=health_servicer, store=store, httpd=httpd)
+    return Controller(
+        config,
+        port=port,
+        metrics_port=metrics_port,
+        service=service,
+        metrics=metrics,
+        registry=registry,
+        server=server,
+        health_servicer=health_servicer,
+        store=store,
+        httpd=httpd,
+    )
 
 
 #: Longest a ``/metrics`` client may take to finish its TLS handshake and request.
@@ -197,8 +232,9 @@ class _QuietHandler(WSGIRequestHandler):
         """Log nothing: Prometheus scrapes every few seconds."""
 
 
-def _start_exposition(host: str, port: int, registry: CollectorRegistry,
-                      context: ssl.SSLContext | None = None) -> ThreadingWSGIServer:
+def _start_exposition(
+    host: str, port: int, registry: CollectorRegistry, context: ssl.SSLContext | None = None
+) -> ThreadingWSGIServer:
     """Serve ``/metrics`` from a daemon thread; ``port`` 0 picks a free port; HTTPS with
     ``context``.
 
@@ -207,6 +243,7 @@ def _start_exposition(host: str, port: int, registry: CollectorRegistry,
     socket, so a client that connects and never finishes the handshake blocks every scrape;
     here each connection's handshake runs in that connection's own thread, with a timeout.
     """
+
     class Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
@@ -221,12 +258,15 @@ def _start_exposition(host: str, port: int, registry: CollectorRegistry,
         def handle_error(self, request: Any, client_address: Any) -> None:
             # A failed handshake (a plain-HTTP or certificate-less scraper) is the client's
             # problem: one debug line, not a traceback on stderr.
-            _log.debug("metrics request from %s failed: %s", client_address,
-                       sys.exc_info()[1])
+            _log.debug("metrics request from %s failed: %s", client_address, sys.exc_info()[1])
 
     httpd = make_server(host, port, exposition_app(registry), Server, handler_class=_QuietHandler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="lrctl-metrics", daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name="lrctl-metrics",
+        daemon=True,
+    )
     thread.start()
     return httpd
 
@@ -251,16 +291,27 @@ async def _serve(config: ServerConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     metrics_host = config.metrics_host or config.host
-    where = "metrics off" if controller.metrics_port is None else \
-        f"metrics on {ServerConfig(host=metrics_host, port=controller.metrics_port).address}"
+    where = (
+        "metrics off"
+        if controller.metrics_port is None
+        else f"metrics on {ServerConfig(host=metrics_host, port=controller.metrics_port).address}"
+    )
     db = redact_url(config.db)  # a PostgreSQL URL without its password
-    security = "".join(text for text, on in (
-        (", mutual tls" if config.tls_client_ca else ", tls", config.tls),
-        (", tokens", bool(config.tokens)),
-        (", https metrics", config.metrics_tls and controller.metrics_port is not None),
-        (", INSECURE", config.insecure and bool(exposure(config)))) if on)
-    print(f"lrctl controller listening on {controller.address} ({where}, db {db}{security})",
-          file=sys.stderr, flush=True)
+    security = "".join(
+        text
+        for text, on in (
+            (", mutual tls" if config.tls_client_ca else ", tls", config.tls),
+            (", tokens", bool(config.tokens)),
+            (", https metrics", config.metrics_tls and controller.metrics_port is not None),
+            (", INSECURE", config.insecure and bool(exposure(config))),
+        )
+        if on
+    )
+    print(
+        f"lrctl controller listening on {controller.address} ({where}, db {db}{security})",
+        file=sys.stderr,
+        flush=True,
+    )
     await stop.wait()
     await controller.stop(config.grace_seconds)
     return 0

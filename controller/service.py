@@ -71,11 +71,16 @@ class ControllerService:
         clock: Wall clock (unix seconds).
     """
 
-    def __init__(self, store: JobStore, metrics: ControllerMetrics | None = None, *,
-                 heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
-                 limits: ServerLimits | None = None,
-                 max_message_bytes: int = constants.DEFAULT_MAX_MESSAGE_BYTES,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        metrics: ControllerMetrics | None = None,
+        *,
+        heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
+        limits: ServerLimits | None = None,
+        max_message_bytes: int = constants.DEFAULT_MAX_MESSAGE_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
         self._clock = clock
         self._limits = limits = ServerLimits() if limits is None else limits
@@ -85,49 +90,94 @@ class ControllerService:
         self._eval = Evaluator(limits.eval_deadline_seconds)
         self._table = JobTable(store, self._synced)
         self._projection = Projection(metrics)
-        self._hub = WatchHub(heartbeat_seconds, on_count=self._streams_changed,
-                             max_streams_per_job=limits.max_watch_streams_per_job,
-                             max_streams=limits.max_watch_streams)
-        self._lifecycle = JobLifecycle(self._table, limits, self._eval, self._projection,
-                                       self._hub, self._now, self._view, self._after_commit)
-        self._overrides = OverrideHandler(self._table, limits, self._eval, self._log_budget,
-                                          max_message_bytes, self._now, self._view,
-                                          self._after_write)
-        self._reports = ReportHandler(self._table, limits, self._projection, self._log_budget,
-                                      self._now, self._after_commit, self._after_write)
+        self._hub = WatchHub(
+            heartbeat_seconds,
+            on_count=self._streams_changed,
+            max_streams_per_job=limits.max_watch_streams_per_job,
+            max_streams=limits.max_watch_streams,
+        )
+        self._lifecycle = JobLifecycle(
+            self._table,
+            limits,
+            self._eval,
+            self._projection,
+            self._hub,
+            self._now,
+            self._view,
+            self._after_commit,
+        )
+        self._overrides = OverrideHandler(
+            self._table,
+            limits,
+            self._eval,
+            self._log_budget,
+            max_message_bytes,
+            self._now,
+            self._view,
+            self._after_write,
+        )
+        self._reports = ReportHandler(
+            self._table,
+            limits,
+            self._projection,
+            self._log_budget,
+            self._now,
+            self._after_commit,
+            self._after_write,
+        )
 
     @classmethod
-    async def open(cls, store: JobStore, metrics: ControllerMetrics | None = None, *,
-                   heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
-                   limits: ServerLimits | None = None,
-                   max_message_bytes: int = constants.DEFAULT_MAX_MESSAGE_BYTES,
-                   ) -> ControllerService:
+    async def open(
+        cls,
+        store: JobStore,
+        metrics: ControllerMetrics | None = None,
+        *,
+        heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
+        limits: ServerLimits | None = None,
+        max_message_bytes: int = constants.DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> ControllerService:
         """Load every job from ``store`` and export the running ones' metrics.
 
         A job that cannot be evaluated (a spec, base LRs or log this release refuses) is
         loaded marked (:func:`controller.jobs.check_evaluable`) and logged at ERROR; the
         others load and serve as usual.
         """
-        service = cls(store, metrics, heartbeat_seconds=heartbeat_seconds, limits=limits,
-                      max_message_bytes=max_message_bytes)
+        service = cls(
+            store,
+            metrics,
+            heartbeat_seconds=heartbeat_seconds,
+            limits=limits,
+            max_message_bytes=max_message_bytes,
+        )
         for entry in service._table.load(await store.load()):
             if entry.broken is None and entry.running:
                 try:
                     service._projection.check(entry.job)
                 except Exception as exc:
                     entry.broken = describe_error(exc)
-                    _log.error("job %s cannot be evaluated and is served marked: %s",
-                               entry.job.job_id, entry.broken)
+                    _log.error(
+                        "job %s cannot be evaluated and is served marked: %s",
+                        entry.job.job_id,
+                        entry.broken,
+                    )
             if entry.broken is None:
                 service._projection.export(entry.job, 0)
         return service
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    async def create_job(self, job_id: str, schedule: str, base_lrs: Sequence[float], *,
-                         replace_existing: bool = False, verbose: bool = False,
-                         attach: bool = False, world_size: int = 0,
-                         actor: str = "") -> tuple[Job, bool]:
+    async def create_job(
+        self,
+        job_id: str,
+        schedule: str,
+        base_lrs: Sequence[float],
+        *,
+        replace_existing: bool = False,
+        verbose: bool = False,
+        attach: bool = False,
+        world_size: int = 0,
+        actor: str = "",
+    ) -> tuple[Job, bool]:
         """Create a job, or attach to the running one with the same spec and base LRs.
 
         With ``attach`` (rank 0 of a training run) the job gets a new attach epoch, stored
@@ -149,8 +199,15 @@ class ControllerService:
                 be evaluated) and ``replace_existing`` is false.
         """
         return await self._lifecycle.create_job(
-            job_id, schedule, base_lrs, replace_existing=replace_existing, verbose=verbose,
-            attach=attach, world_size=world_size, actor=actor)
+            job_id,
+            schedule,
+            base_lrs,
+            replace_existing=replace_existing,
+            verbose=verbose,
+            attach=attach,
+            world_size=world_size,
+            actor=actor,
+        )
 
     async def sync(self, job_id: str) -> None:
         """Catch ``job_id`` up with the shared database (replicas; a no-op on SQLite), so a
@@ -169,8 +226,9 @@ class ControllerService:
         check_evaluable(entry)
         return self._view(entry)
 
-    def list_jobs(self, page_size: int = 0, page_token: str = "", *,
-                  include_finished: bool = False) -> tuple[list[Job], str]:
+    def list_jobs(
+        self, page_size: int = 0, page_token: str = "", *, include_finished: bool = False
+    ) -> tuple[list[Job], str]:
         """Return one page of jobs ordered by id (heads, no logs) and the next page's token.
 
         A page holds at most ``page_size`` jobs, and fewer when more would not fit in one
@@ -216,10 +274,18 @@ class ControllerService:
 
     # -- overrides -----------------------------------------------------------------------------
 
-    async def override(self, job_id: str, op: Op, *, value: float | None = None,
-                       schedule: str | None = None, group: int | None = None,
-                       actor: str = "", reason: str = "",
-                       expected_version: int | None = None) -> tuple[Event, Job]:
+    async def override(
+        self,
+        job_id: str,
+        op: Op,
+        *,
+        value: float | None = None,
+        schedule: str | None = None,
+        group: int | None = None,
+        actor: str = "",
+        reason: str = "",
+        expected_version: int | None = None,
+    ) -> tuple[Event, Job]:
         """Append an override event (SCALE, SET, CLEAR or REPLACE_SCHEDULE) to a job's log.
 
         Returns:
@@ -236,8 +302,15 @@ class ControllerService:
                 or bytes: it must fit in one message), or validation past its deadline.
         """
         return await self._overrides.override(
-            job_id, op, value=value, schedule=schedule, group=group, actor=actor,
-            reason=reason, expected_version=expected_version)
+            job_id,
+            op,
+            value=value,
+            schedule=schedule,
+            group=group,
+            actor=actor,
+            reason=reason,
+            expected_version=expected_version,
+        )
 
     def history(self, job_id: str) -> tuple[Event, ...]:
         """Return a job's event log, oldest first."""
@@ -248,8 +321,9 @@ class ControllerService:
         (:class:`~controller.evaluate.Evaluator`; past it, ResourceExhausted)."""
         return await self._eval.run(fn, *args)
 
-    def preview(self, schedule: str, base_lrs: Sequence[float],
-                steps: int) -> tuple[str, Iterator[list[float]]]:
+    def preview(
+        self, schedule: str, base_lrs: Sequence[float], steps: int
+    ) -> tuple[str, Iterator[list[float]]]:
         """Evaluate a spec without creating a job (CPU-heavy: call it through
         :meth:`offload`).
 
@@ -266,8 +340,10 @@ class ControllerService:
         program = LRProgram(schedule, list(base_lrs), limits=self._limits.core)
         canonical, n = program.schedule.spec.to_text(), program.num_groups
         if steps < 1 or steps * n > constants.MAX_PREVIEW_VALUES:
-            raise InvalidArgument(f"expected steps >= 1 and steps x param groups <= "
-                                  f"{constants.MAX_PREVIEW_VALUES}, got {steps} x {n}")
+            raise InvalidArgument(
+                f"expected steps >= 1 and steps x param groups <= "
+                f"{constants.MAX_PREVIEW_VALUES}, got {steps} x {n}"
+            )
         if steps - 1 > program.max_step:  # OneCycleLR's total_steps: say where it ends
             program.check_step(steps - 1, None)
         return canonical, (program.lrs(t) for t in range(steps))
@@ -307,8 +383,9 @@ class ControllerService:
 
     # -- watch ---------------------------------------------------------------------------------
 
-    async def watch(self, job_id: str, from_version: int = 0,
-                    worker_id: str = "") -> AsyncGenerator[WatchMessage, None]:
+    async def watch(
+        self, job_id: str, from_version: int = 0, worker_id: str = ""
+    ) -> AsyncGenerator[WatchMessage, None]:
         """Open a stream of a job: snapshot (or RESYNC), every later event in order,
         heartbeats, FINISHED.
 
@@ -354,17 +431,22 @@ class ControllerService:
 
     def _view(self, entry: JobEntry, *, events: bool = True) -> Job:
         job_id = entry.job.job_id
-        return self._projection.view(entry.job, events=events,
-                                     workers=self._hub.workers(job_id),
-                                     streams=self._hub.streams(job_id))
+        return self._projection.view(
+            entry.job,
+            events=events,
+            workers=self._hub.workers(job_id),
+            streams=self._hub.streams(job_id),
+        )
 
-    def _after_write(self, entry: JobEntry, new_events: Sequence[Event],
-                     applied: Sequence[Event]) -> None:
+    def _after_write(
+        self, entry: JobEntry, new_events: Sequence[Event], applied: Sequence[Event]
+    ) -> None:
         with self._after_commit(entry.job.job_id):
             if new_events:
                 self._hub.notify(entry.job.job_id)
-            self._projection.appended(entry.job, new_events, applied,
-                                      streams=self._hub.streams(entry.job.job_id))
+            self._projection.appended(
+                entry.job, new_events, applied, streams=self._hub.streams(entry.job.job_id)
+            )
 
     @staticmethod
     def _after_commit(job_id: str) -> _AfterCommit:
@@ -397,8 +479,9 @@ class _AfterCommit:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> bool:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> bool:
         if not isinstance(exc, Exception):
             return False
         _log.error("after a committed change of job %s", self.job_id, exc_info=exc)

@@ -38,8 +38,10 @@ def _op(op: int) -> Op:
     known = PROTO_TO_OP.get(op)
     if known is None:
         name = "OVERRIDE_OP_UNSPECIFIED" if op == 0 else str(op)
-        raise InvalidArgument(f"expected op OVERRIDE_OP_SCALE, OVERRIDE_OP_SET, "
-                              f"OVERRIDE_OP_CLEAR or OVERRIDE_OP_REPLACE_SCHEDULE, got {name}")
+        raise InvalidArgument(
+            f"expected op OVERRIDE_OP_SCALE, OVERRIDE_OP_SET, "
+            f"OVERRIDE_OP_CLEAR or OVERRIDE_OP_REPLACE_SCHEDULE, got {name}"
+        )
     return known
 
 
@@ -54,77 +56,92 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
         self.service = service
         self._encode = WatchEncoder()
 
-    async def CreateJob(self, request: pb.CreateJobRequest,
-                        context: Context) -> pb.CreateJobResponse:
+    async def CreateJob(
+        self, request: pb.CreateJobRequest, context: Context
+    ) -> pb.CreateJobResponse:
         job, created = await self.service.create_job(
-            request.job_id, request.schedule, list(request.base_lrs),
-            replace_existing=request.replace, verbose=request.verbose,
-            attach=request.attach, world_size=request.world_size if request.attach else 0,
-            actor=CALLER.get())
-        return pb.CreateJobResponse(job=job_to_proto(job), created=created,
-                                    epoch=job.epoch if request.attach else 0)
+            request.job_id,
+            request.schedule,
+            list(request.base_lrs),
+            replace_existing=request.replace,
+            verbose=request.verbose,
+            attach=request.attach,
+            world_size=request.world_size if request.attach else 0,
+            actor=CALLER.get(),
+        )
+        return pb.CreateJobResponse(
+            job=job_to_proto(job), created=created, epoch=job.epoch if request.attach else 0
+        )
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
         await self.service.sync(request.job_id)  # read your writes across replicas
         return job_to_proto(self.service.get_job(request.job_id))
 
-    async def ListJobs(self, request: pb.ListJobsRequest,
-                       context: Context) -> pb.ListJobsResponse:
-        jobs, token = self.service.list_jobs(request.page_size, request.page_token,
-                                             include_finished=request.include_finished)
-        return pb.ListJobsResponse(jobs=[job_to_proto(j, events=False) for j in jobs],
-                                   next_page_token=token)
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        jobs, token = self.service.list_jobs(
+            request.page_size, request.page_token, include_finished=request.include_finished
+        )
+        return pb.ListJobsResponse(
+            jobs=[job_to_proto(j, events=False) for j in jobs], next_page_token=token
+        )
 
     async def FinishJob(self, request: pb.FinishJobRequest, context: Context) -> pb.Job:
         return job_to_proto(await self.service.finish_job(request.job_id, actor=CALLER.get()))
 
-    async def Override(self, request: pb.OverrideRequest,
-                       context: Context) -> pb.OverrideResponse:
+    async def Override(self, request: pb.OverrideRequest, context: Context) -> pb.OverrideResponse:
         op = _op(request.op)
         event, head = await self.service.override(
-            request.job_id, op,
+            request.job_id,
+            op,
             value=request.value if request.HasField("value") else None,
             schedule=request.schedule if op is Op.REPLACE_SCHEDULE else None,
             group=request.param_group if request.HasField("param_group") else None,
-            actor=request.actor, reason=request.reason,
-            expected_version=(request.expected_version
-                              if request.HasField("expected_version") else None))
-        return pb.OverrideResponse(event=event_to_proto(event),
-                                   job=job_to_proto(head, events=False))
+            actor=request.actor,
+            reason=request.reason,
+            expected_version=(
+                request.expected_version if request.HasField("expected_version") else None
+            ),
+        )
+        return pb.OverrideResponse(
+            event=event_to_proto(event), job=job_to_proto(head, events=False)
+        )
 
     async def History(self, request: pb.HistoryRequest, context: Context) -> pb.HistoryResponse:
         await self.service.sync(request.job_id)
         events = self.service.history(request.job_id)
         return pb.HistoryResponse(events=[event_to_proto(e) for e in events])
 
-    async def Preview(self, request: pb.PreviewRequest,  # type: ignore[override]
-                      context: Context) -> bytes:
+    async def Preview(  # type: ignore[override]
+        self, request: pb.PreviewRequest, context: Context
+    ) -> bytes:
         # Up to a million values to compute and encode (~9 MB): off the event loop, within
         # the evaluation deadline, so watches and heartbeats keep flowing. The response goes
         # out as the bytes made there (controller.interceptors lets bytes through).
         return await self.service.offload(self._preview, request)
 
     def _preview(self, request: pb.PreviewRequest) -> bytes:
-        schedule, rows = self.service.preview(request.schedule, list(request.base_lrs),
-                                              request.steps)
+        schedule, rows = self.service.preview(
+            request.schedule, list(request.base_lrs), request.steps
+        )
         # Computed and encoded a thousand rows at a time: each call into protobuf holds the
         # GIL (the event loop waits for it), and few rows live at once (a full garbage
         # collection over a million values would stall the loop too). Repeated fields encode
         # as the concatenation of their parts.
         parts = []
         while chunk := list(islice(rows, 1000)):
-            parts.append(pb.PreviewResponse(rows=[pb.LRRow(lr=r) for r in chunk])
-                         .SerializeToString())
+            parts.append(
+                pb.PreviewResponse(rows=[pb.LRRow(lr=r) for r in chunk]).SerializeToString()
+            )
         parts.append(pb.PreviewResponse(schedule=schedule).SerializeToString())
         return b"".join(parts)
 
-    async def Watch(self, request: pb.WatchRequest,  # type: ignore[override]
-                    context: Context) -> None:
+    async def Watch(  # type: ignore[override]
+        self, request: pb.WatchRequest, context: Context
+    ) -> None:
         # Written, not yielded: no generator layer per interceptor. Each message goes out
         # encoded (bytes pass the response serializer: controller.interceptors), an event
         # once for every stream of its job.
-        stream = await self.service.watch(request.job_id, request.from_version,
-                                          request.worker_id)
+        stream = await self.service.watch(request.job_id, request.from_version, request.worker_id)
         encode, write = self._encode, context.write
         async with aclosing(stream):
             async for message in stream:

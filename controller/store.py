@@ -75,6 +75,7 @@ __all__ = [
 
 T = TypeVar("T")
 
+
 def _v1(conn: sqlite3.Connection) -> None:
     conn.execute("""
         CREATE TABLE jobs (
@@ -152,8 +153,10 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """
     found = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if found > SCHEMA_VERSION:
-        raise StoreError(f"database schema version {found} is newer than this controller "
-                         f"supports ({SCHEMA_VERSION}); upgrade lrctl")
+        raise StoreError(
+            f"database schema version {found} is newer than this controller "
+            f"supports ({SCHEMA_VERSION}); upgrade lrctl"
+        )
     if found >= target:
         return found
     with _transaction(conn):
@@ -181,13 +184,17 @@ def _write_error(path: str, exc: sqlite3.Error) -> Exception:
     """The controller's error for a write SQLite refused: nothing of it was stored."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
     if code == sqlite3.SQLITE_FULL:
-        return StorageFull(f"database {path!r} is full ({exc}); nothing was written. Free "
-                           f"disk space: writes resume by themselves, reads are still served")
+        return StorageFull(
+            f"database {path!r} is full ({exc}); nothing was written. Free "
+            f"disk space: writes resume by themselves, reads are still served"
+        )
     if code == sqlite3.SQLITE_READONLY:
-        return StorageUnavailable(f"database {path!r} is read-only ({exc}); nothing was "
-                                  f"written. Reads are still served")
-    return StorageUnavailable(f"cannot write database {path!r} ({exc}); nothing was written. "
-                              f"Reads are still served")
+        return StorageUnavailable(
+            f"database {path!r} is read-only ({exc}); nothing was written. Reads are still served"
+        )
+    return StorageUnavailable(
+        f"cannot write database {path!r} ({exc}); nothing was written. Reads are still served"
+    )
 
 
 def connect(path: str | os.PathLike[str]) -> sqlite3.Connection:
@@ -322,18 +329,21 @@ class Store:
         rows = conn.execute(
             f"SELECT e.job_id, {columns} FROM events e "
             "JOIN jobs j ON j.job_id = e.job_id AND e.version > j.created_version "
-            "ORDER BY e.job_id, e.version")
+            "ORDER BY e.job_id, e.version"
+        )
         problems: dict[str, str] = {}  # one job's unreadable rows never stop the load
         for row in rows:
             try:
                 events.setdefault(row[0], []).append(event_from_row(row[1:]))
             except Exception as exc:
-                problems.setdefault(row[0], f"event row {row[1]!r} does not read "
-                                            f"({type(exc).__name__}: {exc})")
+                problems.setdefault(
+                    row[0], f"event row {row[1]!r} does not read ({type(exc).__name__}: {exc})"
+                )
         metrics: dict[str, list[ConsumedMetric]] = {}
         for job_id, step, value, version in conn.execute(
-                "SELECT job_id, step, value, schedule_version FROM plateau_metrics "
-                "ORDER BY job_id, step"):
+            "SELECT job_id, step, value, schedule_version FROM plateau_metrics "
+            "ORDER BY job_id, step"
+        ):
             # SQLite stores NaN as NULL; torch treats a NaN metric as "not better".
             metric = ConsumedMetric(step, math.nan if value is None else value, version)
             metrics.setdefault(job_id, []).append(metric)
@@ -343,11 +353,18 @@ class Store:
                 record = job_from_row(row)
             except Exception as exc:
                 record = salvage_job_row(row)
-                problems.setdefault(record.job_id, f"its row does not read "
-                                                   f"({type(exc).__name__}: {exc})")
+                problems.setdefault(
+                    record.job_id, f"its row does not read ({type(exc).__name__}: {exc})"
+                )
             log = events.get(record.job_id, [])
-            out.append(StoredJob(record, log, metrics.get(record.job_id, []),
-                                 problem=problems.get(record.job_id, "")))
+            out.append(
+                StoredJob(
+                    record,
+                    log,
+                    metrics.get(record.job_id, []),
+                    problem=problems.get(record.job_id, ""),
+                )
+            )
         return out
 
     def _commit(self, change: Change) -> None:
@@ -356,22 +373,34 @@ class Store:
             conn.execute(_UPSERT_JOB, job_to_row(job))
             if change.reset:
                 conn.execute("DELETE FROM plateau_metrics WHERE job_id = ?", (job.job_id,))
-            conn.executemany(_INSERT_EVENT, [(job.job_id, *event_to_row(e))
-                                             for e in change.new_events])
+            conn.executemany(
+                _INSERT_EVENT, [(job.job_id, *event_to_row(e)) for e in change.new_events]
+            )
             conn.executemany(
                 "UPDATE events SET effective_step = ?, applied_at = ? "
                 "WHERE job_id = ? AND version = ?",
-                [(e.effective_step, e.applied_at, job.job_id, e.version) for e in change.applied])
+                [(e.effective_step, e.applied_at, job.job_id, e.version) for e in change.applied],
+            )
             conn.executemany(
                 "INSERT OR IGNORE INTO plateau_metrics (job_id, step, value, schedule_version) "
                 "VALUES (?,?,?,?)",
-                [(job.job_id, m.step, None if math.isnan(m.value) else m.value,
-                  m.schedule_version) for m in change.plateau_metrics])
+                [
+                    (
+                        job.job_id,
+                        m.step,
+                        None if math.isnan(m.value) else m.value,
+                        m.schedule_version,
+                    )
+                    for m in change.plateau_metrics
+                ],
+            )
 
 
 _UPSERT_JOB = (
     f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({', '.join('?' * len(JOB_COLUMNS))}) "
-    "ON CONFLICT (job_id) DO UPDATE SET "
-    + ", ".join(f"{c}=excluded.{c}" for c in JOB_COLUMNS[1:]))
-_INSERT_EVENT = (f"INSERT INTO events (job_id, {', '.join(EVENT_COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))})")
+    "ON CONFLICT (job_id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in JOB_COLUMNS[1:])
+)
+_INSERT_EVENT = (
+    f"INSERT INTO events (job_id, {', '.join(EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * (len(EVENT_COLUMNS) + 1))})"
+)

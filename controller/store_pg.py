@@ -75,14 +75,18 @@ _log = logging.getLogger("lrctl.controller.store")
 
 #: Failures that say the database is out of reach (not that a request is wrong): the RPC
 #: fails UNAVAILABLE, so clients retry, possibly on another replica.
-_UNREACHABLE = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
-                asyncpg.InterfaceError, asyncpg.exceptions.OperatorInterventionError)
+_UNREACHABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 #: Even with a healthy listener, every job's revision is compared this often.
 RESYNC_SECONDS = 30.0
 #: Advisory lock key of the per-job creation locks (two ints: this class id and
 #: ``hashtext(job_id)``; a key space apart from the migration lock's one bigint).
 _JOB_LOCK_CLASS = 0x6C726374  # "lrct"
-
 
 
 class _PgLock:
@@ -104,25 +108,33 @@ class _PgLock:
         rev = await conn.fetchval(UPSERT_JOB, *job_to_row(job), self.rev)
         if rev is None:
             # Cannot happen while every writer holds the row lock; refuse rather than guess.
-            raise StoreError(f"job {job.job_id!r} changed under its row lock (revision "
-                             f"{self.rev}); not written")
+            raise StoreError(
+                f"job {job.job_id!r} changed under its row lock (revision {self.rev}); not written"
+            )
         if change.reset:
             await conn.execute("DELETE FROM lrctl_plateau_metrics WHERE job_id = $1", job.job_id)
         if change.new_events:
-            await conn.executemany(INSERT_EVENT, [(job.job_id, *event_to_row(e), rev)
-                                                   for e in change.new_events])
+            await conn.executemany(
+                INSERT_EVENT, [(job.job_id, *event_to_row(e), rev) for e in change.new_events]
+            )
         if change.applied:
             await conn.executemany(
                 "UPDATE lrctl_events SET effective_step = $1, applied_at = $2, rev = $3 "
                 "WHERE job_id = $4 AND version = $5",
-                [(e.effective_step, e.applied_at, rev, job.job_id, e.version)
-                 for e in change.applied])
+                [
+                    (e.effective_step, e.applied_at, rev, job.job_id, e.version)
+                    for e in change.applied
+                ],
+            )
         if change.plateau_metrics:
             await conn.executemany(
                 "INSERT INTO lrctl_plateau_metrics (job_id, step, value, schedule_version, rev) "
                 "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                [(job.job_id, m.step, m.value, m.schedule_version, rev)
-                 for m in change.plateau_metrics])
+                [
+                    (job.job_id, m.step, m.value, m.schedule_version, rev)
+                    for m in change.plateau_metrics
+                ],
+            )
         await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, f"{job.job_id} {rev}")
         await conn.execute("COMMIT")
         self.committed = True
@@ -144,13 +156,15 @@ class PgStore:
         self._dsn = dsn
         self._pool = pool
         self.description = redact_url(dsn)
-        self._feed = ChangeFeed(dsn, pool, self.description, resync_seconds,
-                                lambda exc: _scrub(exc, dsn))
+        self._feed = ChangeFeed(
+            dsn, pool, self.description, resync_seconds, lambda exc: _scrub(exc, dsn)
+        )
         self._closed = False
 
     @classmethod
-    async def open(cls, dsn: str, *, pool_size: int = 10,
-                   resync_seconds: float = RESYNC_SECONDS) -> PgStore:
+    async def open(
+        cls, dsn: str, *, pool_size: int = 10, resync_seconds: float = RESYNC_SECONDS
+    ) -> PgStore:
         """Connect, migrate, and start listening for other replicas' changes.
 
         Raises:
@@ -159,11 +173,16 @@ class PgStore:
         description = redact_url(dsn)
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size,
-                server_settings={"application_name": "lrctl-controller",
-                                 # A replica that dies mid-transaction must not hold a row
-                                 # lock for long (the server also notices the closed socket).
-                                 "idle_in_transaction_session_timeout": "30000"})
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                server_settings={
+                    "application_name": "lrctl-controller",
+                    # A replica that dies mid-transaction must not hold a row
+                    # lock for long (the server also notices the closed socket).
+                    "idle_in_transaction_session_timeout": "30000",
+                },
+            )
         except Exception as exc:  # asyncpg raises OSError, PostgresError, ValueError, ...
             raise StoreError(f"cannot open database {description}: {_scrub(exc, dsn)}") from None
         store = cls(dsn, pool, resync_seconds=resync_seconds)
@@ -183,25 +202,37 @@ class PgStore:
 
     async def load(self) -> list[StoredJob]:
         """Return every job (current incarnation's log, consumed metrics, revision)."""
-        async with self._pool.acquire() as conn, conn.transaction(
-                isolation="repeatable_read", readonly=True):
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
             events: dict[str, list[Event]] = {}
             columns = ", ".join("e." + c for c in EVENT_COLUMNS_SQL.split(", "))
             for row in await conn.fetch(
-                    f"SELECT e.job_id, {columns} "
-                    "FROM lrctl_events e JOIN lrctl_jobs j ON j.job_id = e.job_id "
-                    "AND e.version > j.created_version ORDER BY e.job_id, e.version"):
+                f"SELECT e.job_id, {columns} "
+                "FROM lrctl_events e JOIN lrctl_jobs j ON j.job_id = e.job_id "
+                "AND e.version > j.created_version ORDER BY e.job_id, e.version"
+            ):
                 events.setdefault(row[0], []).append(event_from_row(tuple(row)[1:]))
             metrics: dict[str, list[ConsumedMetric]] = {}
-            for row in await conn.fetch("SELECT job_id, step, value, schedule_version "
-                                        "FROM lrctl_plateau_metrics ORDER BY job_id, step"):
+            for row in await conn.fetch(
+                "SELECT job_id, step, value, schedule_version "
+                "FROM lrctl_plateau_metrics ORDER BY job_id, step"
+            ):
                 metrics.setdefault(row[0], []).append(_metric_from_row(tuple(row)[1:]))
             out: list[StoredJob] = []
-            for row in await conn.fetch(f"SELECT {JOB_COLUMNS_SQL}, rev FROM lrctl_jobs "
-                                        "ORDER BY job_id"):
+            for row in await conn.fetch(
+                f"SELECT {JOB_COLUMNS_SQL}, rev FROM lrctl_jobs ORDER BY job_id"
+            ):
                 record = job_from_row(tuple(row)[:-1])
-                out.append(StoredJob(record, events.get(record.job_id, []),
-                                     metrics.get(record.job_id, []), rev=int(row["rev"])))
+                out.append(
+                    StoredJob(
+                        record,
+                        events.get(record.job_id, []),
+                        metrics.get(record.job_id, []),
+                        rev=int(row["rev"]),
+                    )
+                )
             return out
 
     async def since(self, job_id: str, rev: int) -> Delta | None:
@@ -219,8 +250,10 @@ class PgStore:
                 return await self._since(job_id, rev)
 
     async def _since(self, job_id: str, rev: int) -> Delta | None:
-        async with self._pool.acquire() as conn, conn.transaction(
-                isolation="repeatable_read", readonly=True):
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
             row = await conn.fetchrow(SELECT_JOB, job_id)
             if row is None or int(row["rev"]) == rev:
                 return None
@@ -233,8 +266,9 @@ class PgStore:
         except _UNREACHABLE as exc:
             # A commit cut off here may or may not have happened: the next write or refresh
             # of the job reads the database's answer (its revision) either way.
-            raise Unavailable(f"cannot reach the database {self.description} "
-                              f"({_scrub(exc, self._dsn)}); retry") from None
+            raise Unavailable(
+                f"cannot reach the database {self.description} ({_scrub(exc, self._dsn)}); retry"
+            ) from None
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -258,8 +292,9 @@ class PgStore:
                 yield lk
 
     @asynccontextmanager
-    async def _locked_conn(self, job_id: str, rev: int, *,
-                           want_delta: bool) -> AsyncIterator[_PgLock]:
+    async def _locked_conn(
+        self, job_id: str, rev: int, *, want_delta: bool
+    ) -> AsyncIterator[_PgLock]:
         async with self._pool.acquire() as conn:
             lk = _PgLock(self, conn, job_id)
             await conn.execute("BEGIN")
@@ -268,8 +303,9 @@ class PgStore:
                 if row is None:
                     # No row to lock yet: serialize creations of this id instead, then look
                     # again (a replica may have created it while we waited).
-                    await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))",
-                                       _JOB_LOCK_CLASS, job_id)
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock($1, hashtext($2))", _JOB_LOCK_CLASS, job_id
+                    )
                     row = await conn.fetchrow(SELECT_JOB + " FOR UPDATE", job_id)
                 if row is not None:
                     lk.rev = int(row["rev"])
@@ -303,14 +339,24 @@ async def _delta(conn: Any, row: Any, rev: int) -> Delta:
     full = rev <= 0 or rev < int(row["created_rev"]) or rev > now
     cond = "" if full else " AND rev > $3"
     args: list[Any] = [job_id, int(row["created_version"])] + ([] if full else [rev])
-    events = [event_from_row(tuple(r)) for r in await conn.fetch(
-        f"SELECT {EVENT_COLUMNS_SQL} FROM lrctl_events WHERE job_id = $1 AND version > $2{cond} "
-        "ORDER BY version", *args)]
+    events = [
+        event_from_row(tuple(r))
+        for r in await conn.fetch(
+            f"SELECT {EVENT_COLUMNS_SQL} FROM lrctl_events"
+            f" WHERE job_id = $1 AND version > $2{cond} ORDER BY version",
+            *args,
+        )
+    ]
     mcond = "" if full else " AND rev > $2"
     margs: list[Any] = [job_id] + ([] if full else [rev])
-    metrics = [_metric_from_row(tuple(r)) for r in await conn.fetch(
-        f"SELECT step, value, schedule_version FROM lrctl_plateau_metrics WHERE job_id = $1"
-        f"{mcond} ORDER BY step", *margs)]
+    metrics = [
+        _metric_from_row(tuple(r))
+        for r in await conn.fetch(
+            f"SELECT step, value, schedule_version FROM lrctl_plateau_metrics WHERE job_id = $1"
+            f"{mcond} ORDER BY step",
+            *margs,
+        )
+    ]
     record = job_from_row(tuple(row)[:-2])
     return Delta(record=record, rev=now, events=events, plateau_metrics=metrics, full=full)
 

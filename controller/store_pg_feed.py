@@ -37,8 +37,14 @@ class ChangeFeed:
         scrub: An exception as text without the password.
     """
 
-    def __init__(self, dsn: str, pool: Any, description: str, resync_seconds: float,
-                 scrub: Callable[[BaseException], str]) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        pool: Any,
+        description: str,
+        resync_seconds: float,
+        scrub: Callable[[BaseException], str],
+    ) -> None:
         self._dsn = dsn
         self._pool = pool
         self.description = description
@@ -79,8 +85,9 @@ class ChangeFeed:
                 _log.exception("store change callback failed for job %s", job_id)
 
     async def _connect_listener(self) -> None:
-        conn = await asyncpg.connect(self._dsn, server_settings={
-            "application_name": "lrctl-controller-listener"})
+        conn = await asyncpg.connect(
+            self._dsn, server_settings={"application_name": "lrctl-controller-listener"}
+        )
         await conn.add_listener(CHANNEL, self._on_notify)
         # A closed connection (server restart, network) wakes the keeper at once.
         conn.add_termination_listener(lambda _conn: self._lost.set())
@@ -122,8 +129,11 @@ class ChangeFeed:
             except Exception as exc:
                 if self._closed:
                     return
-                _log.warning("lost the change feed of %s (%s); reconnecting",
-                             self.description, self._scrub(exc))
+                _log.warning(
+                    "lost the change feed of %s (%s); reconnecting",
+                    self.description,
+                    self._scrub(exc),
+                )
                 if self._listener is not None:
                     with contextlib.suppress(Exception):
                         self._listener.terminate()

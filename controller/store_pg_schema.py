@@ -13,8 +13,16 @@ from typing import Any
 
 from controller.store import EVENT_COLUMNS, JOB_COLUMNS, StoreError
 
-__all__ = ["EVENT_COLUMNS_SQL", "INSERT_EVENT", "JOB_COLUMNS_SQL", "MIGRATIONS", "SCHEMA_VERSION",
-           "SELECT_JOB", "UPSERT_JOB", "migrate"]
+__all__ = [
+    "EVENT_COLUMNS_SQL",
+    "INSERT_EVENT",
+    "JOB_COLUMNS_SQL",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SELECT_JOB",
+    "UPSERT_JOB",
+    "migrate",
+]
 
 #: The migration lock's advisory lock key (one bigint).
 _MIGRATION_LOCK = 0x6C7263746C5F6D69  # "lrctl_mi"
@@ -95,8 +103,11 @@ UPSERT_JOB = f"""
                            THEN j.rev + 1 ELSE j.created_rev END
     WHERE j.rev = ${_N + 1}
     RETURNING rev"""
-INSERT_EVENT = (f"INSERT INTO lrctl_events (job_id, {EVENT_COLUMNS_SQL}, rev) VALUES "
-                 f"({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS) + 2))})")
+INSERT_EVENT = (
+    f"INSERT INTO lrctl_events (job_id, {EVENT_COLUMNS_SQL}, rev) VALUES "
+    f"({', '.join(f'${i + 1}' for i in range(len(EVENT_COLUMNS) + 2))})"
+)
+
 
 async def migrate(conn: Any, target: int = SCHEMA_VERSION) -> int:
     """Upgrade the schema behind ``conn`` to ``target`` in one transaction.
@@ -115,8 +126,10 @@ async def migrate(conn: Any, target: int = SCHEMA_VERSION) -> int:
         await conn.execute("CREATE TABLE IF NOT EXISTS lrctl_schema (version integer NOT NULL)")
         found = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM lrctl_schema"))
         if found > SCHEMA_VERSION:
-            raise StoreError(f"database schema version {found} is newer than this controller "
-                             f"supports ({SCHEMA_VERSION}); upgrade lrctl")
+            raise StoreError(
+                f"database schema version {found} is newer than this controller "
+                f"supports ({SCHEMA_VERSION}); upgrade lrctl"
+            )
         if found >= target:
             return found
         for statements in MIGRATIONS[found:target]:

@@ -79,8 +79,9 @@ class JobTable:
                 entry = JobEntry(job, JobPlateau(job, item.events, item.plateau_metrics))
             except Exception as exc:  # any value of any job: the others must load
                 entry = JobEntry(job, JobPlateau.idle(job), broken=describe_error(exc))
-                _log.error("job %s cannot be evaluated and is served marked: %s",
-                           job.job_id, entry.broken)
+                _log.error(
+                    "job %s cannot be evaluated and is served marked: %s", job.job_id, entry.broken
+                )
             self.jobs[job.job_id] = entry
             self._revs[job.job_id] = item.rev
             entries.append(entry)
@@ -117,8 +118,10 @@ class JobTable:
             async with self._locks.setdefault(job_id, asyncio.Lock()):
                 yield
             return
-        async with self._job_lock(check_job_id(job_id)), \
-                self.store.lock(job_id, self._revs.get(job_id, 0)) as txn:
+        async with (
+            self._job_lock(check_job_id(job_id)),
+            self.store.lock(job_id, self._revs.get(job_id, 0)) as txn,
+        ):
             if txn.delta is not None:
                 self._apply(job_id, txn.delta)
             self._txn[job_id] = txn
@@ -135,6 +138,7 @@ class JobTable:
         its own task; a cancel waits for it to finish (holding the job's lock) and then
         propagates.
         """
+
         async def commit_and_apply() -> T:
             txn = self._txn.get(change.job.job_id)
             if txn is None:

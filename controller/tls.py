@@ -35,7 +35,9 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
         _check_ca(config.tls_client_ca, "--tls-client-ca")
     return grpc.ssl_server_credentials(
         [(_read(config.tls_key, "--tls-key"), _read(config.tls_cert, "--tls-cert"))],
-        root_certificates=client_ca, require_client_auth=client_ca is not None)
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def metrics_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -49,8 +51,9 @@ def metrics_ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     """
     if config.metrics_tls_cert is None or config.metrics_tls_key is None:
         return None
-    context = _check_pair(config.metrics_tls_cert, config.metrics_tls_key,
-                          "--metrics-tls-cert", "--metrics-tls-key")
+    context = _check_pair(
+        config.metrics_tls_cert, config.metrics_tls_key, "--metrics-tls-cert", "--metrics-tls-key"
+    )
     if config.metrics_tls_client_ca is not None:
         _check_ca(config.metrics_tls_client_ca, "--metrics-client-ca", context)
         context.verify_mode = ssl.CERT_REQUIRED
@@ -61,8 +64,7 @@ def _read(path: str, flag: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise ValueError(f"cannot read the {flag} file {path!r}: "
-                         f"{exc.strerror or exc}") from None
+        raise ValueError(f"cannot read the {flag} file {path!r}: {exc.strerror or exc}") from None
 
 
 def _check_pair(cert: str, key: str, cert_flag: str, key_flag: str) -> ssl.SSLContext:
@@ -74,9 +76,11 @@ def _check_pair(cert: str, key: str, cert_flag: str, key_flag: str) -> ssl.SSLCo
     try:
         context.load_cert_chain(certfile=cert, keyfile=key)
     except ssl.SSLError as exc:
-        raise ValueError(f"cannot load the TLS certificate {cert!r} ({cert_flag}) with the "
-                         f"key {key!r} ({key_flag}): expected a PEM certificate chain and its "
-                         f"PEM private key ({exc.reason or exc})") from None
+        raise ValueError(
+            f"cannot load the TLS certificate {cert!r} ({cert_flag}) with the "
+            f"key {key!r} ({key_flag}): expected a PEM certificate chain and its "
+            f"PEM private key ({exc.reason or exc})"
+        ) from None
     return context
 
 
@@ -85,5 +89,7 @@ def _check_ca(path: str, flag: str, context: ssl.SSLContext | None = None) -> No
     try:
         (context or ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)).load_verify_locations(cafile=path)
     except ssl.SSLError as exc:
-        raise ValueError(f"cannot load the CA bundle {path!r} ({flag}): expected PEM "
-                         f"certificates ({exc.reason or exc})") from None
+        raise ValueError(
+            f"cannot load the CA bundle {path!r} ({flag}): expected PEM "
+            f"certificates ({exc.reason or exc})"
+        ) from None

@@ -97,8 +97,9 @@ def plain_entry(token: str, role: str) -> TokenEntry:
         ValueError: an empty token, one with spaces, or an unknown role.
     """
     if not isinstance(token, str) or not token or any(ch.isspace() for ch in token):
-        raise ValueError(f"expected each token to be a non-empty string without spaces, "
-                         f"got {token!r}")
+        raise ValueError(
+            f"expected each token to be a non-empty string without spaces, got {token!r}"
+        )
     _check_role(role, "")
     digest = hash_token(token)
     return TokenEntry(name=f"sha256:{digest[:12]}", sha256=digest, role=role)
@@ -129,8 +130,10 @@ def parse_tokens(data: object, source: str = "token file") -> tuple[TokenEntry, 
         ValueError: anything but the two forms, with what was expected and what came.
     """
     if not isinstance(data, dict):
-        raise ValueError(f'expected {source} to hold a JSON object {{"tokens": [...]}} or '
-                         f'{{"TOKEN": "ROLE"}}, got {type(data).__name__}')
+        raise ValueError(
+            f'expected {source} to hold a JSON object {{"tokens": [...]}} or '
+            f'{{"TOKEN": "ROLE"}}, got {type(data).__name__}'
+        )
     if not isinstance(data.get("tokens"), list):
         return as_entries(data)  # the older form
     if set(data) != {"tokens"}:
@@ -160,42 +163,58 @@ def load_tokens(path: str | os.PathLike[str]) -> tuple[TokenEntry, ...]:
 def _entry(item: object, index: int, source: str) -> TokenEntry:
     where = f"tokens[{index}] of {source}"
     if not isinstance(item, dict):
-        raise ValueError(f'expected {where} to be an object {{"name", "sha256", "role"[, '
-                         f'"jobs"]}}, got {type(item).__name__}')
+        raise ValueError(
+            f'expected {where} to be an object {{"name", "sha256", "role"[, '
+            f'"jobs"]}}, got {type(item).__name__}'
+        )
     unknown = set(item) - _ENTRY_KEYS
     if unknown:
         # A typo such as "job" must not silently widen a token to every job.
         hint = " (store the token's SHA-256, never the token)" if "token" in unknown else ""
-        raise ValueError(f"expected the keys name, sha256, role and jobs in {where}, got "
-                         f"{', '.join(sorted(map(repr, unknown)))}{hint}")
+        raise ValueError(
+            f"expected the keys name, sha256, role and jobs in {where}, got "
+            f"{', '.join(sorted(map(repr, unknown)))}{hint}"
+        )
     name, digest, role = item.get("name"), item.get("sha256"), item.get("role")
     if not isinstance(digest, str) or not _HEX64.fullmatch(digest.lower()):
-        raise ValueError(f"expected {where} to have a sha256 of 64 hex digits (e.g. "
-                         f"`printf %s TOKEN | sha256sum`), got {digest!r}")
+        raise ValueError(
+            f"expected {where} to have a sha256 of 64 hex digits (e.g. "
+            f"`printf %s TOKEN | sha256sum`), got {digest!r}"
+        )
     digest = digest.lower()
     if name is None:
         name = f"sha256:{digest[:12]}"
-    if (not isinstance(name, str) or not name.strip() or len(name) > DEFAULT_MAX_ACTOR_CHARS
-            or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)):
+    if (
+        not isinstance(name, str)
+        or not name.strip()
+        or len(name) > DEFAULT_MAX_ACTOR_CHARS
+        or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+    ):
         # The name is written as the actor of overrides and in log lines: printable only.
-        raise ValueError(f"expected {where} to have a name of 1-{DEFAULT_MAX_ACTOR_CHARS} "
-                         f"printable characters, got {name!r}")
+        raise ValueError(
+            f"expected {where} to have a name of 1-{DEFAULT_MAX_ACTOR_CHARS} "
+            f"printable characters, got {name!r}"
+        )
     _check_role(role, f" in {where}")
     jobs = item.get("jobs")
     if jobs is not None:
-        if (not isinstance(jobs, list) or not jobs
-                or not all(isinstance(p, str) and p.strip() for p in jobs)):
-            raise ValueError(f"expected {where} to have jobs as a non-empty list of job-id "
-                             f'patterns such as ["run-*"] (leave it out for every job), '
-                             f"got {jobs!r}")
+        if (
+            not isinstance(jobs, list)
+            or not jobs
+            or not all(isinstance(p, str) and p.strip() for p in jobs)
+        ):
+            raise ValueError(
+                f"expected {where} to have jobs as a non-empty list of job-id "
+                f'patterns such as ["run-*"] (leave it out for every job), '
+                f"got {jobs!r}"
+            )
         jobs = tuple(jobs)
     return TokenEntry(name=name, sha256=digest, role=str(role), jobs=jobs)
 
 
 def _check_role(role: object, where: str) -> None:
     if role not in ROLES:
-        raise ValueError(f"expected a role of {', '.join(map(repr, ROLES))}{where}, "
-                         f"got {role!r}")
+        raise ValueError(f"expected a role of {', '.join(map(repr, ROLES))}{where}, got {role!r}")
 
 
 def _check_unique(entries: Sequence[TokenEntry], source: str) -> None:
@@ -204,8 +223,9 @@ def _check_unique(entries: Sequence[TokenEntry], source: str) -> None:
     seen_name: set[str] = set()
     for entry in entries:
         if entry.sha256 in seen_hash:
-            raise ValueError(f"expected each token once{where}, got one twice "
-                             f"(sha256 {entry.sha256[:12]}...)")
+            raise ValueError(
+                f"expected each token once{where}, got one twice (sha256 {entry.sha256[:12]}...)"
+            )
         if entry.name in seen_name:
             raise ValueError(f"expected unique token names{where}, got {entry.name!r} twice")
         seen_hash.add(entry.sha256)
@@ -217,12 +237,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m controller.tokens",
         description="Make a random bearer token; print it (give it to its holder) and the "
-                    "entry to add to the token file's \"tokens\" list (it holds only the "
-                    "token's SHA-256).")
+        'entry to add to the token file\'s "tokens" list (it holds only the '
+        "token's SHA-256).",
+    )
     parser.add_argument("name", help="the token's identity, recorded as actor")
     parser.add_argument("role", choices=ROLES)
-    parser.add_argument("--jobs", nargs="+", metavar="GLOB",
-                        help="job-id patterns it may touch (default: every job)")
+    parser.add_argument(
+        "--jobs",
+        nargs="+",
+        metavar="GLOB",
+        help="job-id patterns it may touch (default: every job)",
+    )
     args = parser.parse_args(argv)
     token = secrets.token_urlsafe(32)
     entry: dict[str, Any] = {"name": args.name, "sha256": hash_token(token), "role": args.role}

@@ -43,10 +43,14 @@ class WatchHub:
         max_streams: Streams open at once, all jobs together.
     """
 
-    def __init__(self, heartbeat_seconds: float,
-                 on_count: Callable[[str], None] | None = None, *,
-                 max_streams_per_job: int = DEFAULT_MAX_WATCH_STREAMS_PER_JOB,
-                 max_streams: int = DEFAULT_MAX_WATCH_STREAMS) -> None:
+    def __init__(
+        self,
+        heartbeat_seconds: float,
+        on_count: Callable[[str], None] | None = None,
+        *,
+        max_streams_per_job: int = DEFAULT_MAX_WATCH_STREAMS_PER_JOB,
+        max_streams: int = DEFAULT_MAX_WATCH_STREAMS,
+    ) -> None:
         self._heartbeat = heartbeat_seconds
         self._on_count = on_count
         self._changed: dict[str, asyncio.Future[None]] = {}
@@ -78,9 +82,14 @@ class WatchHub:
         """Distinct non-empty worker ids with at least one open stream on ``job_id``."""
         return len(self._workers.get(job_id, ()))
 
-    async def follow(self, job_id: str, from_version: int, worker_id: str,
-                     current: Callable[[], Job],
-                     snapshot: Callable[[], Job]) -> AsyncGenerator[WatchMessage, None]:
+    async def follow(
+        self,
+        job_id: str,
+        from_version: int,
+        worker_id: str,
+        current: Callable[[], Job],
+        snapshot: Callable[[], Job],
+    ) -> AsyncGenerator[WatchMessage, None]:
         """Stream one job until it is finished, the caller goes away or the hub closes.
 
         Args:
@@ -121,7 +130,7 @@ class WatchHub:
                     continue
                 events = job.events
                 if events and events[-1].version > sent:  # (no search when none is new)
-                    for event in events[bisect_right(events, sent, key=_version):]:
+                    for event in events[bisect_right(events, sent, key=_version) :]:
                         yield self._message(job_id, event)
                         sent = event.version
                     sleeper.deadline = self._next_heartbeat()
@@ -146,8 +155,9 @@ class WatchHub:
             shared = self._messages[job_id] = {}
         message = shared.get(event.version)
         if message is None or message.event is not event:  # new, or its effective step set
-            message = shared[event.version] = WatchMessage(WatchKind.EVENT, event.version,
-                                                           event=event)
+            message = shared[event.version] = WatchMessage(
+                WatchKind.EVENT, event.version, event=event
+            )
             if len(shared) > SHARED_MESSAGES:
                 del shared[min(shared)]
         return message
@@ -157,11 +167,13 @@ class WatchHub:
         if self._streams[job_id] >= self._max_per_job:
             raise ResourceExhausted(
                 f"job {job_id!r} has {self._streams[job_id]} Watch streams open, the most one "
-                f"job may have (lrctl serve --max-watch-streams-per-job); close one first")
+                f"job may have (lrctl serve --max-watch-streams-per-job); close one first"
+            )
         if self._total >= self._max_total:
             raise ResourceExhausted(
                 f"this controller has {self._total} Watch streams open, the most it serves "
-                f"(lrctl serve --max-watch-streams); close one first")
+                f"(lrctl serve --max-watch-streams); close one first"
+            )
 
     def _beat(self, job_id: str, version: int) -> WatchMessage:
         """A HEARTBEAT at ``version``: one object for every stream of the job at that version."""
@@ -237,8 +249,7 @@ class _Sleeper:
 
     def _arm(self) -> None:
         self._at = self.deadline
-        self._timer = self._loop.call_later(max(self.deadline - time.monotonic(), 0.0),
-                                            self._fire)
+        self._timer = self._loop.call_later(max(self.deadline - time.monotonic(), 0.0), self._fire)
 
     def _fire(self) -> None:
         self._timer = None

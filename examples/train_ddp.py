@@ -38,7 +38,8 @@ def train_loop(config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     torch.manual_seed(0)
     model = ray.train.torch.prepare_model(
-        nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1)))
+        nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1))
+    )
     device = ray.train.torch.get_device()
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
     scheduler = RemoteLRScheduler(optimizer, config["schedule"])  # the one lrctl line
@@ -86,8 +87,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--step-sleep", type=float, default=0.05,
-                        help="seconds per step, so a human can override mid-run")
+    parser.add_argument(
+        "--step-sleep",
+        type=float,
+        default=0.05,
+        help="seconds per step, so a human can override mid-run",
+    )
     parser.add_argument("--lr-log", default="", help="folder for each rank's per-step LR")
     parser.add_argument("--name", default=os.environ.get("LRCTL_JOB", "lrctl-example"))
     parser.add_argument("--storage", default=os.path.join(tempfile.gettempdir(), "lrctl-ray"))
@@ -97,8 +102,13 @@ def main() -> None:
     use_gpu = bool(ray.cluster_resources().get("GPU", 0))
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"schedule": args.schedule, "lr": args.lr, "steps": args.steps,
-                           "step_sleep": args.step_sleep, "lr_log": args.lr_log},
+        train_loop_config={
+            "schedule": args.schedule,
+            "lr": args.lr,
+            "steps": args.steps,
+            "step_sleep": args.step_sleep,
+            "lr_log": args.lr_log,
+        },
         scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=use_gpu),
         run_config=RunConfig(name=args.name, storage_path=args.storage),
     )

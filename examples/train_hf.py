@@ -58,8 +58,9 @@ class PerRankLog(TrainerCallback):
         self.step_sleep = step_sleep
         self.rows: list[list[float]] = []
 
-    def on_step_begin(self, args: TrainingArguments, state: Any, control: Any,
-                      **kwargs: Any) -> None:
+    def on_step_begin(
+        self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any
+    ) -> None:
         self.rows.append([state.global_step, float(kwargs["optimizer"].param_groups[0]["lr"])])
         time.sleep(self.step_sleep)
 
@@ -75,21 +76,40 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     training_args = TrainingArguments(
-        output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=8,
-        logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
-        disable_tqdm=True, seed=0, dataloader_num_workers=0,  # gloo under torchrun
-        ddp_find_unused_parameters=False)
+        output_dir=args.out,
+        max_steps=args.steps,
+        per_device_train_batch_size=8,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,  # gloo under torchrun
+        ddp_find_unused_parameters=False,
+    )
     # TrainingArguments set up the process group (under torchrun): build the scheduler now.
-    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2,
-                        bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        vocab_size=64,
+        n_positions=32,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     scheduler = RemoteLRScheduler(optimizer, args.schedule)  # the one lrctl line
     record = PerRankLog(args.step_sleep)
-    trainer = Trainer(model=model, args=training_args,
-                      train_dataset=RandomTokens(4096, 32, config.vocab_size),
-                      optimizers=(optimizer, scheduler), callbacks=[record])
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=RandomTokens(4096, 32, config.vocab_size),
+        optimizers=(optimizer, scheduler),
+        callbacks=[record],
+    )
     trainer.train()
     scheduler.close()
 
@@ -97,7 +117,8 @@ def main() -> None:
     rank = training_args.process_index
     params = [p.detach().flatten().tolist() for p in model.parameters()]
     (out / f"rank-{rank}.json").write_text(
-        json.dumps({"job": scheduler.job, "log": record.rows, "params": params}))
+        json.dumps({"job": scheduler.job, "log": record.rows, "params": params})
+    )
     if rank == 0:
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history))
 

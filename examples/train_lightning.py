@@ -44,8 +44,10 @@ class Regression(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
         scheduler = RemoteLRScheduler(optimizer, self.schedule)  # job, address: LRCTL_* env
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_train_end(self) -> None:
         self.lr_schedulers().close()  # flush rank 0's last report; optional
@@ -67,8 +69,9 @@ class PerRankLog(Callback):
         params = [p.detach().flatten().tolist() for p in module.parameters()]
         scheduler = module.lr_schedulers()
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / f"rank-{trainer.global_rank}.json").write_text(json.dumps(
-            {"job": scheduler.job, "log": self.rows, "params": params}))
+        (self.out / f"rank-{trainer.global_rank}.json").write_text(
+            json.dumps({"job": scheduler.job, "log": self.rows, "params": params})
+        )
 
 
 def main() -> None:
@@ -87,12 +90,17 @@ def main() -> None:
     data = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
     out = Path(args.out)
     trainer = L.Trainer(
-        accelerator="cpu", devices=args.devices,
+        accelerator="cpu",
+        devices=args.devices,
         strategy="ddp" if args.devices > 1 else "auto",
-        max_steps=args.steps, log_every_n_steps=1, logger=CSVLogger(out),
-        callbacks=[LearningRateMonitor(logging_interval="step"),
-                   PerRankLog(out, args.step_sleep)],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        max_steps=args.steps,
+        log_every_n_steps=1,
+        logger=CSVLogger(out),
+        callbacks=[LearningRateMonitor(logging_interval="step"), PerRankLog(out, args.step_sleep)],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(Regression(args.schedule, args.lr), data)
 
 

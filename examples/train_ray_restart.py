@@ -46,14 +46,19 @@ def build(config: dict[str, Any]) -> tuple[nn.Module, torch.optim.Optimizer, Rem
     """The model (DDP-wrapped by Ray), its optimizer and the scheduler, as at step 0."""
     torch.manual_seed(0)
     model = ray.train.torch.prepare_model(
-        nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1)))
+        nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 1))
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
     scheduler = RemoteLRScheduler(optimizer, config["schedule"])  # job: the run name
     return model, optimizer, scheduler
 
 
-def restore(checkpoint: Checkpoint | None, model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: RemoteLRScheduler) -> int:
+def restore(
+    checkpoint: Checkpoint | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: RemoteLRScheduler,
+) -> int:
     """Load a checkpoint into the three (the scheduler last); return the step it was at."""
     if checkpoint is None:
         return 0
@@ -65,8 +70,13 @@ def restore(checkpoint: Checkpoint | None, model: nn.Module, optimizer: torch.op
     return int(scheduler.last_epoch)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
-               scheduler: RemoteLRScheduler, rank: int, step: int) -> float:
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: RemoteLRScheduler,
+    rank: int,
+    step: int,
+) -> float:
     """One step on this rank's batch for ``step`` (the same batch after a restart)."""
     generator = torch.Generator().manual_seed(rank * 1_000_003 + step)
     x = torch.randn(64, 16, generator=generator)
@@ -80,15 +90,25 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     return float(loss.item())
 
 
-def report(step: int, metrics: dict[str, Any], model: nn.Module,
-           optimizer: torch.optim.Optimizer, scheduler: RemoteLRScheduler) -> None:
+def report(
+    step: int,
+    metrics: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: RemoteLRScheduler,
+) -> None:
     """Report a checkpoint (written by rank 0) holding the scheduler's state; every rank calls."""
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if ray.train.get_context().get_world_rank() == 0:
-            torch.save({"model": _unwrap(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict()}, Path(folder) / STATE_FILE)
+            torch.save(
+                {
+                    "model": _unwrap(model).state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                },
+                Path(folder) / STATE_FILE,
+            )
             checkpoint = Checkpoint.from_directory(folder)
         ray.train.report({"step": step, **metrics}, checkpoint=checkpoint)
 
@@ -100,8 +120,13 @@ def train_loop(config: dict[str, Any]) -> None:
     for step in range(start + 1, config["steps"] + 1):
         loss = train_step(model, optimizer, scheduler, rank, step)
         if step % config["checkpoint_every"] == 0 or step == config["steps"]:
-            report(step, {"loss": loss, "lr": float(scheduler.get_last_lr()[0])},
-                   model, optimizer, scheduler)
+            report(
+                step,
+                {"loss": loss, "lr": float(scheduler.get_last_lr()[0])},
+                model,
+                optimizer,
+                scheduler,
+            )
         time.sleep(config["step_sleep"])
     scheduler.close()
 
@@ -127,14 +152,22 @@ def main() -> None:
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"schedule": args.schedule, "lr": args.lr, "steps": args.steps,
-                           "checkpoint_every": args.checkpoint_every,
-                           "step_sleep": args.step_sleep},
-        scaling_config=ScalingConfig(num_workers=args.workers,
-                                     use_gpu=bool(ray.cluster_resources().get("GPU", 0))),
-        run_config=RunConfig(name=args.name, storage_path=args.storage,
-                             failure_config=FailureConfig(max_failures=args.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        train_loop_config={
+            "schedule": args.schedule,
+            "lr": args.lr,
+            "steps": args.steps,
+            "checkpoint_every": args.checkpoint_every,
+            "step_sleep": args.step_sleep,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=args.workers, use_gpu=bool(ray.cluster_resources().get("GPU", 0))
+        ),
+        run_config=RunConfig(
+            name=args.name,
+            storage_path=args.storage,
+            failure_config=FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
     )
     result = trainer.fit()
     print(f"finished: {result.metrics}")

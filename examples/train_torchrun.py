@@ -38,8 +38,12 @@ def main() -> None:
     parser.add_argument("--schedule", default="CosineAnnealingLR(T_max=200, eta_min=0.001)")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--step-sleep", type=float, default=0.02,
-                        help="seconds per step, so a human can override mid-run")
+    parser.add_argument(
+        "--step-sleep",
+        type=float,
+        default=0.02,
+        help="seconds per step, so a human can override mid-run",
+    )
     parser.add_argument("--lr-log", default="", help="folder for each rank's per-step LR")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -62,15 +66,21 @@ def main() -> None:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        log.append([scheduler.last_epoch, scheduler.applied_version,
-                    float(optimizer.param_groups[0]["lr"])])
+        log.append(
+            [
+                scheduler.last_epoch,
+                scheduler.applied_version,
+                float(optimizer.param_groups[0]["lr"]),
+            ]
+        )
         time.sleep(args.step_sleep)
     scheduler.close()
     if args.lr_log:
         Path(args.lr_log).mkdir(parents=True, exist_ok=True)
         params = [p.detach().flatten().tolist() for p in model.parameters()]
         Path(args.lr_log, f"rank-{rank}.json").write_text(
-            json.dumps({"job": scheduler.job, "log": log, "params": params}))
+            json.dumps({"job": scheduler.job, "log": log, "params": params})
+        )
     if rank == 0:
         print(f"job {scheduler.job}: {args.steps} steps, final lr {log[-1][2]:.6g}")
     dist.destroy_process_group()

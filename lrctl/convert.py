@@ -150,8 +150,9 @@ def job_from_proto(msg: lrctl_pb2.Job) -> Job:
         created_version=msg.created_version or 1,
         step=msg.step,
         lr=tuple(msg.lrs),
-        state=(JobState.FINISHED if msg.state == lrctl_pb2.JOB_STATE_FINISHED
-               else JobState.RUNNING),
+        state=(
+            JobState.FINISHED if msg.state == lrctl_pb2.JOB_STATE_FINISHED else JobState.RUNNING
+        ),
         verbose=msg.verbose,
         workers=msg.workers,
         epoch=msg.epoch,
@@ -167,13 +168,22 @@ def job_from_proto(msg: lrctl_pb2.Job) -> Job:
 def job_to_proto(job: Job, *, events: bool = True) -> lrctl_pb2.Job:
     """Convert a domain :class:`Job`; ``events=False`` sends its head only."""
     msg = lrctl_pb2.Job(
-        job_id=job.job_id, schedule=job.schedule, base_lrs=job.base_lrs,
-        version=job.version, created_version=job.created_version, step=job.step,
-        lrs=job.lr, state=_STATE_TO_PROTO[job.state],  # type: ignore[arg-type]
-        verbose=job.verbose, workers=job.workers, epoch=job.epoch,
-        world_size=job.world_size, watch_streams=job.watch_streams,
+        job_id=job.job_id,
+        schedule=job.schedule,
+        base_lrs=job.base_lrs,
+        version=job.version,
+        created_version=job.created_version,
+        step=job.step,
+        lrs=job.lr,
+        state=_STATE_TO_PROTO[job.state],  # type: ignore[arg-type]
+        verbose=job.verbose,
+        workers=job.workers,
+        epoch=job.epoch,
+        world_size=job.world_size,
+        watch_streams=job.watch_streams,
         applied_version=job.applied_version,
-        events=[event_to_proto(e) for e in job.events] if events else [])
+        events=[event_to_proto(e) for e in job.events] if events else [],
+    )
     _stamp(msg, "created_at", job.created_at)
     _stamp(msg, "updated_at", job.updated_at)
     return msg
@@ -196,8 +206,9 @@ def job_delta_to_proto(job: Job, since_version: int) -> lrctl_pb2.Job:
 def job_delta_from_proto(msg: lrctl_pb2.Job, base: Job) -> Job:
     """Apply :func:`job_delta_to_proto`'s message to ``base`` (the job it was made against)."""
     state = JobState.FINISHED if msg.state == lrctl_pb2.JOB_STATE_FINISHED else base.state
-    return dataclasses.replace(base, version=msg.version, state=state,
-                               events=base.events + events_from_proto(msg.events))
+    return dataclasses.replace(
+        base, version=msg.version, state=state, events=base.events + events_from_proto(msg.events)
+    )
 
 
 def watch_from_proto(msg: lrctl_pb2.WatchResponse) -> WatchMessage:
@@ -217,8 +228,10 @@ def watch_from_proto(msg: lrctl_pb2.WatchResponse) -> WatchMessage:
 
 def watch_to_proto(message: WatchMessage) -> lrctl_pb2.WatchResponse:
     """Convert a :class:`WatchMessage` to a ``WatchResponse``."""
-    msg = lrctl_pb2.WatchResponse(kind=_KIND_TO_PROTO[message.kind],  # type: ignore[arg-type]
-                                  version=message.version)
+    msg = lrctl_pb2.WatchResponse(
+        kind=_KIND_TO_PROTO[message.kind],  # type: ignore[arg-type]
+        version=message.version,
+    )
     if message.job is not None:
         msg.job.CopyFrom(job_to_proto(message.job))
     if message.event is not None:
@@ -232,28 +245,44 @@ def watch_to_proto(message: WatchMessage) -> lrctl_pb2.WatchResponse:
 def report_to_proto(report: Report) -> lrctl_pb2.ReportRequest:
     """Convert a :class:`Report` to a ``ReportRequest``."""
     return lrctl_pb2.ReportRequest(
-        job_id=report.job_id, rank=report.rank, step=report.step,
-        applied_version=report.applied_version, lrs=report.lrs, final=report.final,
-        epoch=report.epoch, world_size=report.world_size,
-        applied=[lrctl_pb2.AppliedVersion(version=v, effective_step=s)
-                 for v, s in report.applied],
-        plateau_metrics=[lrctl_pb2.PlateauMetric(step=s, value=x)
-                         for s, x in report.plateau_metrics],
-        divergences=[lrctl_pb2.Divergence(step=d.step, version=d.version,
-                                          lr_checksums=d.lr_checksums, detail=d.detail)
-                     for d in report.divergences],
+        job_id=report.job_id,
+        rank=report.rank,
+        step=report.step,
+        applied_version=report.applied_version,
+        lrs=report.lrs,
+        final=report.final,
+        epoch=report.epoch,
+        world_size=report.world_size,
+        applied=[lrctl_pb2.AppliedVersion(version=v, effective_step=s) for v, s in report.applied],
+        plateau_metrics=[
+            lrctl_pb2.PlateauMetric(step=s, value=x) for s, x in report.plateau_metrics
+        ],
+        divergences=[
+            lrctl_pb2.Divergence(
+                step=d.step, version=d.version, lr_checksums=d.lr_checksums, detail=d.detail
+            )
+            for d in report.divergences
+        ],
     )
 
 
 def report_from_proto(msg: lrctl_pb2.ReportRequest) -> Report:
     """Convert a ``ReportRequest`` to a :class:`Report`."""
     return Report(
-        job_id=msg.job_id, rank=msg.rank, step=msg.step,
-        applied_version=msg.applied_version, lrs=tuple(msg.lrs),
+        job_id=msg.job_id,
+        rank=msg.rank,
+        step=msg.step,
+        applied_version=msg.applied_version,
+        lrs=tuple(msg.lrs),
         applied=tuple((a.version, a.effective_step) for a in msg.applied),
         plateau_metrics=tuple((m.step, m.value) for m in msg.plateau_metrics),
-        final=msg.final, epoch=msg.epoch, world_size=msg.world_size,
-        divergences=tuple(Divergence(step=d.step, version=d.version,
-                                     lr_checksums=tuple(d.lr_checksums), detail=d.detail)
-                          for d in msg.divergences),
+        final=msg.final,
+        epoch=msg.epoch,
+        world_size=msg.world_size,
+        divergences=tuple(
+            Divergence(
+                step=d.step, version=d.version, lr_checksums=tuple(d.lr_checksums), detail=d.detail
+            )
+            for d in msg.divergences
+        ),
     )

@@ -28,7 +28,9 @@ __all__ = ["ROUND_ROBIN", "channel_target", "split_address"]
 
 #: Channel option selecting the ``round_robin`` policy (gRPC's default is ``pick_first``).
 ROUND_ROBIN: tuple[str, Any] = (
-    "grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}))
+    "grpc.service_config",
+    json.dumps({"loadBalancingConfig": [{"round_robin": {}}]}),
+)
 
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
 
@@ -48,8 +50,9 @@ def split_address(address: str) -> list[tuple[str, int]]:
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected HOST:PORT[,HOST:PORT...] with ports 1-65535, "
-                             f"got {item!r} in {address!r}")
+            raise ValueError(
+                f"expected HOST:PORT[,HOST:PORT...] with ports 1-65535, got {item!r} in {address!r}"
+            )
         out.append((host, int(port)))
     return out
 
@@ -85,8 +88,10 @@ def channel_target(address: str) -> tuple[str, list[tuple[str, Any]]]:
         return "ipv4:" + ",".join(f"{h}:{p}" for h, p in endpoints), options
     if families == {6}:
         return "ipv6:" + ",".join(f"[{h}]:{p}" for h, p in endpoints), options
-    raise ValueError(f"expected the endpoints of {address!r} to be all IPv4 or all IPv6; "
-                     f"gRPC cannot mix them in one target (use a DNS name instead)")
+    raise ValueError(
+        f"expected the endpoints of {address!r} to be all IPv4 or all IPv6; "
+        f"gRPC cannot mix them in one target (use a DNS name instead)"
+    )
 
 
 def _ip(host: str) -> str | None:

@@ -49,5 +49,6 @@ def requires_extra(extra: str, feature: str) -> Iterator[None]:
         if top not in EXTRA_MODULES[extra]:
             raise
         raise ModuleNotFoundError(
-            f"{feature} needs the [{extra}] extra: {install_hint(extra)} "
-            f"(no module named {top!r})", name=exc.name) from None
+            f"{feature} needs the [{extra}] extra: {install_hint(extra)} (no module named {top!r})",
+            name=exc.name,
+        ) from None

@@ -47,8 +47,9 @@ def check_job_id(job_id: str) -> str:
     """
     if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
         shown = repr(job_id) if len(repr(job_id)) <= 140 else repr(job_id)[:137] + "..."
-        raise JobIdError(f"expected a job id of 1-128 characters matching "
-                         f"{JOB_ID_PATTERN.pattern}, got {shown}")
+        raise JobIdError(
+            f"expected a job id of 1-128 characters matching {JOB_ID_PATTERN.pattern}, got {shown}"
+        )
     return job_id
 
 
@@ -133,8 +134,9 @@ class Job:
         """
         if version >= self.version:
             return self
-        return dataclasses.replace(self, version=version,
-                                   events=tuple(e for e in self.events if e.version <= version))
+        return dataclasses.replace(
+            self, version=version, events=tuple(e for e in self.events if e.version <= version)
+        )
 
     def to_dict(self, *, events: bool = True) -> dict[str, Any]:
         """Return the CLI's JSON form (``lrctl job get --json``).

@@ -117,8 +117,7 @@ class Event:
         }
 
 
-_HISTORY_COLUMNS = ("version", "change", "effective step", "actor", "reason", "created",
-                    "applied")
+_HISTORY_COLUMNS = ("version", "change", "effective step", "actor", "reason", "created", "applied")
 
 
 class History(tuple[Event, ...]):
@@ -132,10 +131,18 @@ class History(tuple[Event, ...]):
 
     def rows(self) -> list[list[str]]:
         """Return one row of text cells per event, in :data:`_HISTORY_COLUMNS` order."""
-        return [[str(e.version), e.describe(),
-                 "pending" if e.effective_step is None else str(e.effective_step),
-                 e.actor or "-", e.reason or "-", short_time(e.created_at),
-                 short_time(e.applied_at)] for e in self]
+        return [
+            [
+                str(e.version),
+                e.describe(),
+                "pending" if e.effective_step is None else str(e.effective_step),
+                e.actor or "-",
+                e.reason or "-",
+                short_time(e.created_at),
+                short_time(e.applied_at),
+            ]
+            for e in self
+        ]
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """Return :meth:`Event.to_dict` of each event (``lrctl history --json``)."""
@@ -144,10 +151,13 @@ class History(tuple[Event, ...]):
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in _HISTORY_COLUMNS)
         if not self:
-            return f"<table><thead><tr>{head}</tr></thead><tbody></tbody></table>" \
-                   "<p>no overrides</p>"
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row)
-                       + "</tr>" for row in self.rows())
+            return (
+                f"<table><thead><tr>{head}</tr></thead><tbody></tbody></table><p>no overrides</p>"
+            )
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+            for row in self.rows()
+        )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def __repr__(self) -> str:
@@ -176,19 +186,23 @@ def parse_override(text: str, *, max_lr: float = DEFAULT_MAX_LR) -> tuple[Op, fl
     if not isinstance(text, str):
         raise OverrideError(f"expected an override like 'lr /= 2', got {type(text).__name__}")
     if len(text) > MAX_STATEMENT_LENGTH:
-        raise OverrideError(f"expected an override like 'lr /= 2' of at most "
-                            f"{MAX_STATEMENT_LENGTH} characters, got {len(text)}: "
-                            f"{_quote(text)}")
+        raise OverrideError(
+            f"expected an override like 'lr /= 2' of at most "
+            f"{MAX_STATEMENT_LENGTH} characters, got {len(text)}: "
+            f"{_quote(text)}"
+        )
     match = _OVERRIDE_RE.match(text)
     if not match:
-        raise OverrideError(f"expected an override like 'lr /= 2', 'lr *= 0.1' or 'lr = 3e-4', "
-                            f"got {_quote(text)}")
+        raise OverrideError(
+            f"expected an override like 'lr /= 2', 'lr *= 0.1' or 'lr = 3e-4', got {_quote(text)}"
+        )
     operator, literal = match.groups()
     try:
         number = float(literal)
     except ValueError:
-        raise OverrideError(f"expected a number after 'lr {operator}', "
-                            f"got {_quote(literal)}") from None
+        raise OverrideError(
+            f"expected a number after 'lr {operator}', got {_quote(literal)}"
+        ) from None
     if operator == "=":
         validate_override(Op.SET, number, max_lr=max_lr)
         return Op.SET, number
@@ -200,9 +214,14 @@ def parse_override(text: str, *, max_lr: float = DEFAULT_MAX_LR) -> tuple[Op, fl
     return Op.SCALE, number
 
 
-def validate_override(op: Op, value: float | None = None, group: int | None = None,
-                      num_groups: int | None = None, *,
-                      max_lr: float = DEFAULT_MAX_LR) -> None:
+def validate_override(
+    op: Op,
+    value: float | None = None,
+    group: int | None = None,
+    num_groups: int | None = None,
+    *,
+    max_lr: float = DEFAULT_MAX_LR,
+) -> None:
     """Check an override's value and target before it is appended to a log.
 
     Raises:
@@ -213,8 +232,7 @@ def validate_override(op: Op, value: float | None = None, group: int | None = No
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         number = to_float(value)
     if op is Op.SCALE and not 0 < number < math.inf:  # also refuses nan
-        raise OverrideError(f"a scale factor must be a finite number > 0, "
-                            f"got {_shown(value)}")
+        raise OverrideError(f"a scale factor must be a finite number > 0, got {_shown(value)}")
     if op is Op.SET:
         if not 0 <= number < math.inf:
             raise OverrideError(f"an LR must be a finite number >= 0, got {_shown(value)}")
@@ -224,8 +242,10 @@ def validate_override(op: Op, value: float | None = None, group: int | None = No
         if isinstance(group, bool) or not isinstance(group, int) or group < 0:
             raise OverrideError(f"param group must be an integer >= 0, got {_shown(group)}")
         if num_groups is not None and group >= num_groups:
-            raise OverrideError(f"param group {group} does not exist; the job has "
-                                f"{num_groups} group(s): 0..{num_groups - 1}")
+            raise OverrideError(
+                f"param group {group} does not exist; the job has "
+                f"{num_groups} group(s): 0..{num_groups - 1}"
+            )
 
 
 def _shown(value: object, limit: int = 64) -> str:

@@ -28,9 +28,14 @@ _MARKER_COLOR = "tab:red"
 _LINE_STYLES = ("-", "--", "-.", ":")
 
 
-def lr_figure(rows: Sequence[Sequence[float]], *, title: str, log_scale: bool = False,
-              markers: Sequence[tuple[int, str]] = (),
-              group_labels: Sequence[str] | None = None) -> Figure:
+def lr_figure(
+    rows: Sequence[Sequence[float]],
+    *,
+    title: str,
+    log_scale: bool = False,
+    markers: Sequence[tuple[int, str]] = (),
+    group_labels: Sequence[str] | None = None,
+) -> Figure:
     """Draw one LR curve per param group against the step.
 
     Args:
@@ -53,8 +58,9 @@ def lr_figure(rows: Sequence[Sequence[float]], *, title: str, log_scale: bool = 
     groups = len(rows[0])
     if groups == 0 or any(len(row) != groups for row in rows):
         raise ValueError(f"expected every row to hold {groups or 'at least one'} LR(s)")
-    labels = list(group_labels) if group_labels is not None else [
-        f"group {g}" for g in range(groups)]
+    labels = (
+        list(group_labels) if group_labels is not None else [f"group {g}" for g in range(groups)]
+    )
     if len(labels) != groups:
         raise ValueError(f"expected {groups} group label(s), got {len(labels)}")
 
@@ -66,8 +72,14 @@ def lr_figure(rows: Sequence[Sequence[float]], *, title: str, log_scale: bool = 
     single = len(rows) == 1
     for g, label in enumerate(labels):
         values = [row[g] if not log_scale or row[g] > 0 else math.nan for row in rows]
-        axes.plot(steps, values, label=label, linewidth=1.6,
-                  linestyle=_LINE_STYLES[g % len(_LINE_STYLES)], marker="o" if single else None)
+        axes.plot(
+            steps,
+            values,
+            label=label,
+            linewidth=1.6,
+            linestyle=_LINE_STYLES[g % len(_LINE_STYLES)],
+            marker="o" if single else None,
+        )
     if log_scale:
         axes.set_yscale("log")
     axes.set_title(title, fontsize=10, wrap=True)
@@ -77,17 +89,31 @@ def lr_figure(rows: Sequence[Sequence[float]], *, title: str, log_scale: bool = 
     axes.grid(True, which="major", alpha=0.3)
     for step, text in markers:
         axes.axvline(step, color=_MARKER_COLOR, linestyle="--", linewidth=1.0, alpha=0.8)
-        axes.annotate(text, xy=(step, 1.0), xycoords=("data", "axes fraction"),
-                      xytext=(3, -3), textcoords="offset points", rotation=90,
-                      va="top", ha="left", fontsize=8, color=_MARKER_COLOR)
+        axes.annotate(
+            text,
+            xy=(step, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            rotation=90,
+            va="top",
+            ha="left",
+            fontsize=8,
+            color=_MARKER_COLOR,
+        )
     axes.legend(loc="best", fontsize=9)
     return figure
 
 
-def plot_lr_curves(rows: Sequence[Sequence[float]], *, title: str,
-                   out: str | os.PathLike[str] | IO[bytes], log_scale: bool = False,
-                   markers: Sequence[tuple[int, str]] = (),
-                   group_labels: Sequence[str] | None = None) -> None:
+def plot_lr_curves(
+    rows: Sequence[Sequence[float]],
+    *,
+    title: str,
+    out: str | os.PathLike[str] | IO[bytes],
+    log_scale: bool = False,
+    markers: Sequence[tuple[int, str]] = (),
+    group_labels: Sequence[str] | None = None,
+) -> None:
     """Write a PNG chart of the LR of each param group against the step.
 
     Args:
@@ -102,13 +128,20 @@ def plot_lr_curves(rows: Sequence[Sequence[float]], *, title: str,
         ValueError: see :func:`lr_figure`.
         OSError: ``out`` cannot be written.
     """
-    figure = lr_figure(rows, title=title, log_scale=log_scale, markers=markers,
-                       group_labels=group_labels)
+    figure = lr_figure(
+        rows, title=title, log_scale=log_scale, markers=markers, group_labels=group_labels
+    )
     figure.savefig(out, format="png")
 
 
-def preview_figure(schedule: str, base_lrs: Sequence[float], steps: int, *,
-                   log_scale: bool = False, title: str | None = None) -> Figure:
+def preview_figure(
+    schedule: str,
+    base_lrs: Sequence[float],
+    steps: int,
+    *,
+    log_scale: bool = False,
+    title: str | None = None,
+) -> Figure:
     """Evaluate ``schedule`` locally (:func:`lrctl.program.preview`) and draw it.
 
     In a notebook the returned figure shows itself::

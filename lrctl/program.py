@@ -64,7 +64,7 @@ _Vec = tuple[tuple[Any, ...], ...]
 
 
 def _vec(items: Sequence[Any]) -> _Vec:
-    return tuple(tuple(items[i:i + _CHUNK]) for i in range(0, len(items), _CHUNK))
+    return tuple(tuple(items[i : i + _CHUNK]) for i in range(0, len(items), _CHUNK))
 
 
 def _vec_set(vec: _Vec, i: int, value: Any) -> _Vec:
@@ -116,8 +116,14 @@ class _Layer:
         for items in (self.scales, self.plateaus, self.reset, self.held):
             del items[size:]
 
-    def push(self, *, factor: float = 1.0, plateau: bool = False, reset: bool = False,
-             held: float | None = None) -> int:
+    def push(
+        self,
+        *,
+        factor: float = 1.0,
+        plateau: bool = False,
+        reset: bool = False,
+        held: float | None = None,
+    ) -> int:
         self.scales.append(ext_mul(self.scales[-1], factor) if factor != 1.0 else self.scales[-1])
         self.plateaus.append(self.plateaus[-1] + plateau)
         self.reset.append(len(self.reset) if reset else self.reset[-1])
@@ -156,8 +162,13 @@ class _Trail:
     (another branch) reuses the tail only if no program using it is alive; else it copies.
     """
 
-    def __init__(self, layer: _Layer, starts: list[int], timeline: list[_Entry],
-                 seen: list[tuple[_State, int]]) -> None:
+    def __init__(
+        self,
+        layer: _Layer,
+        starts: list[int],
+        timeline: list[_Entry],
+        seen: list[tuple[_State, int]],
+    ) -> None:
         self.layer = layer
         self.starts = starts
         self.timeline = timeline
@@ -177,8 +188,9 @@ class _Trail:
             del self.starts[starts:], self.timeline[starts:], self.seen[seen:]
             self.layer.trim(layer)
             return self
-        return _Trail(self.layer.copy(layer), self.starts[:starts], self.timeline[:starts],
-                      self.seen[:seen])
+        return _Trail(
+            self.layer.copy(layer), self.starts[:starts], self.timeline[:starts], self.seen[:seen]
+        )
 
 
 class _Builder:
@@ -188,8 +200,15 @@ class _Builder:
     changed; later ones may be (several events at one step keep one entry).
     """
 
-    def __init__(self, trail: _Trail, entry: _Entry, sizes: list[int], n: int,
-                 built: dict[str, Schedule], limits: Limits) -> None:
+    def __init__(
+        self,
+        trail: _Trail,
+        entry: _Entry,
+        sizes: list[int],
+        n: int,
+        built: dict[str, Schedule],
+        limits: Limits,
+    ) -> None:
         self.trail = trail
         self.classes, self.count, self.members, _ = entry
         self.sizes = sizes
@@ -213,19 +232,20 @@ class _Builder:
             elif op is Op.PLATEAU_REDUCE:
                 layer.push(plateau=True)
             elif op in (Op.SET, Op.CLEAR):
-                layer.push(reset=True,
-                           held=to_float(event.value or 0.0) if op is Op.SET else None)
+                layer.push(reset=True, held=to_float(event.value or 0.0) if op is Op.SET else None)
             else:  # a replacement (or an invalid scale): every class, then one class
                 w = layer.push()
                 states = [layer.effective(st, w) for st in _vec_list(self.classes)]
-                new = [_apply(st, event, step, self.built, n, self.limits)._replace(mark=w)
-                       for st in states]
+                new = [
+                    _apply(st, event, step, self.built, n, self.limits)._replace(mark=w)
+                    for st in states
+                ]
                 if op is Op.REPLACE_SCHEDULE:
                     self.classes, self.count = _vec(new[:1]), 1
                     self.members, self.sizes = _vec([0] * n), [n]
                 else:
                     self.classes = _vec(new)
-                seen.extend((st, step) for st in new[:self.count])
+                seen.extend((st, step) for st in new[: self.count])
         elif 0 <= group < n:
             w = layer.now
             c = self.members[group // _CHUNK][group % _CHUNK]
@@ -271,10 +291,15 @@ class LRProgram:
         SpecError: invalid spec, base LRs or a replacement spec in the log.
     """
 
-    def __init__(self, schedule: str | Spec, base_lrs: Sequence[float],
-                 events: Sequence[Event] = (),
-                 schedules: dict[str, Schedule] | None = None, *,
-                 limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        schedule: str | Spec,
+        base_lrs: Sequence[float],
+        events: Sequence[Event] = (),
+        schedules: dict[str, Schedule] | None = None,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self.base_lrs = _check_base_lrs(base_lrs, limits)
         n = len(self.base_lrs)
         built: dict[str, Schedule] = {} if schedules is None else schedules
@@ -295,12 +320,14 @@ class LRProgram:
             if event.effective_step is not None:  # applied() returns only events with a step
                 builder.push(event, event.effective_step)
                 last = (event.effective_step, event.version)
-        self._plateau_levels: dict[tuple[int, float, float],
-                                   tuple[ReduceLROnPlateau, list[float]]] = {}
+        self._plateau_levels: dict[
+            tuple[int, float, float], tuple[ReduceLROnPlateau, list[float]]
+        ] = {}
         self._finish(builder, simple=not builder.applied, last=last, seen_from=0)
 
-    def _finish(self, builder: _Builder, *, simple: bool, last: tuple[int, int] | None,
-                seen_from: int) -> None:
+    def _finish(
+        self, builder: _Builder, *, simple: bool, last: tuple[int, int] | None, seen_from: int
+    ) -> None:
         """Take the builder's state: the trail's lengths are this program's."""
         trail = self._trail = builder.trail
         self._tip = builder.entry
@@ -313,8 +340,10 @@ class LRProgram:
         self._replays = old[0] or any(st.schedule.replays for st, _ in new)
         self._cycles = old[1] or any(st.schedule.cycles_momentum for st, _ in new)
         self._bounded = getattr(self, "_bounded", 0) + sum(
-            1 for st, _ in new if st.schedule.max_step() is not None
-            and not isinstance(st.schedule, ReduceLROnPlateau))
+            1
+            for st, _ in new
+            if st.schedule.max_step() is not None and not isinstance(st.schedule, ReduceLROnPlateau)
+        )
         self._simple = simple  # no event applies: the schedule alone
         self._last = last
         self._max_step = -1  # _last_step() asks check_step(), exactly
@@ -342,37 +371,40 @@ class LRProgram:
         key = self._last
         for event in events:
             if event.effective_step is None:
-                raise ValueError(f"expected events with an effective step, got version "
-                                 f"{event.version} pending")
+                raise ValueError(
+                    f"expected events with an effective step, got version {event.version} pending"
+                )
             nxt = (event.effective_step, event.version)
             if key is not None and nxt < key:
                 raise ValueError(f"expected events after (step, version) {key}, got {nxt}")
             key = nxt
         trail = self._trail.branch(self._lengths)
         seen_from = len(trail.seen)
-        builder = _Builder(trail, self._tip, list(self._sizes), self.num_groups, self._built,
-                           self.limits)
+        builder = _Builder(
+            trail, self._tip, list(self._sizes), self.num_groups, self._built, self.limits
+        )
         for event in events:
             builder.push(event, event.effective_step or 0)
         out = object.__new__(LRProgram)
         out.base_lrs, out.limits, out.schedule = self.base_lrs, self.limits, self.schedule
         out._plateau_levels = self._plateau_levels
         out._replays, out._cycles, out._bounded = self._replays, self._cycles, self._bounded
-        out._finish(builder, simple=self._simple and not builder.applied, last=key,
-                    seen_from=seen_from)
+        out._finish(
+            builder, simple=self._simple and not builder.applied, last=key, seen_from=seen_from
+        )
         return out
 
     def can_extend(self, event: Event) -> bool:
         """True when :meth:`extend` takes ``event`` (applied, not before the last one)."""
         step = event.effective_step
-        return step is not None and (self._last is None
-                                     or (step, event.version) >= self._last)
+        return step is not None and (self._last is None or (step, event.version) >= self._last)
 
     def _states(self, step: int) -> tuple[list[_State], _Vec]:
         """The classes' effective states at ``step`` and the group -> class vector."""
         trail = self._trail
         classes, count, members, w = trail.timeline[
-            bisect_right(trail.starts, step, 0, self._lengths[0]) - 1]
+            bisect_right(trail.starts, step, 0, self._lengths[0]) - 1
+        ]
         layer = trail.layer
         states = [layer.effective(st, w) for st in _vec_list(classes)[:count]]
         return states, members
@@ -422,15 +454,20 @@ class LRProgram:
         Nothing is evaluated.
         """
         if isinstance(step, bool) or not isinstance(step, int):
-            raise StepLimitError(f"expected an integer step, got {type(step).__name__} "
-                                 f"{_short(repr(step))}")
+            raise StepLimitError(
+                f"expected an integer step, got {type(step).__name__} {_short(repr(step))}"
+            )
         if not 0 <= step <= MAX_STEP:
             raise StepLimitError(f"expected a step from 0 to 2**63 - 1, got {_short(str(step))}")
         if step > self._max_step:
             for st in self._states(step)[0]:
                 last = st.schedule.max_step()
-                if (st.held is None and not isinstance(st.schedule, ReduceLROnPlateau)
-                        and last is not None and step - st.origin > last):
+                if (
+                    st.held is None
+                    and not isinstance(st.schedule, ReduceLROnPlateau)
+                    and last is not None
+                    and step - st.origin > last
+                ):
                     raise StepLimitError(st.schedule.past_end(step - st.origin))
         if max_cost is not None and self._replays:
             cost = self.cost(step)
@@ -438,7 +475,8 @@ class LRProgram:
                 raise StepLimitError(
                     f"step {step} is too far beyond what this job's recurrence has computed "
                     f"(evaluating it would replay work {cost} > {max_cost}, about "
-                    f"{cost * 0.15e-6:.1f} s); expected a step near the job's progress")
+                    f"{cost * 0.15e-6:.1f} s); expected a step near the job's progress"
+                )
 
     def lrs(self, step: int, *, max_cost: int | None = DEFAULT_MAX_COST) -> list[float]:
         """Return each group's LR after ``step`` calls of ``step()``.
@@ -534,10 +572,15 @@ class LRProgram:
         """
         if not self._bounded:
             return MAX_STEP
-        seen = self._trail.seen[:self._lengths[2]]
-        candidates = sorted({max(start, st.origin + last + 1) for st, start in seen
-                             if (last := st.schedule.max_step()) is not None
-                             and not isinstance(st.schedule, ReduceLROnPlateau)})
+        seen = self._trail.seen[: self._lengths[2]]
+        candidates = sorted(
+            {
+                max(start, st.origin + last + 1)
+                for st, start in seen
+                if (last := st.schedule.max_step()) is not None
+                and not isinstance(st.schedule, ReduceLROnPlateau)
+            }
+        )
         for checked, step in enumerate(c for c in candidates if c <= MAX_STEP):
             if checked == 64:
                 return step - 1
@@ -548,8 +591,9 @@ class LRProgram:
         return MAX_STEP
 
 
-def _apply(st: _State, event: Event, step: int, built: dict[str, Schedule],
-           num_groups: int, limits: Limits) -> _State:
+def _apply(
+    st: _State, event: Event, step: int, built: dict[str, Schedule], num_groups: int, limits: Limits
+) -> _State:
     if event.op is Op.SCALE:
         factor = to_float(event.value or 0.0)
         if st.held is not None:
@@ -568,11 +612,15 @@ def _apply(st: _State, event: Event, step: int, built: dict[str, Schedule],
     raise SpecError(f"unknown event op {event.op!r}")  # pragma: no cover
 
 
-def _build(spec: str | Spec, num_groups: int, built: dict[str, Schedule],
-           limits: Limits) -> Schedule:
+def _build(
+    spec: str | Spec, num_groups: int, built: dict[str, Schedule], limits: Limits
+) -> Schedule:
     """Build ``spec`` once per text and group count (schedules are immutable but for caches)."""
-    text = spec if isinstance(spec, str) else parse_spec(spec, max_bytes=limits.max_spec_bytes
-                                                         ).to_text()
+    text = (
+        spec
+        if isinstance(spec, str)
+        else parse_spec(spec, max_bytes=limits.max_spec_bytes).to_text()
+    )
     key = f"{num_groups}:{text}"
     schedule = built.get(key)
     if schedule is None:
@@ -602,14 +650,17 @@ def _check_base_lrs(base_lrs: Sequence[float], limits: Limits) -> list[float]:
     for i, b in enumerate(base_lrs):
         value = math.nan if isinstance(b, bool) or not isinstance(b, (int, float)) else to_float(b)
         if not 0 <= value <= ceiling:  # also refuses nan
-            raise SpecError(f"base_lrs[{i}] must be a finite number >= 0 and <= {ceiling:g}, "
-                            f"got {_short(repr(b))}")
+            raise SpecError(
+                f"base_lrs[{i}] must be a finite number >= 0 and <= {ceiling:g}, "
+                f"got {_short(repr(b))}"
+            )
         out.append(value)
     return out
 
 
-def preview(schedule: str | Spec, base_lrs: Sequence[float], steps: int, *,
-            limits: Limits = DEFAULT_LIMITS) -> list[list[float]]:
+def preview(
+    schedule: str | Spec, base_lrs: Sequence[float], steps: int, *, limits: Limits = DEFAULT_LIMITS
+) -> list[list[float]]:
     """Return ``steps`` rows: row t is ``get_last_lr()`` after t calls of ``step()``.
 
     Raises:
@@ -622,6 +673,8 @@ def preview(schedule: str | Spec, base_lrs: Sequence[float], steps: int, *,
     program = LRProgram(schedule, base_lrs, limits=limits)
     last = program.max_step
     if steps - 1 > last:
-        raise StepLimitError(f"{program.schedule.name} is defined for steps 0..{last} "
-                             f"(total_steps={last}); asked for {steps} rows")
+        raise StepLimitError(
+            f"{program.schedule.name} is defined for steps 0..{last} "
+            f"(total_steps={last}); asked for {steps} rows"
+        )
     return program.rows(steps)

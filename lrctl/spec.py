@@ -89,8 +89,9 @@ class Spec:
         return default
 
 
-def parse_spec(text: str | Spec | Mapping[str, Any], *,
-               max_bytes: int = DEFAULT_MAX_SPEC_BYTES) -> Spec:
+def parse_spec(
+    text: str | Spec | Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_SPEC_BYTES
+) -> Spec:
     """Parse torch-style spec text (or pass a :class:`Spec` / dict form through).
 
     Args:
@@ -112,8 +113,9 @@ def parse_spec(text: str | Spec | Mapping[str, Any], *,
         _check_size(spec.to_text(), max_bytes)
         return spec
     if not isinstance(text, str):
-        raise SpecError(f"schedule spec must be text such as 'StepLR(step_size=200)', "
-                        f"got {type(text).__name__}")
+        raise SpecError(
+            f"schedule spec must be text such as 'StepLR(step_size=200)', got {type(text).__name__}"
+        )
     _check_size(text, max_bytes)
     stripped = text.strip()
     if not stripped:
@@ -122,22 +124,30 @@ def parse_spec(text: str | Spec | Mapping[str, Any], *,
         # A warning ("invalid decimal literal") is a syntax error here, never printed.
         tree = parse_eval(stripped)
     except Warning as exc:
-        raise SpecError(f"schedule spec is not valid syntax ({_short(str(exc))}); expected "
-                        f"e.g. 'StepLR(step_size=200, gamma=0.5)', got {_quote(stripped)}"
-                        ) from None
+        raise SpecError(
+            f"schedule spec is not valid syntax ({_short(str(exc))}); expected "
+            f"e.g. 'StepLR(step_size=200, gamma=0.5)', got {_quote(stripped)}"
+        ) from None
     except SyntaxError as exc:
-        raise SpecError(f"schedule spec is not valid syntax at column {exc.offset}: "
-                        f"{_short(exc.msg)}; expected e.g. 'StepLR(step_size=200, gamma=0.5)', "
-                        f"got {_quote(stripped)}") from None
+        raise SpecError(
+            f"schedule spec is not valid syntax at column {exc.offset}: "
+            f"{_short(exc.msg)}; expected e.g. 'StepLR(step_size=200, gamma=0.5)', "
+            f"got {_quote(stripped)}"
+        ) from None
     except (RecursionError, MemoryError):
-        raise SpecError(f"schedule spec is nested too deeply; expected a flatter spec, "
-                        f"got {_quote(stripped)}") from None
+        raise SpecError(
+            f"schedule spec is nested too deeply; expected a flatter spec, got {_quote(stripped)}"
+        ) from None
     except ValueError as exc:  # null bytes, lone surrogates, an int literal past 4,300 digits
-        raise SpecError(f"schedule spec cannot be parsed ({_short(str(exc))}); expected e.g. "
-                        f"'StepLR(step_size=200, gamma=0.5)', got {_quote(stripped)}") from None
+        raise SpecError(
+            f"schedule spec cannot be parsed ({_short(str(exc))}); expected e.g. "
+            f"'StepLR(step_size=200, gamma=0.5)', got {_quote(stripped)}"
+        ) from None
     if not isinstance(tree.body, ast.Call):
-        raise SpecError(f"schedule spec must be a scheduler call such as "
-                        f"'StepLR(step_size=200)', got {_quote(stripped)}")
+        raise SpecError(
+            f"schedule spec must be a scheduler call such as "
+            f"'StepLR(step_size=200)', got {_quote(stripped)}"
+        )
     return _spec_from_call(tree.body, depth=0)
 
 
@@ -160,16 +170,20 @@ def _check_size(text: str, max_bytes: int) -> None:
     size = len(text) if len(text) > max_bytes else len(text.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
         unit = "characters" if len(text) > max_bytes else "bytes"
-        raise SizeLimitError(f"schedule spec too long: expected at most {max_bytes} bytes, got "
-                             f"{size} {unit}: {_quote(text)}")
+        raise SizeLimitError(
+            f"schedule spec too long: expected at most {max_bytes} bytes, got "
+            f"{size} {unit}: {_quote(text)}"
+        )
 
 
 def _spec_from_call(node: ast.Call, depth: int) -> Spec:
     if depth > MAX_SPEC_DEPTH:
         raise SpecError(f"schedule spec nests more than {MAX_SPEC_DEPTH} levels deep")
     if not isinstance(node.func, ast.Name):
-        raise SpecError(f"expected a scheduler name such as StepLR at column {node.col_offset}, "
-                        f"got {_unparse(node.func)}")
+        raise SpecError(
+            f"expected a scheduler name such as StepLR at column {node.col_offset}, "
+            f"got {_unparse(node.func)}"
+        )
     name = node.func.id
     args: list[SpecValue] = []
     for arg in node.args:
@@ -209,8 +223,10 @@ def _literal(node: ast.expr, where: str, depth: int) -> SpecValue:
             return value
     if isinstance(node, ast.Name) and node.id in {"inf", "nan", "Infinity", "NaN"}:
         raise SpecError(f"{where}: expected a finite number, got {_quote(node.id)}")
-    raise SpecError(f"{where}: expected a literal (number, string, True/False/None, list) "
-                    f"or a scheduler, got {_unparse(node)}")
+    raise SpecError(
+        f"{where}: expected a literal (number, string, True/False/None, list) "
+        f"or a scheduler, got {_unparse(node)}"
+    )
 
 
 def _format_value(value: SpecValue) -> str:
@@ -240,35 +256,45 @@ def _from_json(value: Any, where: str, depth: int) -> SpecValue:
         raise SpecError(f"{where}: expected a finite number, got {_quote(repr(value))}")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise SpecError(f"{where}: expected a JSON literal or a scheduler object, "
-                    f"got {type(value).__name__}")
+    raise SpecError(
+        f"{where}: expected a JSON literal or a scheduler object, got {type(value).__name__}"
+    )
 
 
 def _from_json_spec(data: Mapping[str, Any], depth: int) -> Spec:
     if not isinstance(data, Mapping):
-        raise SpecError(f"expected a scheduler object {{'name': ..., 'args': {{...}}}}, "
-                        f"got {type(data).__name__}")
+        raise SpecError(
+            f"expected a scheduler object {{'name': ..., 'args': {{...}}}}, "
+            f"got {type(data).__name__}"
+        )
     unknown = set(data) - {"name", "args", "args_positional"}
     if unknown:
-        raise SpecError(f"scheduler object has unknown keys {sorted(unknown)}; "
-                        "expected 'name', 'args' and optionally 'args_positional'")
+        raise SpecError(
+            f"scheduler object has unknown keys {sorted(unknown)}; "
+            "expected 'name', 'args' and optionally 'args_positional'"
+        )
     name = data.get("name")
     if not isinstance(name, str) or not name.isidentifier():
-        raise SpecError(f"scheduler object needs a 'name' such as 'StepLR', "
-                        f"got {_quote(repr(name))}")
+        raise SpecError(
+            f"scheduler object needs a 'name' such as 'StepLR', got {_quote(repr(name))}"
+        )
     kw = data.get("args", {})
     if not isinstance(kw, Mapping):
-        raise SpecError(f"{_short(name)}: 'args' must be an object of keyword arguments, "
-                        f"got {type(kw).__name__}")
+        raise SpecError(
+            f"{_short(name)}: 'args' must be an object of keyword arguments, "
+            f"got {type(kw).__name__}"
+        )
     pos = data.get("args_positional", [])
     if not isinstance(pos, Sequence) or isinstance(pos, str):
-        raise SpecError(f"{_short(name)}: 'args_positional' must be a list, "
-                        f"got {type(pos).__name__}")
+        raise SpecError(
+            f"{_short(name)}: 'args_positional' must be a list, got {type(pos).__name__}"
+        )
     kwargs = []
     for k, v in kw.items():
         if not isinstance(k, str) or not k.isidentifier():
-            raise SpecError(f"{_short(name)}: argument names must be identifiers, "
-                            f"got {_quote(repr(k))}")
+            raise SpecError(
+                f"{_short(name)}: argument names must be identifiers, got {_quote(repr(k))}"
+            )
         kwargs.append((k, _from_json(v, f"{_short(name)}.{_short(k)}", depth)))
     args = tuple(_from_json(v, _short(name), depth) for v in pos)
     return Spec(name, tuple(kwargs), args)

@@ -41,13 +41,20 @@ def main() -> int:
     identical = all(rank == ranks[0] for rank in ranks[1:])
     print(f"-- per-step LR identical on every rank for all {len(ranks[0])} steps: {identical}")
     if switch is not None:
-        print(f"-- the override took effect at step {switch} on every rank "
-              f"(lrctl history: effective_step={switch})")
+        print(
+            f"-- the override took effect at step {switch} on every rank "
+            f"(lrctl history: effective_step={switch})"
+        )
 
     rows = [[lr for _, lr, _ in step_rows] for step_rows in zip(*ranks)]
     markers = [(e.effective_step, e.describe()) for e in history if e.effective_step is not None]
-    plot_lr_curves(rows, title=f"{args.job}: {spec}", out=args.out, markers=markers,
-                   group_labels=[f"rank {r}" for r in range(len(ranks))])
+    plot_lr_curves(
+        rows,
+        title=f"{args.job}: {spec}",
+        out=args.out,
+        markers=markers,
+        group_labels=[f"rank {r}" for r in range(len(ranks))],
+    )
     print(f"-- LR curve written to {args.out}")
     return 0 if identical else 1
 

@@ -56,16 +56,22 @@ def _plugin(name: str) -> str:
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     found = shutil.which(name, path=search)
     if found is None:
-        raise SystemExit(f"{name} not found; install the dev tools: pip install -e '.[dev]' "
-                         "(it comes with mypy-protobuf)")
+        raise SystemExit(
+            f"{name} not found; install the dev tools: pip install -e '.[dev]' "
+            "(it comes with mypy-protobuf)"
+        )
     return found
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if lrctl/v1 is stale")
-    parser.add_argument("--root", type=Path, default=ROOT,
-                        help="the checkout holding proto/ and lrctl/v1 (default: this one)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT,
+        help="the checkout holding proto/ and lrctl/v1 (default: this one)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(args.root / "proto", Path(tmp))
@@ -76,12 +82,13 @@ def main() -> int:
                 for p in fresh
                 if not (target / p.name).exists() or not filecmp.cmp(p, target / p.name, False)
             ]
-            extra = sorted(
-                {p.name for p in target.glob("*.py*")} - {p.name for p in fresh}
-            )
+            extra = sorted({p.name for p in target.glob("*.py*")} - {p.name for p in fresh})
             if stale or extra:
-                print(f"lrctl/v1 is stale: differs {stale}, not generated {extra}; "
-                      "run python scripts/gen_protos.py", file=sys.stderr)
+                print(
+                    f"lrctl/v1 is stale: differs {stale}, not generated {extra}; "
+                    "run python scripts/gen_protos.py",
+                    file=sys.stderr,
+                )
                 return 1
             print("lrctl/v1 is up to date")
             return 0

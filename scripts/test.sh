@@ -19,8 +19,7 @@ echo "== promtool: Prometheus config, rules and their unit tests"
     && promtool test rules tests/*.yml)
 echo "== ruff"
 ruff check .
-# Turned on right after the one commit that formats the whole tree:
-# ruff format --check .
+ruff format --check .
 echo "== mypy"
 mypy
 echo "== import contracts (lrctl imports neither controller nor worker; those two never each other)"

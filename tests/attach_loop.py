@@ -45,10 +45,13 @@ def main() -> int:
         for _ in range(args.steps):
             optimizer.step()
             scheduler.step()
-            row = {"step": scheduler.last_epoch, "lr": float(scheduler.get_last_lr()[0]),
-                   "version": scheduler.applied_version,
-                   "superseded": bool(link is not None and link.superseded),
-                   "epoch": link.epoch if link is not None else 0}
+            row = {
+                "step": scheduler.last_epoch,
+                "lr": float(scheduler.get_last_lr()[0]),
+                "version": scheduler.applied_version,
+                "superseded": bool(link is not None and link.superseded),
+                "epoch": link.epoch if link is not None else 0,
+            }
             out.write(json.dumps(row) + "\n")
             out.flush()
             if stop is not None and stop.exists():

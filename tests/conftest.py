@@ -66,14 +66,20 @@ def registry() -> CollectorRegistry:
 @pytest.fixture
 def server_config(tmp_path: Path) -> ServerConfig:
     """A config for tests: loopback, free ports, a SQLite file in ``tmp_path``."""
-    return ServerConfig(host="127.0.0.1", port=0, metrics_port=0,
-                        db=str(tmp_path / "lrctl.db"),
-                        heartbeat_seconds=TEST_HEARTBEAT_SECONDS, grace_seconds=0.5)
+    return ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        db=str(tmp_path / "lrctl.db"),
+        heartbeat_seconds=TEST_HEARTBEAT_SECONDS,
+        grace_seconds=0.5,
+    )
 
 
 @pytest.fixture
 async def start_controller(
-    server_config: ServerConfig, registry: CollectorRegistry,
+    server_config: ServerConfig,
+    registry: CollectorRegistry,
 ) -> AsyncIterator[Callable[..., Awaitable[Controller]]]:
     """Start controllers on the test's loop: ``await start_controller(**config_overrides)``.
 
@@ -84,8 +90,7 @@ async def start_controller(
     started: list[Controller] = []
     default_registry = registry
 
-    async def factory(registry: CollectorRegistry | None = None,
-                      **overrides: Any) -> Controller:
+    async def factory(registry: CollectorRegistry | None = None, **overrides: Any) -> Controller:
         config = ServerConfig(**{**_fields(server_config), **overrides})
         if registry is None:
             registry = CollectorRegistry() if started else default_registry
@@ -107,8 +112,9 @@ async def controller(start_controller: Callable[..., Awaitable[Controller]]) -> 
 @pytest.fixture
 async def channel(controller: Controller) -> AsyncIterator[grpc.aio.Channel]:
     """A ``grpc.aio`` channel to ``controller`` with the recommended client options."""
-    async with grpc.aio.insecure_channel(controller.address,
-                                         options=list(CLIENT_CHANNEL_OPTIONS)) as chan:
+    async with grpc.aio.insecure_channel(
+        controller.address, options=list(CLIENT_CHANNEL_OPTIONS)
+    ) as chan:
         yield chan
 
 
@@ -154,8 +160,7 @@ class ServerThread:
         self._config = config
         self._registry = registry
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="lrctl-test-server",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._main, name="lrctl-test-server", daemon=True)
         self._stop: asyncio.Event | None = None
         self._server: RunningServer | None = None
         self._error: BaseException | None = None
@@ -169,8 +174,14 @@ class ServerThread:
                 self._ready.set()
                 return
             self._stop = asyncio.Event()
-            self._server = RunningServer(ctl.address, ctl.port, ctl.metrics_port,
-                                         self._config, ctl, asyncio.get_running_loop())
+            self._server = RunningServer(
+                ctl.address,
+                ctl.port,
+                ctl.metrics_port,
+                self._config,
+                ctl,
+                asyncio.get_running_loop(),
+            )
             self._ready.set()
             await self._stop.wait()
             await ctl.stop(0)
@@ -194,8 +205,9 @@ class ServerThread:
 
 
 @pytest.fixture
-def running_server(request: pytest.FixtureRequest,
-                   server_config: ServerConfig) -> Iterator[RunningServer]:
+def running_server(
+    request: pytest.FixtureRequest, server_config: ServerConfig
+) -> Iterator[RunningServer]:
     """A controller serving from a background thread for the whole test.
 
     Indirect parametrization passes ``ServerConfig`` overrides (a dict).

@@ -41,25 +41,35 @@ def rank_arguments() -> argparse.ArgumentParser:
     return parser
 
 
-def start_rank(args: argparse.Namespace, lr2: float | torch.Tensor,
-               ) -> tuple[torch.nn.Sequential, DistributedDataParallel, torch.optim.SGD]:
+def start_rank(
+    args: argparse.Namespace,
+    lr2: float | torch.Tensor,
+) -> tuple[torch.nn.Sequential, DistributedDataParallel, torch.optim.SGD]:
     """Join the gloo group; the model, its DDP wrapper and an SGD optimizer with two param
     groups (LRs 0.1 and ``lr2``)."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{args.init}", rank=args.rank,
-                            world_size=args.world)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{args.init}", rank=args.rank, world_size=args.world
+    )
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
     ddp = DistributedDataParallel(model)
-    optimizer = torch.optim.SGD([
-        {"params": model[0].parameters(), "lr": 0.1},
-        {"params": model[2].parameters(), "lr": lr2},
-    ], momentum=0.9)
+    optimizer = torch.optim.SGD(
+        [
+            {"params": model[0].parameters(), "lr": 0.1},
+            {"params": model[2].parameters(), "lr": lr2},
+        ],
+        momentum=0.9,
+    )
     return model, ddp, optimizer
 
 
-def train_step(ddp: DistributedDataParallel, optimizer: torch.optim.SGD,
-               scheduler: RemoteLRScheduler, gen: torch.Generator) -> list[float]:
+def train_step(
+    ddp: DistributedDataParallel,
+    optimizer: torch.optim.SGD,
+    scheduler: RemoteLRScheduler,
+    gen: torch.Generator,
+) -> list[float]:
     """One training step and scheduler step; the log row ``[step, applied_version, lr...]``."""
     x = torch.randn(32, 8, generator=gen)
     y = x.sum(dim=1, keepdim=True).sin()
@@ -81,8 +91,7 @@ def main() -> int:
 
     model, ddp, optimizer = start_rank(args, torch.tensor(0.05))  # a tensor LR
     try:
-        scheduler = RemoteLRScheduler(optimizer, args.schedule, job=args.job,
-                                      address=args.address)
+        scheduler = RemoteLRScheduler(optimizer, args.schedule, job=args.job, address=args.address)
     except Exception as exc:
         Path(args.out, f"rank-{args.rank}.error").write_text(f"{type(exc).__name__}: {exc}")
         return 3
@@ -97,8 +106,12 @@ def main() -> int:
     held_stream = scheduler._link is not None
     scheduler.close()
     params = [p.detach().flatten().tolist() for p in model.parameters()]
-    result: dict[str, Any] = {"log": log, "params": params, "held_stream": held_stream,
-                              "divergences": scheduler.divergences}
+    result: dict[str, Any] = {
+        "log": log,
+        "params": params,
+        "held_stream": held_stream,
+        "divergences": scheduler.divergences,
+    }
     Path(args.out, f"rank-{args.rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
     return 0

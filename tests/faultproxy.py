@@ -59,6 +59,7 @@ class FaultProxy:
 
     def set_mode(self, mode: Mode, delay_s: float | None = None) -> None:
         """Switch the fault mode (thread-safe); ``reset`` resets every open connection now."""
+
         def apply() -> None:
             if delay_s is not None:
                 self.delay_s = delay_s
@@ -132,8 +133,9 @@ class FaultProxy:
 class _Link:
     """One proxied connection: client side and controller side."""
 
-    def __init__(self, proxy: FaultProxy, down: asyncio.StreamWriter,
-                 up: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, proxy: FaultProxy, down: asyncio.StreamWriter, up: asyncio.StreamWriter
+    ) -> None:
         self.proxy = proxy
         self.writers = (down, up)
         self.closed = False

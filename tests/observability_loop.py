@@ -25,10 +25,13 @@ def hold_loop(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = ray.train.torch.prepare_model(torch.nn.Linear(4, 1))
     module = model.module if hasattr(model, "module") else model
-    optimizer = torch.optim.SGD([
-        {"params": [module.weight], "lr": config["base_lrs"][0]},
-        {"params": [module.bias], "lr": config["base_lrs"][1]},
-    ], momentum=0.9)
+    optimizer = torch.optim.SGD(
+        [
+            {"params": [module.weight], "lr": config["base_lrs"][0]},
+            {"params": [module.bias], "lr": config["base_lrs"][1]},
+        ],
+        momentum=0.9,
+    )
     scheduler = RemoteLRScheduler(optimizer, config["schedule"])
     gen = torch.Generator().manual_seed(context.get_world_rank())
     for _ in range(config["steps"]):
@@ -44,5 +47,9 @@ def hold_loop(config: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.1)
     lrs = [float(group["lr"]) for group in optimizer.param_groups]
     scheduler.close()
-    return {"rank": context.get_world_rank(), "step": scheduler.last_epoch, "lrs": lrs,
-            "released": release.exists()}
+    return {
+        "rank": context.get_world_rank(),
+        "step": scheduler.last_epoch,
+        "lrs": lrs,
+        "released": release.exists(),
+    }

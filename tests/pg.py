@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PASSWORD", "USER", "PostgresServer", "find_bindir", "pg_url", "postgres",
-           "wait_until"]
+__all__ = ["PASSWORD", "USER", "PostgresServer", "find_bindir", "pg_url", "postgres", "wait_until"]
 
 USER = "lrctl"
 PASSWORD = "s3cret-Pg-pw"  # a test-only password; tests assert it never shows in output
@@ -35,8 +34,9 @@ PASSWORD = "s3cret-Pg-pw"  # a test-only password; tests assert it never shows i
 
 def find_bindir() -> Path | None:
     """Return the newest ``/usr/lib/postgresql/N/bin`` holding ``initdb``, or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(Path(p).parent.parent.name))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parent.parent.name)
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -55,8 +55,10 @@ class PostgresServer:
     def __init__(self) -> None:
         bindir = find_bindir()
         if bindir is None:
-            raise RuntimeError("PostgreSQL is not installed: run scripts/install-postgres.sh "
-                               "(Debian package postgresql)")
+            raise RuntimeError(
+                "PostgreSQL is not installed: run scripts/install-postgres.sh "
+                "(Debian package postgresql)"
+            )
         self.bindir = bindir
         self.root = Path(tempfile.mkdtemp(prefix="lrctl-pg-"))
         self.data = self.root / "data"
@@ -69,8 +71,9 @@ class PostgresServer:
             shutil.chown(self.root, "nobody")
 
     def _run(self, *cmd: str, timeout: float = 120) -> str:
-        out = subprocess.run([*self._as, *cmd], capture_output=True, text=True,
-                             timeout=timeout, cwd=self.root)
+        out = subprocess.run(
+            [*self._as, *cmd], capture_output=True, text=True, timeout=timeout, cwd=self.root
+        )
         if out.returncode != 0:
             raise RuntimeError(f"{cmd[0]} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
         return out.stdout
@@ -80,25 +83,59 @@ class PostgresServer:
         pwfile.write_text(PASSWORD + "\n")
         if self._as:
             shutil.chown(pwfile, "nobody")
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", USER,
-                  "--pwfile", str(pwfile), "--auth-host=scram-sha-256", "--auth-local=trust",
-                  "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            USER,
+            "--pwfile",
+            str(pwfile),
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+        )
         pwfile.unlink()
         self.resume()
         return self
 
     def resume(self) -> None:
         """Start the server on its data directory (after :meth:`start` made it, or a pause)."""
-        options = (f"-c listen_addresses={self.host} -c port={self.port} "
-                   f"-c unix_socket_directories={self.root} -c max_connections=300 "
-                   f"-c shared_buffers=64MB -c log_min_messages=warning")
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l",
-                  str(self.root / "server.log"), "-o", options, "-w", "-t", "60", "start")
+        options = (
+            f"-c listen_addresses={self.host} -c port={self.port} "
+            f"-c unix_socket_directories={self.root} -c max_connections=300 "
+            f"-c shared_buffers=64MB -c log_min_messages=warning"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def pause(self) -> None:
         """Stop the server (fast shutdown: sessions are cut), keeping its data for resume()."""
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
-                  "-t", "60", "stop")
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "60",
+            "stop",
+        )
 
     def url(self, database: str = "postgres", *, password: bool = True) -> str:
         """``postgresql://lrctl[:PASSWORD]@127.0.0.1:PORT/DATABASE``."""
@@ -107,9 +144,22 @@ class PostgresServer:
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run ``sql`` through the Unix socket as the superuser (trust) and return its output."""
-        return self._run(str(self.bindir / "psql"), "-h", str(self.root), "-p", str(self.port),
-                         "-U", USER, "-d", database, "-v", "ON_ERROR_STOP=1", "-qAt",
-                         "-c", sql)
+        return self._run(
+            str(self.bindir / "psql"),
+            "-h",
+            str(self.root),
+            "-p",
+            str(self.port),
+            "-U",
+            USER,
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qAt",
+            "-c",
+            sql,
+        )
 
     def create_database(self) -> str:
         """Create an empty database and return its name."""
@@ -120,8 +170,18 @@ class PostgresServer:
     def stop(self) -> None:
         if self.data.exists():
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                          "-w", "-t", "30", "stop", timeout=60)
+                self._run(
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "-t",
+                    "30",
+                    "stop",
+                    timeout=60,
+                )
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:

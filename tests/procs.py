@@ -66,12 +66,29 @@ class ControllerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ControllerProcess:
-        cmd = [sys.executable, "-m", "controller.cli", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port), "--metrics-port", "0", "--db", str(self.db),
-               *self.extra]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        cmd = [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--metrics-port",
+            "0",
+            "--db",
+            str(self.db),
+            *self.extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         found = threading.Event()
 
         def pump() -> None:

@@ -29,10 +29,19 @@ def lr_loop(config: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        log.append([scheduler.last_epoch, scheduler.applied_version,
-                    float(optimizer.param_groups[0]["lr"])])
+        log.append(
+            [
+                scheduler.last_epoch,
+                scheduler.applied_version,
+                float(optimizer.param_groups[0]["lr"]),
+            ]
+        )
         time.sleep(config["sleep"])
     scheduler.close()
-    return {"rank": context.get_world_rank(), "job": scheduler.job,
-            "distributed": dist.is_initialized(), "log": log,
-            "params": [p.detach().flatten().tolist() for p in model.parameters()]}
+    return {
+        "rank": context.get_world_rank(),
+        "job": scheduler.job,
+        "distributed": dist.is_initialized(),
+        "log": log,
+        "params": [p.detach().flatten().tolist() for p in model.parameters()],
+    }

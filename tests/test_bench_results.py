@@ -16,8 +16,9 @@ def test_a_section_replaces_only_its_own_span(tmp_path: Path) -> None:
     write_section("soak", "Soak", "soak figures", path)
     before = path.read_text()
     # The worker section comes first (SECTIONS order), whatever order they were written in.
-    assert before.index("BEGIN worker") < before.index("BEGIN controller") < before.index(
-        "BEGIN soak")
+    assert (
+        before.index("BEGIN worker") < before.index("BEGIN controller") < before.index("BEGIN soak")
+    )
     write_section("worker", "Worker", "| w | 2 |", path)
     after = path.read_text()
     assert "| w | 2 |" in after and "| w | 1 |" not in after
@@ -25,7 +26,7 @@ def test_a_section_replaces_only_its_own_span(tmp_path: Path) -> None:
     start, end = "<!-- BEGIN worker -->", "<!-- END worker -->"
 
     def outside(text: str) -> str:
-        return text[:text.index(start)] + text[text.index(end):]
+        return text[: text.index(start)] + text[text.index(end) :]
 
     assert outside(after) == outside(before)
 

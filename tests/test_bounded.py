@@ -31,23 +31,38 @@ SPECS = [
     pytest.param("StepLR(step_size=200, gamma=0.5)", id="step"),
     pytest.param("LambdaLR(lr_lambda='0.95 ** epoch')", id="lambda"),
     pytest.param("MultiplicativeLR(lr_lambda='0.99')", id="multiplicative-constant"),
-    pytest.param("MultiplicativeLR(lr_lambda='0.999 if epoch < 100 else 0.99')",
-                 id="multiplicative-piecewise"),
-    pytest.param("MultiplicativeLR(lr_lambda='1 - 0.0005 * (epoch % 7)')",
-                 id="multiplicative-recurrence"),
-    pytest.param("ChainedScheduler(schedulers=[ConstantLR(factor=0.1, total_iters=2), "
-                 "ExponentialLR(gamma=0.99)])", id="chained-multiplicative"),
-    pytest.param("ChainedScheduler(schedulers=[MultiStepLR(milestones=[100, 400]), "
-                 "LambdaLR(lr_lambda='0.95 ** epoch'), ExponentialLR(gamma=0.999)])",
-                 id="chained-overwriting"),
-    pytest.param("ChainedScheduler(schedulers=[CosineAnnealingLR(T_max=50, eta_min=0.001), "
-                 "StepLR(step_size=120, gamma=0.5)])", id="chained-recurrence"),
-    pytest.param("SequentialLR(schedulers=[MultiplicativeLR(lr_lambda='0.9 + 0.01 * epoch'), "
-                 "CosineAnnealingWarmRestarts(T_0=50, T_mult=2)], milestones=[5])",
-                 id="sequential"),
+    pytest.param(
+        "MultiplicativeLR(lr_lambda='0.999 if epoch < 100 else 0.99')",
+        id="multiplicative-piecewise",
+    ),
+    pytest.param(
+        "MultiplicativeLR(lr_lambda='1 - 0.0005 * (epoch % 7)')", id="multiplicative-recurrence"
+    ),
+    pytest.param(
+        "ChainedScheduler(schedulers=[ConstantLR(factor=0.1, total_iters=2), "
+        "ExponentialLR(gamma=0.99)])",
+        id="chained-multiplicative",
+    ),
+    pytest.param(
+        "ChainedScheduler(schedulers=[MultiStepLR(milestones=[100, 400]), "
+        "LambdaLR(lr_lambda='0.95 ** epoch'), ExponentialLR(gamma=0.999)])",
+        id="chained-overwriting",
+    ),
+    pytest.param(
+        "ChainedScheduler(schedulers=[CosineAnnealingLR(T_max=50, eta_min=0.001), "
+        "StepLR(step_size=120, gamma=0.5)])",
+        id="chained-recurrence",
+    ),
+    pytest.param(
+        "SequentialLR(schedulers=[MultiplicativeLR(lr_lambda='0.9 + 0.01 * epoch'), "
+        "CosineAnnealingWarmRestarts(T_0=50, T_mult=2)], milestones=[5])",
+        id="sequential",
+    ),
     pytest.param("CosineAnnealingWarmRestarts(T_0=3, T_mult=2)", id="warm-restarts"),
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=7, mode='exp_range', "
-                 "gamma=0.99)", id="cyclic"),
+    pytest.param(
+        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=7, mode='exp_range', gamma=0.99)",
+        id="cyclic",
+    ),
 ]
 
 
@@ -82,25 +97,44 @@ RECURRENCE = "MultiplicativeLR(lr_lambda='1 - 0.0005 * (epoch % 7)')"
 MAX_STEP = 2**63 - 1
 
 
-def ev(version: int, op: Op, step: int, value: float | None = None, group: int | None = None,
-       schedule: str | None = None) -> Event:
+def ev(
+    version: int,
+    op: Op,
+    step: int,
+    value: float | None = None,
+    group: int | None = None,
+    schedule: str | None = None,
+) -> Event:
     return Event(version, op, value, schedule, group, effective_step=step)
 
 
-@pytest.mark.parametrize(("spec", "events", "expected"), [
-    pytest.param("StepLR(step_size=10)", [], MAX_STEP, id="closed-form"),
-    pytest.param("OneCycleLR(max_lr=0.1, total_steps=100)", [], 100, id="onecycle"),
-    pytest.param("LambdaLR(lr_lambda='0.95 ** epoch')", [], 10**15, id="expression"),
-    pytest.param("SequentialLR(schedulers=[LambdaLR(lr_lambda='0.9'), StepLR(step_size=5)], "
-                 "milestones=[10])", [], MAX_STEP, id="expression-then-closed"),
-    pytest.param("OneCycleLR(max_lr=0.1, total_steps=100)",
-                 [ev(2, Op.REPLACE_SCHEDULE, 50, schedule="StepLR(step_size=5)")], MAX_STEP,
-                 id="onecycle-replaced-in-time"),
-    pytest.param("StepLR(step_size=5)",
-                 [ev(2, Op.REPLACE_SCHEDULE, 50, schedule="OneCycleLR(max_lr=0.1, "
-                                                           "total_steps=20)")], 70,
-                 id="onecycle-from-step-50"),
-])
+@pytest.mark.parametrize(
+    ("spec", "events", "expected"),
+    [
+        pytest.param("StepLR(step_size=10)", [], MAX_STEP, id="closed-form"),
+        pytest.param("OneCycleLR(max_lr=0.1, total_steps=100)", [], 100, id="onecycle"),
+        pytest.param("LambdaLR(lr_lambda='0.95 ** epoch')", [], 10**15, id="expression"),
+        pytest.param(
+            "SequentialLR(schedulers=[LambdaLR(lr_lambda='0.9'), StepLR(step_size=5)], "
+            "milestones=[10])",
+            [],
+            MAX_STEP,
+            id="expression-then-closed",
+        ),
+        pytest.param(
+            "OneCycleLR(max_lr=0.1, total_steps=100)",
+            [ev(2, Op.REPLACE_SCHEDULE, 50, schedule="StepLR(step_size=5)")],
+            MAX_STEP,
+            id="onecycle-replaced-in-time",
+        ),
+        pytest.param(
+            "StepLR(step_size=5)",
+            [ev(2, Op.REPLACE_SCHEDULE, 50, schedule="OneCycleLR(max_lr=0.1, total_steps=20)")],
+            70,
+            id="onecycle-from-step-50",
+        ),
+    ],
+)
 def test_max_step(spec: str, events: list[Event], expected: int) -> None:
     program = LRProgram(spec, BASE, events)
     assert program.max_step == expected
@@ -114,8 +148,7 @@ def test_max_step(spec: str, events: list[Event], expected: int) -> None:
 
 def test_a_held_lr_outlives_the_schedule() -> None:
     # OneCycleLR ends at 100 (torch raises past it); an operator's `lr = X` holds after.
-    program = LRProgram("OneCycleLR(max_lr=0.1, total_steps=100)", BASE,
-                        [ev(2, Op.SET, 150, 1e-3)])
+    program = LRProgram("OneCycleLR(max_lr=0.1, total_steps=100)", BASE, [ev(2, Op.SET, 150, 1e-3)])
     assert program.max_step == 100
     with pytest.raises(StepLimitError, match="Tried to step 120 times"):
         program.lrs(120)
@@ -176,12 +209,18 @@ def piecewise(draw: st.DrawFn) -> tuple[str, Any]:
     """A piecewise-constant lr_lambda and the same as a Python function."""
     k1, k2 = sorted(draw(st.lists(st.integers(0, 300), min_size=2, max_size=2)))
     half = draw(st.sampled_from([0, 0.5]))
-    c = [draw(st.sampled_from([0.5, 0.9, 0.999, 1.0, 1.01, 1.5, 2.0, 1e10, 1e-10, 0.0]))
-         for _ in range(3)]
+    c = [
+        draw(st.sampled_from([0.5, 0.9, 0.999, 1.0, 1.01, 1.5, 2.0, 1e10, 1e-10, 0.0]))
+        for _ in range(3)
+    ]
     op = draw(st.sampled_from(["<", "<=", "==", ">"]))
     text = f"{c[0]!r} if epoch {op} {k1 + half} else ({c[1]!r} if epoch < {k2} else {c[2]!r})"
-    ops = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, "==": lambda a, b: a == b,
-           ">": lambda a, b: a > b}
+    ops = {
+        "<": lambda a, b: a < b,
+        "<=": lambda a, b: a <= b,
+        "==": lambda a, b: a == b,
+        ">": lambda a, b: a > b,
+    }
 
     def fn(epoch: int) -> float:
         if ops[op](epoch, k1 + half):
@@ -192,10 +231,13 @@ def piecewise(draw: st.DrawFn) -> tuple[str, Any]:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=piecewise(), base=st.lists(st.sampled_from([0.0, 1e-300, 0.1, 3.0, 1e300]),
-                                        min_size=1, max_size=3))
-def test_piecewise_closed_form_is_torchs_recursion(case: tuple[str, Any],
-                                                   base: list[float]) -> None:
+@given(
+    case=piecewise(),
+    base=st.lists(st.sampled_from([0.0, 1e-300, 0.1, 3.0, 1e300]), min_size=1, max_size=3),
+)
+def test_piecewise_closed_form_is_torchs_recursion(
+    case: tuple[str, Any], base: list[float]
+) -> None:
     text, fn = case
     program = LRProgram(f"MultiplicativeLR(lr_lambda={text!r})", base, limits=NO_LIMITS)
     assert program.closed_form
@@ -211,13 +253,17 @@ def test_piecewise_closed_form_is_torchs_recursion(case: tuple[str, Any],
             subnormal[g] = subnormal[g] or 0 < b < 2.2250738585072014e-308
             if subnormal[g] and b != 0:
                 continue
-            assert a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300) or (
-                math.isnan(a) and math.isnan(b)), (text, base, t, ours, lr)
+            assert (
+                a == b
+                or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300)
+                or (math.isnan(a) and math.isnan(b))
+            ), (text, base, t, ours, lr)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", ["split-then-job-wide", "per-group", "split-and-set",
-                                  "replace-per-group"])
+@pytest.mark.parametrize(
+    "kind", ["split-then-job-wide", "per-group", "split-and-set", "replace-per-group"]
+)
 def test_logs_that_tell_every_group_apart_build_fast(kind: str) -> None:
     n = 1024
     if kind == "split-then-job-wide":  # every group its own state, then job-wide events
@@ -226,11 +272,17 @@ def test_logs_that_tell_every_group_apart_build_fast(kind: str) -> None:
     elif kind == "per-group":
         events = [ev(v, Op.SCALE, v, 0.5, group=v % n) for v in range(2, 10_002)]
     elif kind == "split-and-set":
-        events = [ev(v, Op.SCALE, v, 0.5, group=v % n) if v % 2 else ev(v, Op.SET, v, 1e-3)
-                  for v in range(2, 10_002)]
+        events = [
+            ev(v, Op.SCALE, v, 0.5, group=v % n) if v % 2 else ev(v, Op.SET, v, 1e-3)
+            for v in range(2, 10_002)
+        ]
     else:
-        events = [ev(v, Op.REPLACE_SCHEDULE, v, group=v % n, schedule="ExponentialLR(gamma=0.99)")
-                  if v % 2 else ev(v, Op.SCALE, v, 0.5) for v in range(2, 10_002)]
+        events = [
+            ev(v, Op.REPLACE_SCHEDULE, v, group=v % n, schedule="ExponentialLR(gamma=0.99)")
+            if v % 2
+            else ev(v, Op.SCALE, v, 0.5)
+            for v in range(2, 10_002)
+        ]
     start = time.perf_counter()
     program = LRProgram("StepLR(step_size=10)", [0.1] * n, events)
     lrs = program.lrs(9_000)

@@ -45,8 +45,11 @@ class Result:
 
 
 @pytest.fixture
-def lrctl(running_server: RunningServer, capsys: pytest.CaptureFixture[str],
-          monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+def lrctl(
+    running_server: RunningServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[..., Result]:
     """Run ``lrctl ARGV...`` in-process against ``running_server``."""
     monkeypatch.delenv("LRCTL_TOKEN", raising=False)
     monkeypatch.setenv("LRCTL_ADDRESS", running_server.address)
@@ -65,9 +68,15 @@ def env_for(address: str) -> dict[str, str]:
 
 
 def lrctl_process(address: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.cli", *argv], cwd=REPO,
-                          env=env_for(address), capture_output=True, text=True, timeout=30,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli", *argv],
+        cwd=REPO,
+        env=env_for(address),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
 class Lines:
@@ -106,9 +115,14 @@ def watch_process() -> Iterator[Callable[..., tuple[subprocess.Popen[str], Lines
     started: list[subprocess.Popen[str]] = []
 
     def start(address: str, job: str) -> tuple[subprocess.Popen[str], Lines]:
-        proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "watch", job],
-                                cwd=REPO, env=env_for(address), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "controller.cli", "watch", job],
+            cwd=REPO,
+            env=env_for(address),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started.append(proc)
         return proc, Lines(proc)
 
@@ -120,16 +134,25 @@ def one_error_line(err: str, prefix: str = "lrctl: error: ") -> str:
     assert err.startswith(prefix), err
     assert err.count("\n") == 1, err
     assert "Traceback" not in err
-    return err[len(prefix):].strip()
+    return err[len(prefix) :].strip()
 
 
-def report(server: RunningServer, job: str, step: int, lrs: list[float],
-           applied: Sequence[tuple[int, int]] = ()) -> None:
+def report(
+    server: RunningServer,
+    job: str,
+    step: int,
+    lrs: list[float],
+    applied: Sequence[tuple[int, int]] = (),
+) -> None:
     """Report progress as rank 0 does (what RemoteLRScheduler sends)."""
     request = lrctl_pb2.ReportRequest(
-        job_id=job, rank=0, step=step, lrs=lrs,
+        job_id=job,
+        rank=0,
+        step=step,
+        lrs=lrs,
         applied_version=max((v for v, _ in applied), default=0),
-        applied=[lrctl_pb2.AppliedVersion(version=v, effective_step=s) for v, s in applied])
+        applied=[lrctl_pb2.AppliedVersion(version=v, effective_step=s) for v, s in applied],
+    )
     with grpc.insecure_channel(server.address) as channel:
         stub = lrctl_pb2_grpc.LRControllerStub(channel)  # type: ignore[no-untyped-call]
         stub.Report(request, timeout=10)
@@ -147,8 +170,9 @@ def test_operator_flow_with_real_processes(tmp_path: Path, watch_process: Any) -
             assert done.returncode == 0, done.stderr
             return done.stdout
 
-        assert "created job run-42" in ok("job", "create", "run-42", "--schedule", STEP_LR,
-                                          "--base-lr", "0.1")
+        assert "created job run-42" in ok(
+            "job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1"
+        )
         watch, lines = watch_process(address, "run-42")
         lines.wait_for("version=1")
 
@@ -179,8 +203,7 @@ def test_operator_flow_with_real_processes(tmp_path: Path, watch_process: Any) -
         assert server.proc.returncode == 0
 
 
-def test_watch_reconnects_and_resumes_after_a_restart(tmp_path: Path,
-                                                      watch_process: Any) -> None:
+def test_watch_reconnects_and_resumes_after_a_restart(tmp_path: Path, watch_process: Any) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -200,8 +223,9 @@ def test_watch_reconnects_and_resumes_after_a_restart(tmp_path: Path,
         assert "reconnecting" in err and "reconnected" in err and "Traceback" not in err
 
 
-def test_watch_ctrl_c_exits_130_without_traceback(running_server: RunningServer,
-                                                  watch_process: Any) -> None:
+def test_watch_ctrl_c_exits_130_without_traceback(
+    running_server: RunningServer, watch_process: Any
+) -> None:
     with Client(running_server.address) as client:
         client.create_job("run-1", STEP_LR, [0.1])
     watch, lines = watch_process(running_server.address, "run-1")
@@ -215,12 +239,23 @@ def test_watch_ctrl_c_exits_130_without_traceback(running_server: RunningServer,
 
 
 def test_job_commands(lrctl: Callable[..., Result]) -> None:
-    created = lrctl("job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1",
-                    "--base-lr", "0.01", "--json")
+    created = lrctl(
+        "job",
+        "create",
+        "run-42",
+        "--schedule",
+        STEP_LR,
+        "--base-lr",
+        "0.1",
+        "--base-lr",
+        "0.01",
+        "--json",
+    )
     assert created.code == 0
     assert created.json()["created"] is True and created.json()["lr"] == [0.1, 0.01]
-    again = lrctl("job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1",
-                  "--base-lr", "0.01")
+    again = lrctl(
+        "job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1", "--base-lr", "0.01"
+    )
     assert again.code == 0 and "already exists" in again.out
 
     text = lrctl("job", "get", "run-42")
@@ -237,10 +272,23 @@ def test_job_commands(lrctl: Callable[..., Result]) -> None:
     assert "no running jobs" in lrctl("job", "list").out
 
 
-def test_override_forms_and_history(lrctl: Callable[..., Result],
-                                    running_server: RunningServer) -> None:
-    assert lrctl("job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1",
-                 "--base-lr", "0.01").code == 0
+def test_override_forms_and_history(
+    lrctl: Callable[..., Result], running_server: RunningServer
+) -> None:
+    assert (
+        lrctl(
+            "job",
+            "create",
+            "run-42",
+            "--schedule",
+            STEP_LR,
+            "--base-lr",
+            "0.1",
+            "--base-lr",
+            "0.01",
+        ).code
+        == 0
+    )
     report(running_server, "run-42", 10, [0.1, 0.01])
     steps = [
         (["lr /= 2", "--reason", "loss spike"], "scale", 0.5),
@@ -250,8 +298,7 @@ def test_override_forms_and_history(lrctl: Callable[..., Result],
         (["--schedule", "ExponentialLR(gamma=0.9)"], "replace_schedule", None),
     ]
     for version, (argv, op, value) in enumerate(steps, start=2):
-        done = lrctl("override", "run-42", *argv, "--expected-version", str(version - 1),
-                     "--json")
+        done = lrctl("override", "run-42", *argv, "--expected-version", str(version - 1), "--json")
         assert done.code == 0, done.err
         event = done.json()["event"]
         assert (event["version"], event["op"], event["value"]) == (version, op, value)
@@ -274,26 +321,38 @@ def test_override_text_output(lrctl: Callable[..., Result]) -> None:
     lrctl("job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1")
     done = lrctl("override", "run-42", "lr", "/=", "2")  # unquoted words work too
     assert done.code == 0
-    assert done.out.splitlines()[0] == ("run-42 version 2: lr *= 0.5 (pending until the "
-                                        "workers apply it)")
+    assert done.out.splitlines()[0] == (
+        "run-42 version 2: lr *= 0.5 (pending until the workers apply it)"
+    )
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    pytest.param(["override", "run-42", "lr /= 0"], "needs a finite x > 0", id="divide-by-0"),
-    pytest.param(["override", "run-42", "lr = -1"], "finite number >= 0", id="negative-lr"),
-    pytest.param(["override", "run-42", "lr = inf"], "finite number >= 0", id="infinite-lr"),
-    pytest.param(["override", "run-42", "lr += 1"], "expected an override like", id="syntax"),
-    pytest.param(["override", "run-42", "--schedule", "StepLR(step_size="], "not valid syntax",
-                 id="bad-replacement-spec"),
-    pytest.param(["override", "run-42", "lr /= 2", "--clear"], "exactly one of",
-                 id="two-forms"),
-    pytest.param(["override", "run-42"], "exactly one of", id="no-form"),
-    pytest.param(["override", "run-42", "--clear", "--group", "-1"], "--group", id="group"),
-    pytest.param(["job", "create", "run-43", "--schedule", "StepLR(", "--base-lr", "0.1"],
-                 "not valid syntax", id="bad-spec"),
-])
-def test_bad_input_exits_2_before_any_call(lrctl: Callable[..., Result], argv: list[str],
-                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["override", "run-42", "lr /= 0"], "needs a finite x > 0", id="divide-by-0"),
+        pytest.param(["override", "run-42", "lr = -1"], "finite number >= 0", id="negative-lr"),
+        pytest.param(["override", "run-42", "lr = inf"], "finite number >= 0", id="infinite-lr"),
+        pytest.param(["override", "run-42", "lr += 1"], "expected an override like", id="syntax"),
+        pytest.param(
+            ["override", "run-42", "--schedule", "StepLR(step_size="],
+            "not valid syntax",
+            id="bad-replacement-spec",
+        ),
+        pytest.param(
+            ["override", "run-42", "lr /= 2", "--clear"], "exactly one of", id="two-forms"
+        ),
+        pytest.param(["override", "run-42"], "exactly one of", id="no-form"),
+        pytest.param(["override", "run-42", "--clear", "--group", "-1"], "--group", id="group"),
+        pytest.param(
+            ["job", "create", "run-43", "--schedule", "StepLR(", "--base-lr", "0.1"],
+            "not valid syntax",
+            id="bad-spec",
+        ),
+    ],
+)
+def test_bad_input_exits_2_before_any_call(
+    lrctl: Callable[..., Result], argv: list[str], message: str
+) -> None:
     lrctl("job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1")
     done = lrctl(*argv)
     assert done.code == 2 and done.out == ""
@@ -302,22 +361,42 @@ def test_bad_input_exits_2_before_any_call(lrctl: Callable[..., Result], argv: l
     assert lrctl("job", "get", "run-43").code == 1
 
 
-@pytest.mark.parametrize(("argv", "code", "status"), [
-    pytest.param(["job", "get", "run-9"], 1, "NOT_FOUND", id="unknown-job"),
-    pytest.param(["override", "run-9", "lr /= 2"], 1, "NOT_FOUND", id="override-unknown"),
-    pytest.param(["history", "run-9"], 1, "NOT_FOUND", id="history-unknown"),
-    pytest.param(["watch", "run-9"], 1, "NOT_FOUND", id="watch-unknown"),
-    pytest.param(["override", "run-42", "lr = 0.1", "--group", "5"], 2, "INVALID_ARGUMENT",
-                 id="group-out-of-range"),
-    pytest.param(["override", "run-42", "lr = 0.1", "--expected-version", "7"], 1, "ABORTED",
-                 id="version-conflict"),
-    pytest.param(["job", "create", "run-42", "--schedule", "StepLR(step_size=5)",
-                  "--base-lr", "0.1"], 1, "FAILED_PRECONDITION", id="different-spec"),
-    pytest.param(["job", "create", "run-43", "--schedule", STEP_LR, "--base-lr", "-0.1"], 2,
-                 "INVALID_ARGUMENT", id="negative-base-lr"),
-])
-def test_server_errors_are_one_line(lrctl: Callable[..., Result], argv: list[str], code: int,
-                                    status: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "code", "status"),
+    [
+        pytest.param(["job", "get", "run-9"], 1, "NOT_FOUND", id="unknown-job"),
+        pytest.param(["override", "run-9", "lr /= 2"], 1, "NOT_FOUND", id="override-unknown"),
+        pytest.param(["history", "run-9"], 1, "NOT_FOUND", id="history-unknown"),
+        pytest.param(["watch", "run-9"], 1, "NOT_FOUND", id="watch-unknown"),
+        pytest.param(
+            ["override", "run-42", "lr = 0.1", "--group", "5"],
+            2,
+            "INVALID_ARGUMENT",
+            id="group-out-of-range",
+        ),
+        pytest.param(
+            ["override", "run-42", "lr = 0.1", "--expected-version", "7"],
+            1,
+            "ABORTED",
+            id="version-conflict",
+        ),
+        pytest.param(
+            ["job", "create", "run-42", "--schedule", "StepLR(step_size=5)", "--base-lr", "0.1"],
+            1,
+            "FAILED_PRECONDITION",
+            id="different-spec",
+        ),
+        pytest.param(
+            ["job", "create", "run-43", "--schedule", STEP_LR, "--base-lr", "-0.1"],
+            2,
+            "INVALID_ARGUMENT",
+            id="negative-base-lr",
+        ),
+    ],
+)
+def test_server_errors_are_one_line(
+    lrctl: Callable[..., Result], argv: list[str], code: int, status: str
+) -> None:
     lrctl("job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1")
     done = lrctl(*argv)
     assert done.code == code and done.out == ""
@@ -326,19 +405,32 @@ def test_server_errors_are_one_line(lrctl: Callable[..., Result], argv: list[str
 
 def test_replace_flag_replaces_the_schedule(lrctl: Callable[..., Result]) -> None:
     lrctl("job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1")
-    done = lrctl("job", "create", "run-42", "--schedule", "StepLR(step_size=5)",
-                 "--base-lr", "0.1", "--replace", "--json")
+    done = lrctl(
+        "job",
+        "create",
+        "run-42",
+        "--schedule",
+        "StepLR(step_size=5)",
+        "--base-lr",
+        "0.1",
+        "--replace",
+        "--json",
+    )
     assert done.code == 0 and done.json()["schedule"] == "StepLR(step_size=5)"
 
 
-@pytest.mark.parametrize(("op", "value"), [
-    pytest.param(lrctl_pb2.OVERRIDE_OP_SCALE, 0.0, id="zero-scale"),
-    pytest.param(lrctl_pb2.OVERRIDE_OP_SCALE, float("nan"), id="nan-scale"),
-    pytest.param(lrctl_pb2.OVERRIDE_OP_SET, -1.0, id="negative-lr"),
-    pytest.param(lrctl_pb2.OVERRIDE_OP_SET, float("inf"), id="infinite-lr"),
-])
-def test_server_validates_values_the_client_did_not(running_server: RunningServer, op: int,
-                                                    value: float) -> None:
+@pytest.mark.parametrize(
+    ("op", "value"),
+    [
+        pytest.param(lrctl_pb2.OVERRIDE_OP_SCALE, 0.0, id="zero-scale"),
+        pytest.param(lrctl_pb2.OVERRIDE_OP_SCALE, float("nan"), id="nan-scale"),
+        pytest.param(lrctl_pb2.OVERRIDE_OP_SET, -1.0, id="negative-lr"),
+        pytest.param(lrctl_pb2.OVERRIDE_OP_SET, float("inf"), id="infinite-lr"),
+    ],
+)
+def test_server_validates_values_the_client_did_not(
+    running_server: RunningServer, op: int, value: float
+) -> None:
     # lrctl.client parses statements with the core's parse_override, which already refuses
     # these; a client that skips it (raw gRPC, another language) meets the same rule.
     with Client(running_server.address) as client:
@@ -360,17 +452,20 @@ def test_controller_not_running(capsys: pytest.CaptureFixture[str]) -> None:
     _, err = capsys.readouterr()
     assert time.monotonic() - start < 5
     assert code == 1
-    assert one_error_line(err) == (f"cannot reach the lrctl controller at {address} "
-                                   "(is 'lrctl serve' running?)")
+    assert one_error_line(err) == (
+        f"cannot reach the lrctl controller at {address} (is 'lrctl serve' running?)"
+    )
     # --address also works after the command, and watch fails fast the same way.
     assert main(["watch", "run-42", "--address", address]) == 1
     assert "cannot reach" in one_error_line(capsys.readouterr().err)
 
 
-@pytest.mark.parametrize("running_server", [{"tokens": {"adm1n": "admin", "r3ad": "reader"}}],
-                         indirect=True)
-def test_token_from_environment(lrctl: Callable[..., Result],
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "running_server", [{"tokens": {"adm1n": "admin", "r3ad": "reader"}}], indirect=True
+)
+def test_token_from_environment(
+    lrctl: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
     create = ["job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1"]
     done = lrctl(*create)
     assert done.code == 1 and one_error_line(done.err).startswith("UNAUTHENTICATED: ")
@@ -383,12 +478,14 @@ def test_token_from_environment(lrctl: Callable[..., Result],
     assert lrctl("job", "get", "run-42", "--json").json()["version"] == 1
 
 
-def test_serve_rejects_bad_flags_with_one_line(capsys: pytest.CaptureFixture[str],
-                                               tmp_path: Path) -> None:
+def test_serve_rejects_bad_flags_with_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     tokens = tmp_path / "tokens.json"
     tokens.write_text('{"t": "root"}')
-    code = main(["serve", "--port", "0", "--db", str(tmp_path / "x.db"),
-                 "--token-file", str(tokens)])
+    code = main(
+        ["serve", "--port", "0", "--db", str(tmp_path / "x.db"), "--token-file", str(tokens)]
+    )
     assert code == 2
     assert "role" in one_error_line(capsys.readouterr().err)
 
@@ -413,8 +510,14 @@ loaded = [m for m in sys.modules
                                           and not m.startswith("controller.cli"))]
 print("LOADED", loaded)
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, check=False,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout

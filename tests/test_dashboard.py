@@ -68,8 +68,9 @@ def controller_metric_names() -> set[str]:
 def test_dashboard_is_generated_and_current() -> None:
     if sys.version_info < (3, 11):
         pytest.skip("grafana-foundation-sdk needs Python 3.11+ (the [dev] extra skips it)")
-    done = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -78,8 +79,12 @@ def test_a_hand_edited_dashboard_is_caught(tmp_path: Path) -> None:
         pytest.skip("grafana-foundation-sdk needs Python 3.11+ (the [dev] extra skips it)")
     edited = tmp_path / "lrctl.json"
     edited.write_text(DASHBOARD.read_text().replace('"Current LR"', '"Current learning rate"'))
-    done = subprocess.run([sys.executable, str(SCRIPT), "--check", "--out", str(edited)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--out", str(edited)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert "is stale" in done.stderr and "Current learning rate" in done.stderr
 
@@ -92,15 +97,17 @@ def test_model_version_ids_and_grid() -> None:
     assert len(ids) == len(set(ids)) and all(isinstance(i, int) and i > 0 for i in ids)
     # Top-level panels and each collapsed row's panels tile the 24-column grid without
     # overlapping.
-    layers = [list(model["panels"])] + [p["panels"] for p in model["panels"]
-                                               if p.get("collapsed")]
+    layers = [list(model["panels"])] + [p["panels"] for p in model["panels"] if p.get("collapsed")]
     for layer in layers:
         cells: set[tuple[int, int]] = set()
         for panel in layer:
             pos = panel["gridPos"]
             assert pos["x"] >= 0 and pos["x"] + pos["w"] <= 24 and pos["h"] > 0, panel["title"]
-            area = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
-                    for y in range(pos["y"], pos["y"] + pos["h"])}
+            area = {
+                (x, y)
+                for x in range(pos["x"], pos["x"] + pos["w"])
+                for y in range(pos["y"], pos["y"] + pos["h"])
+            }
             assert not area & cells, f"{panel['title']!r} overlaps another panel"
             cells |= area
 
@@ -129,9 +136,11 @@ def test_datasource_variable_and_refs() -> None:
         assert used <= defined, f"{where} uses undefined variables {used - defined}"
         if "lrctl_" in expr and "$job_id" not in expr:
             # Only series without a job_id label may ignore the job filter.
-            assert metric_names(expr) & {"lrctl_override_apply_seconds_bucket",
-                                         "lrctl_grpc_server_handled_total",
-                                         "lrctl_grpc_server_handling_seconds_bucket"}, where
+            assert metric_names(expr) & {
+                "lrctl_override_apply_seconds_bucket",
+                "lrctl_grpc_server_handled_total",
+                "lrctl_grpc_server_handling_seconds_bucket",
+            }, where
 
 
 def test_queries_aggregate_replicas_by_metric_type() -> None:
@@ -140,7 +149,7 @@ def test_queries_aggregate_replicas_by_metric_type() -> None:
             check_aggregations(expr)
         except AssertionError as exc:
             raise AssertionError(f"{where}: {exc}") from None
-        assert "job=\"" not in expr.replace('job="lrctl"', ""), where  # job_id, never job
+        assert 'job="' not in expr.replace('job="lrctl"', ""), where  # job_id, never job
     with pytest.raises(AssertionError):  # the check itself bites
         check_aggregations("sum by (job_id) (lrctl_learning_rate)")
     with pytest.raises(AssertionError):
@@ -151,18 +160,27 @@ def test_the_panels_an_operator_needs_are_there() -> None:
     model = load()
     panels = {p["title"]: p for p in all_panels(model)}
     lr = panels["Learning rate by job and param group"]
-    assert lr["fieldConfig"]["defaults"]["custom"]["scaleDistribution"] == {"type": "log",
-                                                                          "log": 10}
+    assert lr["fieldConfig"]["defaults"]["custom"]["scaleDistribution"] == {
+        "type": "log",
+        "log": 10,
+    }
     assert "by (job_id, param_group)" in lr["targets"][0]["expr"]
     linear = panels["Learning rate by job and param group (linear)"]
     assert "scaleDistribution" not in linear["fieldConfig"]["defaults"].get("custom", {})
     stats = {t for t, p in panels.items() if p["type"] == "stat"}
     assert {"Current LR", "Step", "Schedule version"} <= stats
     exprs = " ".join(expr for _, expr in queries(model))
-    for needed in ("lrctl_override_apply_seconds_bucket", "lrctl_workers",
-                   "lrctl_watch_streams", "ray_lrctl_worker_learning_rate",
-                   "lrctl_grpc_server_handled_total", "lrctl_grpc_server_handling_seconds_bucket",
-                   'grpc_code!="OK"', "lrctl_rank_divergence_total", "lrctl_overrides_pending"):
+    for needed in (
+        "lrctl_override_apply_seconds_bucket",
+        "lrctl_workers",
+        "lrctl_watch_streams",
+        "ray_lrctl_worker_learning_rate",
+        "lrctl_grpc_server_handled_total",
+        "lrctl_grpc_server_handling_seconds_bucket",
+        'grpc_code!="OK"',
+        "lrctl_rank_divergence_total",
+        "lrctl_overrides_pending",
+    ):
         assert needed in exprs, needed
     (overrides,) = [a for a in model["annotations"]["list"] if a["name"] == "Overrides"]
     assert overrides["useValueForTime"] is True and overrides["enable"] is True
@@ -186,4 +204,5 @@ def test_every_metric_queried_is_exported() -> None:
             exported.update(family.name + suffix for suffix in ("_bucket", "_sum", "_count"))
     assert controller_metric_names() <= exported, controller_metric_names() - exported
     ray_helper = (ROOT / "worker" / "ray.py").read_text()
-    assert 'Gauge("lrctl_worker_learning_rate"' in ray_helper  # -> ray_lrctl_worker_...
+    # -> ray_lrctl_worker_... in Prometheus
+    assert re.search(r'Gauge\(\s*"lrctl_worker_learning_rate"', ray_helper)

@@ -27,10 +27,19 @@ from tests.procs import ROOT, ControllerProcess, wait_for_step
 pytestmark = pytest.mark.slow
 
 
-def launch_ranks(tmp: Path, address: str, job: str, world: int, *, steps: int,
-                 late_rank: int = -1, schedule: str | None = None, sleep: float | None = None,
-                 rank_schedules: dict[int, str] | None = None,
-                 rank0_env: dict[str, str] | None = None) -> list[subprocess.Popen[str]]:
+def launch_ranks(
+    tmp: Path,
+    address: str,
+    job: str,
+    world: int,
+    *,
+    steps: int,
+    late_rank: int = -1,
+    schedule: str | None = None,
+    sleep: float | None = None,
+    rank_schedules: dict[int, str] | None = None,
+    rank0_env: dict[str, str] | None = None,
+) -> list[subprocess.Popen[str]]:
     """Start ``world`` ranks; only rank 0 is told where the controller is.
 
     The other ranks run with no ``LRCTL_ADDRESS``, ``LRCTL_TOKEN`` or ``--address``: they
@@ -42,9 +51,25 @@ def launch_ranks(tmp: Path, address: str, job: str, world: int, *, steps: int,
     base_env = {k: v for k, v in os.environ.items() if k not in ("LRCTL_ADDRESS", "LRCTL_TOKEN")}
     procs = []
     for rank in range(world):
-        cmd = [sys.executable, "-m", "tests.ddp_worker", "--rank", str(rank), "--world",
-               str(world), "--init", str(init), "--job", job,
-               "--steps", str(steps), "--out", str(out), "--late-rank", str(late_rank)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.ddp_worker",
+            "--rank",
+            str(rank),
+            "--world",
+            str(world),
+            "--init",
+            str(init),
+            "--job",
+            job,
+            "--steps",
+            str(steps),
+            "--out",
+            str(out),
+            "--late-rank",
+            str(late_rank),
+        ]
         env = dict(base_env)
         if rank == 0:
             cmd += ["--address", address]
@@ -54,13 +79,17 @@ def launch_ranks(tmp: Path, address: str, job: str, world: int, *, steps: int,
             cmd += ["--schedule", spec]
         if sleep is not None:
             cmd += ["--sleep", str(sleep)]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, env=env))
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            )
+        )
     return procs
 
 
-def wait_ranks(procs: list[subprocess.Popen[str]], timeout: float = 180,
-               status: int = 0) -> list[str]:
+def wait_ranks(
+    procs: list[subprocess.Popen[str]], timeout: float = 180, status: int = 0
+) -> list[str]:
     outputs = []
     for proc in procs:
         output, _ = proc.communicate(timeout=timeout)
@@ -121,32 +150,44 @@ def check_consistent(ranks: list[dict[str, Any]]) -> None:
             raise AssertionError(f"rank {r}'s parameters differ from rank 0's")
 
 
-def send_overrides_at_random_moments(client: Client, job: str, rng: random.Random,
-                                     count: int) -> None:
+def send_overrides_at_random_moments(
+    client: Client, job: str, rng: random.Random, count: int
+) -> None:
     wait_for_step(client, job, 15)  # let training get going first
     ops: list[tuple[str | None, int | None]] = [
-        ("lr *= 0.5", None), ("lr *= 0.1", 1), ("lr = 3e-3", None), (None, None),
-        ("lr *= 2.0", 0), ("lr = 1e-2", 1)]
+        ("lr *= 0.5", None),
+        ("lr *= 0.1", 1),
+        ("lr = 3e-3", None),
+        (None, None),
+        ("lr *= 2.0", 0),
+        ("lr = 1e-2", 1),
+    ]
     for i in range(count):
         time.sleep(rng.uniform(0.05, 0.5))
         statement, group = ops[i % len(ops)]
-        client.override(job, statement, clear=statement is None, group=group,
-                        reason=f"random override {i}")
+        client.override(
+            job, statement, clear=statement is None, group=group, reason=f"random override {i}"
+        )
 
 
-@pytest.mark.parametrize(("world", "steps", "sleep"), [
-    # ~3 ms steps: rank 0 paces the exchanges several steps apart.
-    pytest.param(2, 1200, 0.002, id="2-ranks-paced"),
-    # ~25 ms steps: an exchange at every step.
-    pytest.param(3, 160, 0.02, id="3-ranks"),
-])
-def test_all_ranks_switch_at_the_same_step(tmp_path: Path, world: int, steps: int,
-                                           sleep: float) -> None:
+@pytest.mark.parametrize(
+    ("world", "steps", "sleep"),
+    [
+        # ~3 ms steps: rank 0 paces the exchanges several steps apart.
+        pytest.param(2, 1200, 0.002, id="2-ranks-paced"),
+        # ~25 ms steps: an exchange at every step.
+        pytest.param(3, 160, 0.02, id="3-ranks"),
+    ],
+)
+def test_all_ranks_switch_at_the_same_step(
+    tmp_path: Path, world: int, steps: int, sleep: float
+) -> None:
     rng = random.Random(world)
-    with ControllerProcess(tmp_path / "lrctl.db") as controller, \
-            Client(controller.address) as client:
-        procs = launch_ranks(tmp_path, controller.address, "ddp", world, steps=steps,
-                             sleep=sleep)
+    with (
+        ControllerProcess(tmp_path / "lrctl.db") as controller,
+        Client(controller.address) as client,
+    ):
+        procs = launch_ranks(tmp_path, controller.address, "ddp", world, steps=steps, sleep=sleep)
         with StreamCounter(client, "ddp") as counter:
             send_overrides_at_random_moments(client, "ddp", rng, count=5)
             wait_ranks(procs)
@@ -173,10 +214,19 @@ def test_all_ranks_switch_at_the_same_step(tmp_path: Path, world: int, steps: in
 
 
 def test_negative_control_catches_a_rank_that_switches_late(tmp_path: Path) -> None:
-    with ControllerProcess(tmp_path / "lrctl.db") as controller, \
-            Client(controller.address) as client:
-        procs = launch_ranks(tmp_path, controller.address, "late", 2, steps=80, late_rank=1,
-                             schedule="StepLR(step_size=1000)")
+    with (
+        ControllerProcess(tmp_path / "lrctl.db") as controller,
+        Client(controller.address) as client,
+    ):
+        procs = launch_ranks(
+            tmp_path,
+            controller.address,
+            "late",
+            2,
+            steps=80,
+            late_rank=1,
+            schedule="StepLR(step_size=1000)",
+        )
         wait_for_step(client, "late", 15)
         client.override("late", "lr *= 0.5", reason="negative control")
         wait_ranks(procs)
@@ -203,29 +253,47 @@ def divergences_exported(controller: ControllerProcess, job: str) -> float:
 
 
 @pytest.mark.parametrize("case", ["rank 0 cannot attach", "rank 1 has another schedule"])
-def test_a_failed_construction_fails_every_rank_without_hanging(tmp_path: Path,
-                                                                case: str) -> None:
+def test_a_failed_construction_fails_every_rank_without_hanging(tmp_path: Path, case: str) -> None:
     with ControllerProcess(tmp_path / "lrctl.db") as controller:
         if case == "rank 0 cannot attach":  # nothing listens there; rank 0 gives up after 1 s
-            procs = launch_ranks(tmp_path, "127.0.0.1:1", "fail", 2, steps=5,
-                                 rank0_env={"LRCTL_CONNECT_TIMEOUT": "1"})
+            procs = launch_ranks(
+                tmp_path,
+                "127.0.0.1:1",
+                "fail",
+                2,
+                steps=5,
+                rank0_env={"LRCTL_CONNECT_TIMEOUT": "1"},
+            )
         else:
-            procs = launch_ranks(tmp_path, controller.address, "fail", 2, steps=5,
-                                 rank_schedules={1: "StepLR(step_size=7)"})
+            procs = launch_ranks(
+                tmp_path,
+                controller.address,
+                "fail",
+                2,
+                steps=5,
+                rank_schedules={1: "StepLR(step_size=7)"},
+            )
         start = time.monotonic()
         wait_ranks(procs, timeout=60, status=3)
     assert time.monotonic() - start < 45
     errors = [(tmp_path / "fail" / f"rank-{r}.error").read_text() for r in range(2)]
     if case == "rank 0 cannot attach":
-        assert errors[0].startswith("WorkerError: cannot reach the lrctl controller at "
-                                    "127.0.0.1:1"), errors
-        assert errors[1].startswith("WorkerError: rank 0 could not attach to job 'fail', so "
-                                    "rank 1 cannot follow it: WorkerError: cannot reach"), errors
+        assert errors[0].startswith(
+            "WorkerError: cannot reach the lrctl controller at 127.0.0.1:1"
+        ), errors
+        assert errors[1].startswith(
+            "WorkerError: rank 0 could not attach to job 'fail', so "
+            "rank 1 cannot follow it: WorkerError: cannot reach"
+        ), errors
     else:
-        assert errors[0] == ("WorkerError: rank 1 built another scheduler than rank 0 for job "
-                             "'fail' (see rank 1's error); no rank trains"), errors
-        assert errors[1].startswith("WorkerError: rank 1 cannot follow rank 0's job: schedule "
-                                    "StepLR(step_size=7) here, CosineAnnealingLR("), errors
+        assert errors[0] == (
+            "WorkerError: rank 1 built another scheduler than rank 0 for job "
+            "'fail' (see rank 1's error); no rank trains"
+        ), errors
+        assert errors[1].startswith(
+            "WorkerError: rank 1 cannot follow rank 0's job: schedule "
+            "StepLR(step_size=7) here, CosineAnnealingLR("
+        ), errors
 
 
 def test_training_survives_a_controller_kill(tmp_path: Path) -> None:

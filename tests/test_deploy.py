@@ -51,8 +51,10 @@ CRDS = {
 def tool(name: str) -> str:
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
-        pytest.fail(f"{name} is not installed (promtool: Debian's prometheus package, "
-                    "installed by scripts/test.sh; hadolint: the [dev] extra)")
+        pytest.fail(
+            f"{name} is not installed (promtool: Debian's prometheus package, "
+            "installed by scripts/test.sh; hadolint: the [dev] extra)"
+        )
     return found
 
 
@@ -83,10 +85,18 @@ def test_promtool_unit_tests_pass_and_cover_every_alert() -> None:
     done = run(tool("promtool"), "test", "rules", "tests/lrctl.test.yml", cwd=PROM)
     assert done.returncode == 0, done.stdout + done.stderr
     tests = yaml.safe_load((PROM / "tests" / "lrctl.test.yml").read_text())["tests"]
-    firing = {case["alertname"] for test in tests for case in test.get("alert_rule_test", [])
-              if case.get("exp_alerts")}
-    quiet = {case["alertname"] for test in tests for case in test.get("alert_rule_test", [])
-             if not case.get("exp_alerts")}
+    firing = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
+    quiet = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if not case.get("exp_alerts")
+    }
     assert len(alert_names()) >= 8
     for name in alert_names():
         assert name in firing, f"no promtool test shows {name} firing"
@@ -98,12 +108,15 @@ def test_a_changed_rule_fails_its_unit_test(tmp_path: Path) -> None:
     path = tmp_path / "prometheus" / "rules" / "lrctl.rules.yml"
     text = path.read_text()
     # Without the workers guard a paused job with a queued override would page someone.
-    guarded = ("job_id:lrctl_overrides_pending:max > 0\n"
-               "          and on (job_id) (job_id:lrctl_workers:max > 0)")
+    guarded = (
+        "job_id:lrctl_overrides_pending:max > 0\n"
+        "          and on (job_id) (job_id:lrctl_workers:max > 0)"
+    )
     assert guarded in text
     path.write_text(text.replace(guarded, "job_id:lrctl_overrides_pending:max > 0"))
-    done = run(tool("promtool"), "test", "rules", "tests/lrctl.test.yml",
-               cwd=tmp_path / "prometheus")
+    done = run(
+        tool("promtool"), "test", "rules", "tests/lrctl.test.yml", cwd=tmp_path / "prometheus"
+    )
     assert done.returncode != 0 and "LrctlOverrideNotApplied" in done.stdout + done.stderr
 
 
@@ -111,7 +124,7 @@ def test_rules_aggregate_replicas_and_use_job_id() -> None:
     exprs = [r["expr"] for g in rules()["groups"] for r in g["rules"]]
     for expr in exprs:
         assert not re.search(r"\bjob\s*=~?\s*\"(?!lrctl\")", expr), expr  # only the scrape job
-        assert "by (job)" not in expr and "job=\"run" not in expr
+        assert "by (job)" not in expr and 'job="run' not in expr
         check_aggregations(expr)
 
 
@@ -125,13 +138,24 @@ def test_every_alert_is_documented() -> None:
 
 
 #: Metric types, for the aggregation check (gauges: max; counters and histograms: sum).
-GAUGES = {"lrctl_learning_rate", "lrctl_step", "lrctl_workers", "lrctl_schedule_version",
-          "lrctl_overrides_pending", "lrctl_override_info", "ray_lrctl_worker_learning_rate"}
+GAUGES = {
+    "lrctl_learning_rate",
+    "lrctl_step",
+    "lrctl_workers",
+    "lrctl_schedule_version",
+    "lrctl_overrides_pending",
+    "lrctl_override_info",
+    "ray_lrctl_worker_learning_rate",
+}
 #: Counted per replica (each replica's own streams): their total is a sum.
 PER_REPLICA_GAUGES = {"lrctl_watch_streams"}
-COUNTERS = {"lrctl_overrides_total", "lrctl_rank_divergence_total",
-            "lrctl_grpc_server_handled_total", "lrctl_override_apply_seconds_bucket",
-            "lrctl_grpc_server_handling_seconds_bucket"}
+COUNTERS = {
+    "lrctl_overrides_total",
+    "lrctl_rank_divergence_total",
+    "lrctl_grpc_server_handled_total",
+    "lrctl_override_apply_seconds_bucket",
+    "lrctl_grpc_server_handling_seconds_bucket",
+}
 _AGG = re.compile(r"\b(sum|max|min|avg|count)\s+by\s*\(([^)]*)\)\s*\(")
 
 
@@ -141,7 +165,7 @@ def check_aggregations(expr: str) -> None:
         name = match.group(1)
         if name not in GAUGES | PER_REPLICA_GAUGES | COUNTERS:
             continue
-        before = list(_AGG.finditer(expr[:match.start()]))
+        before = list(_AGG.finditer(expr[: match.start()]))
         if not before:
             continue  # e.g. changes() over a recorded series: recording rules aggregate
         op = before[-1].group(1)
@@ -166,15 +190,17 @@ def by_kind(kind: str) -> list[dict[str, Any]]:
 
 
 def core_objects() -> list[tuple[str, dict[str, Any]]]:
-    return [(f"{path.relative_to(K8S)}:{doc['kind']}/{doc['metadata']['name']}", doc)
-            for path, doc in manifests() if (doc["apiVersion"], doc["kind"]) not in CRDS]
+    return [
+        (f"{path.relative_to(K8S)}:{doc['kind']}/{doc['metadata']['name']}", doc)
+        for path, doc in manifests()
+        if (doc["apiVersion"], doc["kind"]) not in CRDS
+    ]
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_core_objects_are_valid_kubernetes_strictly(version: str) -> None:
     objects = core_objects()
-    assert {doc["kind"] for _, doc in objects} >= {"Namespace", "Secret", "Service",
-                                                   "StatefulSet"}
+    assert {doc["kind"] for _, doc in objects} >= {"Namespace", "Secret", "Service", "StatefulSet"}
     for name, doc in objects:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -193,8 +219,11 @@ def closed(schema: Any) -> Any:
     """The CRD schema with every object closed to unknown keys (as strict validation is)."""
     if isinstance(schema, dict):
         out = {key: closed(value) for key, value in schema.items()}
-        if ("properties" in out and "additionalProperties" not in out
-                and not out.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
             out["additionalProperties"] = False
         return out
     if isinstance(schema, list):
@@ -220,8 +249,9 @@ METADATA_KEYS = {"name", "namespace", "labels", "annotations", "generateName"}
 
 def crd_errors(doc: dict[str, Any]) -> list[str]:
     validator = crd_validator(doc["apiVersion"], doc["kind"])
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in validator.iter_errors(doc)]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]
     unknown = set(doc["metadata"]) - METADATA_KEYS
     if unknown:
         errors.append(f"metadata: unknown keys {sorted(unknown)}")
@@ -235,17 +265,30 @@ def test_custom_resources_match_their_crds_strictly() -> None:
         assert crd_errors(doc) == [], f"{path.relative_to(K8S)}"
 
 
-@pytest.mark.parametrize(("kind", "mutate"), [
-    pytest.param("RayJob", lambda d: d["spec"].update(entrypont="x"), id="rayjob-top"),
-    pytest.param("RayJob", lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
-                 ["template"]["spec"]["containers"][0].update(envFrm=[]), id="rayjob-pod"),
-    pytest.param("RayJob", lambda d: d["spec"].update(shutdownAfterJobFinishes="yes"),
-                 id="rayjob-type"),
-    pytest.param("ServiceMonitor", lambda d: d["spec"]["endpoints"][0].update(intervall="1s"),
-                 id="servicemonitor"),
-    pytest.param("PodMonitor", lambda d: d["spec"].update(podMetricEndpoints=[]),
-                 id="podmonitor"),
-])
+@pytest.mark.parametrize(
+    ("kind", "mutate"),
+    [
+        pytest.param("RayJob", lambda d: d["spec"].update(entrypont="x"), id="rayjob-top"),
+        pytest.param(
+            "RayJob",
+            lambda d: d["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"][
+                "containers"
+            ][0].update(envFrm=[]),
+            id="rayjob-pod",
+        ),
+        pytest.param(
+            "RayJob", lambda d: d["spec"].update(shutdownAfterJobFinishes="yes"), id="rayjob-type"
+        ),
+        pytest.param(
+            "ServiceMonitor",
+            lambda d: d["spec"]["endpoints"][0].update(intervall="1s"),
+            id="servicemonitor",
+        ),
+        pytest.param(
+            "PodMonitor", lambda d: d["spec"].update(podMetricEndpoints=[]), id="podmonitor"
+        ),
+    ],
+)
 def test_crd_validation_catches_mistakes(kind: str, mutate: Any) -> None:
     doc = copy.deepcopy(by_kind(kind)[0])
     mutate(doc)
@@ -257,8 +300,9 @@ def test_kustomizations_list_every_manifest() -> None:
         listed = yaml.safe_load(kustomization.read_text())["resources"]
         bases = [r for r in listed if (kustomization.parent / r).is_dir()]
         assert all((kustomization.parent / b / "kustomization.yaml").is_file() for b in bases)
-        present = sorted(p.name for p in kustomization.parent.glob("*.yaml")
-                         if p.name != "kustomization.yaml")
+        present = sorted(
+            p.name for p in kustomization.parent.glob("*.yaml") if p.name != "kustomization.yaml"
+        )
         assert sorted(set(listed) - set(bases)) == present, kustomization
 
 
@@ -273,9 +317,11 @@ def test_controller_manifests_fit_together() -> None:
     assert statefulset["spec"]["replicas"] == 1  # SQLite: one writer
     # The ServiceMonitor selects exactly the client Service (not the headless one) and its
     # metrics port; the scrape job (the Service's name) is the one the rules expect.
-    selected = [name for name, s in services.items()
-                if monitor["spec"]["selector"]["matchLabels"].items()
-                <= s["metadata"]["labels"].items()]
+    selected = [
+        name
+        for name, s in services.items()
+        if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
     assert selected == ["lrctl"]
     ports = {p["name"] for p in services["lrctl"]["spec"]["ports"]}
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
@@ -291,9 +337,14 @@ def test_controller_manifests_fit_together() -> None:
         assert command[:3] == ["python", "-m", "controller.healthcheck"], probe
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["LRCTL_DB"].startswith(
-        next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "data"))
-    assert {"LRCTL_SERVER_TLS_CERT", "LRCTL_SERVER_TLS_KEY", "LRCTL_TOKEN_FILE",
-            "LRCTL_TLS_CA"} <= env.keys()
+        next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "data")
+    )
+    assert {
+        "LRCTL_SERVER_TLS_CERT",
+        "LRCTL_SERVER_TLS_KEY",
+        "LRCTL_TOKEN_FILE",
+        "LRCTL_TLS_CA",
+    } <= env.keys()
     assert statefulset["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     security = pod["spec"]["securityContext"]
     assert security["runAsNonRoot"] and security["runAsUser"] != 0
@@ -315,8 +366,7 @@ def test_rayjob_runs_the_example_with_env_and_secret_token() -> None:
     text = (K8S / "training" / "rayjob.yaml").read_text()
     (secret,) = [s for s in by_kind("Secret") if s["metadata"]["name"] == "lrctl-worker-token"]
     assert secret["stringData"]["token"] not in text
-    groups = [spec["rayClusterSpec"]["headGroupSpec"],
-              *spec["rayClusterSpec"]["workerGroupSpecs"]]
+    groups = [spec["rayClusterSpec"]["headGroupSpec"], *spec["rayClusterSpec"]["workerGroupSpecs"]]
     for group in groups:
         for container in group["template"]["spec"]["containers"]:
             env = {e["name"]: e for e in container["env"]}
@@ -372,8 +422,9 @@ def test_controller_image_is_controller_only_non_root_with_healthcheck() -> None
     assert re.search(r"^HEALTHCHECK .*\n?.*controller\.healthcheck", text, re.M)
     assert re.search(r'^ENTRYPOINT \["lrctl", "serve"\]', text, re.M)
     # What `[controller]` pulls in: no training stack.
-    extra = re.search(r"^controller = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(),
-                      re.M | re.S)
+    extra = re.search(
+        r"^controller = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S
+    )
     assert extra and not re.search(r"torch|\bray\b", extra.group(1))
 
 
@@ -395,8 +446,9 @@ def compose_errors(doc: dict[str, Any]) -> list[str]:
     schema = json.loads((SCHEMAS / "compose-spec.json").read_text())
     assert schema["$schema"].startswith("https://json-schema.org/draft-07/")
     validator = jsonschema.Draft7Validator(schema)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(doc)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]
 
 
 def test_compose_file_matches_the_compose_spec() -> None:
@@ -420,12 +472,14 @@ def test_compose_mounts_and_builds_exist() -> None:
                 assert (base / source).resolve().exists(), volume
     mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
     provider = yaml.safe_load(
-        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "lrctl.yml").read_text())
+        (DEPLOY / "grafana" / "provisioning" / "dashboards" / "lrctl.yml").read_text()
+    )
     path = provider["providers"][0]["options"]["path"]
     assert mounts["../grafana/dashboards"] == path
     assert (DEPLOY / "grafana" / "dashboards" / "lrctl.json").is_file()
     datasources = yaml.safe_load(
-        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+        (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
     (source,) = datasources["datasources"]
     assert source["type"] == "prometheus" and source["url"] == "$PROMETHEUS_URL"
     assert "PROMETHEUS_URL" in services["grafana"]["environment"]

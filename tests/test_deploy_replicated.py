@@ -14,12 +14,18 @@ KUBERNETES_VERSION = "1.31"
 
 
 def _docs() -> list[tuple[str, dict[str, Any]]]:
-    return [(path.name, doc) for path in sorted(ROOT.glob("*.yaml"))
-            for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [
+        (path.name, doc)
+        for path in sorted(ROOT.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
 
 
-@pytest.mark.parametrize("name,doc", [pytest.param(n, d, id=f"{n}:{d['kind']}")
-                                      for n, d in _docs() if d["kind"] != "Kustomization"])
+@pytest.mark.parametrize(
+    "name,doc",
+    [pytest.param(n, d, id=f"{n}:{d['kind']}") for n, d in _docs() if d["kind"] != "Kustomization"],
+)
 def test_manifest_is_valid(name: str, doc: dict[str, Any]) -> None:
     kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 

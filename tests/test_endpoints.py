@@ -11,15 +11,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from lrctl.endpoints import ROUND_ROBIN, channel_target, split_address
 
 
-@pytest.mark.parametrize("address,target", [
-    pytest.param("127.0.0.1:50051", "127.0.0.1:50051", id="one-ip"),
-    pytest.param("10.0.0.1:1,10.0.0.2:2", "ipv4:10.0.0.1:1,10.0.0.2:2", id="ipv4-list"),
-    pytest.param(" 10.0.0.1:1 , 10.0.0.2:2 ", "ipv4:10.0.0.1:1,10.0.0.2:2", id="spaces"),
-    pytest.param("[::1]:1,[::1]:2", "ipv6:[::1]:1,[::1]:2", id="ipv6-list"),
-    pytest.param("dns:///lrctl-replicas.lrctl.svc:50051", "dns:///lrctl-replicas.lrctl.svc:50051",
-                 id="dns-scheme"),
-    pytest.param("lrctl:50051", "lrctl:50051", id="one-name"),
-])
+@pytest.mark.parametrize(
+    "address,target",
+    [
+        pytest.param("127.0.0.1:50051", "127.0.0.1:50051", id="one-ip"),
+        pytest.param("10.0.0.1:1,10.0.0.2:2", "ipv4:10.0.0.1:1,10.0.0.2:2", id="ipv4-list"),
+        pytest.param(" 10.0.0.1:1 , 10.0.0.2:2 ", "ipv4:10.0.0.1:1,10.0.0.2:2", id="spaces"),
+        pytest.param("[::1]:1,[::1]:2", "ipv6:[::1]:1,[::1]:2", id="ipv6-list"),
+        pytest.param(
+            "dns:///lrctl-replicas.lrctl.svc:50051",
+            "dns:///lrctl-replicas.lrctl.svc:50051",
+            id="dns-scheme",
+        ),
+        pytest.param("lrctl:50051", "lrctl:50051", id="one-name"),
+    ],
+)
 def test_targets(address: str, target: str) -> None:
     got, options = channel_target(address)
     assert got == target
@@ -36,8 +42,9 @@ def test_names_are_resolved_and_keep_the_first_as_authority() -> None:
     assert ("grpc.default_authority", "localhost:7001") in options
 
 
-@pytest.mark.parametrize("address", ["", "127.0.0.1", "a:1,,b:2", "h:0", "h:99999", "h:x",
-                                     "127.0.0.1:1,[::1]:2"])
+@pytest.mark.parametrize(
+    "address", ["", "127.0.0.1", "a:1,,b:2", "h:0", "h:99999", "h:x", "127.0.0.1:1,[::1]:2"]
+)
 def test_malformed_addresses_are_refused(address: str) -> None:
     with pytest.raises(ValueError, match="expected"):
         channel_target(address)
@@ -47,8 +54,9 @@ def test_split_address() -> None:
     assert split_address("a:1,[::1]:2") == [("a", 1), ("::1", 2)]
 
 
-async def _health_server(status: health_pb2.HealthCheckResponse.ServingStatus.ValueType,
-                         ) -> tuple[grpc.aio.Server, int]:
+async def _health_server(
+    status: health_pb2.HealthCheckResponse.ServingStatus.ValueType,
+) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server()
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

@@ -73,8 +73,12 @@ class Storm:
                 job = rng.choice(self.jobs)
                 reason = f"r{round_}-c{k}-{i}"
                 try:
-                    result = client.override(job, f"lr *= {rng.uniform(0.9, 1.1):.6f}",
-                                             reason=reason, actor=f"client-{k}")
+                    result = client.override(
+                        job,
+                        f"lr *= {rng.uniform(0.9, 1.1):.6f}",
+                        reason=reason,
+                        actor=f"client-{k}",
+                    )
                 except ClientError:  # the controller died: this one may or may not be in
                     with self._lock:
                         self.unknown.append((job, reason))
@@ -83,8 +87,10 @@ class Storm:
                     self.acknowledged.append((job, result.event.version, reason))
 
     def run(self, round_: int, kill: Callable[[], None], after_s: float) -> None:
-        threads = [threading.Thread(target=self._client, args=(k, round_), daemon=True)
-                   for k in range(self.clients)]
+        threads = [
+            threading.Thread(target=self._client, args=(k, round_), daemon=True)
+            for k in range(self.clients)
+        ]
         for thread in threads:
             thread.start()
         time.sleep(after_s)
@@ -102,12 +108,14 @@ def integrity(db: Path) -> str:
         conn.close()
 
 
-@pytest.mark.parametrize("rounds", [
-    pytest.param(3, id="3-rounds"),
-    pytest.param(20, marks=pytest.mark.soak, id="20-rounds"),
-])
-def test_acknowledged_overrides_survive_kill_9_during_a_storm(tmp_path: Path,
-                                                              rounds: int) -> None:
+@pytest.mark.parametrize(
+    "rounds",
+    [
+        pytest.param(3, id="3-rounds"),
+        pytest.param(20, marks=pytest.mark.soak, id="20-rounds"),
+    ],
+)
+def test_acknowledged_overrides_survive_kill_9_during_a_storm(tmp_path: Path, rounds: int) -> None:
     db = tmp_path / "lrctl.db"
     jobs = ("storm-a", "storm-b")
     rng = random.Random(rounds)
@@ -147,8 +155,9 @@ def test_acknowledged_overrides_survive_kill_9_during_a_storm(tmp_path: Path,
 class Ranks:
     """``world`` ranks of tests/fault_worker.py; only rank 0 is told ``address``."""
 
-    def __init__(self, tmp: Path, address: str, job: str, world: int = 2,
-                 sleep: float = 0.02) -> None:
+    def __init__(
+        self, tmp: Path, address: str, job: str, world: int = 2, sleep: float = 0.02
+    ) -> None:
         self.out = tmp / job
         self.out.mkdir()
         self.stop_file = self.out / "stop"
@@ -158,14 +167,30 @@ class Ranks:
         self.procs: list[subprocess.Popen[str]] = []
         self._pumps: list[threading.Thread] = []
         for rank in range(world):
-            cmd = [sys.executable, "-m", "tests.fault_worker", "--rank", str(rank), "--world",
-                   str(world), "--init", str(tmp / f"init-{job}"), "--job", job,
-                   "--out", str(self.out), "--stop-file", str(self.stop_file),
-                   "--sleep", str(sleep)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "tests.fault_worker",
+                "--rank",
+                str(rank),
+                "--world",
+                str(world),
+                "--init",
+                str(tmp / f"init-{job}"),
+                "--job",
+                job,
+                "--out",
+                str(self.out),
+                "--stop-file",
+                str(self.stop_file),
+                "--sleep",
+                str(sleep),
+            ]
             if rank == 0:
                 cmd += ["--address", address]
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, env=env)
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            )
             self.procs.append(proc)
             pump = threading.Thread(target=self._pump, args=(rank, proc), daemon=True)
             pump.start()
@@ -215,8 +240,12 @@ class Ranks:
         return "\n".join(f"[rank {r}] {line}" for _, r, line in self.lines[-60:])
 
 
-def check_ranks(ranks: list[dict[str, Any]], history: list[Event], schedule: str = SPEC,
-                base_lrs: tuple[float, ...] = BASE_LRS) -> None:
+def check_ranks(
+    ranks: list[dict[str, Any]],
+    history: list[Event],
+    schedule: str = SPEC,
+    base_lrs: tuple[float, ...] = BASE_LRS,
+) -> None:
     """The history checker: every rank's per-step log against the controller's final log.
 
     No version lost, duplicated or out of order on any rank: each rank's versions never go
@@ -227,8 +256,9 @@ def check_ranks(ranks: list[dict[str, Any]], history: list[Event], schedule: str
     program = LRProgram(schedule, base_lrs, history)
     versions = [e.version for e in history]
     assert versions == sorted(set(versions)), versions
-    assert all(e.effective_step is not None for e in history), [e for e in history
-                                                                 if e.effective_step is None]
+    assert all(e.effective_step is not None for e in history), [
+        e for e in history if e.effective_step is None
+    ]
     for r, rank in enumerate(ranks):
         log = rank["log"]
         applied = [int(v) for _, v, *_ in log]
@@ -240,7 +270,8 @@ def check_ranks(ranks: list[dict[str, Any]], history: list[Event], schedule: str
         for step, version, *lrs in log:
             expected = program.lrs(int(step))
             assert lrs == pytest.approx(expected, rel=1e-12), (
-                f"rank {r} at step {step} (version {version}): {lrs} != {expected}")
+                f"rank {r} at step {step} (version {version}): {lrs} != {expected}"
+            )
         if r:
             assert log == ranks[0]["log"], f"rank {r}'s log differs from rank 0's"
             assert rank["params"] == ranks[0]["params"], f"rank {r}'s parameters differ"
@@ -251,8 +282,11 @@ def wait_applied(client: Client, job: str, version: int, timeout: float = 60) ->
     deadline = time.monotonic() + timeout
     while True:
         history = list(client.history(job))
-        if history and history[-1].version >= version and all(
-                e.effective_step is not None for e in history):
+        if (
+            history
+            and history[-1].version >= version
+            and all(e.effective_step is not None for e in history)
+        ):
             return history
         assert time.monotonic() < deadline, f"not applied: {history[-3:]}"
         time.sleep(0.1)
@@ -345,15 +379,21 @@ def run_network_faults(tmp_path: Path, seed: int, seconds: float) -> None:
                 statements = ["lr *= 0.5", "lr *= 1.5", "lr = 3e-3", None, "lr *= 0.9"]
                 chaos_log: list[str] = []
                 chaos_thread = threading.Thread(
-                    target=lambda: chaos_log.extend(chaos(proxy, random.Random(seed), seconds)))
+                    target=lambda: chaos_log.extend(chaos(proxy, random.Random(seed), seconds))
+                )
                 chaos_thread.start()
                 i = 0
                 while chaos_thread.is_alive():
                     statement = statements[i % len(statements)]
                     reason = f"call {i}"
                     try:
-                        result = client.override(job, statement, clear=statement is None,
-                                                 group=rng.choice([None, 0, 1]), reason=reason)
+                        result = client.override(
+                            job,
+                            statement,
+                            clear=statement is None,
+                            group=rng.choice([None, 0, 1]),
+                            reason=reason,
+                        )
                         calls.acknowledged.append((result.event.version, reason))
                     except ClientError:
                         calls.refused.append(reason)
@@ -378,10 +418,13 @@ def run_network_faults(tmp_path: Path, seed: int, seconds: float) -> None:
     check_ranks(results, history)
 
 
-@pytest.mark.parametrize("seed", [
-    pytest.param(0, id="short"),
-    *(pytest.param(s, marks=pytest.mark.soak, id=f"soak-{s}") for s in range(1, 21)),
-])
+@pytest.mark.parametrize(
+    "seed",
+    [
+        pytest.param(0, id="short"),
+        *(pytest.param(s, marks=pytest.mark.soak, id=f"soak-{s}") for s in range(1, 21)),
+    ],
+)
 def test_network_faults_lose_duplicate_or_reorder_no_version(tmp_path: Path, seed: int) -> None:
     run_network_faults(tmp_path, seed, seconds=8.0 if seed == 0 else 25.0)
 
@@ -393,8 +436,12 @@ def test_network_faults_lose_duplicate_or_reorder_no_version(tmp_path: Path, see
 def tmpfs(path: Path, size: str) -> Iterator[bool]:
     """Mount a small tmpfs at ``path`` when this process may (root); yield whether it did."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True).returncode == 0
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         yield mounted
     finally:
@@ -414,13 +461,15 @@ Start = Callable[..., Awaitable[Controller]]
 async def _stub_with_a_job(chan: grpc.aio.Channel) -> lrctl_pb2_grpc.LRControllerStub:
     """A stub on ``chan``, after creating job run-1 (StepLR(step_size=2), base LR 0.1) with it."""
     stub = lrctl_pb2_grpc.LRControllerStub(chan)  # type: ignore[no-untyped-call]
-    await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)",
-                                             base_lrs=[0.1]))
+    await stub.CreateJob(
+        pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+    )
     return stub
 
 
-async def test_a_full_disk_refuses_writes_and_serves_reads(start_controller: Start,
-                                                           tmp_path: Path) -> None:
+async def test_a_full_disk_refuses_writes_and_serves_reads(
+    start_controller: Start, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     with tmpfs(data, "2m") as real:
         db = data / "lrctl.db"
@@ -440,8 +489,11 @@ async def test_a_full_disk_refuses_writes_and_serves_reads(start_controller: Sta
             for i in range(200):
                 reason = f"{i} " + "x" * 1000
                 try:
-                    reply = await stub.Override(pb.OverrideRequest(
-                        job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5, reason=reason))
+                    reply = await stub.Override(
+                        pb.OverrideRequest(
+                            job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5, reason=reason
+                        )
+                    )
                     acknowledged.append(reply.event.version)
                 except grpc.aio.AioRpcError as exc:
                     assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
@@ -454,7 +506,8 @@ async def test_a_full_disk_refuses_writes_and_serves_reads(start_controller: Sta
             assert [e.version for e in job.events] == acknowledged
             assert len((await stub.ListJobs(pb.ListJobsRequest())).jobs) == 1
             assert len((await stub.History(pb.HistoryRequest(job_id="run-1"))).events) == len(
-                acknowledged)
+                acknowledged
+            )
             # Space comes back: writes work again, at the next version.
             if real:
                 ballast.unlink()
@@ -475,7 +528,8 @@ async def test_a_full_disk_refuses_writes_and_serves_reads(start_controller: Sta
 
 
 async def test_a_read_only_database_refuses_writes_and_serves_reads(
-        start_controller: Start, tmp_path: Path) -> None:
+    start_controller: Start, tmp_path: Path
+) -> None:
     """SQLite's ``query_only`` makes every write fail with SQLITE_READONLY, the error a file
     or file system turned read-only under the running controller gives (a read-only remount
     itself is refused while the controller holds the file open for writing)."""
@@ -483,18 +537,28 @@ async def test_a_read_only_database_refuses_writes_and_serves_reads(
     ctl = await start_controller(db=str(db), metrics_port=None)
     async with grpc.aio.insecure_channel(ctl.address) as chan:
         stub = await _stub_with_a_job(chan)
-        await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SCALE,
-                                               value=0.5))
+        await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5))
         await _sql(ctl, "PRAGMA query_only = ON")
         try:
-            for call in (stub.Override(pb.OverrideRequest(
-                             job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5)),
-                         stub.FinishJob(pb.FinishJobRequest(job_id="run-1")),
-                         stub.CreateJob(pb.CreateJobRequest(
-                             job_id="run-2", schedule="StepLR(step_size=2)", base_lrs=[0.1])),
-                         stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=3,
-                                                      applied=[pb.AppliedVersion(
-                                                          version=2, effective_step=3)]))):
+            for call in (
+                stub.Override(
+                    pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5)
+                ),
+                stub.FinishJob(pb.FinishJobRequest(job_id="run-1")),
+                stub.CreateJob(
+                    pb.CreateJobRequest(
+                        job_id="run-2", schedule="StepLR(step_size=2)", base_lrs=[0.1]
+                    )
+                ),
+                stub.Report(
+                    pb.ReportRequest(
+                        job_id="run-1",
+                        rank=0,
+                        step=3,
+                        applied=[pb.AppliedVersion(version=2, effective_step=3)],
+                    )
+                ),
+            ):
                 err = await expect_status(call, grpc.StatusCode.UNAVAILABLE)
                 assert "read-only" in (err.details() or ""), err.details()
             job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))  # reads still served

@@ -61,8 +61,12 @@ class Collector:
             item = self.updates.get(timeout=timeout)
             if isinstance(item, BaseException):
                 raise item
-            if item is not None and skip_heartbeats and item.message is not None \
-                    and item.message.kind is WatchKind.HEARTBEAT:
+            if (
+                item is not None
+                and skip_heartbeats
+                and item.message is not None
+                and item.message.kind is WatchKind.HEARTBEAT
+            ):
                 continue
             return item
 
@@ -102,14 +106,14 @@ def test_snapshot_events_and_finished_end_the_iteration(running_server: RunningS
 
 
 def test_resumes_after_a_controller_restart_from_the_version_held(
-        server_config: ServerConfig) -> None:
+    server_config: ServerConfig,
+) -> None:
     config = replace(server_config, port=free_port())
     address = f"127.0.0.1:{config.port}"
     with Client(address) as client:
         with ServerThread(config):
             client.create_job("run-7", STEP_LR, [0.1])
-            follower = WatchFollower(client, "run-7", backoff_initial_s=0.05,
-                                     backoff_max_s=0.2)
+            follower = WatchFollower(client, "run-7", backoff_initial_s=0.05, backoff_max_s=0.2)
             collector = Collector(follower)
             assert kind(collector.next()) is WatchKind.SNAPSHOT
             client.override("run-7", "lr *= 0.5")
@@ -122,12 +126,17 @@ def test_resumes_after_a_controller_restart_from_the_version_held(
             assert server.address == address
             # An override the follower misses while it waits to reconnect. (Its own channel:
             # gRPC shares subchannels between channels, and `client`'s may still be backing off.)
-            with grpc.insecure_channel(address,
-                                       options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            with grpc.insecure_channel(
+                address, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as ch:
                 stub = lrctl_pb2_grpc.LRControllerStub(ch)  # type: ignore[no-untyped-call]
-                stub.Override(lrctl_pb2.OverrideRequest(
-                    job_id="run-7", op=lrctl_pb2.OVERRIDE_OP_SET, value=0.01),
-                    timeout=10, wait_for_ready=True)
+                stub.Override(
+                    lrctl_pb2.OverrideRequest(
+                        job_id="run-7", op=lrctl_pb2.OVERRIDE_OP_SET, value=0.01
+                    ),
+                    timeout=10,
+                    wait_for_ready=True,
+                )
             after: list[FollowUpdate] = []
             while not after or kind(after[-1]) is not WatchKind.EVENT:
                 update = collector.next(skip_heartbeats=False, timeout=15)
@@ -146,7 +155,8 @@ def test_resumes_after_a_controller_restart_from_the_version_held(
 
 
 def test_a_recreated_job_arrives_as_resync_with_the_previous_incarnation(
-        running_server: RunningServer) -> None:
+    running_server: RunningServer,
+) -> None:
     with Client(running_server.address) as client:
         client.create_job("run-1", STEP_LR, [0.1])
         client.override("run-1", "lr /= 2")
@@ -163,7 +173,8 @@ def test_a_recreated_job_arrives_as_resync_with_the_previous_incarnation(
 
 
 def test_a_held_version_the_controller_never_had_is_replaced_by_resync(
-        running_server: RunningServer) -> None:
+    running_server: RunningServer,
+) -> None:
     with Client(running_server.address) as client:
         created = client.create_job("run-1", STEP_LR, [0.1]).job
         ahead = replace(created, version=99)
@@ -185,8 +196,7 @@ def test_close_from_another_thread_ends_the_iteration(running_server: RunningSer
         assert collector.next(skip_heartbeats=True) is None
 
 
-def test_raise_first_ends_at_once_on_a_wrong_address_or_job(
-        running_server: RunningServer) -> None:
+def test_raise_first_ends_at_once_on_a_wrong_address_or_job(running_server: RunningServer) -> None:
     with Client(running_server.address) as client:
         with pytest.raises(ClientError) as unknown:
             list(WatchFollower(client, "run-9", raise_first=True))
@@ -235,13 +245,15 @@ class Scripted(lrctl_pb2_grpc.LRControllerServicer):
     seen_auth: list[str] = field(default_factory=list)
     seen_names: list[str] = field(default_factory=list)
 
-    def Watch(self, request: lrctl_pb2.WatchRequest, context: Any
-              ) -> Iterator[lrctl_pb2.WatchResponse]:
+    def Watch(
+        self, request: lrctl_pb2.WatchRequest, context: Any
+    ) -> Iterator[lrctl_pb2.WatchResponse]:
         self.from_versions.append(request.from_version)
         yield from self.scripts[len(self.from_versions) - 1]
 
-    def ListJobs(self, request: lrctl_pb2.ListJobsRequest, context: Any
-                 ) -> lrctl_pb2.ListJobsResponse:
+    def ListJobs(
+        self, request: lrctl_pb2.ListJobsRequest, context: Any
+    ) -> lrctl_pb2.ListJobsResponse:
         self.seen_auth.append(dict(context.invocation_metadata()).get("authorization", ""))
         names = context.auth_context().get("x509_common_name", [b""])
         self.seen_names.append(names[0].decode())
@@ -250,24 +262,28 @@ class Scripted(lrctl_pb2_grpc.LRControllerServicer):
 
 def snapshot(version: int, *events: int) -> lrctl_pb2.WatchResponse:
     job = _job(version, tuple(_event(v) for v in events))
-    return lrctl_pb2.WatchResponse(kind=lrctl_pb2.WatchResponse.KIND_SNAPSHOT, version=version,
-                                   job=job_to_proto(job))
+    return lrctl_pb2.WatchResponse(
+        kind=lrctl_pb2.WatchResponse.KIND_SNAPSHOT, version=version, job=job_to_proto(job)
+    )
 
 
 def event(version: int) -> lrctl_pb2.WatchResponse:
-    return lrctl_pb2.WatchResponse(kind=lrctl_pb2.WatchResponse.KIND_EVENT, version=version,
-                                   event=event_to_proto(_event(version)))
+    return lrctl_pb2.WatchResponse(
+        kind=lrctl_pb2.WatchResponse.KIND_EVENT,
+        version=version,
+        event=event_to_proto(_event(version)),
+    )
 
 
 def heartbeat(version: int) -> lrctl_pb2.WatchResponse:
-    return lrctl_pb2.WatchResponse(kind=lrctl_pb2.WatchResponse.KIND_HEARTBEAT,
-                                   version=version)
+    return lrctl_pb2.WatchResponse(kind=lrctl_pb2.WatchResponse.KIND_HEARTBEAT, version=version)
 
 
 def finished(version: int) -> lrctl_pb2.WatchResponse:
     job = replace(_job(version), state=JobState.FINISHED)
-    return lrctl_pb2.WatchResponse(kind=lrctl_pb2.WatchResponse.KIND_FINISHED, version=version,
-                                   job=job_to_proto(job))
+    return lrctl_pb2.WatchResponse(
+        kind=lrctl_pb2.WatchResponse.KIND_FINISHED, version=version, job=job_to_proto(job)
+    )
 
 
 @pytest.fixture
@@ -284,16 +300,23 @@ def scripted() -> Iterator[tuple[Scripted, str]]:
 def test_a_gap_resumes_from_the_version_held(scripted: tuple[Scripted, str]) -> None:
     servicer, address = scripted
     servicer.scripts = [
-        [snapshot(1), event(2), event(4)],   # version 3 skipped: resume from 2
-        [event(3), heartbeat(5)],            # a heartbeat ahead of what is held: resume from 3
+        [snapshot(1), event(2), event(4)],  # version 3 skipped: resume from 2
+        [event(3), heartbeat(5)],  # a heartbeat ahead of what is held: resume from 3
         [event(4), event(4), event(5), finished(6)],  # a duplicate is ignored
     ]
     with Client(address) as client:
         updates = list(WatchFollower(client, "run-1", backoff_initial_s=0.01))
     assert servicer.from_versions == [0, 2, 3]
     kinds = [u.message.kind for u in updates if u.message is not None]
-    assert kinds == [WatchKind.SNAPSHOT, WatchKind.EVENT, WatchKind.EVENT, WatchKind.EVENT,
-                     WatchKind.EVENT, WatchKind.EVENT, WatchKind.FINISHED]
+    assert kinds == [
+        WatchKind.SNAPSHOT,
+        WatchKind.EVENT,
+        WatchKind.EVENT,
+        WatchKind.EVENT,
+        WatchKind.EVENT,
+        WatchKind.EVENT,
+        WatchKind.FINISHED,
+    ]
     held = [u.job.version for u in updates if u.job is not None]
     assert held == [1, 2, 3, 4, 4, 5, 6]
     assert not any(u.lost for u in updates)  # a gap is not a lost connection
@@ -317,25 +340,73 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _signed(name: str, cn: str, san: str, cwd: Path) -> None:
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=cwd)
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={cn}",
+        cwd=cwd,
+    )
     (cwd / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile",
-             f"{name}.ext", cwd=cwd)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "1",
+        "-extfile",
+        f"{name}.ext",
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """A CA, a server certificate for ``lrctl.internal`` only, and a client certificate."""
     where = tmp_path_factory.mktemp("tls")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-             "-subj", "/CN=lrctl-test-ca", cwd=where)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=lrctl-test-ca",
+        cwd=where,
+    )
     _signed("server", "lrctl.internal", "DNS:lrctl.internal", where)
     _signed("client", "rank-0", "DNS:rank-0", where)
-    return Certs(where / "ca.pem", where / "server.pem", where / "server.key",
-                 where / "client.pem", where / "client.key")
+    return Certs(
+        where / "ca.pem",
+        where / "server.pem",
+        where / "server.key",
+        where / "client.pem",
+        where / "client.key",
+    )
 
 
 @pytest.fixture
@@ -345,18 +416,25 @@ def tls_server(certs: Certs) -> Iterator[tuple[Scripted, str]]:
     lrctl_pb2_grpc.add_LRControllerServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     credentials = grpc.ssl_server_credentials(
         [(certs.server_key.read_bytes(), certs.server_cert.read_bytes())],
-        root_certificates=certs.ca.read_bytes(), require_client_auth=True)
+        root_certificates=certs.ca.read_bytes(),
+        require_client_auth=True,
+    )
     port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
     yield servicer, f"127.0.0.1:{port}"
     server.stop(0)
 
 
-def test_mutual_tls_with_a_token_from_the_environment(certs: Certs,
-                                                      tls_server: tuple[Scripted, str]) -> None:
+def test_mutual_tls_with_a_token_from_the_environment(
+    certs: Certs, tls_server: tuple[Scripted, str]
+) -> None:
     servicer, address = tls_server
-    env = {"LRCTL_TLS_CA": str(certs.ca), "LRCTL_TLS_CERT": str(certs.client_cert),
-           "LRCTL_TLS_KEY": str(certs.client_key), "LRCTL_TOKEN": "s3cret"}
+    env = {
+        "LRCTL_TLS_CA": str(certs.ca),
+        "LRCTL_TLS_CERT": str(certs.client_cert),
+        "LRCTL_TLS_KEY": str(certs.client_key),
+        "LRCTL_TOKEN": "s3cret",
+    }
     tls = TLSConfig.from_env(env)
     assert tls is not None
     # The certificate names lrctl.internal; the address is an IP.
@@ -368,16 +446,19 @@ def test_mutual_tls_with_a_token_from_the_environment(certs: Certs,
 
 
 @pytest.mark.parametrize("variant", ["wrong-name", "no-client-cert", "plaintext"])
-def test_tls_failures_are_client_errors(certs: Certs, tls_server: tuple[Scripted, str],
-                                        variant: str) -> None:
+def test_tls_failures_are_client_errors(
+    certs: Certs, tls_server: tuple[Scripted, str], variant: str
+) -> None:
     servicer, address = tls_server
     tls: TLSConfig | bool = {
         "wrong-name": TLSConfig(str(certs.ca), str(certs.client_cert), str(certs.client_key)),
         "no-client-cert": TLSConfig(str(certs.ca), server_name="lrctl.internal"),
         "plaintext": False,
     }[variant]
-    with Client(address, tls=tls, environ={}, timeout=5) as client, \
-            pytest.raises(ClientError) as caught:
+    with (
+        Client(address, tls=tls, environ={}, timeout=5) as client,
+        pytest.raises(ClientError) as caught,
+    ):
         client.list_jobs()
     assert caught.value.code == "UNAVAILABLE"
     assert servicer.seen_auth == []

@@ -34,27 +34,43 @@ SERVICE = pb.DESCRIPTOR.services_by_name["LRController"]
 SENTINEL = "sentinel"
 #: Every code a client may get for what it sent; INTERNAL, UNKNOWN, UNAVAILABLE and
 #: DEADLINE_EXCEEDED would mean the controller broke or stalled.
-ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-           grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED,
-           grpc.StatusCode.RESOURCE_EXHAUSTED}
+ALLOWED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 SPECS = [
-    "StepLR(step_size=2, gamma=0.5)", "ExponentialLR(gamma=1.5)", "CosineAnnealingLR(T_max=10)",
-    "LambdaLR(lr_lambda='0.95 ** epoch')", "MultiplicativeLR(lr_lambda='0.99 + 0.001 * epoch')",
-    "OneCycleLR(max_lr=0.1, total_steps=20)", "ReduceLROnPlateau(patience=1)",
+    "StepLR(step_size=2, gamma=0.5)",
+    "ExponentialLR(gamma=1.5)",
+    "CosineAnnealingLR(T_max=10)",
+    "LambdaLR(lr_lambda='0.95 ** epoch')",
+    "MultiplicativeLR(lr_lambda='0.99 + 0.001 * epoch')",
+    "OneCycleLR(max_lr=0.1, total_steps=20)",
+    "ReduceLROnPlateau(patience=1)",
     "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=5)",
     "SequentialLR(schedulers=[ConstantLR(factor=0.5, total_iters=2), "
     "ExponentialLR(gamma=0.9)], milestones=[2])",
     "ChainedScheduler(schedulers=[ExponentialLR(gamma=0.9), MultiplicativeLR(lr_lambda='0.9')])",
-    "LambdaLR(lr_lambda='__import__(\"os\")')", "LambdaLR(lr_lambda='9 ** 9 ** 9')",
-    "StepLR(step_size=0)", "Nope()", "", "StepLR(1)" + " " * 5000,
+    "LambdaLR(lr_lambda='__import__(\"os\")')",
+    "LambdaLR(lr_lambda='9 ** 9 ** 9')",
+    "StepLR(step_size=0)",
+    "Nope()",
+    "",
+    "StepLR(1)" + " " * 5000,
 ]
 JOB_IDS = st.one_of(
     st.sampled_from(["fuzz-0", "fuzz-1", "fuzz/2", "", "-bad", "a" * 129, "job*"]),
     st.text(max_size=40),
 ).filter(lambda s: s != SENTINEL)
-TEXT = st.one_of(st.text(max_size=30), st.text(max_size=2000),
-                 st.sampled_from(["ok\nop=finish", "\x00\x1b[2K", "é" * 600, "x" * 5000]))
+TEXT = st.one_of(
+    st.text(max_size=30),
+    st.text(max_size=2000),
+    st.sampled_from(["ok\nop=finish", "\x00\x1b[2K", "é" * 600, "x" * 5000]),
+)
 FLOATS = st.one_of(st.floats(), st.sampled_from([0.0, -0.0, 0.1, 1.0, 2e6, 1e300, 5e-324]))
 RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -94,8 +110,9 @@ def _field(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     if field.is_repeated:
         lists = st.lists(inner, max_size=4)
         if field.name in ("base_lrs", "lrs"):
-            return st.one_of(lists, st.just([0.1] * 1025), st.just([0.123456789] * 1024),
-                             st.just([0.1] * 3))
+            return st.one_of(
+                lists, st.just([0.1] * 1025), st.just([0.123456789] * 1024), st.just([0.1] * 3)
+            )
         return lists
     if field.has_presence:
         return st.one_of(st.none(), inner)
@@ -105,8 +122,11 @@ def _field(field: FieldDescriptor) -> st.SearchStrategy[Any]:
 def message(descriptor: Descriptor) -> st.SearchStrategy[Any]:
     """Any message of ``descriptor``'s type: every field, within its type's whole range."""
     if descriptor.full_name == "google.protobuf.Timestamp":
-        return st.builds(lambda s, n: {"seconds": s, "nanos": n},
-                         st.integers(-62135596800, 253402300799), st.integers(0, 999_999_999))
+        return st.builds(
+            lambda s, n: {"seconds": s, "nanos": n},
+            st.integers(-62135596800, 253402300799),
+            st.integers(0, 999_999_999),
+        )
     fields = {f.name: _field(f) for f in descriptor.fields}
     return st.fixed_dictionaries({}, optional=fields)
 
@@ -141,10 +161,15 @@ def _sub(descriptor: Descriptor, values: dict[str, Any]) -> Any:
 METHODS = list(SERVICE.methods)
 CALLS = st.one_of(*(st.tuples(st.just(m), message(m.input_type)) for m in METHODS))
 RESERVED = ("grpc-", "te", "content-type", "user-agent", "authorization")
-METADATA = st.lists(st.tuples(
-    st.from_regex(r"[a-z][a-z0-9_.-]{0,15}", fullmatch=True).filter(
-        lambda k: not k.startswith(RESERVED) and not k.endswith("-bin")),
-    st.text(alphabet=string.printable.strip("\t\n\r\x0b\x0c"), max_size=100)), max_size=3)
+METADATA = st.lists(
+    st.tuples(
+        st.from_regex(r"[a-z][a-z0-9_.-]{0,15}", fullmatch=True).filter(
+            lambda k: not k.startswith(RESERVED) and not k.endswith("-bin")
+        ),
+        st.text(alphabet=string.printable.strip("\t\n\r\x0b\x0c"), max_size=100),
+    ),
+    max_size=3,
+)
 
 
 def rss_kib(pid: int) -> int:
@@ -156,24 +181,28 @@ def rss_kib(pid: int) -> int:
 
 @pytest.fixture
 def fuzz_target(tmp_path: Path) -> Iterator[tuple[ControllerProcess, grpc.Channel]]:
-    controller = ControllerProcess(tmp_path / "lrctl.db", extra=(
-        "--heartbeat-seconds", "0.2", "--log-level", "error")).start()
+    controller = ControllerProcess(
+        tmp_path / "lrctl.db", extra=("--heartbeat-seconds", "0.2", "--log-level", "error")
+    ).start()
     try:
-        with grpc.insecure_channel(controller.address,
-                                   options=list(CLIENT_CHANNEL_OPTIONS)) as channel:
+        with grpc.insecure_channel(
+            controller.address, options=list(CLIENT_CHANNEL_OPTIONS)
+        ) as channel:
             yield controller, channel
     finally:
         controller.stop()
 
 
-def _call(channel: grpc.Channel, method: Any, payload: Any, metadata: Any = (),
-          raw: bool = False) -> grpc.StatusCode:
+def _call(
+    channel: grpc.Channel, method: Any, payload: Any, metadata: Any = (), raw: bool = False
+) -> grpc.StatusCode:
     path = f"/{SERVICE.full_name}/{method.name}"
     serializer = None if raw else type(payload).SerializeToString
     try:
         if method.server_streaming:
             stream = channel.unary_stream(path, request_serializer=serializer)(
-                payload, timeout=10, metadata=metadata)
+                payload, timeout=10, metadata=metadata
+            )
             try:
                 next(stream)
             except StopIteration:
@@ -182,7 +211,8 @@ def _call(channel: grpc.Channel, method: Any, payload: Any, metadata: Any = (),
                 stream.cancel()
         else:
             channel.unary_unary(path, request_serializer=serializer)(
-                payload, timeout=10, metadata=metadata)
+                payload, timeout=10, metadata=metadata
+            )
     except grpc.RpcError as exc:
         code = exc.code()  # type: ignore[attr-defined]
         if code == grpc.StatusCode.CANCELLED and method.server_streaming:
@@ -202,36 +232,53 @@ def _state(channel: grpc.Channel) -> Any:
     return stub.GetJob(pb.GetJobRequest(job_id=SENTINEL), timeout=10)
 
 
-@pytest.mark.parametrize("examples", [
-    pytest.param(600, id="ci"),
-    pytest.param(5000, marks=pytest.mark.soak, id="soak"),
-])
+@pytest.mark.parametrize(
+    "examples",
+    [
+        pytest.param(600, id="ci"),
+        pytest.param(5000, marks=pytest.mark.soak, id="soak"),
+    ],
+)
 def test_fuzzed_requests_get_defined_codes_and_hurt_nobody(
-        fuzz_target: tuple[ControllerProcess, grpc.Channel], examples: int) -> None:
+    fuzz_target: tuple[ControllerProcess, grpc.Channel], examples: int
+) -> None:
     controller, channel = fuzz_target
     stub = lrctl_pb2_grpc.LRControllerStub(channel)  # type: ignore[no-untyped-call]
-    stub.CreateJob(pb.CreateJobRequest(job_id=SENTINEL, schedule="StepLR(step_size=3)",
-                                       base_lrs=[0.1, 0.01]), timeout=10)
-    stub.Override(pb.OverrideRequest(job_id=SENTINEL, op=pb.OVERRIDE_OP_SCALE, value=0.5,
-                                     reason="before the fuzz"), timeout=10)
+    stub.CreateJob(
+        pb.CreateJobRequest(job_id=SENTINEL, schedule="StepLR(step_size=3)", base_lrs=[0.1, 0.01]),
+        timeout=10,
+    )
+    stub.Override(
+        pb.OverrideRequest(
+            job_id=SENTINEL, op=pb.OVERRIDE_OP_SCALE, value=0.5, reason="before the fuzz"
+        ),
+        timeout=10,
+    )
     for job_id in ("fuzz-0", "fuzz-1"):  # targets that exist, so deeper paths run
-        stub.CreateJob(pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=3)",
-                                           base_lrs=[0.1]), timeout=10)
+        stub.CreateJob(
+            pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=3)", base_lrs=[0.1]),
+            timeout=10,
+        )
     before = _state(channel)
     assert controller.proc is not None
     start_rss = rss_kib(controller.proc.pid)
     codes: dict[str, set[str]] = {}
 
-    @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(call=CALLS, metadata=METADATA)
     def fuzz_fields(call: tuple[Any, dict[str, Any]], metadata: list[tuple[str, str]]) -> None:
         method, values = call
         code = _call(channel, method, build(method.input_type, values), tuple(metadata))
         codes.setdefault(method.name, set()).add(code.name)
 
-    @settings(max_examples=max(examples // 3, 50), deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=max(examples // 3, 50),
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(method=st.sampled_from(METHODS), payload=st.binary(max_size=300))
     def fuzz_bytes(method: Any, payload: bytes) -> None:
         _call(channel, method, payload, raw=True)
@@ -243,6 +290,5 @@ def test_fuzzed_requests_get_defined_codes_and_hurt_nobody(
     assert status.status == health_pb2.HealthCheckResponse.SERVING
     assert _state(channel) == before  # the job nobody targeted is exactly as it was
     assert controller.proc.poll() is None
-    assert rss_kib(controller.proc.pid) <= 2 * start_rss, (start_rss,
-                                                           rss_kib(controller.proc.pid))
+    assert rss_kib(controller.proc.pid) <= 2 * start_rss, (start_rss, rss_kib(controller.proc.pid))
     assert set(codes) == {m.name for m in METHODS}, codes  # every RPC was exercised

@@ -13,8 +13,12 @@ SCRIPT = ROOT / "scripts" / "gen_protos.py"
 
 
 def check(root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SCRIPT), "--check", "--root", str(root)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--check", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_generated_code_is_current() -> None:
@@ -24,8 +28,11 @@ def test_generated_code_is_current() -> None:
 
 def test_a_stale_generated_package_is_caught(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "proto", tmp_path / "proto")
-    shutil.copytree(ROOT / "lrctl" / "v1", tmp_path / "lrctl" / "v1",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "lrctl" / "v1",
+        tmp_path / "lrctl" / "v1",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     proto = tmp_path / "proto" / "lrctl" / "v1" / "lrctl.proto"
     proto.write_text(proto.read_text() + "\nmessage Added { int32 x = 1; }\n")
     done = check(tmp_path)

@@ -24,8 +24,14 @@ from tests.procs import ROOT
 
 
 def probe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controller.healthcheck", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, env=env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "controller.healthcheck", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env or {},
+    )
 
 
 def test_serving_controller_is_healthy(running_server: RunningServer) -> None:
@@ -60,7 +66,8 @@ async def tls_server(request: pytest.FixtureRequest, pki: Pki) -> AsyncIterator[
     credentials = grpc.ssl_server_credentials(
         [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
         root_certificates=pki.ca.read_bytes() if mutual else None,
-        require_client_auth=mutual)
+        require_client_auth=mutual,
+    )
     server = grpc.aio.server()
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -75,14 +82,18 @@ async def test_probe_over_tls_and_mutual_tls(tls_server: tuple[str, bool], pki: 
     address, mutual = tls_server
     name = ("--tls-server-name", "lrctl.lrctl.svc")
 
-    async def run(*args: str,
-                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    async def run(
+        *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         # The server runs on this loop: the probe subprocess must not block it.
         return await asyncio.to_thread(probe, "--address", address, *args, env=env)
 
     # With the client certificate (from the environment, as in the pod): healthy either way.
-    env = {"LRCTL_TLS_CA": str(pki.ca), "LRCTL_TLS_CERT": str(pki.client_cert),
-           "LRCTL_TLS_KEY": str(pki.client_key)}
+    env = {
+        "LRCTL_TLS_CA": str(pki.ca),
+        "LRCTL_TLS_CERT": str(pki.client_cert),
+        "LRCTL_TLS_KEY": str(pki.client_key),
+    }
     done = await run(*name, env=env)
     assert done.returncode == 0, done.stderr
     # Without a client certificate: fine for TLS, refused by mutual TLS.

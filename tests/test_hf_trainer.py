@@ -42,8 +42,9 @@ class Run:
     """A training subprocess whose output is read as it comes (to find the job id)."""
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.lines: list[str] = []
         self.following: list[tuple[str, str]] = []
         self._found = threading.Event()
@@ -82,16 +83,34 @@ class Run:
 
 def env_for(address: str, job: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LRCTL_JOB"}
-    env.update({"LRCTL_ADDRESS": address, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    env.update(
+        {
+            "LRCTL_ADDRESS": address,
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+    )
     if job:
         env["LRCTL_JOB"] = job
     return env
 
 
 def train_args(out: Path) -> list[str]:
-    return ["examples/train_hf.py", "--schedule", SCHEDULE, "--lr", str(BASE_LR),
-            "--steps", str(STEPS), "--step-sleep", "0.03", "--out", str(out)]
+    return [
+        "examples/train_hf.py",
+        "--schedule",
+        SCHEDULE,
+        "--lr",
+        str(BASE_LR),
+        "--steps",
+        str(STEPS),
+        "--step-sleep",
+        "0.03",
+        "--out",
+        str(out),
+    ]
 
 
 def override_mid_run(address: str, job: str) -> int:
@@ -99,8 +118,9 @@ def override_mid_run(address: str, job: str) -> int:
     return operate.override(address, job, "lr /= 2", reason="hf trainer")
 
 
-def check_trainer_log(out: Path, address: str, job: str, version: int,
-                      world: int) -> dict[str, Any]:
+def check_trainer_log(
+    out: Path, address: str, job: str, version: int, world: int
+) -> dict[str, Any]:
     (event,) = operate.history(address, job)
     assert event.version == version and event.effective_step is not None
     switch = event.effective_step
@@ -117,9 +137,11 @@ def check_trainer_log(out: Path, address: str, job: str, version: int,
     for step, lr in ranks[0]["log"]:
         assert lr == pytest.approx(expected(step)), step
     # The Trainer logs, at global step g, the LR its g-th optimizer step used: lr(g - 1).
-    logged = {entry["step"]: entry["learning_rate"]
-              for entry in json.loads((out / "log_history.json").read_text())
-              if "learning_rate" in entry}
+    logged = {
+        entry["step"]: entry["learning_rate"]
+        for entry in json.loads((out / "log_history.json").read_text())
+        if "learning_rate" in entry
+    }
     assert logged == pytest.approx({g: expected(g - 1) for g in range(1, STEPS + 1)})
     assert logged[switch + 1] != pytest.approx(logged[switch])  # the override, as logged
     return ranks[0]
@@ -136,8 +158,7 @@ def test_trainer_single_process(tmp_path: Path, controller: ControllerProcess) -
 
 def test_trainer_ddp_under_plain_torchrun(tmp_path: Path, controller: ControllerProcess) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           *train_args(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *train_args(out)]
     run = Run(cmd, env_for(controller.address, None))
     job = run.job_id()  # the UUID torchrun drew for this launch, as rank 0 logged it
     version = override_mid_run(controller.address, job)

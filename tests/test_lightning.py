@@ -26,13 +26,25 @@ JOB = "lightning-ddp"
 def test_lightning_ddp_follows_an_override_on_both_ranks(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "LRCTL_JOB": JOB, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "examples/train_lightning.py", "--devices", "2", "--steps", "120",
-           "--schedule", "StepLR(step_size=25, gamma=0.5)", "--step-sleep", "0.03",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "examples/train_lightning.py",
+        "--devices",
+        "2",
+        "--steps",
+        "120",
+        "--schedule",
+        "StepLR(step_size=25, gamma=0.5)",
+        "--step-sleep",
+        "0.03",
+        "--out",
+        str(out),
+    ]
     with ControllerProcess(tmp_path / "lrctl.db") as controller:
         env["LRCTL_ADDRESS"] = controller.address
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         try:
             operate.wait_for_step(controller.address, JOB, 30, timeout=120)
             version = operate.override(controller.address, JOB, "lr /= 2", reason="lightning")
@@ -58,7 +70,8 @@ def test_lightning_ddp_follows_an_override_on_both_ranks(tmp_path: Path) -> None
     # Lightning's LearningRateMonitor logged the LR in effect at every step, override included.
     (metrics,) = out.glob("lightning_logs/version_*/metrics.csv")
     with metrics.open() as f:
-        monitored = {int(row["step"]): float(row["lr-SGD"]) for row in csv.DictReader(f)
-                     if row.get("lr-SGD")}
+        monitored = {
+            int(row["step"]): float(row["lr-SGD"]) for row in csv.DictReader(f) if row.get("lr-SGD")
+        }
     assert sorted(monitored) == list(range(120))
     assert monitored == pytest.approx({step: expected(step) for step in range(120)})

@@ -72,8 +72,7 @@ def test_a_million_groups_is_refused_at_once() -> None:
 
 def test_validating_1024_groups_compiles_each_lambda_once() -> None:
     start = time.perf_counter()
-    program = LRProgram("LambdaLR(lr_lambda='0.95 ** epoch if epoch < 100 else 0.5')",
-                        [0.1] * 1024)
+    program = LRProgram("LambdaLR(lr_lambda='0.95 ** epoch if epoch < 100 else 0.5')", [0.1] * 1024)
     program.lrs(5)
     assert time.perf_counter() - start < 1.0
     fns = program.schedule.fns  # type: ignore[attr-defined]
@@ -99,12 +98,15 @@ def test_the_ceiling_is_configurable() -> None:
         LRProgram("StepLR(step_size=10, gamma=0.5)", [0.1], limits=Limits(max_spec_bytes=30))
 
 
-@pytest.mark.parametrize("spec", [
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=2e6)", id="cyclic-max-lr"),
-    pytest.param("OneCycleLR(max_lr=[0.1, 1e7], total_steps=100)", id="onecycle-max-lr"),
-    pytest.param("CosineAnnealingLR(T_max=10, eta_min=1e9)", id="cosine-eta-min"),
-    pytest.param("ReduceLROnPlateau(min_lr=1e7)", id="plateau-min-lr"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param("CyclicLR(base_lr=0.001, max_lr=2e6)", id="cyclic-max-lr"),
+        pytest.param("OneCycleLR(max_lr=[0.1, 1e7], total_steps=100)", id="onecycle-max-lr"),
+        pytest.param("CosineAnnealingLR(T_max=10, eta_min=1e9)", id="cosine-eta-min"),
+        pytest.param("ReduceLROnPlateau(min_lr=1e7)", id="plateau-min-lr"),
+    ],
+)
 def test_lrs_inside_a_spec_are_held_to_the_ceiling(spec: str) -> None:
     with pytest.raises(SpecError, match=r"<= 1e\+06"):
         LRProgram(spec, [0.1, 0.1])
@@ -121,25 +123,31 @@ def test_set_is_held_to_the_ceiling_and_scales_are_finite_and_positive() -> None
             validate_override(Op.SCALE, bad)
 
 
-@pytest.mark.parametrize("text", [
-    pytest.param("lr = " + "9" * 5000, id="huge-number"),
-    pytest.param("lr /= " + "x" * 100_000, id="huge-garbage"),
-    pytest.param("lr " * 50_000, id="huge-statement"),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("lr = " + "9" * 5000, id="huge-number"),
+        pytest.param("lr /= " + "x" * 100_000, id="huge-garbage"),
+        pytest.param("lr " * 50_000, id="huge-statement"),
+    ],
+)
 def test_override_messages_quote_a_bounded_prefix(text: str) -> None:
     with pytest.raises(OverrideError) as info:
         parse_override(text)
     assert len(str(info.value)) < MESSAGE_LIMIT
 
 
-@pytest.mark.parametrize("spec", [
-    pytest.param("StepLR(step_size=" + "9" * 3000 + ")", id="huge-int"),
-    pytest.param("StepLR(step_size=1, gamma=" + "9" * 3000 + ")", id="huge-int-as-float"),
-    pytest.param("LambdaLR(lr_lambda='" + "1+" * 1500 + "1')", id="long-expression"),
-    pytest.param("MultiStepLR(milestones=[" + "1," * 2500 + "1], gamma=0.5)", id="long-list"),
-    pytest.param("StepLR(" + "step_size" * 400 + "=1)", id="long-keyword"),
-    pytest.param("FooLR" + "x" * 3000 + "()", id="long-name"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param("StepLR(step_size=" + "9" * 3000 + ")", id="huge-int"),
+        pytest.param("StepLR(step_size=1, gamma=" + "9" * 3000 + ")", id="huge-int-as-float"),
+        pytest.param("LambdaLR(lr_lambda='" + "1+" * 1500 + "1')", id="long-expression"),
+        pytest.param("MultiStepLR(milestones=[" + "1," * 2500 + "1], gamma=0.5)", id="long-list"),
+        pytest.param("StepLR(" + "step_size" * 400 + "=1)", id="long-keyword"),
+        pytest.param("FooLR" + "x" * 3000 + "()", id="long-name"),
+    ],
+)
 def test_spec_messages_quote_a_bounded_prefix(spec: str) -> None:
     with pytest.raises(SpecError) as info:
         LRProgram(spec, [0.1])

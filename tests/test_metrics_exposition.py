@@ -26,13 +26,23 @@ OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0
 REASONS = ['loss "spike"', "back\\slash", "two\nlines", "ünïcode ✓", "x" * 300]
 
 
-def get(app: Callable[..., Any], accept: str = "", encoding: str = "",
-        query: str = "") -> tuple[str, dict[str, str]]:
+def get(
+    app: Callable[..., Any], accept: str = "", encoding: str = "", query: str = ""
+) -> tuple[str, dict[str, str]]:
     status: list[Any] = []
-    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics",
-                         "HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": encoding,
-                         "QUERY_STRING": query, "wsgi.input": io.BytesIO()},
-                        lambda s, h: status.append((s, dict(h)))))
+    body = b"".join(
+        app(
+            {
+                "REQUEST_METHOD": "GET",
+                "PATH_INFO": "/metrics",
+                "HTTP_ACCEPT": accept,
+                "HTTP_ACCEPT_ENCODING": encoding,
+                "QUERY_STRING": query,
+                "wsgi.input": io.BytesIO(),
+            },
+            lambda s, h: status.append((s, dict(h))),
+        )
+    )
     assert status[0][0] == "200 OK"
     headers = status[0][1]
     if headers.get("Content-Encoding") == "gzip":
@@ -41,37 +51,74 @@ def get(app: Callable[..., Any], accept: str = "", encoding: str = "",
 
 
 def events(count: int) -> list[Event]:
-    return [Event(version=2 + i, op=[Op.SCALE, Op.SET, Op.CLEAR][i % 3], value=0.5,
-                  actor=f"op-{i % 2}", reason=REASONS[i % len(REASONS)],
-                  created_at=1_700_000_000.25 + i) for i in range(count)]
+    return [
+        Event(
+            version=2 + i,
+            op=[Op.SCALE, Op.SET, Op.CLEAR][i % 3],
+            value=0.5,
+            actor=f"op-{i % 2}",
+            reason=REASONS[i % len(REASONS)],
+            created_at=1_700_000_000.25 + i,
+        )
+        for i in range(count)
+    ]
 
 
 class Reference:
     """The same series as plain prometheus_client metrics (what the controller had)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.lr = Gauge("lrctl_learning_rate", "Learning rate of a param group at the job's "
-                        "latest step (pending overrides included).", ["job_id", "param_group"],
-                        registry=registry)
-        self.step = Gauge("lrctl_step", "Latest scheduler step reported by rank 0.",
-                          ["job_id"], registry=registry)
-        self.overrides = Counter("lrctl_overrides", "Override events accepted, by operation.",
-                                 ["job_id", "op"], registry=registry)
-        self.workers = Gauge("lrctl_workers", "World size reported by the job's attached rank 0 "
-                             "(0 when none).", ["job_id"], registry=registry)
-        self.version = Gauge("lrctl_schedule_version", "The job's current version.",
-                             ["job_id"], registry=registry)
-        self.streams = Gauge("lrctl_watch_streams", "Watch streams open on this controller "
-                             "(any client).", ["job_id"], registry=registry)
-        self.pending = Gauge("lrctl_overrides_pending", "Events accepted but not yet reported "
-                             "applied by the job's ranks.", ["job_id"], registry=registry)
-        self.info = Gauge("lrctl_override_info", "One series per override (the latest 100 per "
-                          "job); value: when it was accepted, in Unix seconds. The Grafana "
-                          "annotation source.", ["job_id", "version", "op", "actor", "reason"],
-                          registry=registry)
-        self.divergence = Counter("lrctl_rank_divergence", "Checks in which the job's ranks "
-                                  "disagreed on the applied LRs, as rank 0 reported them.",
-                                  ["job_id"], registry=registry)
+        self.lr = Gauge(
+            "lrctl_learning_rate",
+            "Learning rate of a param group at the job's latest step (pending overrides included).",
+            ["job_id", "param_group"],
+            registry=registry,
+        )
+        self.step = Gauge(
+            "lrctl_step", "Latest scheduler step reported by rank 0.", ["job_id"], registry=registry
+        )
+        self.overrides = Counter(
+            "lrctl_overrides",
+            "Override events accepted, by operation.",
+            ["job_id", "op"],
+            registry=registry,
+        )
+        self.workers = Gauge(
+            "lrctl_workers",
+            "World size reported by the job's attached rank 0 (0 when none).",
+            ["job_id"],
+            registry=registry,
+        )
+        self.version = Gauge(
+            "lrctl_schedule_version", "The job's current version.", ["job_id"], registry=registry
+        )
+        self.streams = Gauge(
+            "lrctl_watch_streams",
+            "Watch streams open on this controller (any client).",
+            ["job_id"],
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "lrctl_overrides_pending",
+            "Events accepted but not yet reported applied by the job's ranks.",
+            ["job_id"],
+            registry=registry,
+        )
+        self.info = Gauge(
+            "lrctl_override_info",
+            "One series per override (the latest 100 per "
+            "job); value: when it was accepted, in Unix seconds. The Grafana "
+            "annotation source.",
+            ["job_id", "version", "op", "actor", "reason"],
+            registry=registry,
+        )
+        self.divergence = Counter(
+            "lrctl_rank_divergence",
+            "Checks in which the job's ranks "
+            "disagreed on the applied LRs, as rank 0 reported them.",
+            ["job_id"],
+            registry=registry,
+        )
 
 
 def lines(text: str) -> set[str]:
@@ -79,9 +126,13 @@ def lines(text: str) -> set[str]:
 
 
 def without_job_created(text: str) -> set[str]:
-    return {line for line in lines(text)
-            if not any(name in line for name in ("lrctl_overrides_created",
-                                                 "lrctl_rank_divergence_created"))}
+    return {
+        line
+        for line in lines(text)
+        if not any(
+            name in line for name in ("lrctl_overrides_created", "lrctl_rank_divergence_created")
+        )
+    }
 
 
 def fill(ours: ControllerMetrics, ref: Reference, jobs: int, log: int) -> None:
@@ -111,8 +162,9 @@ def fill(ours: ControllerMetrics, ref: Reference, jobs: int, log: int) -> None:
             ref.divergence.labels(job)
 
 
-@pytest.mark.parametrize("accept", [pytest.param("", id="text-0.0.4"),
-                                    pytest.param(OPENMETRICS, id="openmetrics")])
+@pytest.mark.parametrize(
+    "accept", [pytest.param("", id="text-0.0.4"), pytest.param(OPENMETRICS, id="openmetrics")]
+)
 def test_same_lines_as_prometheus_client_except_job_created(accept: str) -> None:
     registry, reference = CollectorRegistry(), CollectorRegistry()
     ours = ControllerMetrics(registry)
@@ -122,27 +174,44 @@ def test_same_lines_as_prometheus_client_except_job_created(accept: str) -> None
     text, headers = get(app, accept, "gzip")
     openmetrics = accept == OPENMETRICS
     expected = (om_generate_latest if openmetrics else generate_latest)(reference).decode()
-    mine = lines(text) - lines((om_generate_latest if openmetrics else generate_latest)(
-        _without_jobs(registry)).decode())
+    mine = lines(text) - lines(
+        (om_generate_latest if openmetrics else generate_latest)(_without_jobs(registry)).decode()
+    )
     assert mine == without_job_created(expected)
     assert headers["Content-Type"].startswith(
-        "application/openmetrics-text" if openmetrics else "text/plain")
+        "application/openmetrics-text" if openmetrics else "text/plain"
+    )
     if openmetrics:
         assert text.endswith("# EOF\n")
         list(om_parse(text))  # the strict parser: families grouped, one EOF at the end
     # prometheus_client's own rendering of our registry says the same
-    assert lines(text) == lines((om_generate_latest if openmetrics else generate_latest)(
-        registry).decode())
+    assert lines(text) == lines(
+        (om_generate_latest if openmetrics else generate_latest)(registry).decode()
+    )
 
 
 def _without_jobs(registry: CollectorRegistry) -> Any:
     """The registry minus the per-job families (the gRPC and apply metrics)."""
+
     class Rest:
         def collect(self) -> Any:
-            return [m for m in registry.collect() if not m.name.startswith(
-                ("lrctl_learning_rate", "lrctl_step", "lrctl_overrides", "lrctl_workers",
-                 "lrctl_schedule_version", "lrctl_watch_streams", "lrctl_override_info",
-                 "lrctl_rank_divergence"))]
+            return [
+                m
+                for m in registry.collect()
+                if not m.name.startswith(
+                    (
+                        "lrctl_learning_rate",
+                        "lrctl_step",
+                        "lrctl_overrides",
+                        "lrctl_workers",
+                        "lrctl_schedule_version",
+                        "lrctl_watch_streams",
+                        "lrctl_override_info",
+                        "lrctl_rank_divergence",
+                    )
+                )
+            ]
+
     return Rest()
 
 

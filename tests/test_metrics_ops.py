@@ -33,8 +33,9 @@ def info_series(found: Samples, job_id: str) -> dict[str, dict[str, str]]:
 async def test_override_info_pending_and_removal(controller: Controller) -> None:
     async with grpc.aio.insecure_channel(controller.address) as chan:
         stub = lrctl_pb2_grpc.LRControllerStub(chan)
-        await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule=SPEC,
-                                                 base_lrs=[0.1, 0.01]))
+        await stub.CreateJob(
+            pb.CreateJobRequest(job_id="run-1", schedule=SPEC, base_lrs=[0.1, 0.01])
+        )
         found = samples(await scrape(controller.metrics_port))
         assert value(found, "lrctl_overrides_pending", job_id="run-1") == 0
         assert value(found, "lrctl_rank_divergence_total", job_id="run-1") == 0
@@ -42,48 +43,83 @@ async def test_override_info_pending_and_removal(controller: Controller) -> None
         assert info_series(found, "run-1") == {}
 
         long_reason = "loss spike " * 40
-        first = await stub.Override(pb.OverrideRequest(
-            job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5, actor="alice",
-            reason="loss spike"))
-        second = await stub.Override(pb.OverrideRequest(
-            job_id="run-1", op=pb.OVERRIDE_OP_SET, value=3e-4, param_group=1, actor="bob",
-            reason=long_reason))
+        first = await stub.Override(
+            pb.OverrideRequest(
+                job_id="run-1",
+                op=pb.OVERRIDE_OP_SCALE,
+                value=0.5,
+                actor="alice",
+                reason="loss spike",
+            )
+        )
+        second = await stub.Override(
+            pb.OverrideRequest(
+                job_id="run-1",
+                op=pb.OVERRIDE_OP_SET,
+                value=3e-4,
+                param_group=1,
+                actor="bob",
+                reason=long_reason,
+            )
+        )
         found = samples(await scrape(controller.metrics_port))
         assert value(found, "lrctl_overrides_pending", job_id="run-1") == 2
         info = info_series(found, "run-1")
         assert set(info) == {"2", "3"}
-        assert info["2"] == {"job_id": "run-1", "version": "2", "op": "scale", "actor": "alice",
-                             "reason": "loss spike"}
+        assert info["2"] == {
+            "job_id": "run-1",
+            "version": "2",
+            "op": "scale",
+            "actor": "alice",
+            "reason": "loss spike",
+        }
         assert info["3"]["op"] == "set" and info["3"]["actor"] == "bob"
         assert len(info["3"]["reason"]) == INFO_REASON_CHARS
-        assert info["3"]["reason"] == long_reason[:INFO_REASON_CHARS - 1] + "…"
+        assert info["3"]["reason"] == long_reason[: INFO_REASON_CHARS - 1] + "…"
         # The value is the creation time in Unix seconds, as History reports it.
         for event, version in ((first.event, "2"), (second.event, "3")):
             created = event.created_at.ToNanoseconds() / 1e9
-            assert value(found, "lrctl_override_info", **info[version]) == \
-                pytest.approx(created, abs=1e-3)
+            assert value(found, "lrctl_override_info", **info[version]) == pytest.approx(
+                created, abs=1e-3
+            )
         promtool_check(await scrape(controller.metrics_port))
 
         # Rank 0 applies the first (every rank agreed on version 2): one left pending.
-        await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=3, applied_version=2,
-                                           applied=[pb.AppliedVersion(version=2,
-                                                                      effective_step=3)]))
+        await stub.Report(
+            pb.ReportRequest(
+                job_id="run-1",
+                rank=0,
+                step=3,
+                applied_version=2,
+                applied=[pb.AppliedVersion(version=2, effective_step=3)],
+            )
+        )
         found = samples(await scrape(controller.metrics_port))
         assert value(found, "lrctl_overrides_pending", job_id="run-1") == 1
-        await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=4, applied_version=3,
-                                           applied=[pb.AppliedVersion(version=3,
-                                                                      effective_step=4)]))
+        await stub.Report(
+            pb.ReportRequest(
+                job_id="run-1",
+                rank=0,
+                step=4,
+                applied_version=3,
+                applied=[pb.AppliedVersion(version=3, effective_step=4)],
+            )
+        )
         found = samples(await scrape(controller.metrics_port))
         assert value(found, "lrctl_overrides_pending", job_id="run-1") == 0
         assert set(info_series(found, "run-1")) == {"2", "3"}  # applied overrides stay
 
         # Recreated with another spec: the old incarnation's overrides are gone.
-        await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=5)",
-                                                 base_lrs=[0.1], replace=True))
+        await stub.CreateJob(
+            pb.CreateJobRequest(
+                job_id="run-1", schedule="StepLR(step_size=5)", base_lrs=[0.1], replace=True
+            )
+        )
         found = samples(await scrape(controller.metrics_port))
         assert info_series(found, "run-1") == {}
-        await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR,
-                                               reason="back"))
+        await stub.Override(
+            pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR, reason="back")
+        )
         found = samples(await scrape(controller.metrics_port))
         assert [i["op"] for i in info_series(found, "run-1").values()] == ["clear"]
 
@@ -98,8 +134,11 @@ async def test_override_info_keeps_the_latest_per_job(controller: Controller) ->
         await stub.CreateJob(pb.CreateJobRequest(job_id="many", schedule=SPEC, base_lrs=[0.1]))
         total = INFO_PER_JOB + 5
         for i in range(total):
-            await stub.Override(pb.OverrideRequest(job_id="many", op=pb.OVERRIDE_OP_SCALE,
-                                                   value=0.99, reason=f"r{i}"))
+            await stub.Override(
+                pb.OverrideRequest(
+                    job_id="many", op=pb.OVERRIDE_OP_SCALE, value=0.99, reason=f"r{i}"
+                )
+            )
         found = samples(await scrape(controller.metrics_port))
         info = info_series(found, "many")
         # Versions 2 .. total+1 exist; the latest INFO_PER_JOB are exported.
@@ -113,8 +152,10 @@ async def test_watch_streams_workers_and_divergence(controller: Controller) -> N
         stub = lrctl_pb2_grpc.LRControllerStub(chan)
         await stub.CreateJob(pb.CreateJobRequest(job_id="w", schedule=SPEC, base_lrs=[0.1]))
         # Two streams of one worker and one of a viewer (no worker id, e.g. `lrctl watch`).
-        calls = [stub.Watch(pb.WatchRequest(job_id="w", worker_id=worker))
-                 for worker in ("rank-0", "rank-0", "")]
+        calls = [
+            stub.Watch(pb.WatchRequest(job_id="w", worker_id=worker))
+            for worker in ("rank-0", "rank-0", "")
+        ]
         for call in calls:
             await call.read()  # the snapshot: the stream is open
         found = samples(await scrape(controller.metrics_port))
@@ -133,10 +174,12 @@ async def test_watch_streams_workers_and_divergence(controller: Controller) -> N
         assert value(found, "lrctl_workers", job_id="w") == 1
 
         divergence = pb.Divergence(step=7, version=1, lr_checksums=[0.1, 0.2], detail="x")
-        await stub.Report(pb.ReportRequest(job_id="w", rank=0, step=7,
-                                           divergences=[divergence, divergence]))
-        await stub.Report(pb.ReportRequest(job_id="w", rank=1, step=7,
-                                           divergences=[divergence]))  # only rank 0 counts
+        await stub.Report(
+            pb.ReportRequest(job_id="w", rank=0, step=7, divergences=[divergence, divergence])
+        )
+        await stub.Report(
+            pb.ReportRequest(job_id="w", rank=1, step=7, divergences=[divergence])
+        )  # only rank 0 counts
         found = samples(await scrape(controller.metrics_port))
         assert value(found, "lrctl_rank_divergence_total", job_id="w") == 2
         calls[1].cancel()

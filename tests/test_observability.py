@@ -96,8 +96,13 @@ def until(check: Callable[[], T | None], timeout: float, what: str, every: float
 def lrctl(address: str, *argv: str) -> str:
     """Run the ``lrctl`` CLI of this environment; return its stdout."""
     exe = Path(sys.executable).parent / "lrctl"
-    done = subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "LRCTL_ADDRESS": address})
+    done = subprocess.run(
+        [str(exe), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LRCTL_ADDRESS": address},
+    )
     assert done.returncode == 0, f"lrctl {' '.join(argv)}: {done.stderr}"
     return done.stdout
 
@@ -143,8 +148,13 @@ class Prometheus:
         return result
 
     def range(self, expr: str, start: float, step: float = SCRAPE_S) -> list[dict[str, Any]]:
-        data = self.get("/api/v1/query_range", query=expr, start=str(start),
-                        end=str(time.time()), step=str(step))
+        data = self.get(
+            "/api/v1/query_range",
+            query=expr,
+            start=str(start),
+            end=str(time.time()),
+            step=str(step),
+        )
         assert data["resultType"] == "matrix", data
         result: list[dict[str, Any]] = data["result"]
         return result
@@ -209,15 +219,23 @@ def prometheus_config(tmp: Path, metrics_port: int, service_discovery: Path) -> 
 def start_prometheus(stack: contextlib.ExitStack, tmp: Path, config: Path) -> Prometheus:
     binary = shutil.which("prometheus")
     if binary is None:
-        pytest.fail("prometheus is not installed (Debian package 'prometheus'; scripts/test.sh "
-                    "installs it)")
+        pytest.fail(
+            "prometheus is not installed (Debian package 'prometheus'; scripts/test.sh installs it)"
+        )
     port = free_port()
     log = tmp / "prometheus.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=out, stderr=subprocess.STDOUT)
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
     def stop() -> None:
         proc.terminate()
@@ -258,12 +276,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with contextlib.ExitStack() as exits:
         saved = {key: os.environ.get(key) for key in RAY_ENV}
         os.environ.update(RAY_ENV)
-        exits.callback(lambda: [os.environ.pop(k, None) if v is None
-                                else os.environ.__setitem__(k, v) for k, v in saved.items()])
+        exits.callback(
+            lambda: [
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+                for k, v in saved.items()
+            ]
+        )
         controller = ControllerProcess(tmp / "lrctl.db").start()
         exits.callback(controller.stop)
-        metrics = until(lambda: re.search(r"metrics on 127\.0\.0\.1:(\d+)",
-                                          "".join(controller.output)), 10, "the metrics port")
+        metrics = until(
+            lambda: re.search(r"metrics on 127\.0\.0\.1:(\d+)", "".join(controller.output)),
+            10,
+            "the metrics port",
+        )
         address = controller.address
 
         import ray
@@ -275,38 +300,57 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Ray's unix sockets live under its temp dir: keep the path short (108-byte limit).
         ray_tmp = Path(tempfile.mkdtemp(prefix="ro", dir="/tmp"))
         exits.callback(shutil.rmtree, ray_tmp, True)
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2,
-                 object_store_memory=256 * 1024**2, _temp_dir=str(ray_tmp),
-                 dashboard_port=free_port(),
-                 # Workers push their metrics to the agent every second (default 10 s).
-                 _system_config={"metrics_report_interval_ms": 1000},
-                 runtime_env={"env_vars": {"LRCTL_ADDRESS": address, "LRCTL_JOB": JOB,
-                                           "PYTHONPATH": str(ROOT)}})
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            num_cpus=2,
+            object_store_memory=256 * 1024**2,
+            _temp_dir=str(ray_tmp),
+            dashboard_port=free_port(),
+            # Workers push their metrics to the agent every second (default 10 s).
+            _system_config={"metrics_report_interval_ms": 1000},
+            runtime_env={
+                "env_vars": {"LRCTL_ADDRESS": address, "LRCTL_JOB": JOB, "PYTHONPATH": str(ROOT)}
+            },
+        )
         exits.callback(ray.shutdown)
         discovery = ray_tmp / "prom_metrics_service_discovery.json"
         until(discovery.exists, 60, "Ray's service-discovery file")
         prometheus = start_prometheus(
-            exits, tmp, prometheus_config(tmp, int(metrics.group(1)), discovery))
+            exits, tmp, prometheus_config(tmp, int(metrics.group(1)), discovery)
+        )
         started = time.time()
 
         # A second job nobody trains, with an override of its own; and a call that fails.
         lrctl(address, "job", "create", IDLE, "--schedule", IDLE_SCHEDULE, "--base-lr", "0.2")
         lrctl(address, "override", IDLE, "--clear", "--reason", "nothing to clear")
-        missing = subprocess.run([str(Path(sys.executable).parent / "lrctl"), "job", "get",
-                                  "no-such-job"], capture_output=True, text=True, timeout=60,
-                                 env={**os.environ, "LRCTL_ADDRESS": address})
+        missing = subprocess.run(
+            [str(Path(sys.executable).parent / "lrctl"), "job", "get", "no-such-job"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "LRCTL_ADDRESS": address},
+        )
         assert missing.returncode != 0
 
         release = tmp / "release"
         result = Stack(address, prometheus, started, release)
         trainer = TorchTrainer(
             hold_loop,
-            train_loop_config={"schedule": SCHEDULE, "base_lrs": list(BASE_LRS), "steps": STEPS,
-                               "sleep": 0.1, "release": str(release), "hold_timeout": 240},
-            scaling_config=ScalingConfig(num_workers=2, use_gpu=False,
-                                         resources_per_worker={"CPU": 1}),
+            train_loop_config={
+                "schedule": SCHEDULE,
+                "base_lrs": list(BASE_LRS),
+                "steps": STEPS,
+                "sleep": 0.1,
+                "release": str(release),
+                "hold_timeout": 240,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}
+            ),
             torch_config=TorchConfig(backend="gloo", timeout_s=120),
-            run_config=RunConfig(name=JOB, storage_path=str(tmp / "ray")))
+            run_config=RunConfig(name=JOB, storage_path=str(tmp / "ray")),
+        )
 
         def fit() -> None:
             try:
@@ -317,16 +361,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         result.fit_thread = threading.Thread(target=fit, daemon=True)
         result.fit_thread.start()
-        exits.callback(lambda: (release.touch(), result.fit_thread and
-                                result.fit_thread.join(120)))
+        exits.callback(lambda: (release.touch(), result.fit_thread and result.fit_thread.join(120)))
 
         with grpc.insecure_channel(address) as channel:
             stub = lrctl_pb2_grpc.LRControllerStub(channel)
             until(lambda: job_step(stub, JOB) >= 8 or None, 180, f"{JOB} at step 8")
             lrctl(address, "override", JOB, "lr /= 2", "--reason", "loss spike")
             until(lambda: job_step(stub, JOB) >= 16 or None, 60, f"{JOB} at step 16")
-            lrctl(address, "override", JOB, "lr *= 0.1", "--group", "1", "--reason",
-                  "group 1 too hot")
+            lrctl(
+                address, "override", JOB, "lr *= 0.1", "--group", "1", "--reason", "group 1 too hot"
+            )
         for job in (JOB, IDLE):
             result.overrides[job] = json.loads(lrctl(address, "history", job, "--json"))
 
@@ -334,35 +378,53 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         seen: dict[str, Any] = {}
 
         def settled() -> bool:
-            seen["step"] = by_labels(prometheus.instant(
-                f'max by (job_id) (lrctl_step{{job_id="{JOB}"}})'), "job_id")
-            seen["pending"] = by_labels(prometheus.instant(
-                f'max by (job_id) (lrctl_overrides_pending{{job_id="{JOB}"}})'), "job_id")
-            seen["ranks"] = by_labels(prometheus.instant(
-                f'ray_lrctl_worker_learning_rate{{job_id="{JOB}"}}'), "rank", "param_group")
+            seen["step"] = by_labels(
+                prometheus.instant(f'max by (job_id) (lrctl_step{{job_id="{JOB}"}})'), "job_id"
+            )
+            seen["pending"] = by_labels(
+                prometheus.instant(f'max by (job_id) (lrctl_overrides_pending{{job_id="{JOB}"}})'),
+                "job_id",
+            )
+            seen["ranks"] = by_labels(
+                prometheus.instant(f'ray_lrctl_worker_learning_rate{{job_id="{JOB}"}}'),
+                "rank",
+                "param_group",
+            )
             with grpc.insecure_channel(address) as channel:
                 result.step = job_step(lrctl_pb2_grpc.LRControllerStub(channel), JOB)
-            return (seen["step"].get((JOB,)) == result.step >= SETTLED_STEP
-                    and seen["pending"] == {(JOB,): 0}
-                    and len(seen["ranks"]) == 4
-                    and all(math.isclose(v, EXPECTED[g], rel_tol=1e-9)
-                            for (_, g), v in seen["ranks"].items()))
+            return (
+                seen["step"].get((JOB,)) == result.step >= SETTLED_STEP
+                and seen["pending"] == {(JOB,): 0}
+                and len(seen["ranks"]) == 4
+                and all(
+                    math.isclose(v, EXPECTED[g], rel_tol=1e-9)
+                    for (_, g), v in seen["ranks"].items()
+                )
+            )
 
         try:
-            until(settled, 90, "Prometheus to see the last step, no pending override and "
-                  "both ranks' LR", every=0.5)
+            until(
+                settled,
+                90,
+                "Prometheus to see the last step, no pending override and both ranks' LR",
+                every=0.5,
+            )
         except AssertionError as exc:
-            targets = [(t["labels"], t["health"], t["lastError"])
-                       for t in prometheus.get("/api/v1/targets")["activeTargets"]]
+            targets = [
+                (t["labels"], t["health"], t["lastError"])
+                for t in prometheus.get("/api/v1/targets")["activeTargets"]
+            ]
             names = prometheus.get("/api/v1/label/__name__/values")
             raw = []
             for t in targets:
                 if t[0]["job"] == "ray":
                     with urllib.request.urlopen(f"http://{t[0]['instance']}/metrics") as r:
                         raw += [x for x in r.read().decode().splitlines() if "lrctl" in x]
-            raise AssertionError(f"{exc}\nseen: {seen}\ntargets: {targets}\n"
-                                 f"ray names: {[n for n in names if 'lrctl' in n]}\n"
-                                 f"raw: {raw}") from None
+            raise AssertionError(
+                f"{exc}\nseen: {seen}\ntargets: {targets}\n"
+                f"ray names: {[n for n in names if 'lrctl' in n]}\n"
+                f"raw: {raw}"
+            ) from None
         time.sleep(2 * SCRAPE_S)  # one more rule evaluation and scrape on the settled state
         yield result
 
@@ -370,13 +432,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # -- the dashboard's queries on the live data --------------------------------------------------
 
 
-@pytest.mark.parametrize("selection", [pytest.param([JOB, IDLE], id="both"),
-                                       pytest.param([JOB], id="one"),
-                                       pytest.param(None, id="all")])
-@pytest.mark.parametrize("title", ["Learning rate by job and param group",
-                                   "Learning rate by job and param group (linear)"])
-def test_lr_panels_return_each_job_and_group(stack: Stack, title: str,
-                                             selection: list[str] | None) -> None:
+@pytest.mark.parametrize(
+    "selection",
+    [
+        pytest.param([JOB, IDLE], id="both"),
+        pytest.param([JOB], id="one"),
+        pytest.param(None, id="all"),
+    ],
+)
+@pytest.mark.parametrize(
+    "title",
+    ["Learning rate by job and param group", "Learning rate by job and param group (linear)"],
+)
+def test_lr_panels_return_each_job_and_group(
+    stack: Stack, title: str, selection: list[str] | None
+) -> None:
     (target,) = panel_targets(title)
     series = stack.prometheus.range(substitute(target["expr"], selection), stack.started)
     got = {(s["metric"]["job_id"], s["metric"]["param_group"]): last_finite(s) for s in series}
@@ -396,12 +466,15 @@ def test_current_state_stat_panels(stack: Stack) -> None:
     def stat(title: str, *labels: str) -> dict[tuple[str, ...], float]:
         (target,) = panel_targets(title)
         assert target["instant"] is True
-        return by_labels(stack.prometheus.instant(substitute(target["expr"], [JOB, IDLE])),
-                         *labels)
+        return by_labels(stack.prometheus.instant(substitute(target["expr"], [JOB, IDLE])), *labels)
 
     lrs = stat("Current LR", "job_id", "param_group")
-    assert lrs == pytest.approx({**{(JOB, g): v for g, v in EXPECTED.items()},
-                                 **{(IDLE, g): v for g, v in IDLE_EXPECTED.items()}})
+    assert lrs == pytest.approx(
+        {
+            **{(JOB, g): v for g, v in EXPECTED.items()},
+            **{(IDLE, g): v for g, v in IDLE_EXPECTED.items()},
+        }
+    )
     assert stat("Step", "job_id") == {(JOB,): stack.step, (IDLE,): -1}
     # Versions: creation 1, then one per override.
     assert stat("Schedule version", "job_id") == {(JOB,): 3, (IDLE,): 2}
@@ -413,8 +486,9 @@ def test_current_state_stat_panels(stack: Stack) -> None:
 def test_annotations_are_one_point_per_override_with_its_reason(stack: Stack) -> None:
     (annotation,) = [a for a in dashboard()["annotations"]["list"] if a["name"] == "Overrides"]
     for selection in ([JOB], [JOB, IDLE]):
-        series = stack.prometheus.range(substitute(annotation["target"]["expr"], selection),
-                                        stack.started)
+        series = stack.prometheus.range(
+            substitute(annotation["target"]["expr"], selection), stack.started
+        )
         # Grafana with useValueForTime: each series' value is its event time; a series whose
         # values are all equal is exactly one annotation.
         points = {}
@@ -445,8 +519,10 @@ def test_per_rank_applied_lr_reads_back_through_prometheus(stack: Stack) -> None
     # Scraped from Ray's metrics agent, found through Ray's service-discovery file.
     targets = stack.prometheus.get("/api/v1/targets")["activeTargets"]
     ray_up = [t for t in targets if t["labels"]["job"] == "ray" and t["health"] == "up"]
-    assert ray_up and all(t["discoveredLabels"]["__meta_filepath"].endswith(
-        "prom_metrics_service_discovery.json") for t in ray_up)
+    assert ray_up and all(
+        t["discoveredLabels"]["__meta_filepath"].endswith("prom_metrics_service_discovery.json")
+        for t in ray_up
+    )
     lrctl_up = [t for t in targets if t["labels"]["job"] == "lrctl"]
     assert [t["health"] for t in lrctl_up] == ["up"]
 
@@ -471,8 +547,9 @@ def test_every_dashboard_query_runs_and_returns_data(stack: Stack) -> None:
     assert checked >= 20
     variable = next(v for v in model["templating"]["list"] if v["name"] == "job_id")
     assert variable["query"]["query"] == "label_values(lrctl_schedule_version, job_id)"
-    values = stack.prometheus.get("/api/v1/label/job_id/values",
-                                  **{"match[]": "lrctl_schedule_version"})
+    values = stack.prometheus.get(
+        "/api/v1/label/job_id/values", **{"match[]": "lrctl_schedule_version"}
+    )
     assert {JOB, IDLE} <= set(values)
 
 
@@ -487,8 +564,9 @@ def test_panels_that_answer_operational_questions(stack: Stack) -> None:
     assert streams[(IDLE,)] == 0 and streams[(JOB,)] >= 1  # 1 per job, or 1 per rank
     divergences = values("Pending overrides and divergences", "B", "job_id")
     assert divergences == {(JOB,): 0, (IDLE,): 0}
-    ops = stack.prometheus.instant(substitute(
-        "sum by (job_id, op) (lrctl_overrides_total{job_id=~\"$job_id\"})", [JOB, IDLE]))
+    ops = stack.prometheus.instant(
+        substitute('sum by (job_id, op) (lrctl_overrides_total{job_id=~"$job_id"})', [JOB, IDLE])
+    )
     assert by_labels(ops, "job_id", "op") == {(JOB, "scale"): 2, (IDLE, "clear"): 1}
     errors = values("RPC errors by code", "A", "grpc_method", "grpc_code")
     assert ("GetJob", "NOT_FOUND") in errors, errors
@@ -502,9 +580,12 @@ def test_rules_load_and_evaluate_on_live_data(stack: Stack) -> None:
     assert names == {"lrctl.records", "lrctl.alerts"}
     rules = [r for g in groups for r in g["rules"]]
     assert rules and all(r["health"] == "ok" for r in rules), [
-        (r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
-    recorded = by_labels(stack.prometheus.instant(
-        f'job_id_param_group:lrctl_learning_rate:max{{job_id="{JOB}"}}'), "param_group")
+        (r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"
+    ]
+    recorded = by_labels(
+        stack.prometheus.instant(f'job_id_param_group:lrctl_learning_rate:max{{job_id="{JOB}"}}'),
+        "param_group",
+    )
     assert recorded == pytest.approx({(g,): lr for g, lr in EXPECTED.items()})
     firing = [r["name"] for r in rules if r.get("type") == "alerting" and r["state"] == "firing"]
     assert firing == []

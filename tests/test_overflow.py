@@ -27,42 +27,70 @@ from tests.torch_ref import lr_rows
 BASE = [0.1, 0.05]
 
 
-def torch_rows(make: Callable[[torch.optim.Optimizer], Any], base: list[float],
-               steps: int) -> list[list[float]]:
+def torch_rows(
+    make: Callable[[torch.optim.Optimizer], Any], base: list[float], steps: int
+) -> list[list[float]]:
     """Rows of torch's ``get_last_lr()``; group 1 holds a float64 tensor LR."""
-    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))],
-               "lr": torch.tensor(b, dtype=torch.float64) if i == 1 else b}
-              for i, b in enumerate(base)]
+    groups = [
+        {
+            "params": [torch.nn.Parameter(torch.zeros(1))],
+            "lr": torch.tensor(b, dtype=torch.float64) if i == 1 else b,
+        }
+        for i, b in enumerate(base)
+    ]
     opt = torch.optim.SGD(groups, lr=0.001)
     return lr_rows(make(opt), opt, steps)
 
 
 # spec, the same scheduler in torch, rows: long enough to leave the float range.
 PAST_THE_RANGE = [
-    pytest.param("ExponentialLR(gamma=1.5)", lambda o: lr_scheduler.ExponentialLR(o, 1.5),
-                 2000, id="exponential-grows-to-inf"),
-    pytest.param("ExponentialLR(gamma=0.5)", lambda o: lr_scheduler.ExponentialLR(o, 0.5),
-                 1200, id="exponential-shrinks-to-zero"),
-    pytest.param("StepLR(step_size=3, gamma=2.0)", lambda o: lr_scheduler.StepLR(o, 3, 2.0),
-                 3200, id="step-grows-to-inf"),
-    pytest.param("MultiplicativeLR(lr_lambda='1.5')",
-                 lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 1.5), 2000,
-                 id="multiplicative-grows-to-inf"),
-    pytest.param("MultiplicativeLR(lr_lambda='1.01 if epoch < 100 else 1.5')",
-                 lambda o: lr_scheduler.MultiplicativeLR(
-                     o, lambda e: 1.01 if e < 100 else 1.5), 2000,
-                 id="multiplicative-piecewise-to-inf"),
-    pytest.param("ChainedScheduler(schedulers=[ExponentialLR(gamma=1.5), "
-                 "StepLR(step_size=100, gamma=2.0)])",
-                 lambda o: lr_scheduler.ChainedScheduler(
-                     [lr_scheduler.ExponentialLR(o, 1.5), lr_scheduler.StepLR(o, 100, 2.0)]),
-                 1800, id="chained-grows-to-inf"),
-    pytest.param("SequentialLR(schedulers=[ConstantLR(factor=0.5, total_iters=10), "
-                 "ExponentialLR(gamma=1.5)], milestones=[100])",
-                 lambda o: lr_scheduler.SequentialLR(
-                     o, [lr_scheduler.ConstantLR(o, 0.5, 10), lr_scheduler.ExponentialLR(o, 1.5)],
-                     [100]),
-                 2000, id="sequential-grows-to-inf"),
+    pytest.param(
+        "ExponentialLR(gamma=1.5)",
+        lambda o: lr_scheduler.ExponentialLR(o, 1.5),
+        2000,
+        id="exponential-grows-to-inf",
+    ),
+    pytest.param(
+        "ExponentialLR(gamma=0.5)",
+        lambda o: lr_scheduler.ExponentialLR(o, 0.5),
+        1200,
+        id="exponential-shrinks-to-zero",
+    ),
+    pytest.param(
+        "StepLR(step_size=3, gamma=2.0)",
+        lambda o: lr_scheduler.StepLR(o, 3, 2.0),
+        3200,
+        id="step-grows-to-inf",
+    ),
+    pytest.param(
+        "MultiplicativeLR(lr_lambda='1.5')",
+        lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 1.5),
+        2000,
+        id="multiplicative-grows-to-inf",
+    ),
+    pytest.param(
+        "MultiplicativeLR(lr_lambda='1.01 if epoch < 100 else 1.5')",
+        lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 1.01 if e < 100 else 1.5),
+        2000,
+        id="multiplicative-piecewise-to-inf",
+    ),
+    pytest.param(
+        "ChainedScheduler(schedulers=[ExponentialLR(gamma=1.5), StepLR(step_size=100, gamma=2.0)])",
+        lambda o: lr_scheduler.ChainedScheduler(
+            [lr_scheduler.ExponentialLR(o, 1.5), lr_scheduler.StepLR(o, 100, 2.0)]
+        ),
+        1800,
+        id="chained-grows-to-inf",
+    ),
+    pytest.param(
+        "SequentialLR(schedulers=[ConstantLR(factor=0.5, total_iters=10), "
+        "ExponentialLR(gamma=1.5)], milestones=[100])",
+        lambda o: lr_scheduler.SequentialLR(
+            o, [lr_scheduler.ConstantLR(o, 0.5, 10), lr_scheduler.ExponentialLR(o, 1.5)], [100]
+        ),
+        2000,
+        id="sequential-grows-to-inf",
+    ),
 ]
 
 
@@ -74,25 +102,35 @@ def test_same_values_as_torch_past_the_float_range(spec: str, make: Any, steps: 
     assert_rows_close(ours, theirs, spec)
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    pytest.param("ExponentialLR(gamma=1.5)", math.inf, id="exponential-inf"),
-    pytest.param("ExponentialLR(gamma=0.5)", 0.0, id="exponential-zero"),
-    pytest.param("StepLR(step_size=1, gamma=1e300)", math.inf, id="step-inf"),
-    pytest.param("MultiStepLR(milestones=[1, 1, 1], gamma=1e200)", math.inf,
-                 id="multistep-repeated-milestone-inf"),
-    pytest.param("MultiplicativeLR(lr_lambda='1.5')", math.inf, id="multiplicative-inf"),
-    pytest.param("LambdaLR(lr_lambda='10 ** epoch')", math.inf, id="lambda-int-power-inf"),
-    pytest.param("LambdaLR(lr_lambda='exp(epoch)')", math.inf, id="lambda-exp-inf"),
-    pytest.param("LambdaLR(lr_lambda='2.0 ** epoch')", math.inf, id="lambda-float-power-inf"),
-    pytest.param("LambdaLR(lr_lambda='0.5 ** epoch')", 0.0, id="lambda-zero"),
-    pytest.param("CyclicLR(base_lr=0.0, max_lr=0.1, step_size_up=7, mode='exp_range', "
-                 "gamma=1.5, cycle_momentum=False)", math.inf, id="cyclic-exp-range-inf"),
-    pytest.param("PolynomialLR(total_iters=1000000000000, power=1e300)", 0.0,
-                 id="polynomial-zero"),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        pytest.param("ExponentialLR(gamma=1.5)", math.inf, id="exponential-inf"),
+        pytest.param("ExponentialLR(gamma=0.5)", 0.0, id="exponential-zero"),
+        pytest.param("StepLR(step_size=1, gamma=1e300)", math.inf, id="step-inf"),
+        pytest.param(
+            "MultiStepLR(milestones=[1, 1, 1], gamma=1e200)",
+            math.inf,
+            id="multistep-repeated-milestone-inf",
+        ),
+        pytest.param("MultiplicativeLR(lr_lambda='1.5')", math.inf, id="multiplicative-inf"),
+        pytest.param("LambdaLR(lr_lambda='10 ** epoch')", math.inf, id="lambda-int-power-inf"),
+        pytest.param("LambdaLR(lr_lambda='exp(epoch)')", math.inf, id="lambda-exp-inf"),
+        pytest.param("LambdaLR(lr_lambda='2.0 ** epoch')", math.inf, id="lambda-float-power-inf"),
+        pytest.param("LambdaLR(lr_lambda='0.5 ** epoch')", 0.0, id="lambda-zero"),
+        pytest.param(
+            "CyclicLR(base_lr=0.0, max_lr=0.1, step_size_up=7, mode='exp_range', "
+            "gamma=1.5, cycle_momentum=False)",
+            math.inf,
+            id="cyclic-exp-range-inf",
+        ),
+        pytest.param(
+            "PolynomialLR(total_iters=1000000000000, power=1e300)", 0.0, id="polynomial-zero"
+        ),
+    ],
+)
 @pytest.mark.parametrize("step", [5_000, 1_000_003])
-def test_far_steps_give_inf_or_zero_without_raising(spec: str, expected: float,
-                                                    step: int) -> None:
+def test_far_steps_give_inf_or_zero_without_raising(spec: str, expected: float, step: int) -> None:
     assert LRProgram(spec, BASE).lrs(step) == [expected, expected]
 
 
@@ -112,8 +150,11 @@ def test_zero_base_lr_stays_zero_as_in_torch() -> None:
 
 def test_triangular2_amplitude_underflows_to_base_lr() -> None:
     # 1 / 2 ** (cycle - 1) past cycle 1,025: torch raises OverflowError; the amplitude is 0.
-    program = LRProgram("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=5, "
-                        "mode='triangular2', cycle_momentum=False)", BASE)
+    program = LRProgram(
+        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=5, "
+        "mode='triangular2', cycle_momentum=False)",
+        BASE,
+    )
     assert program.lrs(10**6 + 5) == [0.001, 0.001]
 
 
@@ -123,23 +164,26 @@ def test_repeated_scales_overflow_to_inf() -> None:
     assert program.lrs(2) == pytest.approx([0.1 * 1.5**2 * 1e300, 0.05 * 1.5**2 * 1e300])
     assert program.lrs(3) == [math.inf, math.inf]
     assert program.lrs(10**6) == [math.inf, math.inf]
-    held = LRProgram("StepLR(step_size=10)", BASE,
-                     [Event(2, Op.SET, 1e6, effective_step=1), *events])
+    held = LRProgram(
+        "StepLR(step_size=10)", BASE, [Event(2, Op.SET, 1e6, effective_step=1), *events]
+    )
     assert held.lrs(10**9) == [math.inf, math.inf]
 
 
-@pytest.mark.parametrize(("text", "epoch", "expected"), [
-    pytest.param("10 ** epoch", 400, math.inf, id="int-power"),
-    pytest.param("exp(epoch)", 1000, math.inf, id="exp"),
-    pytest.param("2.0 ** epoch", 5000, math.inf, id="float-power"),
-    pytest.param("pow(1.5, epoch)", 5000, math.inf, id="pow"),
-    pytest.param("1e15 * 1e15 ** (epoch / 20)", 400, math.inf, id="float-mult"),
-    pytest.param("floor(exp(epoch))", 1000, math.inf, id="floor-of-inf"),
-    pytest.param("1 / exp(epoch)", 1000, 0.0, id="reciprocal-underflow"),
-    pytest.param("0.5 ** epoch", 5000, 0.0, id="underflow"),
-])
-def test_expression_overflow_is_inf_not_an_error(text: str, epoch: int,
-                                                  expected: float) -> None:
+@pytest.mark.parametrize(
+    ("text", "epoch", "expected"),
+    [
+        pytest.param("10 ** epoch", 400, math.inf, id="int-power"),
+        pytest.param("exp(epoch)", 1000, math.inf, id="exp"),
+        pytest.param("2.0 ** epoch", 5000, math.inf, id="float-power"),
+        pytest.param("pow(1.5, epoch)", 5000, math.inf, id="pow"),
+        pytest.param("1e15 * 1e15 ** (epoch / 20)", 400, math.inf, id="float-mult"),
+        pytest.param("floor(exp(epoch))", 1000, math.inf, id="floor-of-inf"),
+        pytest.param("1 / exp(epoch)", 1000, 0.0, id="reciprocal-underflow"),
+        pytest.param("0.5 ** epoch", 5000, 0.0, id="underflow"),
+    ],
+)
+def test_expression_overflow_is_inf_not_an_error(text: str, epoch: int, expected: float) -> None:
     assert compile_expression(text)(epoch) == expected
 
 
@@ -159,25 +203,49 @@ def test_no_raw_power_or_exp_left_in_the_evaluation_code() -> None:
     files = [*root.glob("schedules/*.py"), *root.glob("expressions/*.py"), root / "program.py"]
     files = [f for f in files if f.name != "_grammar.py"]
     # Also the functions that raise ValueError at an infinite argument (cos(inf)).
-    banned = {"exp", "pow", "ldexp", "expm1", "cosh", "sinh", "gamma", "factorial",
-              "cos", "sin", "tan", "sqrt"}
+    banned = {
+        "exp",
+        "pow",
+        "ldexp",
+        "expm1",
+        "cosh",
+        "sinh",
+        "gamma",
+        "factorial",
+        "cos",
+        "sin",
+        "tan",
+        "sqrt",
+    }
     found = []
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
                 found.append(f"{path.name}:{node.lineno}: **")
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                    and node.value.id == "math" and node.attr in banned):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "math"
+                and node.attr in banned
+            ):
                 found.append(f"{path.name}:{node.lineno}: math.{node.attr}")
     assert not found, found
 
 
-@pytest.mark.parametrize("spec", [
-    pytest.param("WarmupCosineLR(num_warmup_steps=0, num_training_steps=1, num_cycles=1e300)",
-                 id="warmup-cosine"),
-    pytest.param("WarmupStableDecayLR(num_warmup_steps=0, num_decay_steps=1000000000000, "
-                 "num_stable_steps=0, num_cycles=1e308)", id="wsd"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(
+            "WarmupCosineLR(num_warmup_steps=0, num_training_steps=1, num_cycles=1e300)",
+            id="warmup-cosine",
+        ),
+        pytest.param(
+            "WarmupStableDecayLR(num_warmup_steps=0, num_decay_steps=1000000000000, "
+            "num_stable_steps=0, num_cycles=1e308)",
+            id="wsd",
+        ),
+    ],
+)
 def test_cosine_of_an_overflowed_angle_is_nan_not_an_error(spec: str) -> None:
     # num_cycles * progress overflows to inf; math.cos(inf) raises ValueError, IEEE says nan,
     # and HF's max(0.0, factor) then gives 0.0.

@@ -34,8 +34,10 @@ from tests.procs import ROOT, reap
 
 pytestmark = pytest.mark.slow
 
-_LISTENING = re.compile(r"listening on 127\.0\.0\.1:(?P<port>\d+) \(metrics on "
-                        r"127\.0\.0\.1:(?P<metrics>\d+)")
+_LISTENING = re.compile(
+    r"listening on 127\.0\.0\.1:(?P<port>\d+) \(metrics on "
+    r"127\.0\.0\.1:(?P<metrics>\d+)"
+)
 SPEC = "StepLR(step_size=2, gamma=0.5)"
 
 
@@ -46,8 +48,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     for package in ("lrctl", "controller", "worker"):
-        shutil.copytree(ROOT / package, src / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
     dist = tmp_path_factory.mktemp("dist")
     pip(sys.executable, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src))
     [built] = dist.glob("lrctl-*.whl")
@@ -56,23 +59,35 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pip(python: str, *args: str) -> None:
     """Run this environment's pip for ``python`` (which need not have pip of its own)."""
-    cmd = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--python", python,
-           "-q", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--disable-pip-version-check",
+        "--python",
+        python,
+        "-q",
+        *args,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=clean_env())
     assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without anything that would put this checkout on ``sys.path``."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LRCTL_ADDRESS"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LRCTL_ADDRESS"}
+    }
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
 def make_venv(path: Path, wheel: Path, extras: str) -> Path:
     """A fresh environment (no system site-packages) with ``lrctl[extras]`` and its deps."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True,
-                   timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120
+    )
     python = path / "bin" / "python"
     pip(str(python), "install", f"{wheel}[{extras}]" if extras else str(wheel))
     return path / "bin"
@@ -80,19 +95,33 @@ def make_venv(path: Path, wheel: Path, extras: str) -> Path:
 
 def modules(bin_dir: Path, cwd: Path, names: list[str]) -> dict[str, str | None]:
     """Where each module would be imported from in that environment (None: not there)."""
-    code = ("import importlib.util, json, sys\n"
-            "specs = {n: importlib.util.find_spec(n) for n in sys.argv[1:]}\n"
-            "print(json.dumps({n: s and s.origin for n, s in specs.items()}))")
-    done = subprocess.run([str(bin_dir / "python"), "-c", code, *names], cwd=cwd,
-                          capture_output=True, text=True, timeout=60, env=clean_env())
+    code = (
+        "import importlib.util, json, sys\n"
+        "specs = {n: importlib.util.find_spec(n) for n in sys.argv[1:]}\n"
+        "print(json.dumps({n: s and s.origin for n, s in specs.items()}))"
+    )
+    done = subprocess.run(
+        [str(bin_dir / "python"), "-c", code, *names],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+    )
     assert done.returncode == 0, done.stderr
     found: dict[str, str | None] = json.loads(done.stdout)
     return found
 
 
 def lrctl(bin_dir: Path, cwd: Path, address: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(bin_dir / "lrctl"), *argv], cwd=cwd, capture_output=True,
-                          text=True, timeout=60, env=clean_env(LRCTL_ADDRESS=address))
+    return subprocess.run(
+        [str(bin_dir / "lrctl"), *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(LRCTL_ADDRESS=address),
+    )
 
 
 def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -109,8 +138,9 @@ class Lines:
         self.seen: list[str] = []
         assert proc.stdout is not None
         stream = proc.stdout
-        threading.Thread(target=lambda: [self._lines.put(line) for line in stream],
-                         daemon=True).start()
+        threading.Thread(
+            target=lambda: [self._lines.put(line) for line in stream], daemon=True
+        ).start()
 
     def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         deadline = time.monotonic() + timeout
@@ -118,8 +148,9 @@ class Lines:
             try:
                 line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r} in {timeout} s; "
-                                     f"got {self.seen!r}") from None
+                raise AssertionError(
+                    f"no line matching {pattern!r} in {timeout} s; got {self.seen!r}"
+                ) from None
             self.seen.append(line)
             match = re.search(pattern, line)
             if match:
@@ -135,20 +166,48 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 
 def test_controller_only_install_serves_and_its_cli_drives_it(
-        tmp_path: Path, wheel: Path, processes: list[subprocess.Popen[str]]) -> None:
+    tmp_path: Path, wheel: Path, processes: list[subprocess.Popen[str]]
+) -> None:
     bin_dir = make_venv(tmp_path / "venv", wheel, "controller")
     work = tmp_path / "work"
     work.mkdir()
-    where = modules(bin_dir, work, ["torch", "ray", "matplotlib", "lrctl", "controller",
-                                    "prometheus_client", "grpc_health", "grpc_reflection"])
+    where = modules(
+        bin_dir,
+        work,
+        [
+            "torch",
+            "ray",
+            "matplotlib",
+            "lrctl",
+            "controller",
+            "prometheus_client",
+            "grpc_health",
+            "grpc_reflection",
+        ],
+    )
     assert (where["torch"], where["ray"], where["matplotlib"]) == (None, None, None)
     for name in ("lrctl", "controller", "prometheus_client", "grpc_health", "grpc_reflection"):
         assert str(tmp_path / "venv") in (where[name] or ""), (name, where[name])
 
     server = subprocess.Popen(
-        [str(bin_dir / "lrctl"), "serve", "--host", "127.0.0.1", "--port", "0",
-         "--metrics-port", "0", "--db", str(work / "lrctl.db")],
-        cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
+        [
+            str(bin_dir / "lrctl"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--db",
+            str(work / "lrctl.db"),
+        ],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(),
+    )
     processes.append(server)
     listening = Lines(server).wait_for(_LISTENING.pattern)
     address = f"127.0.0.1:{listening['port']}"
@@ -158,11 +217,17 @@ def test_controller_only_install_serves_and_its_cli_drives_it(
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    assert "created job run-1" in ok("job", "create", "run-1", "--schedule", SPEC,
-                                     "--base-lr", "0.1", "--base-lr", "0.01")
-    watch = subprocess.Popen([str(bin_dir / "lrctl"), "watch", "run-1"], cwd=work,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=clean_env(LRCTL_ADDRESS=address))
+    assert "created job run-1" in ok(
+        "job", "create", "run-1", "--schedule", SPEC, "--base-lr", "0.1", "--base-lr", "0.01"
+    )
+    watch = subprocess.Popen(
+        [str(bin_dir / "lrctl"), "watch", "run-1"],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(LRCTL_ADDRESS=address),
+    )
     processes.append(watch)
     lines = Lines(watch)
     lines.wait_for("version=1")
@@ -171,18 +236,24 @@ def test_controller_only_install_serves_and_its_cli_drives_it(
     job = json.loads(ok("job", "get", "run-1", "--json"))
     assert (job["version"], job["lr"]) == (2, [0.05, 0.005])
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{listening['metrics']}/metrics",
-                                timeout=10) as response:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{listening['metrics']}/metrics", timeout=10
+    ) as response:
         exposition = response.read().decode()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(exposition)
-               for s in family.samples}
-    assert samples[("lrctl_learning_rate",
-                    (("job_id", "run-1"), ("param_group", "0")))] == pytest.approx(0.05)
-    assert samples[("lrctl_learning_rate",
-                    (("job_id", "run-1"), ("param_group", "1")))] == pytest.approx(0.005)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+    assert samples[
+        ("lrctl_learning_rate", (("job_id", "run-1"), ("param_group", "0")))
+    ] == pytest.approx(0.05)
+    assert samples[
+        ("lrctl_learning_rate", (("job_id", "run-1"), ("param_group", "1")))
+    ] == pytest.approx(0.005)
     # Every series the Grafana dashboard reads from the controller is there (docs/operations.md).
     from tests.test_dashboard import controller_metric_names
+
     missing = controller_metric_names() - {name for name, _ in samples}
     assert not missing, f"the dashboard queries {sorted(missing)}, not exported"
 
@@ -193,41 +264,95 @@ def test_controller_only_install_serves_and_its_cli_drives_it(
 
 
 def test_base_install_is_the_client_and_names_each_missing_extra(
-        tmp_path: Path, wheel: Path, running_server: RunningServer) -> None:
+    tmp_path: Path, wheel: Path, running_server: RunningServer
+) -> None:
     bin_dir = make_venv(tmp_path / "venv", wheel, "")
     work = tmp_path / "work"
     work.mkdir()
-    where = modules(bin_dir, work, ["grpc", "google.protobuf", "prometheus_client",
-                                    "grpc_health", "torch", "ray", "matplotlib"])
+    where = modules(
+        bin_dir,
+        work,
+        [
+            "grpc",
+            "google.protobuf",
+            "prometheus_client",
+            "grpc_health",
+            "torch",
+            "ray",
+            "matplotlib",
+        ],
+    )
     assert where["grpc"] and where["google.protobuf"]
-    assert [n for n, origin in where.items() if origin and n not in {"grpc", "google.protobuf"}
-            ] == []
+    assert [
+        n for n, origin in where.items() if origin and n not in {"grpc", "google.protobuf"}
+    ] == []
     address = running_server.address
 
     # The client commands need nothing more than grpcio and protobuf.
-    created = lrctl(bin_dir, work, address, "job", "create", "run-1", "--schedule", SPEC,
-                    "--base-lr", "0.1")
+    created = lrctl(
+        bin_dir, work, address, "job", "create", "run-1", "--schedule", SPEC, "--base-lr", "0.1"
+    )
     assert created.returncode == 0, created.stderr
     got = lrctl(bin_dir, work, address, "job", "get", "run-1", "--json")
     assert got.returncode == 0 and json.loads(got.stdout)["lr"] == [0.1], got.stderr
-    rows = lrctl(bin_dir, work, address, "preview", SPEC, "--base-lr", "0.1", "--steps", "3",
-                 "--format", "json")
+    rows = lrctl(
+        bin_dir,
+        work,
+        address,
+        "preview",
+        SPEC,
+        "--base-lr",
+        "0.1",
+        "--steps",
+        "3",
+        "--format",
+        "json",
+    )
     assert json.loads(rows.stdout) == {"lr": [[0.1], [0.1], [0.05]]}, rows.stderr
 
     # What needs an extra says which, in one line.
-    serve = lrctl(bin_dir, work, address, "serve", "--port", "0", "--metrics-port", "0",
-                  "--db", str(work / "x.db"))
+    serve = lrctl(
+        bin_dir,
+        work,
+        address,
+        "serve",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--db",
+        str(work / "x.db"),
+    )
     assert serve.returncode == 1
     assert "pip install 'lrctl[controller]'" in one_error_line(serve)
     assert not (work / "x.db").exists()
-    png = lrctl(bin_dir, work, address, "preview", SPEC, "--base-lr", "0.1", "--steps", "3",
-                "--format", "png", "--out", str(work / "x.png"))
+    png = lrctl(
+        bin_dir,
+        work,
+        address,
+        "preview",
+        SPEC,
+        "--base-lr",
+        "0.1",
+        "--steps",
+        "3",
+        "--format",
+        "png",
+        "--out",
+        str(work / "x.png"),
+    )
     assert png.returncode == 1
     assert "pip install 'lrctl[plot]'" in one_error_line(png)
-    worker = subprocess.run([str(bin_dir / "python"), "-c", "from worker import RemoteLRScheduler"],
-                            cwd=work, capture_output=True, text=True, timeout=60,
-                            env=clean_env())
+    worker = subprocess.run(
+        [str(bin_dir / "python"), "-c", "from worker import RemoteLRScheduler"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+    )
     assert worker.returncode == 1
     assert worker.stderr.strip().splitlines()[-1] == (
         "ModuleNotFoundError: lrctl's worker (RemoteLRScheduler) needs the [worker] extra: "
-        "pip install 'lrctl[worker]' (no module named 'torch')")
+        "pip install 'lrctl[worker]' (no module named 'torch')"
+    )

@@ -29,26 +29,33 @@ BASE = [0.1, 0.05]
 STEPS = 1000
 
 
-def assert_rows_close(ours: list[list[float]], theirs: list[list[float]], what: str,
-                      rel: float = REL) -> None:
+def assert_rows_close(
+    ours: list[list[float]], theirs: list[list[float]], what: str, rel: float = REL
+) -> None:
     assert len(ours) == len(theirs)
     for t, (a_row, b_row) in enumerate(zip(ours, theirs)):
         for g, (a, b) in enumerate(zip(a_row, b_row)):
             if not math.isclose(a, b, rel_tol=rel, abs_tol=ABS):
                 raise AssertionError(
                     f"{what}: step {t} group {g}: lrctl {a!r} != torch {b!r} "
-                    f"(rel {abs(a - b) / max(abs(b), 1e-300):.3g})")
+                    f"(rel {abs(a - b) / max(abs(b), 1e-300):.3g})"
+                )
 
 
 CASES = [
     pytest.param("LambdaLR(lr_lambda='0.95 ** epoch')", id="lambda-exp"),
-    pytest.param("LambdaLR(lr_lambda='0.5 if epoch < 40 else 0.5 ** 2 if epoch < 70 "
-                 "else 0.5 ** 3')", id="lambda-piecewise"),
-    pytest.param("LambdaLR(lr_lambda=['min(1.0, (epoch + 1) / 10)', '1 / sqrt(max(step, 1))'])",
-                 id="lambda-per-group"),
+    pytest.param(
+        "LambdaLR(lr_lambda='0.5 if epoch < 40 else 0.5 ** 2 if epoch < 70 else 0.5 ** 3')",
+        id="lambda-piecewise",
+    ),
+    pytest.param(
+        "LambdaLR(lr_lambda=['min(1.0, (epoch + 1) / 10)', '1 / sqrt(max(step, 1))'])",
+        id="lambda-per-group",
+    ),
     pytest.param("MultiplicativeLR(lr_lambda='0.999 if epoch < 100 else 0.99')", id="mult"),
-    pytest.param("MultiplicativeLR(lr_lambda=['0.99', '1.0 - 0.0005 * (epoch % 7)'])",
-                 id="mult-per-group"),
+    pytest.param(
+        "MultiplicativeLR(lr_lambda=['0.99', '1.0 - 0.0005 * (epoch % 7)'])", id="mult-per-group"
+    ),
     pytest.param("StepLR(step_size=200, gamma=0.5)", id="step-seed"),
     pytest.param("StepLR(step_size=7)", id="step-default-gamma"),
     pytest.param("MultiStepLR(milestones=[200, 350], gamma=0.5)", id="multistep-seed"),
@@ -63,54 +70,99 @@ CASES = [
     pytest.param("PolynomialLR(total_iters=300, power=0.5)", id="poly-sqrt"),
     pytest.param("CosineAnnealingLR(T_max=100, eta_min=0.001)", id="cosine"),
     pytest.param("CosineAnnealingLR(T_max=7)", id="cosine-short"),
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, step_size_down=100)",
-                 id="cyclic-triangular"),
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
-                 id="cyclic-triangular2"),
-    pytest.param("CyclicLR(base_lr=[0.001, 0.002], max_lr=[0.1, 0.05], step_size_up=30, "
-                 "mode='exp_range', gamma=0.999)", id="cyclic-exp-range"),
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=20, "
-                 "scale_fn='0.5 ** (epoch - 1)', scale_mode='cycle')", id="cyclic-scale-fn-cycle"),
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=20, "
-                 "scale_fn='1 / (1 + 0.001 * epoch)', scale_mode='iterations', "
-                 "base_momentum=0.7, max_momentum=[0.95, 0.9])", id="cyclic-scale-fn-iterations"),
-    pytest.param("CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=10, cycle_momentum=False)",
-                 id="cyclic-no-momentum"),
+    pytest.param(
+        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, step_size_down=100)",
+        id="cyclic-triangular",
+    ),
+    pytest.param(
+        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
+        id="cyclic-triangular2",
+    ),
+    pytest.param(
+        "CyclicLR(base_lr=[0.001, 0.002], max_lr=[0.1, 0.05], step_size_up=30, "
+        "mode='exp_range', gamma=0.999)",
+        id="cyclic-exp-range",
+    ),
+    pytest.param(
+        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=20, "
+        "scale_fn='0.5 ** (epoch - 1)', scale_mode='cycle')",
+        id="cyclic-scale-fn-cycle",
+    ),
+    pytest.param(
+        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=20, "
+        "scale_fn='1 / (1 + 0.001 * epoch)', scale_mode='iterations', "
+        "base_momentum=0.7, max_momentum=[0.95, 0.9])",
+        id="cyclic-scale-fn-iterations",
+    ),
+    pytest.param(
+        "CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=10, cycle_momentum=False)",
+        id="cyclic-no-momentum",
+    ),
     # torch's own test_lrscheduler cycles momentum between 1 and 5 (and up to 22): any
     # finite momentum is the optimizer's business, not the scheduler's.
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=40, base_momentum=1, "
-                 "max_momentum=5)", id="cyclic-momentum-1-to-5"),
-    pytest.param("OneCycleLR(max_lr=0.1, total_steps=1000, base_momentum=1, max_momentum=22)",
-                 id="onecycle-momentum-1-to-22"),
-    pytest.param("CosineAnnealingWarmRestarts(T_0=50, T_mult=2, eta_min=0.001)",
-                 id="warm-restarts-seed"),
+    pytest.param(
+        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=40, base_momentum=1, max_momentum=5)",
+        id="cyclic-momentum-1-to-5",
+    ),
+    pytest.param(
+        "OneCycleLR(max_lr=0.1, total_steps=1000, base_momentum=1, max_momentum=22)",
+        id="onecycle-momentum-1-to-22",
+    ),
+    pytest.param(
+        "CosineAnnealingWarmRestarts(T_0=50, T_mult=2, eta_min=0.001)", id="warm-restarts-seed"
+    ),
     pytest.param("CosineAnnealingWarmRestarts(T_0=13)", id="warm-restarts-mult1"),
     pytest.param("OneCycleLR(max_lr=0.1, total_steps=1000)", id="onecycle"),
-    pytest.param("OneCycleLR(max_lr=[0.1, 0.3], total_steps=1200, anneal_strategy='linear', "
-                 "pct_start=0.25)", id="onecycle-linear"),
-    pytest.param("OneCycleLR(max_lr=0.1, epochs=10, steps_per_epoch=100, three_phase=True, "
-                 "div_factor=10.0, final_div_factor=100.0)", id="onecycle-three-phase"),
-    pytest.param("SequentialLR(schedulers=[LinearLR(start_factor=0.1, total_iters=5), "
-                 "CosineAnnealingLR(T_max=95)], milestones=[5])", id="sequential-design"),
-    pytest.param("SequentialLR(schedulers=[ConstantLR(factor=0.1, total_iters=10), "
-                 "ExponentialLR(gamma=0.99), StepLR(step_size=50, gamma=0.5)], "
-                 "milestones=[20, 300])", id="sequential-three"),
-    pytest.param("SequentialLR(schedulers=[LinearLR(start_factor=0.5, total_iters=10), "
-                 "CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=25)], milestones=[40])",
-                 id="sequential-cyclic"),
-    pytest.param("SequentialLR(schedulers=[LambdaLR(lr_lambda='0.95 ** epoch'), "
-                 "CosineAnnealingWarmRestarts(T_0=30)], milestones=[60])",
-                 id="sequential-restarts"),
-    pytest.param("ChainedScheduler(schedulers=[ConstantLR(factor=0.1, total_iters=2), "
-                 "ExponentialLR(gamma=0.99)])", id="chained-torch-doc"),
-    pytest.param("ChainedScheduler(schedulers=[CosineAnnealingLR(T_max=50, eta_min=0.001), "
-                 "StepLR(step_size=120, gamma=0.5), LinearLR(start_factor=0.2, total_iters=9)])",
-                 id="chained-cosine-step-linear"),
-    pytest.param("ChainedScheduler(schedulers=[MultiStepLR(milestones=[100, 400]), "
-                 "LambdaLR(lr_lambda='0.95 ** epoch'), ExponentialLR(gamma=0.999)])",
-                 id="chained-lambda-middle"),
-    pytest.param("ChainedScheduler(schedulers=[MultiplicativeLR(lr_lambda='0.99'), "
-                 "PolynomialLR(total_iters=800, power=1.5)])", id="chained-mult-poly"),
+    pytest.param(
+        "OneCycleLR(max_lr=[0.1, 0.3], total_steps=1200, anneal_strategy='linear', pct_start=0.25)",
+        id="onecycle-linear",
+    ),
+    pytest.param(
+        "OneCycleLR(max_lr=0.1, epochs=10, steps_per_epoch=100, three_phase=True, "
+        "div_factor=10.0, final_div_factor=100.0)",
+        id="onecycle-three-phase",
+    ),
+    pytest.param(
+        "SequentialLR(schedulers=[LinearLR(start_factor=0.1, total_iters=5), "
+        "CosineAnnealingLR(T_max=95)], milestones=[5])",
+        id="sequential-design",
+    ),
+    pytest.param(
+        "SequentialLR(schedulers=[ConstantLR(factor=0.1, total_iters=10), "
+        "ExponentialLR(gamma=0.99), StepLR(step_size=50, gamma=0.5)], "
+        "milestones=[20, 300])",
+        id="sequential-three",
+    ),
+    pytest.param(
+        "SequentialLR(schedulers=[LinearLR(start_factor=0.5, total_iters=10), "
+        "CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=25)], milestones=[40])",
+        id="sequential-cyclic",
+    ),
+    pytest.param(
+        "SequentialLR(schedulers=[LambdaLR(lr_lambda='0.95 ** epoch'), "
+        "CosineAnnealingWarmRestarts(T_0=30)], milestones=[60])",
+        id="sequential-restarts",
+    ),
+    pytest.param(
+        "ChainedScheduler(schedulers=[ConstantLR(factor=0.1, total_iters=2), "
+        "ExponentialLR(gamma=0.99)])",
+        id="chained-torch-doc",
+    ),
+    pytest.param(
+        "ChainedScheduler(schedulers=[CosineAnnealingLR(T_max=50, eta_min=0.001), "
+        "StepLR(step_size=120, gamma=0.5), LinearLR(start_factor=0.2, total_iters=9)])",
+        id="chained-cosine-step-linear",
+    ),
+    pytest.param(
+        "ChainedScheduler(schedulers=[MultiStepLR(milestones=[100, 400]), "
+        "LambdaLR(lr_lambda='0.95 ** epoch'), ExponentialLR(gamma=0.999)])",
+        id="chained-lambda-middle",
+    ),
+    pytest.param(
+        "ChainedScheduler(schedulers=[MultiplicativeLR(lr_lambda='0.99'), "
+        "PolynomialLR(total_iters=800, power=1.5)])",
+        id="chained-mult-poly",
+    ),
 ]
 
 
@@ -126,24 +178,39 @@ def test_matches_torch(spec: str) -> None:
         assert_rows_close(momenta, their_momenta, spec + " momentum")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("spec", [
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=40)", id="cyclic"),
-    pytest.param("OneCycleLR(max_lr=0.01, total_steps=1000, three_phase=True)", id="onecycle"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=40)", id="cyclic"),
+        pytest.param("OneCycleLR(max_lr=0.01, total_steps=1000, three_phase=True)", id="onecycle"),
+    ],
+)
 def test_momentum_cycles_adam_beta1(spec: str) -> None:
     theirs, their_betas = torch_rows(spec, BASE, STEPS, kind="adam")
     program = LRProgram(spec, BASE)
     assert_rows_close(program.rows(STEPS), theirs, spec)
-    assert_rows_close([program.momenta(t) for t in range(STEPS)],  # type: ignore[misc]
-                      their_betas, spec + " beta1")
+    assert_rows_close(
+        [program.momenta(t) for t in range(STEPS)],  # type: ignore[misc]
+        their_betas,
+        spec + " beta1",
+    )
 
 
-@pytest.mark.parametrize("spec", [
-    pytest.param("CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=10, cycle_momentum=False, "
-                 "base_momentum=5, max_momentum=[1, 2, 3])", id="cyclic"),
-    pytest.param("OneCycleLR(max_lr=0.1, total_steps=1000, cycle_momentum=False, "
-                 "base_momentum=22, max_momentum=-1)", id="onecycle"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(
+            "CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=10, cycle_momentum=False, "
+            "base_momentum=5, max_momentum=[1, 2, 3])",
+            id="cyclic",
+        ),
+        pytest.param(
+            "OneCycleLR(max_lr=0.1, total_steps=1000, cycle_momentum=False, "
+            "base_momentum=22, max_momentum=-1)",
+            id="onecycle",
+        ),
+    ],
+)
 def test_momentum_arguments_are_ignored_without_cycle_momentum(spec: str) -> None:
     # torch never reads base_momentum/max_momentum when cycle_momentum=False (not even
     # their count), and leaves the optimizer's momentum alone.
@@ -156,9 +223,11 @@ def test_momentum_arguments_are_ignored_without_cycle_momentum(spec: str) -> Non
 
 def test_any_step_without_replay_matches_sequential() -> None:
     # Random access (controller) equals forward stepping (worker) for the cached recurrences.
-    for spec in ("MultiplicativeLR(lr_lambda='0.999 if epoch < 100 else 0.99')",
-                 "ChainedScheduler(schedulers=[CosineAnnealingLR(T_max=50), "
-                 "StepLR(step_size=120, gamma=0.5)])"):
+    for spec in (
+        "MultiplicativeLR(lr_lambda='0.999 if epoch < 100 else 0.99')",
+        "ChainedScheduler(schedulers=[CosineAnnealingLR(T_max=50), "
+        "StepLR(step_size=120, gamma=0.5)])",
+    ):
         forward = LRProgram(spec, BASE).rows(2000)
         jumping = LRProgram(spec, BASE)
         for t in (1999, 3, 1500, 0, 700, 701, 256, 255, 1024):
@@ -173,9 +242,24 @@ gammas = st.floats(0.5, 1.0)
 
 @st.composite
 def random_specs(draw: st.DrawFn) -> str:
-    kind = draw(st.sampled_from([
-        "step", "multistep", "exp", "cos", "cyclic", "restarts", "onecycle", "linear", "poly",
-        "constant", "sequential", "chained"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "step",
+                "multistep",
+                "exp",
+                "cos",
+                "cyclic",
+                "restarts",
+                "onecycle",
+                "linear",
+                "poly",
+                "constant",
+                "sequential",
+                "chained",
+            ]
+        )
+    )
     if kind == "step":
         return f"StepLR(step_size={draw(st.integers(1, 100))}, gamma={draw(gammas)!r})"
     if kind == "multistep":
@@ -184,44 +268,62 @@ def random_specs(draw: st.DrawFn) -> str:
     if kind == "exp":
         return f"ExponentialLR(gamma={draw(st.floats(0.9, 1.0))!r})"
     if kind == "cos":
-        return (f"CosineAnnealingLR(T_max={draw(st.integers(1, 500))}, "
-                f"eta_min={draw(st.floats(0, 1e-3))!r})")
+        return (
+            f"CosineAnnealingLR(T_max={draw(st.integers(1, 500))}, "
+            f"eta_min={draw(st.floats(0, 1e-3))!r})"
+        )
     if kind == "cyclic":
         mode = draw(st.sampled_from(["triangular", "triangular2", "exp_range"]))
         b = draw(lrs)
-        return (f"CyclicLR(base_lr={b!r}, max_lr={b * draw(st.floats(1.0, 100.0))!r}, "
-                f"step_size_up={draw(st.integers(1, 200))}, "
-                f"step_size_down={draw(st.integers(1, 200))}, mode={mode!r}, "
-                f"gamma={draw(st.floats(0.99, 1.0))!r}, "
-                f"base_momentum={draw(st.floats(0.5, 0.85))!r})")
+        return (
+            f"CyclicLR(base_lr={b!r}, max_lr={b * draw(st.floats(1.0, 100.0))!r}, "
+            f"step_size_up={draw(st.integers(1, 200))}, "
+            f"step_size_down={draw(st.integers(1, 200))}, mode={mode!r}, "
+            f"gamma={draw(st.floats(0.99, 1.0))!r}, "
+            f"base_momentum={draw(st.floats(0.5, 0.85))!r})"
+        )
     if kind == "restarts":
-        return (f"CosineAnnealingWarmRestarts(T_0={draw(st.integers(1, 100))}, "
-                f"T_mult={draw(st.integers(1, 3))}, eta_min={draw(st.floats(0, 1e-4))!r})")
+        return (
+            f"CosineAnnealingWarmRestarts(T_0={draw(st.integers(1, 100))}, "
+            f"T_mult={draw(st.integers(1, 3))}, eta_min={draw(st.floats(0, 1e-4))!r})"
+        )
     if kind == "onecycle":
         total = draw(st.integers(300, 600))
-        return (f"OneCycleLR(max_lr={draw(lrs)!r}, total_steps={total}, "
-                f"pct_start={draw(st.floats(0.05, 0.45))!r}, "
-                f"anneal_strategy={draw(st.sampled_from(['cos', 'linear']))!r}, "
-                f"three_phase={draw(st.booleans())}, div_factor={draw(st.floats(2, 100))!r})")
+        return (
+            f"OneCycleLR(max_lr={draw(lrs)!r}, total_steps={total}, "
+            f"pct_start={draw(st.floats(0.05, 0.45))!r}, "
+            f"anneal_strategy={draw(st.sampled_from(['cos', 'linear']))!r}, "
+            f"three_phase={draw(st.booleans())}, div_factor={draw(st.floats(2, 100))!r})"
+        )
     if kind == "linear":
-        return (f"LinearLR(start_factor={draw(st.floats(0.01, 1.0))!r}, "
-                f"end_factor={draw(st.floats(0.0, 1.0))!r}, "
-                f"total_iters={draw(st.integers(0, 300))})")
+        return (
+            f"LinearLR(start_factor={draw(st.floats(0.01, 1.0))!r}, "
+            f"end_factor={draw(st.floats(0.0, 1.0))!r}, "
+            f"total_iters={draw(st.integers(0, 300))})"
+        )
     if kind == "poly":
-        return (f"PolynomialLR(total_iters={draw(st.integers(0, 300))}, "
-                f"power={draw(st.floats(0.0, 3.0))!r})")
+        return (
+            f"PolynomialLR(total_iters={draw(st.integers(0, 300))}, "
+            f"power={draw(st.floats(0.0, 3.0))!r})"
+        )
     if kind == "constant":
-        return (f"ConstantLR(factor={draw(st.floats(0.01, 1.0))!r}, "
-                f"total_iters={draw(st.integers(0, 50))})")
+        return (
+            f"ConstantLR(factor={draw(st.floats(0.01, 1.0))!r}, "
+            f"total_iters={draw(st.integers(0, 50))})"
+        )
     if kind == "sequential":
         m = draw(st.integers(0, 200))
         start = draw(st.floats(0.01, 1.0))
-        return (f"SequentialLR(schedulers=[LinearLR(start_factor={start!r}, "
-                f"total_iters={draw(st.integers(1, 50))}), "
-                f"CosineAnnealingLR(T_max={draw(st.integers(1, 300))})], milestones=[{m}])")
-    return (f"ChainedScheduler(schedulers=[ExponentialLR(gamma={draw(st.floats(0.99, 1.0))!r}), "
-            f"CosineAnnealingLR(T_max={draw(st.integers(1, 300))}), "
-            f"StepLR(step_size={draw(st.integers(1, 100))}, gamma={draw(gammas)!r})])")
+        return (
+            f"SequentialLR(schedulers=[LinearLR(start_factor={start!r}, "
+            f"total_iters={draw(st.integers(1, 50))}), "
+            f"CosineAnnealingLR(T_max={draw(st.integers(1, 300))})], milestones=[{m}])"
+        )
+    return (
+        f"ChainedScheduler(schedulers=[ExponentialLR(gamma={draw(st.floats(0.99, 1.0))!r}), "
+        f"CosineAnnealingLR(T_max={draw(st.integers(1, 300))}), "
+        f"StepLR(step_size={draw(st.integers(1, 100))}, gamma={draw(gammas)!r})])"
+    )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -233,8 +335,11 @@ def test_random_parameters_match_torch(spec: str, base: list[float]) -> None:
     rel = REL_COSINE_RECURSION if "CosineAnnealingLR" in spec else REL
     assert_rows_close(program.rows(steps), theirs, spec, rel)
     if program.cycles_momentum:
-        assert_rows_close([program.momenta(t) for t in range(steps)],  # type: ignore[misc]
-                          their_momenta, spec + " momentum")
+        assert_rows_close(
+            [program.momenta(t) for t in range(steps)],  # type: ignore[misc]
+            their_momenta,
+            spec + " momentum",
+        )
 
 
 CLOSED_FORM_CASES = [

@@ -28,8 +28,15 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 def run_subprocess(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "controller.cli", *argv], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def preview_args(spec: str, base_lrs: list[float], steps: int, *extra: str) -> list[str]:
@@ -37,17 +44,25 @@ def preview_args(spec: str, base_lrs: list[float], steps: int, *extra: str) -> l
     return ["preview", spec, *lr_flags, "--steps", str(steps), *extra]
 
 
-@pytest.mark.parametrize(("spec", "base_lrs", "steps"), [
-    pytest.param("StepLR(step_size=200, gamma=0.5)", [0.1, 0.01], 1000, id="steplr"),
-    pytest.param("CosineAnnealingLR(T_max=100, eta_min=0.001)", [0.1], 250, id="cosine"),
-    pytest.param("SequentialLR(schedulers=[LinearLR(start_factor=0.1, total_iters=5), "
-                 "CosineAnnealingLR(T_max=95)], milestones=[5])", [0.1, 0.05], 120,
-                 id="sequential"),
-    pytest.param('LambdaLR(lr_lambda="0.95 ** epoch")', [0.3], 50, id="lambda"),
-    pytest.param("OneCycleLR(max_lr=0.1, total_steps=100)", [0.004], 100, id="onecycle"),
-])
-def test_json_is_the_core_preview(capsys: pytest.CaptureFixture[str], spec: str,
-                                  base_lrs: list[float], steps: int) -> None:
+@pytest.mark.parametrize(
+    ("spec", "base_lrs", "steps"),
+    [
+        pytest.param("StepLR(step_size=200, gamma=0.5)", [0.1, 0.01], 1000, id="steplr"),
+        pytest.param("CosineAnnealingLR(T_max=100, eta_min=0.001)", [0.1], 250, id="cosine"),
+        pytest.param(
+            "SequentialLR(schedulers=[LinearLR(start_factor=0.1, total_iters=5), "
+            "CosineAnnealingLR(T_max=95)], milestones=[5])",
+            [0.1, 0.05],
+            120,
+            id="sequential",
+        ),
+        pytest.param('LambdaLR(lr_lambda="0.95 ** epoch")', [0.3], 50, id="lambda"),
+        pytest.param("OneCycleLR(max_lr=0.1, total_steps=100)", [0.004], 100, id="onecycle"),
+    ],
+)
+def test_json_is_the_core_preview(
+    capsys: pytest.CaptureFixture[str], spec: str, base_lrs: list[float], steps: int
+) -> None:
     code, out, err = run_cli(capsys, *preview_args(spec, base_lrs, steps, "--format", "json"))
     assert (code, err) == (0, "")
     data = json.loads(out)
@@ -57,13 +72,21 @@ def test_json_is_the_core_preview(capsys: pytest.CaptureFixture[str], spec: str,
     assert all(len(row) == len(base_lrs) for row in data["lr"])
 
 
-@pytest.mark.parametrize(("spec", "base_lrs", "steps"), [
-    pytest.param("StepLR(step_size=200, gamma=0.5)", [0.1, 0.01], 1000, id="steplr"),
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
-                 [0.1, 0.05], 400, id="cyclic-triangular2"),
-])
-def test_json_matches_torch_step_by_step(capsys: pytest.CaptureFixture[str], spec: str,
-                                         base_lrs: list[float], steps: int) -> None:
+@pytest.mark.parametrize(
+    ("spec", "base_lrs", "steps"),
+    [
+        pytest.param("StepLR(step_size=200, gamma=0.5)", [0.1, 0.01], 1000, id="steplr"),
+        pytest.param(
+            "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
+            [0.1, 0.05],
+            400,
+            id="cyclic-triangular2",
+        ),
+    ],
+)
+def test_json_matches_torch_step_by_step(
+    capsys: pytest.CaptureFixture[str], spec: str, base_lrs: list[float], steps: int
+) -> None:
     code, out, _ = run_cli(capsys, *preview_args(spec, base_lrs, steps, "--format", "json"))
     assert code == 0
     ours = json.loads(out)["lr"]
@@ -103,8 +126,7 @@ def test_csv(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_table_short_lists_every_row(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, *preview_args("StepLR(step_size=2, gamma=0.5)",
-                                                 [0.1, 0.2], 6))
+    code, out, _ = run_cli(capsys, *preview_args("StepLR(step_size=2, gamma=0.5)", [0.1, 0.2], 6))
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("StepLR(step_size=2, gamma=0.5)")
@@ -120,8 +142,9 @@ def test_table_short_lists_every_row(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_table_long_is_abbreviated(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, *preview_args("StepLR(step_size=200, gamma=0.5)",
-                                                 [0.1], 100_000))
+    code, out, _ = run_cli(
+        capsys, *preview_args("StepLR(step_size=200, gamma=0.5)", [0.1], 100_000)
+    )
     assert code == 0
     lines = out.splitlines()
     assert len(lines) < 40
@@ -142,52 +165,75 @@ def check_png(path: Path) -> None:
     assert pixels.ndim == 3 and pixels.shape[0] > 300 and pixels.shape[1] > 500
 
 
-@pytest.mark.parametrize("extra", [
-    pytest.param([], id="linear"),
-    pytest.param(["--log-scale"], id="log-scale"),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param([], id="linear"),
+        pytest.param(["--log-scale"], id="log-scale"),
+    ],
+)
 def test_png(capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str]) -> None:
     out = tmp_path / "curve.png"
     # CosineAnnealingLR(eta_min=0) reaches 0 at T_max: the log axis must cope, no warning.
-    args = preview_args("CosineAnnealingLR(T_max=100)", [0.1, 0.05], 300, "--format", "png",
-                        "--out", str(out), *extra)
+    args = preview_args(
+        "CosineAnnealingLR(T_max=100)",
+        [0.1, 0.05],
+        300,
+        "--format",
+        "png",
+        "--out",
+        str(out),
+        *extra,
+    )
     code, stdout, err = run_cli(capsys, *args)
     assert (code, err) == (0, "")
     assert str(out) in stdout
     check_png(out)
 
 
-def test_png_defaults_to_preview_png(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_png_defaults_to_preview_png(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
-    code, _, _ = run_cli(capsys, *preview_args("StepLR(step_size=5)", [0.1], 20,
-                                               "--format", "png"))
+    code, _, _ = run_cli(capsys, *preview_args("StepLR(step_size=5)", [0.1], 20, "--format", "png"))
     assert code == 0
     check_png(tmp_path / "preview.png")
 
 
 def test_out_writes_text_formats(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out = tmp_path / "lr.json"
-    code, _, _ = run_cli(capsys, *preview_args("StepLR(step_size=5)", [0.1], 20,
-                                               "--format", "json", "--out", str(out)))
+    code, _, _ = run_cli(
+        capsys,
+        *preview_args("StepLR(step_size=5)", [0.1], 20, "--format", "json", "--out", str(out)),
+    )
     assert code == 0
     assert json.loads(out.read_text()) == {"lr": preview("StepLR(step_size=5)", [0.1], 20)}
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    pytest.param(preview_args("StepLR(step_size=", [0.1], 10), "not valid syntax",
-                 id="syntax"),
-    pytest.param(preview_args("NoSuchLR(x=1)", [0.1], 10), "NoSuchLR", id="unknown"),
-    pytest.param(preview_args("StepLR(step_size=0)", [0.1], 10), "step_size",
-                 id="bad-argument"),
-    pytest.param(preview_args("StepLR(step_size=5)", [0.1], 0), "steps", id="zero-steps"),
-    pytest.param(preview_args("StepLR(step_size=5)", [0.1], 10, "--log-scale"),
-                 "--log-scale", id="log-scale-without-png"),
-    pytest.param(preview_args("OneCycleLR(max_lr=0.1, total_steps=10)", [0.1], 50),
-                 "total_steps", id="past-the-end"),
-])
-def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], argv: list[str],
-                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(preview_args("StepLR(step_size=", [0.1], 10), "not valid syntax", id="syntax"),
+        pytest.param(preview_args("NoSuchLR(x=1)", [0.1], 10), "NoSuchLR", id="unknown"),
+        pytest.param(
+            preview_args("StepLR(step_size=0)", [0.1], 10), "step_size", id="bad-argument"
+        ),
+        pytest.param(preview_args("StepLR(step_size=5)", [0.1], 0), "steps", id="zero-steps"),
+        pytest.param(
+            preview_args("StepLR(step_size=5)", [0.1], 10, "--log-scale"),
+            "--log-scale",
+            id="log-scale-without-png",
+        ),
+        pytest.param(
+            preview_args("OneCycleLR(max_lr=0.1, total_steps=10)", [0.1], 50),
+            "total_steps",
+            id="past-the-end",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert out == ""
@@ -197,8 +243,10 @@ def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], arg
 
 def test_unwritable_out_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out = tmp_path / "missing-dir" / "x.png"
-    code, _, err = run_cli(capsys, *preview_args("StepLR(step_size=5)", [0.1], 20,
-                                                 "--format", "png", "--out", str(out)))
+    code, _, err = run_cli(
+        capsys,
+        *preview_args("StepLR(step_size=5)", [0.1], 20, "--format", "png", "--out", str(out)),
+    )
     assert code == 1
     assert err.startswith("lrctl: error: ") and "missing-dir" in err
 
@@ -219,8 +267,9 @@ def test_plot_markers_to_file_object_without_pyplot_state() -> None:
     plot_lr_curves(rows, title="run-42", out=buffer, markers=[(450, "v2 lr *= 0.5")])
     assert buffer.getvalue()[:8] == PNG_SIGNATURE
     assert _pylab_helpers.Gcf.get_num_fig_managers() == before
-    figure = lr_figure(rows, title="run-42", markers=[(450, "v2 lr *= 0.5")],
-                       group_labels=["backbone", "head"])
+    figure = lr_figure(
+        rows, title="run-42", markers=[(450, "v2 lr *= 0.5")], group_labels=["backbone", "head"]
+    )
     axes = figure.axes[0]
     assert axes.get_xlabel().startswith("step") and axes.get_ylabel() == "learning rate"
     legend = axes.get_legend()
@@ -229,10 +278,13 @@ def test_plot_markers_to_file_object_without_pyplot_state() -> None:
     assert any(t.get_text() == "v2 lr *= 0.5" for t in axes.texts)
 
 
-@pytest.mark.parametrize("rows", [
-    pytest.param([], id="no-rows"),
-    pytest.param([[0.1], [0.1, 0.2]], id="ragged"),
-])
+@pytest.mark.parametrize(
+    "rows",
+    [
+        pytest.param([], id="no-rows"),
+        pytest.param([[0.1], [0.1, 0.2]], id="ragged"),
+    ],
+)
 def test_plot_rejects_bad_rows(rows: list[list[float]]) -> None:
     with pytest.raises(ValueError, match="expected"):
         lr_figure(rows, title="x")
@@ -249,7 +301,8 @@ def test_preview_figure_returns_a_figure_of_the_core_rows() -> None:
     lines = axes.get_lines()
     assert [list(line.get_ydata()) for line in lines] == [
         [row[g] for row in preview("StepLR(step_size=2, gamma=0.5)", [0.1, 0.01], 6)]
-        for g in range(2)]
+        for g in range(2)
+    ]
     assert "StepLR(step_size=2, gamma=0.5)" in axes.get_title()
 
 
@@ -261,11 +314,19 @@ def test_png_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
         "sys.modules['matplotlib'] = None\n"
         "from controller.cli import main\n"
         "raise SystemExit(main(['preview', 'StepLR(step_size=2)', '--base-lr', '0.1',\n"
-        f"                      '--steps', '3', '--format', 'png', '--out', {out!r}]))\n")
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=60, check=False,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+        f"                      '--steps', '3', '--format', 'png', '--out', {out!r}]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 1
-    assert done.stderr == ("lrctl: error: drawing LR charts needs matplotlib: "
-                           "pip install 'lrctl[plot]'\n")
+    assert done.stderr == (
+        "lrctl: error: drawing LR charts needs matplotlib: pip install 'lrctl[plot]'\n"
+    )
     assert not (tmp_path / "x.png").exists()

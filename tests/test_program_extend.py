@@ -25,16 +25,29 @@ def random_log(rng: random.Random, count: int, plateau: bool) -> list[Event]:
     events, step = [], 0
     for i in range(count):
         step += rng.choice([0, 0, 1, 3, 10])
-        op = rng.choice([Op.SCALE, Op.SCALE, Op.SET, Op.CLEAR, Op.REPLACE_SCHEDULE]
-                        + ([Op.PLATEAU_REDUCE] * 2 if plateau else []))
+        op = rng.choice(
+            [Op.SCALE, Op.SCALE, Op.SET, Op.CLEAR, Op.REPLACE_SCHEDULE]
+            + ([Op.PLATEAU_REDUCE] * 2 if plateau else [])
+        )
         group = None if op is Op.PLATEAU_REDUCE or rng.random() < 0.5 else rng.randrange(3)
         value = {Op.SCALE: rng.choice([0.5, 2.0, 0.9]), Op.SET: rng.choice([0.01, 0.3])}.get(op)
-        schedule = (rng.choice(["ExponentialLR(gamma=0.99)", "ConstantLR(factor=0.5)"])
-                    if op is Op.REPLACE_SCHEDULE else None)
+        schedule = (
+            rng.choice(["ExponentialLR(gamma=0.99)", "ConstantLR(factor=0.5)"])
+            if op is Op.REPLACE_SCHEDULE
+            else None
+        )
         if op is Op.REPLACE_SCHEDULE and group is not None and rng.random() < 0.5:
             group = None
-        events.append(Event(version=2 + i, op=op, value=value, schedule=schedule, group=group,
-                            effective_step=step))
+        events.append(
+            Event(
+                version=2 + i,
+                op=op,
+                value=value,
+                schedule=schedule,
+                group=group,
+                effective_step=step,
+            )
+        )
     return events
 
 
@@ -56,7 +69,7 @@ def test_extend_equals_rebuild(spec: str, seed: int) -> None:
     at = 5
     while at < len(log):
         take = rng.choice([1, 1, 2, 5])
-        program = program.extend(log[at:at + take])
+        program = program.extend(log[at : at + take])
         at += take
         same(program, LRProgram(spec, BASE, log[:at]))
 
@@ -68,8 +81,16 @@ def test_extending_twice_from_one_program_keeps_every_branch_right() -> None:
     base = LRProgram(spec, BASE, log[:10])
     before = [base.lrs(s) for s in STEPS]
     left = base.extend(log[10:20])
-    other = [Event(version=100 + i, op=Op.SCALE, value=0.25, group=i % 3,
-                   effective_step=log[9].effective_step + 1 + i) for i in range(5)]
+    other = [
+        Event(
+            version=100 + i,
+            op=Op.SCALE,
+            value=0.25,
+            group=i % 3,
+            effective_step=log[9].effective_step + 1 + i,
+        )
+        for i in range(5)
+    ]
     right = base.extend(other)  # `left` is alive: the trail is copied, not overwritten
     same(left, LRProgram(spec, BASE, log[:20]))
     same(right, LRProgram(spec, BASE, [*log[:10], *other]))
@@ -94,5 +115,7 @@ def test_extend_refuses_events_out_of_order_or_pending() -> None:
         program.extend([pending])
     same_step = Event(version=3, op=Op.SET, value=0.01, effective_step=10)
     assert program.can_extend(same_step)
-    same(program.extend([same_step]), LRProgram("StepLR(step_size=7, gamma=0.5)", BASE,
-                                                [*log, same_step]))
+    same(
+        program.extend([same_step]),
+        LRProgram("StepLR(step_size=7, gamma=0.5)", BASE, [*log, same_step]),
+    )

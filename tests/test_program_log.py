@@ -18,9 +18,12 @@ from lrctl.overrides import Event, Op, applied
 from lrctl.program import LRProgram
 from lrctl.schedules import ReduceLROnPlateau, Schedule, build_schedule
 
-SPECS = ["StepLR(step_size=7, gamma=0.5)", "CosineAnnealingLR(T_max=20, eta_min=0.001)",
-         "ReduceLROnPlateau(factor=0.5, min_lr=[0.01, 0.0, 0.002], eps=0.001)",
-         "MultiplicativeLR(lr_lambda=['0.99', '1 - 0.001 * (epoch % 3)', '0.9'])"]
+SPECS = [
+    "StepLR(step_size=7, gamma=0.5)",
+    "CosineAnnealingLR(T_max=20, eta_min=0.001)",
+    "ReduceLROnPlateau(factor=0.5, min_lr=[0.01, 0.0, 0.002], eps=0.001)",
+    "MultiplicativeLR(lr_lambda=['0.99', '1 - 0.001 * (epoch % 3)', '0.9'])",
+]
 BASE = [0.1, 0.05, 0.02]
 
 
@@ -85,9 +88,16 @@ def logs(draw: st.DrawFn) -> list[Event]:
             value = draw(st.sampled_from([0.0, 1e-3, 0.2]))
         elif op is Op.REPLACE_SCHEDULE:
             schedule = draw(st.sampled_from(SPECS))
-        events.append(Event(version, op, value, schedule,
-                            draw(st.sampled_from([None, None, 0, 1, 2])),
-                            effective_step=draw(st.integers(0, 60))))
+        events.append(
+            Event(
+                version,
+                op,
+                value,
+                schedule,
+                draw(st.sampled_from([None, None, 0, 1, 2])),
+                effective_step=draw(st.integers(0, 60)),
+            )
+        )
     return events
 
 
@@ -100,5 +110,8 @@ def test_program_matches_the_per_group_model(spec: str, events: list[Event]) -> 
     for t in range(steps):
         ours = program.lrs(t)
         for a, b in zip(ours, expected[t]):
-            assert a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300), (t, ours,
-                                                                                   expected[t])
+            assert a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-300), (
+                t,
+                ours,
+                expected[t],
+            )

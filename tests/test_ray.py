@@ -32,7 +32,6 @@ from tests.procs import RAY_ENV, ROOT, ControllerProcess, wait_for_step
 pytestmark = pytest.mark.slow
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,7 +45,8 @@ def controller(tmp_path: Path) -> Iterator[ControllerProcess]:
 
 
 def test_torch_trainer_ranks_follow_the_controller(
-        tmp_path: Path, controller: ControllerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, controller: ControllerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for key, value in RAY_ENV.items():
         monkeypatch.setenv(key, value)
     import ray
@@ -57,20 +57,34 @@ def test_torch_trainer_ranks_follow_the_controller(
 
     # No LRCTL_JOB: the job id is the Ray Train run name.
     env = {"LRCTL_ADDRESS": controller.address, "PYTHONPATH": str(ROOT)}
-    ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2,
-             object_store_memory=256 * 1024**2, runtime_env={"env_vars": env})
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        num_cpus=2,
+        object_store_memory=256 * 1024**2,
+        runtime_env={"env_vars": env},
+    )
     try:
         trainer = TorchTrainer(
-            lr_loop, train_loop_config={"schedule": "StepLR(step_size=20, gamma=0.5)",
-                                        "steps": 120, "sleep": 0.05},
-            scaling_config=ScalingConfig(num_workers=2, use_gpu=False,
-                                         resources_per_worker={"CPU": 1}),
+            lr_loop,
+            train_loop_config={
+                "schedule": "StepLR(step_size=20, gamma=0.5)",
+                "steps": 120,
+                "sleep": 0.05,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}
+            ),
             torch_config=TorchConfig(backend="gloo", timeout_s=120),
-            run_config=RunConfig(name="ray-run-7", storage_path=str(tmp_path / "ray")))
+            run_config=RunConfig(name="ray-run-7", storage_path=str(tmp_path / "ray")),
+        )
         with Client(controller.address) as client:
-            overrider = threading.Thread(target=lambda: (
-                wait_for_step(client, "ray-run-7", 30),
-                client.override("ray-run-7", "lr *= 0.5", reason="from the test")))
+            overrider = threading.Thread(
+                target=lambda: (
+                    wait_for_step(client, "ray-run-7", 30),
+                    client.override("ray-run-7", "lr *= 0.5", reason="from the test"),
+                )
+            )
             overrider.start()
             result = trainer.fit()
             overrider.join()
@@ -101,15 +115,36 @@ def ray_head(env: dict[str, str]) -> Iterator[tuple[str, int]]:
     """
     ports = {name: free_port() for name in ("gcs", "dashboard", "client")}
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: unix sockets live here
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-           "--node-ip-address", "127.0.0.1", "--port", str(ports["gcs"]),
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(ports["dashboard"]),
-           "--ray-client-server-port", str(ports["client"]), "--num-cpus", "2",
-           "--disable-usage-stats", "--temp-dir", temp_dir]
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(ports["gcs"]),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(ports["dashboard"]),
+        "--ray-client-server-port",
+        str(ports["client"]),
+        "--num-cpus",
+        "2",
+        "--disable-usage-stats",
+        "--temp-dir",
+        temp_dir,
+    ]
     log = open(Path(temp_dir) / "ray-start.log", "w+")  # noqa: SIM115 (closed below)
     # No drain on SIGTERM (it waits up to 30 s for Serve proxies; there are none here).
-    head = subprocess.Popen(cmd, env={**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = subprocess.Popen(
+        cmd,
+        env={**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{ports['dashboard']}"
     try:
         wait_for_job_api(url, head, log)
@@ -120,8 +155,9 @@ def ray_head(env: dict[str, str]) -> Iterator[tuple[str, int]]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def wait_for_job_api(url: str, head: subprocess.Popen[bytes], log: IO[str],
-                     timeout: float = 120.0) -> None:
+def wait_for_job_api(
+    url: str, head: subprocess.Popen[bytes], log: IO[str], timeout: float = 120.0
+) -> None:
     """Wait until the head's job-submission API answers (the dashboard starts last)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -165,8 +201,11 @@ def stop_ray_head(leader: subprocess.Popen[bytes], grace: float = 30.0) -> None:
 
 
 def test_ray_job_submit(tmp_path: Path, controller: ControllerProcess) -> None:
-    env = {**os.environ, **RAY_ENV,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        **RAY_ENV,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     ray_bin = str(Path(sys.executable).parent / "ray")
     # A stand-in for somebody else's Ray: `ray stop --force` kills every process named raylet.
     canary_bin = tmp_path / "raylet"
@@ -175,13 +214,31 @@ def test_ray_job_submit(tmp_path: Path, controller: ControllerProcess) -> None:
     try:
         with ray_head(env) as (dashboard, pgid):
             runtime_env = json.dumps(
-                {"env_vars": {"LRCTL_ADDRESS": controller.address, "LRCTL_JOB": "submitted"}})
+                {"env_vars": {"LRCTL_ADDRESS": controller.address, "LRCTL_JOB": "submitted"}}
+            )
             lr_log = tmp_path / "lr"
-            submit = [ray_bin, "job", "submit", "--address", dashboard,
-                      "--runtime-env-json", runtime_env,
-                      "--working-dir", str(ROOT), "--", "python", "examples/train_ddp.py",
-                      "--steps", "60", "--step-sleep", "0.02", "--lr-log", str(lr_log),
-                      "--storage", str(tmp_path / "ray")]
+            submit = [
+                ray_bin,
+                "job",
+                "submit",
+                "--address",
+                dashboard,
+                "--runtime-env-json",
+                runtime_env,
+                "--working-dir",
+                str(ROOT),
+                "--",
+                "python",
+                "examples/train_ddp.py",
+                "--steps",
+                "60",
+                "--step-sleep",
+                "0.02",
+                "--lr-log",
+                str(lr_log),
+                "--storage",
+                str(tmp_path / "ray"),
+            ]
             done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stdout + done.stderr
             assert "succeeded" in done.stdout + done.stderr

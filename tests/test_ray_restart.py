@@ -62,9 +62,14 @@ def ray_head(controller: ControllerProcess) -> Iterator[None]:
         import ray
 
         env = {"LRCTL_ADDRESS": controller.address, "PYTHONPATH": str(ROOT)}
-        ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=2,
-                 include_dashboard=False, object_store_memory=256 * 1024**2,
-                 runtime_env={"env_vars": env})
+        ray.init(
+            address="local",
+            _node_ip_address="127.0.0.1",
+            num_cpus=2,
+            include_dashboard=False,
+            object_store_memory=256 * 1024**2,
+            runtime_env={"env_vars": env},
+        )
         try:
             yield
         finally:
@@ -88,7 +93,8 @@ def read_log(path: Path) -> list[tuple[int, int, float]]:
 
 
 def test_killed_worker_resumes_with_the_lrs_of_an_uninterrupted_run(
-        tmp_path: Path, controller: ControllerProcess, ray_head: None) -> None:
+    tmp_path: Path, controller: ControllerProcess, ray_head: None
+) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -99,13 +105,22 @@ def test_killed_worker_resumes_with_the_lrs_of_an_uninterrupted_run(
     gate = Gate(str(folder), hold_at=HOLD, freeze_at=FREEZE)
     trainer = TorchTrainer(
         restart_loop,
-        train_loop_config={"schedule": SCHEDULE, "lr": BASE_LR, "steps": STEPS,
-                           "checkpoint_every": EVERY, "step_sleep": 0.02, "gate": gate},
-        scaling_config=ScalingConfig(num_workers=2, use_gpu=False,
-                                     resources_per_worker={"CPU": 1}),
+        train_loop_config={
+            "schedule": SCHEDULE,
+            "lr": BASE_LR,
+            "steps": STEPS,
+            "checkpoint_every": EVERY,
+            "step_sleep": 0.02,
+            "gate": gate,
+        },
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo", timeout_s=120),
-        run_config=RunConfig(name=JOB, storage_path=str(tmp_path / "ray"),
-                             failure_config=FailureConfig(max_failures=1)))
+        run_config=RunConfig(
+            name=JOB,
+            storage_path=str(tmp_path / "ray"),
+            failure_config=FailureConfig(max_failures=1),
+        ),
+    )
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -153,11 +168,13 @@ def test_killed_worker_resumes_with_the_lrs_of_an_uninterrupted_run(
     history = operate.history(address, JOB)
     assert [(e.version, e.effective_step) for e in history] == [
         (after_checkpoint, recorded),  # unchanged by the restart
-        (while_down, 21)]  # the first resumed step
+        (while_down, 21),
+    ]  # the first resumed step
     resumed = [read_log(folder / f"lr-resumed-{r}.csv") for r in (0, 1)]
     assert resumed[0] == resumed[1], "the ranks applied different LRs after the restart"
-    assert [step for step, _, _ in resumed[0]] == list(range(21, STEPS + 1)), \
+    assert [step for step, _, _ in resumed[0]] == list(range(21, STEPS + 1)), (
         "Ray did not resume from the last checkpoint (step 20)"
+    )
 
     # The uninterrupted run with the same event log and effective steps.
     uninterrupted = LRProgram(SCHEDULE, [BASE_LR], history)

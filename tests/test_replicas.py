@@ -50,8 +50,10 @@ class Stubs:
     """One channel and stub per replica; ``async with`` closes the channels."""
 
     def __init__(self, replicas: list[Controller]) -> None:
-        self.channels = [grpc.aio.insecure_channel(r.address, options=list(CLIENT_CHANNEL_OPTIONS))
-                         for r in replicas]
+        self.channels = [
+            grpc.aio.insecure_channel(r.address, options=list(CLIENT_CHANNEL_OPTIONS))
+            for r in replicas
+        ]
         self.replicas = replicas
         self.stubs = [_stub(c) for c in self.channels]
 
@@ -66,17 +68,24 @@ class Stubs:
             await channel.close()
 
 
-async def _create(stub: lrctl_pb2_grpc.LRControllerStub, job_id: str = "run-1",
-                  spec: str = "StepLR(step_size=10)", base_lrs: tuple[float, ...] = (0.1,),
-                  ) -> pb.CreateJobResponse:
-    return await stub.CreateJob(pb.CreateJobRequest(job_id=job_id, schedule=spec,
-                                                    base_lrs=list(base_lrs)))
+async def _create(
+    stub: lrctl_pb2_grpc.LRControllerStub,
+    job_id: str = "run-1",
+    spec: str = "StepLR(step_size=10)",
+    base_lrs: tuple[float, ...] = (0.1,),
+) -> pb.CreateJobResponse:
+    return await stub.CreateJob(
+        pb.CreateJobRequest(job_id=job_id, schedule=spec, base_lrs=list(base_lrs))
+    )
 
 
-def _scale(job_id: str, value: float, reason: str = "", expected: int | None = None,
-           ) -> pb.OverrideRequest:
-    request = pb.OverrideRequest(job_id=job_id, op=pb.OVERRIDE_OP_SCALE, value=value,
-                                 reason=reason)
+def _scale(
+    job_id: str,
+    value: float,
+    reason: str = "",
+    expected: int | None = None,
+) -> pb.OverrideRequest:
+    request = pb.OverrideRequest(job_id=job_id, op=pb.OVERRIDE_OP_SCALE, value=value, reason=reason)
     if expected is not None:
         request.expected_version = expected
     return request
@@ -90,25 +99,30 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0
         await asyncio.sleep(0.01)
 
 
-async def test_writes_through_every_replica_get_distinct_versions(start_controller: Start,
-                                                                  pg_url: str) -> None:
+async def test_writes_through_every_replica_get_distinct_versions(
+    start_controller: Start, pg_url: str
+) -> None:
     async with Stubs(await _replicas(start_controller, pg_url, 3)) as stubs:
         await _create(stubs[0])
-        replies = await asyncio.gather(*(
-            stubs[i % 3].Override(_scale("run-1", 0.99, reason=f"#{i}")) for i in range(60)))
+        replies = await asyncio.gather(
+            *(stubs[i % 3].Override(_scale("run-1", 0.99, reason=f"#{i}")) for i in range(60))
+        )
         versions = sorted(r.event.version for r in replies)
         assert versions == list(range(2, 62))  # no version handed out twice, none lost
         for stub in stubs.stubs:  # every replica serves the whole log, in order
+
             async def complete(stub: lrctl_pb2_grpc.LRControllerStub = stub) -> bool:
                 history = await stub.History(pb.HistoryRequest(job_id="run-1"))
                 return [e.version for e in history.events] == list(range(2, 62))
+
             await _eventually(complete)
             history = await stub.History(pb.HistoryRequest(job_id="run-1"))
             assert sorted(e.reason for e in history.events) == sorted(f"#{i}" for i in range(60))
 
 
-async def test_a_read_on_another_replica_sees_every_acknowledged_write(start_controller: Start,
-                                                                      pg_url: str) -> None:
+async def test_a_read_on_another_replica_sees_every_acknowledged_write(
+    start_controller: Start, pg_url: str
+) -> None:
     async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         await _create(stubs[0], "rw-1")
         for i in range(20):  # write on one replica, read at once on the other: no waiting
@@ -123,15 +137,17 @@ async def test_a_read_on_another_replica_sees_every_acknowledged_write(start_con
         assert job.job_id == "rw-2"
 
 
-async def test_expected_version_means_the_same_on_every_replica(start_controller: Start,
-                                                                pg_url: str) -> None:
+async def test_expected_version_means_the_same_on_every_replica(
+    start_controller: Start, pg_url: str
+) -> None:
     async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         created = await _create(stubs[0])
         version = created.job.version
         results = await asyncio.gather(
             stubs[0].Override(_scale("run-1", 0.5, expected=version)),
             stubs[1].Override(_scale("run-1", 0.25, expected=version)),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         won = [r for r in results if not isinstance(r, BaseException)]
         lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
         assert len(won) == 1 and len(lost) == 1
@@ -139,19 +155,22 @@ async def test_expected_version_means_the_same_on_every_replica(start_controller
         assert won[0].event.version == version + 1
         # The loser retries with what it now reads, on the other replica: accepted.
         await stubs[1].Override(_scale("run-1", 0.25, expected=version + 1))
-        await expect_status(stubs[0].Override(_scale("run-1", 0.5, expected=version + 1)),
-                            grpc.StatusCode.ABORTED)
+        await expect_status(
+            stubs[0].Override(_scale("run-1", 0.5, expected=version + 1)), grpc.StatusCode.ABORTED
+        )
 
 
 async def test_watchers_on_every_replica_see_every_write_within_milliseconds(
-        start_controller: Start, pg_url: str) -> None:
+    start_controller: Start, pg_url: str
+) -> None:
     async with Stubs(await _replicas(start_controller, pg_url, 3)) as stubs:
         created = await _create(stubs[0])
         start = created.job.version
         seen: list[list[int]] = [[] for _ in stubs.replicas]
         arrival: dict[tuple[int, int], float] = {}
-        streams = [stubs[i].Watch(pb.WatchRequest(job_id="run-1", from_version=start))
-                   for i in range(3)]
+        streams = [
+            stubs[i].Watch(pb.WatchRequest(job_id="run-1", from_version=start)) for i in range(3)
+        ]
 
         async def follow(i: int) -> None:
             async for message in streams[i]:
@@ -175,7 +194,8 @@ async def test_watchers_on_every_replica_see_every_write_within_milliseconds(
 
 
 async def test_watch_resumes_on_another_replica_from_a_version_it_handed_out(
-        start_controller: Start, pg_url: str) -> None:
+    start_controller: Start, pg_url: str
+) -> None:
     async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         await _create(stubs[0])
         for _ in range(3):
@@ -195,56 +215,79 @@ async def test_watch_resumes_on_another_replica_from_a_version_it_handed_out(
         stream.cancel()
 
 
-async def test_concurrent_creates_of_one_id_on_two_replicas(start_controller: Start,
-                                                            pg_url: str) -> None:
+async def test_concurrent_creates_of_one_id_on_two_replicas(
+    start_controller: Start, pg_url: str
+) -> None:
     async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         a, b = await asyncio.gather(_create(stubs[0], "same"), _create(stubs[1], "same"))
         assert sorted([a.created, b.created]) == [False, True]  # one creates, one attaches
         assert a.job.version == b.job.version == 1
-        other = await asyncio.gather(_create(stubs[0], "x", spec="ConstantLR()"),
-                                     _create(stubs[1], "x", spec="StepLR(step_size=3)"),
-                                     return_exceptions=True)
-        codes = sorted(r.code().name if isinstance(r, grpc.aio.AioRpcError) else "OK"
-                       for r in other)
+        other = await asyncio.gather(
+            _create(stubs[0], "x", spec="ConstantLR()"),
+            _create(stubs[1], "x", spec="StepLR(step_size=3)"),
+            return_exceptions=True,
+        )
+        codes = sorted(
+            r.code().name if isinstance(r, grpc.aio.AioRpcError) else "OK" for r in other
+        )
         assert codes == ["FAILED_PRECONDITION", "OK"]  # the second sees the first's spec
 
 
-async def test_effective_steps_and_plateau_reductions_happen_once(start_controller: Start,
-                                                                  pg_url: str) -> None:
+async def test_effective_steps_and_plateau_reductions_happen_once(
+    start_controller: Start, pg_url: str
+) -> None:
     async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         await _create(stubs[0], spec=PLATEAU)
         flat = [pb.PlateauMetric(step=s, value=1.0) for s in range(1, 9)]
         # The same metrics reach both replicas (a retried report after a failover).
-        versions = await asyncio.gather(*(
-            stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=8, plateau_metrics=flat))
-            for stub in stubs.stubs))
+        versions = await asyncio.gather(
+            *(
+                stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=8, plateau_metrics=flat))
+                for stub in stubs.stubs
+            )
+        )
         job = await stubs[1].GetJob(pb.GetJobRequest(job_id="run-1"))
         reductions = [e for e in job.events if e.op == pb.OVERRIDE_OP_PLATEAU_REDUCE]
         assert len(reductions) == 3  # patience 1 over 8 flat steps: steps 3, 5, 7; not 6
         assert max(v.version for v in versions) == job.version == 4
         # Rank 0 reports the step it applied version 2 at, twice, through both replicas.
         await asyncio.gather(
-            stubs[0].Report(pb.ReportRequest(job_id="run-1", rank=0, step=9, applied=[
-                pb.AppliedVersion(version=2, effective_step=9)])),
-            stubs[1].Report(pb.ReportRequest(job_id="run-1", rank=0, step=10, applied=[
-                pb.AppliedVersion(version=2, effective_step=10)])))
+            stubs[0].Report(
+                pb.ReportRequest(
+                    job_id="run-1",
+                    rank=0,
+                    step=9,
+                    applied=[pb.AppliedVersion(version=2, effective_step=9)],
+                )
+            ),
+            stubs[1].Report(
+                pb.ReportRequest(
+                    job_id="run-1",
+                    rank=0,
+                    step=10,
+                    applied=[pb.AppliedVersion(version=2, effective_step=10)],
+                )
+            ),
+        )
         steps = set()
         for stub in stubs.stubs:
+
             async def applied(stub: lrctl_pb2_grpc.LRControllerStub = stub) -> bool:
                 history = await stub.History(pb.HistoryRequest(job_id="run-1"))
                 return history.events[0].HasField("effective_step")
+
             await _eventually(applied)
             history = await stub.History(pb.HistoryRequest(job_id="run-1"))
             steps.add(history.events[0].effective_step)
         assert len(steps) == 1 and steps <= {9, 10}  # the first report wins, everywhere
 
 
-async def test_finish_on_one_replica_ends_watches_on_the_others(start_controller: Start,
-                                                                pg_url: str) -> None:
+async def test_finish_on_one_replica_ends_watches_on_the_others(
+    start_controller: Start, pg_url: str
+) -> None:
     async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         created = await _create(stubs[0])
-        stream = stubs[1].Watch(pb.WatchRequest(job_id="run-1",
-                                                from_version=created.job.version))
+        stream = stubs[1].Watch(pb.WatchRequest(job_id="run-1", from_version=created.job.version))
         await asyncio.sleep(0.1)
         await stubs[0].FinishJob(pb.FinishJobRequest(job_id="run-1"))
         kinds = [m.kind async for m in stream if m.kind != pb.WatchResponse.KIND_HEARTBEAT]
@@ -253,8 +296,7 @@ async def test_finish_on_one_replica_ends_watches_on_the_others(start_controller
         assert [j.job_id for j in listed.jobs] == []  # finished: not listed by default
 
 
-async def test_a_restarted_replica_loads_everything(start_controller: Start,
-                                                    pg_url: str) -> None:
+async def test_a_restarted_replica_loads_everything(start_controller: Start, pg_url: str) -> None:
     first, second = await _replicas(start_controller, pg_url, 2)
     async with Stubs([first, second]) as stubs:
         await _create(stubs[0])
@@ -299,8 +341,11 @@ class _Watcher(threading.Thread):
     def __init__(self, address: str, job_id: str, from_version: int) -> None:
         super().__init__(daemon=True)
         self.channel = grpc.insecure_channel(address, options=list(CLIENT_CHANNEL_OPTIONS))
-        self.call = _stub(self.channel).Watch(pb.WatchRequest(  # type: ignore[arg-type]
-            job_id=job_id, from_version=from_version))
+        self.call = _stub(self.channel).Watch(
+            pb.WatchRequest(  # type: ignore[arg-type]
+                job_id=job_id, from_version=from_version
+            )
+        )
         self.call_job = job_id
         self.versions: list[int] = []
         self.error: grpc.RpcError | None = None
@@ -348,10 +393,13 @@ def _storm(postgres: PostgresServer, pg_url: str, kills: int) -> None:
             created = {j: admin.create_job(j, "StepLR(step_size=100)", [0.1]).job for j in jobs}
         watchers = [_Watcher(r.address, j, created[j].version) for r in replicas[1:] for j in jobs]
         follow_clients = [Client(address) for _ in jobs]
-        followers = [WatchFollower(c, j, job=created[j], backoff_initial_s=0.05,
-                                   backoff_max_s=0.5) for c, j in zip(follow_clients, jobs)]
-        follow_threads = [threading.Thread(target=lambda f=f: [None for _ in f], daemon=True)
-                          for f in followers]
+        followers = [
+            WatchFollower(c, j, job=created[j], backoff_initial_s=0.05, backoff_max_s=0.5)
+            for c, j in zip(follow_clients, jobs)
+        ]
+        follow_threads = [
+            threading.Thread(target=lambda f=f: [None for _ in f], daemon=True) for f in followers
+        ]
         for thread in [*watchers, *follow_threads]:
             thread.start()
         time.sleep(0.3)
@@ -394,7 +442,8 @@ def _storm(postgres: PostgresServer, pg_url: str, kills: int) -> None:
         final = {job: int(version) for job, version in (r.split("|") for r in rows)}
         deadline = time.monotonic() + 45  # > RESYNC_SECONDS: a missed change heals
         while time.monotonic() < deadline and not all(
-                (w.versions[-1:] or [0])[0] >= final[w.call_job] for w in watchers):
+            (w.versions[-1:] or [0])[0] >= final[w.call_job] for w in watchers
+        ):
             time.sleep(0.05)
     finally:
         for follower in followers:
@@ -430,13 +479,16 @@ def _storm(postgres: PostgresServer, pg_url: str, kills: int) -> None:
 def _diagnose(watcher: _Watcher, expected: list[int], replicas: list[ControllerProcess]) -> str:
     got = watcher.versions
     first = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), None)
-    logs = "".join(line for r in replicas for line in r.output if "WARNING" in line or
-                   "ERROR" in line)
-    return (f"watcher of {watcher.call_job}: error={watcher.error}, got {len(got)} of "
-            f"{len(expected)} versions, first difference at index {first} "
-            f"(got {got[first:first + 3] if first is not None else got[-3:]}, expected "
-            f"{expected[first:first + 3] if first is not None else expected[-3:]}); "
-            f"replica warnings:\n{logs[-3000:]}")
+    logs = "".join(
+        line for r in replicas for line in r.output if "WARNING" in line or "ERROR" in line
+    )
+    return (
+        f"watcher of {watcher.call_job}: error={watcher.error}, got {len(got)} of "
+        f"{len(expected)} versions, first difference at index {first} "
+        f"(got {got[first : first + 3] if first is not None else got[-3:]}, expected "
+        f"{expected[first : first + 3] if first is not None else expected[-3:]}); "
+        f"replica warnings:\n{logs[-3000:]}"
+    )
 
 
 @pytest.mark.slow
@@ -491,8 +543,9 @@ async def test_metrics_aggregate_over_replicas(start_controller: Start, pg_url: 
     """Every replica exports every running job's gauges (``max by`` sees the job's value) and
     counts only what it served (``sum by`` over replicas counts each override once)."""
     registries = [CollectorRegistry(), CollectorRegistry()]
-    replicas = [await start_controller(db=pg_url, metrics_port=None, registry=r)
-                for r in registries]
+    replicas = [
+        await start_controller(db=pg_url, metrics_port=None, registry=r) for r in registries
+    ]
     async with Stubs(replicas) as stubs:
         await _create(stubs[0], base_lrs=(0.1, 0.01))
         for i in range(8):
@@ -500,20 +553,25 @@ async def test_metrics_aggregate_over_replicas(start_controller: Start, pg_url: 
         labels = {"job_id": "run-1"}
 
         def gauges(registry: CollectorRegistry) -> tuple[float | None, ...]:
-            return (registry.get_sample_value("lrctl_schedule_version", labels),
-                    registry.get_sample_value("lrctl_learning_rate",
-                                              {**labels, "param_group": "1"}))
+            return (
+                registry.get_sample_value("lrctl_schedule_version", labels),
+                registry.get_sample_value("lrctl_learning_rate", {**labels, "param_group": "1"}),
+            )
 
         async def same() -> bool:
-            return gauges(registries[0]) == gauges(registries[1]) == (9.0, 0.01 * 0.5 ** 8)
+            return gauges(registries[0]) == gauges(registries[1]) == (9.0, 0.01 * 0.5**8)
+
         await _eventually(same)
-        counted = [r.get_sample_value("lrctl_overrides_total", {**labels, "op": "scale"}) or 0
-                   for r in registries]
+        counted = [
+            r.get_sample_value("lrctl_overrides_total", {**labels, "op": "scale"}) or 0
+            for r in registries
+        ]
         assert counted == [5.0, 3.0]  # sum by (job_id, op): 8, each override once
         await stubs[1].FinishJob(pb.FinishJobRequest(job_id="run-1"))
 
         async def removed() -> bool:
             return all(gauges(r) == (None, None) for r in registries)
+
         await _eventually(removed)  # a finished job's series go on every replica
 
 
@@ -524,13 +582,19 @@ def test_cli_uses_whichever_replica_is_up(pg_url: str) -> None:
     address = ",".join(r.address for r in replicas)
 
     def lrctl(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "controller.cli", "--address", address,
-                               *argv], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                              env={k: v for k, v in os.environ.items() if k != "LRCTL_ADDRESS"})
+        return subprocess.run(
+            [sys.executable, "-m", "controller.cli", "--address", address, *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "LRCTL_ADDRESS"},
+        )
 
     try:
-        created = lrctl("job", "create", "cli-1", "--schedule", "StepLR(step_size=5)",
-                        "--base-lr", "0.1")
+        created = lrctl(
+            "job", "create", "cli-1", "--schedule", "StepLR(step_size=5)", "--base-lr", "0.1"
+        )
         assert created.returncode == 0, created.stderr
         replicas[0].kill()
         for i in range(4):  # round robin would have picked the dead one every other call
@@ -545,20 +609,21 @@ def test_cli_uses_whichever_replica_is_up(pg_url: str) -> None:
 
 
 async def test_a_database_outage_is_unavailable_then_heals(
-        start_controller: Start, pg_url: str, postgres: PostgresServer) -> None:
+    start_controller: Start, pg_url: str, postgres: PostgresServer
+) -> None:
     """While PostgreSQL is down, writes fail UNAVAILABLE (retryable), never INTERNAL, and open
     Watch streams stay open; once it is back, writes succeed, versions unbroken, and the
     replicas' change feeds resume (a watcher on the other replica sees the new write)."""
     async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
         created = await _create(stubs[0])
-        stream = stubs[1].Watch(pb.WatchRequest(job_id="run-1",
-                                                from_version=created.job.version))
+        stream = stubs[1].Watch(pb.WatchRequest(job_id="run-1", from_version=created.job.version))
         first = await asyncio.wait_for(stream.read(), 10)  # open: a heartbeat comes first
         assert first.kind == pb.WatchResponse.KIND_HEARTBEAT
         postgres.pause()
         try:
-            await expect_status(stubs[0].Override(_scale("run-1", 0.5)),
-                                grpc.StatusCode.UNAVAILABLE)
+            await expect_status(
+                stubs[0].Override(_scale("run-1", 0.5)), grpc.StatusCode.UNAVAILABLE
+            )
         finally:
             postgres.resume()
         reply = None

@@ -59,15 +59,15 @@ STALL_LIMIT_S = 0.5
 
 @asynccontextmanager
 async def connect(ctl: Controller) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(ctl.address,
-                                         options=list(CLIENT_CHANNEL_OPTIONS)) as chan:
+    async with grpc.aio.insecure_channel(ctl.address, options=list(CLIENT_CHANNEL_OPTIONS)) as chan:
         yield lrctl_pb2_grpc.LRControllerStub(chan)  # type: ignore[no-untyped-call]
 
 
 async def healthy(ctl: Controller) -> bool:
     async with grpc.aio.insecure_channel(ctl.address) as chan:
         reply = await health_pb2_grpc.HealthStub(chan).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5
+        )
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
@@ -118,30 +118,47 @@ def _poison(db: str, sql: str, *params: Any) -> None:
 
 
 POISONS = [
-    pytest.param("UPDATE jobs SET schedule = 'StepLR(step_size=0)' WHERE job_id = 'bad'",
-                 (), id="spec-refused-today"),
-    pytest.param("UPDATE jobs SET schedule = 'NoSuchLR(gamma=2)' WHERE job_id = 'bad'",
-                 (), id="unknown-scheduler"),
-    pytest.param("UPDATE jobs SET base_lrs = ? WHERE job_id = 'bad'",
-                 (json.dumps([-1.0]),), id="negative-base-lr"),
-    pytest.param("UPDATE jobs SET base_lrs = 'not json' WHERE job_id = 'bad'",
-                 (), id="unreadable-base-lrs"),
-    pytest.param("UPDATE events SET schedule = 'LambdaLR(lr_lambda=\"__import__(1)\")' "
-                 "WHERE job_id = 'bad'", (), id="bad-replacement-in-log"),
+    pytest.param(
+        "UPDATE jobs SET schedule = 'StepLR(step_size=0)' WHERE job_id = 'bad'",
+        (),
+        id="spec-refused-today",
+    ),
+    pytest.param(
+        "UPDATE jobs SET schedule = 'NoSuchLR(gamma=2)' WHERE job_id = 'bad'",
+        (),
+        id="unknown-scheduler",
+    ),
+    pytest.param(
+        "UPDATE jobs SET base_lrs = ? WHERE job_id = 'bad'",
+        (json.dumps([-1.0]),),
+        id="negative-base-lr",
+    ),
+    pytest.param(
+        "UPDATE jobs SET base_lrs = 'not json' WHERE job_id = 'bad'", (), id="unreadable-base-lrs"
+    ),
+    pytest.param(
+        "UPDATE events SET schedule = 'LambdaLR(lr_lambda=\"__import__(1)\")' WHERE job_id = 'bad'",
+        (),
+        id="bad-replacement-in-log",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("sql", "params"), POISONS)
 async def test_a_job_that_cannot_be_evaluated_is_loaded_marked_and_refused(
-        start_controller: Start, server_config: ServerConfig, sql: str,
-        params: tuple[Any, ...]) -> None:
+    start_controller: Start, server_config: ServerConfig, sql: str, params: tuple[Any, ...]
+) -> None:
     first = await start_controller(metrics_port=None)
     async with connect(first) as stub:
         for job_id in ("bad", "good"):
-            await stub.CreateJob(pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=2)",
-                                                     base_lrs=[0.1]))
-        await stub.Override(pb.OverrideRequest(job_id="bad", op=pb.OVERRIDE_OP_REPLACE_SCHEDULE,
-                                               schedule="ConstantLR(factor=0.5)"))
+            await stub.CreateJob(
+                pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=2)", base_lrs=[0.1])
+            )
+        await stub.Override(
+            pb.OverrideRequest(
+                job_id="bad", op=pb.OVERRIDE_OP_REPLACE_SCHEDULE, schedule="ConstantLR(factor=0.5)"
+            )
+        )
         await stub.Report(pb.ReportRequest(job_id="bad", rank=0, step=3, lrs=[0.05]))
     await first.stop(0)
     _poison(server_config.db, sql, *params)
@@ -153,13 +170,15 @@ async def test_a_job_that_cannot_be_evaluated_is_loaded_marked_and_refused(
         good = await stub.GetJob(pb.GetJobRequest(job_id="good"))
         assert list(good.lrs) == [0.1]
         await stub.Override(pb.OverrideRequest(job_id="good", op=pb.OVERRIDE_OP_SCALE, value=0.5))
-        for call in (stub.GetJob(pb.GetJobRequest(job_id="bad")),
-                     stub.Override(pb.OverrideRequest(job_id="bad", op=pb.OVERRIDE_OP_SCALE,
-                                                      value=0.5)),
-                     stub.Report(pb.ReportRequest(job_id="bad", rank=0, step=4)),
-                     stub.Watch(pb.WatchRequest(job_id="bad")).read(),
-                     stub.CreateJob(pb.CreateJobRequest(
-                         job_id="bad", schedule="StepLR(step_size=2)", base_lrs=[0.1]))):
+        for call in (
+            stub.GetJob(pb.GetJobRequest(job_id="bad")),
+            stub.Override(pb.OverrideRequest(job_id="bad", op=pb.OVERRIDE_OP_SCALE, value=0.5)),
+            stub.Report(pb.ReportRequest(job_id="bad", rank=0, step=4)),
+            stub.Watch(pb.WatchRequest(job_id="bad")).read(),
+            stub.CreateJob(
+                pb.CreateJobRequest(job_id="bad", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+            ),
+        ):
             err = await expect_status(call, grpc.StatusCode.FAILED_PRECONDITION)
             details = err.details() or ""
             assert "cannot be evaluated" in details and "'bad'" in details, details
@@ -170,30 +189,42 @@ async def test_a_job_that_cannot_be_evaluated_is_loaded_marked_and_refused(
         # An operator can finish it, or recreate it with CreateJob replace.
         finished = await stub.FinishJob(pb.FinishJobRequest(job_id="bad"))
         assert finished.state == pb.JOB_STATE_FINISHED and finished.version == 3
-        again = await stub.CreateJob(pb.CreateJobRequest(
-            job_id="bad", schedule="StepLR(step_size=2)", base_lrs=[0.1], replace=True))
+        again = await stub.CreateJob(
+            pb.CreateJobRequest(
+                job_id="bad", schedule="StepLR(step_size=2)", base_lrs=[0.1], replace=True
+            )
+        )
         assert again.created and again.job.version == 4 and list(again.job.lrs) == [0.1]
         assert (await stub.GetJob(pb.GetJobRequest(job_id="bad"))).version == 4
-    assert second.registry.get_sample_value(
-        "lrctl_learning_rate", {"job_id": "bad", "param_group": "0"}) == 0.1
+    assert (
+        second.registry.get_sample_value(
+            "lrctl_learning_rate", {"job_id": "bad", "param_group": "0"}
+        )
+        == 0.1
+    )
 
 
 async def test_a_growing_schedule_past_the_float_range_is_served_as_inf(
-        start_controller: Start) -> None:
+    start_controller: Start,
+) -> None:
     """The issue's poisoned job: ExponentialLR(gamma=1.5), repeated scales, a large step."""
     first = await start_controller(metrics_port=None)
     async with connect(first) as stub:
-        await stub.CreateJob(pb.CreateJobRequest(job_id="exp", schedule="ExponentialLR(gamma=1.5)",
-                                                 base_lrs=[0.1]))
-        await stub.CreateJob(pb.CreateJobRequest(job_id="other", schedule="StepLR(step_size=2)",
-                                                 base_lrs=[0.1]))
+        await stub.CreateJob(
+            pb.CreateJobRequest(job_id="exp", schedule="ExponentialLR(gamma=1.5)", base_lrs=[0.1])
+        )
+        await stub.CreateJob(
+            pb.CreateJobRequest(job_id="other", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+        )
         for _ in range(3):
-            await stub.Override(pb.OverrideRequest(job_id="exp", op=pb.OVERRIDE_OP_SCALE,
-                                                   value=1e6))
+            await stub.Override(
+                pb.OverrideRequest(job_id="exp", op=pb.OVERRIDE_OP_SCALE, value=1e6)
+            )
         await stub.Report(pb.ReportRequest(job_id="exp", rank=0, step=5000))
         assert list((await stub.GetJob(pb.GetJobRequest(job_id="exp"))).lrs) == [float("inf")]
-        reply = await stub.Override(pb.OverrideRequest(job_id="exp", op=pb.OVERRIDE_OP_SCALE,
-                                                       value=2.0))
+        reply = await stub.Override(
+            pb.OverrideRequest(job_id="exp", op=pb.OVERRIDE_OP_SCALE, value=2.0)
+        )
         assert reply.event.version == 5
         assert len((await stub.ListJobs(pb.ListJobsRequest())).jobs) == 2
         assert (await stub.History(pb.HistoryRequest(job_id="exp"))).events[-1].version == 5
@@ -219,7 +250,8 @@ GARBAGE = [
 @pytest.mark.parametrize("payload", GARBAGE)
 @pytest.mark.parametrize("method", METHODS)
 async def test_non_protobuf_bytes_are_invalid_argument(
-        controller: Controller, channel: grpc.aio.Channel, method: str, payload: bytes) -> None:
+    controller: Controller, channel: grpc.aio.Channel, method: str, payload: bytes
+) -> None:
     path = f"/{SERVICE_NAME}/{method}"
     if method == "Watch":
         call = channel.unary_stream(path)(payload).read()
@@ -230,14 +262,21 @@ async def test_non_protobuf_bytes_are_invalid_argument(
     assert await healthy(controller)
 
 
-@pytest.mark.parametrize(("path", "kind"), [
-    pytest.param("/grpc.health.v1.Health/Check", "unary", id="health-check"),
-    pytest.param("/grpc.health.v1.Health/Watch", "stream", id="health-watch"),
-    pytest.param("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "bidi",
-                 id="reflection"),
-])
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        pytest.param("/grpc.health.v1.Health/Check", "unary", id="health-check"),
+        pytest.param("/grpc.health.v1.Health/Watch", "stream", id="health-watch"),
+        pytest.param(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            "bidi",
+            id="reflection",
+        ),
+    ],
+)
 async def test_non_protobuf_bytes_to_health_and_reflection_are_invalid_argument(
-        controller: Controller, channel: grpc.aio.Channel, path: str, kind: str) -> None:
+    controller: Controller, channel: grpc.aio.Channel, path: str, kind: str
+) -> None:
     payload = b"\xff\xff\xff\xff"
     if kind == "unary":
         call: Awaitable[Any] = channel.unary_unary(path)(payload)
@@ -263,8 +302,9 @@ async def _readers_work(stub: Stub, job_id: str) -> list[int]:
     snapshot = await watch.read()
     watch.cancel()
     assert snapshot.kind == pb.WatchResponse.KIND_SNAPSHOT
-    attached = await stub.CreateJob(pb.CreateJobRequest(
-        job_id=job_id, schedule=job.schedule, base_lrs=job.base_lrs))
+    attached = await stub.CreateJob(
+        pb.CreateJobRequest(job_id=job_id, schedule=job.schedule, base_lrs=job.base_lrs)
+    )
     assert not attached.created
     versions = [e.version for e in history.events]
     assert [e.version for e in job.events] == versions
@@ -272,15 +312,25 @@ async def _readers_work(stub: Stub, job_id: str) -> list[int]:
     return versions
 
 
-async def test_huge_reasons_never_lock_readers_out_of_a_job(controller: Controller,
-                                                             stub: Stub) -> None:
-    await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)",
-                                             base_lrs=[0.1]))
+async def test_huge_reasons_never_lock_readers_out_of_a_job(
+    controller: Controller, stub: Stub
+) -> None:
+    await stub.CreateJob(
+        pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+    )
     acknowledged = []
     for i in range(6):
-        err = await failure(stub.Override(pb.OverrideRequest(
-            job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5, actor="mallory",
-            reason=f"{i}" + "x" * (3 << 20))))  # 3 MiB each, 18 MiB in all
+        err = await failure(
+            stub.Override(
+                pb.OverrideRequest(
+                    job_id="run-1",
+                    op=pb.OVERRIDE_OP_SCALE,
+                    value=0.5,
+                    actor="mallory",
+                    reason=f"{i}" + "x" * (3 << 20),
+                )
+            )
+        )  # 3 MiB each, 18 MiB in all
         if err is None:
             acknowledged.append(i + 2)
         else:
@@ -292,18 +342,27 @@ async def test_huge_reasons_never_lock_readers_out_of_a_job(controller: Controll
 
 
 async def test_the_log_stays_under_the_message_size_and_failures_commit_nothing(
-        start_controller: Start) -> None:
+    start_controller: Start,
+) -> None:
     """With 64 KiB messages, the largest events a client may send fill the log; then every
     write is RESOURCE_EXHAUSTED, changes nothing, and the log's readers keep working."""
     ctl = await start_controller(max_message_bytes=64 * 1024, metrics_port=None)
     async with connect(ctl) as stub:
-        await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)",
-                                                 base_lrs=[0.1] * 1024))
+        await stub.CreateJob(
+            pb.CreateJobRequest(
+                job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1] * 1024
+            )
+        )
         fat = "LambdaLR(lr_lambda='0.95 ** epoch if epoch < 10 else 0.5')" + " " * 3900
         acknowledged, refused = [], 0
         for i in range(40):
-            request = pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_REPLACE_SCHEDULE,
-                                         schedule=fat, actor="a" * 256, reason="r" * 1024)
+            request = pb.OverrideRequest(
+                job_id="run-1",
+                op=pb.OVERRIDE_OP_REPLACE_SCHEDULE,
+                schedule=fat,
+                actor="a" * 256,
+                reason="r" * 1024,
+            )
             err = await failure(stub.Override(request))
             if err is None:
                 acknowledged.append(i)
@@ -327,22 +386,32 @@ def _heavy_calls(address: str) -> None:
     the answers is not counted as the controller's work on its loop)."""
     lam = "LambdaLR(lr_lambda='0.95 ** epoch if epoch < 1000 else 0.5 * cos(epoch) + 0.5')"
     mult = "MultiplicativeLR(lr_lambda='0.999 + 0.0001 * sin(epoch)')"
-    with grpc.insecure_channel(address, options=list(CLIENT_CHANNEL_OPTIONS)) as chan, \
-            ThreadPoolExecutor(4) as pool:
+    with (
+        grpc.insecure_channel(address, options=list(CLIENT_CHANNEL_OPTIONS)) as chan,
+        ThreadPoolExecutor(4) as pool,
+    ):
         stub = lrctl_pb2_grpc.LRControllerStub(chan)  # type: ignore[no-untyped-call]
-        list(pool.map(lambda i: stub.CreateJob(pb.CreateJobRequest(
-            job_id=f"wide-{i}", schedule=lam if i % 2 else mult, base_lrs=[0.1] * 1024),
-            timeout=30), range(4)))
-        rows = stub.Preview(pb.PreviewRequest(schedule=mult, base_lrs=[0.1] * 10,
-                                              steps=100_000), timeout=30)
+        list(
+            pool.map(
+                lambda i: stub.CreateJob(
+                    pb.CreateJobRequest(
+                        job_id=f"wide-{i}", schedule=lam if i % 2 else mult, base_lrs=[0.1] * 1024
+                    ),
+                    timeout=30,
+                ),
+                range(4),
+            )
+        )
+        rows = stub.Preview(
+            pb.PreviewRequest(schedule=mult, base_lrs=[0.1] * 10, steps=100_000), timeout=30
+        )
         assert len(rows.rows) == 100_000
         for step in (10**7, 10**12):
             stub.Report(pb.ReportRequest(job_id="wide-0", rank=0, step=step), timeout=30)
             assert len(stub.GetJob(pb.GetJobRequest(job_id="wide-0"), timeout=30).lrs) == 1024
 
 
-async def test_heavy_validation_and_evaluation_never_stall_the_loop(
-        controller: Controller) -> None:
+async def test_heavy_validation_and_evaluation_never_stall_the_loop(controller: Controller) -> None:
     async with LoopWatch() as loop:
         await asyncio.to_thread(_heavy_calls, controller.address)
     assert loop.busiest < BUSY_LIMIT_S, f"the event loop was busy {loop.busiest * 1e3:.0f} ms"
@@ -357,27 +426,57 @@ def _limits(**fields: Any) -> ServerLimits:
     return ServerLimits(**fields)
 
 
-@pytest.mark.parametrize(("fields", "code", "needle"), [
-    pytest.param({"actor": "a" * 257}, grpc.StatusCode.RESOURCE_EXHAUSTED, "256", id="actor"),
-    pytest.param({"reason": "r" * 1025}, grpc.StatusCode.RESOURCE_EXHAUSTED, "1024",
-                 id="reason"),
-    pytest.param({"reason": "é" * 600}, grpc.StatusCode.RESOURCE_EXHAUSTED, "1024",
-                 id="reason-utf8-bytes"),
-    pytest.param({"actor": "bob\x1b[31m"}, grpc.StatusCode.INVALID_ARGUMENT, "control",
-                 id="actor-control-character"),
-    pytest.param({"actor": "bob\nop=finish"}, grpc.StatusCode.INVALID_ARGUMENT, "control",
-                 id="actor-newline"),
-    pytest.param({"op": pb.OVERRIDE_OP_SET, "value": 2e6}, grpc.StatusCode.INVALID_ARGUMENT,
-                 "1e+06", id="lr-above-the-ceiling"),
-    pytest.param({"op": pb.OVERRIDE_OP_SCALE, "value": float("inf")},
-                 grpc.StatusCode.INVALID_ARGUMENT, "finite", id="infinite-scale"),
-    pytest.param({"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": "StepLR(1)" + " " * 5000},
-                 grpc.StatusCode.RESOURCE_EXHAUSTED, "4096", id="spec-too-long"),
-])
-async def test_override_limits(stub: Stub, fields: dict[str, Any], code: grpc.StatusCode,
-                               needle: str) -> None:
-    await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)",
-                                             base_lrs=[0.1]))
+@pytest.mark.parametrize(
+    ("fields", "code", "needle"),
+    [
+        pytest.param({"actor": "a" * 257}, grpc.StatusCode.RESOURCE_EXHAUSTED, "256", id="actor"),
+        pytest.param(
+            {"reason": "r" * 1025}, grpc.StatusCode.RESOURCE_EXHAUSTED, "1024", id="reason"
+        ),
+        pytest.param(
+            {"reason": "é" * 600},
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "1024",
+            id="reason-utf8-bytes",
+        ),
+        pytest.param(
+            {"actor": "bob\x1b[31m"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "control",
+            id="actor-control-character",
+        ),
+        pytest.param(
+            {"actor": "bob\nop=finish"},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "control",
+            id="actor-newline",
+        ),
+        pytest.param(
+            {"op": pb.OVERRIDE_OP_SET, "value": 2e6},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "1e+06",
+            id="lr-above-the-ceiling",
+        ),
+        pytest.param(
+            {"op": pb.OVERRIDE_OP_SCALE, "value": float("inf")},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "finite",
+            id="infinite-scale",
+        ),
+        pytest.param(
+            {"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": "StepLR(1)" + " " * 5000},
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "4096",
+            id="spec-too-long",
+        ),
+    ],
+)
+async def test_override_limits(
+    stub: Stub, fields: dict[str, Any], code: grpc.StatusCode, needle: str
+) -> None:
+    await stub.CreateJob(
+        pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+    )
     request = {"job_id": "run-1", "op": pb.OVERRIDE_OP_SCALE, "value": 0.5, **fields}
     err = await expect_status(stub.Override(pb.OverrideRequest(**request)), code)
     details = err.details() or ""
@@ -386,13 +485,18 @@ async def test_override_limits(stub: Stub, fields: dict[str, Any], code: grpc.St
 
 
 async def test_control_characters_in_a_reason_are_escaped_in_the_change_log(
-        stub: Stub, caplog: pytest.LogCaptureFixture) -> None:
+    stub: Stub, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="lrctl.controller.changes")
-    await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)",
-                                             base_lrs=[0.1]))
+    await stub.CreateJob(
+        pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+    )
     forged = "spike\n2025-01-01 INFO lrctl.controller.changes: job=run-1 version=9 op=finish"
-    await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5,
-                                           reason=forged + "\r\x1b[2K\u2028"))
+    await stub.Override(
+        pb.OverrideRequest(
+            job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5, reason=forged + "\r\x1b[2K\u2028"
+        )
+    )
     history = await stub.History(pb.HistoryRequest(job_id="run-1"))
     assert history.events[0].reason.startswith(forged)  # stored as sent
     lines = [r.getMessage() for r in caplog.records if r.name == "lrctl.controller.changes"]
@@ -402,49 +506,84 @@ async def test_control_characters_in_a_reason_are_escaped_in_the_change_log(
     assert "\\n" in scale[0] and "\\x1b" in scale[0]
 
 
-@pytest.mark.parametrize(("request_", "code"), [
-    pytest.param(pb.CreateJobRequest(job_id="wide", schedule="StepLR(step_size=2)",
-                                     base_lrs=[0.1] * 1025),
-                 grpc.StatusCode.RESOURCE_EXHAUSTED, id="1025-groups"),
-    pytest.param(pb.CreateJobRequest(job_id="wide", schedule="StepLR(step_size=2)",
-                                     base_lrs=[0.1] * 1_000_000),
-                 grpc.StatusCode.RESOURCE_EXHAUSTED, id="a-million-groups"),
-    pytest.param(pb.CreateJobRequest(job_id="long", schedule="StepLR(1)" + " " * 5000,
-                                     base_lrs=[0.1]),
-                 grpc.StatusCode.RESOURCE_EXHAUSTED, id="spec-over-4-kib"),
-    pytest.param(pb.CreateJobRequest(job_id="high", schedule="StepLR(step_size=2)",
-                                     base_lrs=[2e6]),
-                 grpc.StatusCode.INVALID_ARGUMENT, id="base-lr-above-the-ceiling"),
-    pytest.param(pb.CreateJobRequest(job_id="x" * 100_000, schedule="StepLR(step_size=2)",
-                                     base_lrs=[0.1]),
-                 grpc.StatusCode.INVALID_ARGUMENT, id="100k-character-job-id"),
-])
-async def test_create_limits(controller: Controller, stub: Stub, request_: pb.CreateJobRequest,
-                             code: grpc.StatusCode) -> None:
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        pytest.param(
+            pb.CreateJobRequest(
+                job_id="wide", schedule="StepLR(step_size=2)", base_lrs=[0.1] * 1025
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            id="1025-groups",
+        ),
+        pytest.param(
+            pb.CreateJobRequest(
+                job_id="wide", schedule="StepLR(step_size=2)", base_lrs=[0.1] * 1_000_000
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            id="a-million-groups",
+        ),
+        pytest.param(
+            pb.CreateJobRequest(job_id="long", schedule="StepLR(1)" + " " * 5000, base_lrs=[0.1]),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            id="spec-over-4-kib",
+        ),
+        pytest.param(
+            pb.CreateJobRequest(job_id="high", schedule="StepLR(step_size=2)", base_lrs=[2e6]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            id="base-lr-above-the-ceiling",
+        ),
+        pytest.param(
+            pb.CreateJobRequest(
+                job_id="x" * 100_000, schedule="StepLR(step_size=2)", base_lrs=[0.1]
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            id="100k-character-job-id",
+        ),
+    ],
+)
+async def test_create_limits(
+    controller: Controller, stub: Stub, request_: pb.CreateJobRequest, code: grpc.StatusCode
+) -> None:
     start = time.perf_counter()
     err = await expect_status(stub.CreateJob(request_), code)
     assert time.perf_counter() - start < 2.0
     assert len(err.details() or "") <= MESSAGE_LIMIT
     # No metric series for a refused job (a million groups would be a million series).
-    assert not [s for m in controller.registry.collect() for s in m.samples
-                if "job_id" in s.labels]
+    assert not [s for m in controller.registry.collect() for s in m.samples if "job_id" in s.labels]
     listed = await stub.ListJobs(pb.ListJobsRequest(include_finished=True))
     assert not listed.jobs
 
 
 async def test_messages_quote_a_bounded_prefix(stub: Stub) -> None:
-    await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)",
-                                             base_lrs=[0.123456789] * 1024))
+    await stub.CreateJob(
+        pb.CreateJobRequest(
+            job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.123456789] * 1024
+        )
+    )
     calls = [
-        (stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=3)",
-                                            base_lrs=[0.987654321] * 1024)),
-         grpc.StatusCode.FAILED_PRECONDITION),
-        (stub.ListJobs(pb.ListJobsRequest(page_token="x" * 100_000)),
-         grpc.StatusCode.INVALID_ARGUMENT),
-        (stub.Preview(pb.PreviewRequest(schedule="Nope(" + "1," * 2000 + ")", base_lrs=[0.1],
-                                        steps=3)), grpc.StatusCode.INVALID_ARGUMENT),
-        (stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=1, lrs=[0.1] * 5000)),
-         grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            stub.CreateJob(
+                pb.CreateJobRequest(
+                    job_id="run-1", schedule="StepLR(step_size=3)", base_lrs=[0.987654321] * 1024
+                )
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
+        (
+            stub.ListJobs(pb.ListJobsRequest(page_token="x" * 100_000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            stub.Preview(
+                pb.PreviewRequest(schedule="Nope(" + "1," * 2000 + ")", base_lrs=[0.1], steps=3)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=1, lrs=[0.1] * 5000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     ]
     for call, code in calls:
         # Not a transport error ("received metadata size exceeds hard limit"): the answer.
@@ -467,8 +606,13 @@ async def test_list_jobs_pages_cheaply_at_the_job_limit(tmp_path: Path) -> None:
     service = await ControllerService.open(store)
     try:
         for i in range(100_000):
-            job = Job(job_id=f"job-{i:06d}", schedule="StepLR(step_size=2)", base_lrs=(0.1,),
-                      version=1, state=JobState.FINISHED)
+            job = Job(
+                job_id=f"job-{i:06d}",
+                schedule="StepLR(step_size=2)",
+                base_lrs=(0.1,),
+                version=1,
+                state=JobState.FINISHED,
+            )
             service._table.jobs[job.job_id] = JobEntry(job, JobPlateau.idle(job))
         jobs, token = service.list_jobs(include_finished=True)  # the first page sorts once
         start, seen = time.thread_time(), len(jobs)
@@ -493,48 +637,59 @@ async def test_events_per_job_and_jobs_are_limited(start_controller: Start) -> N
     ctl = await start_controller(limits=_limits(max_events_per_job=3, max_jobs=2))
     async with connect(ctl) as stub:
         for job_id in ("a", "b"):
-            await stub.CreateJob(pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=2)",
-                                                     base_lrs=[0.1]))
-        err = await expect_status(stub.CreateJob(pb.CreateJobRequest(
-            job_id="c", schedule="StepLR(step_size=2)", base_lrs=[0.1])),
-            grpc.StatusCode.RESOURCE_EXHAUSTED)
+            await stub.CreateJob(
+                pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=2)", base_lrs=[0.1])
+            )
+        err = await expect_status(
+            stub.CreateJob(
+                pb.CreateJobRequest(job_id="c", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+            ),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
         assert "2 jobs" in (err.details() or "")
         # Attaching to and recreating existing jobs still work at the limit.
-        await stub.CreateJob(pb.CreateJobRequest(job_id="a", schedule="StepLR(step_size=2)",
-                                                 base_lrs=[0.1]))
+        await stub.CreateJob(
+            pb.CreateJobRequest(job_id="a", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+        )
         for _ in range(3):
-            await stub.Override(pb.OverrideRequest(job_id="a", op=pb.OVERRIDE_OP_SCALE,
-                                                   value=0.5))
-        err = await expect_status(stub.Override(pb.OverrideRequest(
-            job_id="a", op=pb.OVERRIDE_OP_SCALE, value=0.5)), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            await stub.Override(pb.OverrideRequest(job_id="a", op=pb.OVERRIDE_OP_SCALE, value=0.5))
+        err = await expect_status(
+            stub.Override(pb.OverrideRequest(job_id="a", op=pb.OVERRIDE_OP_SCALE, value=0.5)),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        )
         assert "3 events" in (err.details() or "")
         assert (await stub.GetJob(pb.GetJobRequest(job_id="a"))).version == 4
-        recreated = await stub.CreateJob(pb.CreateJobRequest(
-            job_id="a", schedule="StepLR(step_size=2)", base_lrs=[0.2], replace=True))
+        recreated = await stub.CreateJob(
+            pb.CreateJobRequest(
+                job_id="a", schedule="StepLR(step_size=2)", base_lrs=[0.2], replace=True
+            )
+        )
         assert recreated.job.version == 5 and not recreated.job.events
         await stub.Override(pb.OverrideRequest(job_id="a", op=pb.OVERRIDE_OP_SCALE, value=0.5))
 
 
 async def test_watch_streams_are_limited_per_job_and_in_total(start_controller: Start) -> None:
-    ctl = await start_controller(limits=_limits(max_watch_streams_per_job=2,
-                                                max_watch_streams=3))
+    ctl = await start_controller(limits=_limits(max_watch_streams_per_job=2, max_watch_streams=3))
     async with connect(ctl) as stub:
         for job_id in ("a", "b"):
-            await stub.CreateJob(pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=2)",
-                                                     base_lrs=[0.1]))
+            await stub.CreateJob(
+                pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=2)", base_lrs=[0.1])
+            )
         streams = []
         for job_id in ("a", "a"):
             call = stub.Watch(pb.WatchRequest(job_id=job_id))
             assert (await call.read()).kind == pb.WatchResponse.KIND_SNAPSHOT
             streams.append(call)
-        err = await expect_status(stub.Watch(pb.WatchRequest(job_id="a")).read(),
-                                  grpc.StatusCode.RESOURCE_EXHAUSTED)
+        err = await expect_status(
+            stub.Watch(pb.WatchRequest(job_id="a")).read(), grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
         assert "2 Watch streams" in (err.details() or "")
         call = stub.Watch(pb.WatchRequest(job_id="b"))
         assert (await call.read()).kind == pb.WatchResponse.KIND_SNAPSHOT
         streams.append(call)
-        err = await expect_status(stub.Watch(pb.WatchRequest(job_id="b")).read(),
-                                  grpc.StatusCode.RESOURCE_EXHAUSTED)
+        err = await expect_status(
+            stub.Watch(pb.WatchRequest(job_id="b")).read(), grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
         assert "3 Watch streams" in (err.details() or "")
         streams.pop(0).cancel()
         for _ in range(100):  # the server sees the cancel shortly
@@ -551,39 +706,65 @@ async def test_watch_streams_are_limited_per_job_and_in_total(start_controller: 
 async def test_the_lr_ceiling_and_report_sizes_are_configurable(start_controller: Start) -> None:
     ctl = await start_controller(limits=_limits(max_lr=10.0, max_report_items=4))
     async with connect(ctl) as stub:
-        await expect_status(stub.CreateJob(pb.CreateJobRequest(
-            job_id="a", schedule="StepLR(step_size=2)", base_lrs=[20.0])),
-            grpc.StatusCode.INVALID_ARGUMENT)
-        await stub.CreateJob(pb.CreateJobRequest(job_id="a", schedule="StepLR(step_size=2)",
-                                                 base_lrs=[5.0]))
-        await expect_status(stub.Override(pb.OverrideRequest(
-            job_id="a", op=pb.OVERRIDE_OP_SET, value=11.0)), grpc.StatusCode.INVALID_ARGUMENT)
-        err = await expect_status(stub.Report(pb.ReportRequest(
-            job_id="a", rank=0, step=9, plateau_metrics=[pb.PlateauMetric(step=i, value=1.0)
-                                                         for i in range(5)])),
-            grpc.StatusCode.INVALID_ARGUMENT)
+        await expect_status(
+            stub.CreateJob(
+                pb.CreateJobRequest(job_id="a", schedule="StepLR(step_size=2)", base_lrs=[20.0])
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        await stub.CreateJob(
+            pb.CreateJobRequest(job_id="a", schedule="StepLR(step_size=2)", base_lrs=[5.0])
+        )
+        await expect_status(
+            stub.Override(pb.OverrideRequest(job_id="a", op=pb.OVERRIDE_OP_SET, value=11.0)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        err = await expect_status(
+            stub.Report(
+                pb.ReportRequest(
+                    job_id="a",
+                    rank=0,
+                    step=9,
+                    plateau_metrics=[pb.PlateauMetric(step=i, value=1.0) for i in range(5)],
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
         assert "4" in (err.details() or "")
         assert (await stub.GetJob(pb.GetJobRequest(job_id="a"))).step == -1
 
 
 def test_limits_come_from_flags_and_environment() -> None:
     defaults = ServerLimits()
-    assert (defaults.max_events_per_job, defaults.max_jobs, defaults.max_watch_streams_per_job,
-            defaults.max_param_groups, defaults.max_spec_bytes, defaults.max_actor_chars,
-            defaults.max_reason_bytes, defaults.max_lr) == (
-        10_000, 100_000, 1_024, 1_024, 4_096, 256, 1_024, 1e6)
-    env = {"LRCTL_MAX_EVENTS_PER_JOB": "20000", "LRCTL_MAX_LR": "10",
-           "LRCTL_MAX_MESSAGE_BYTES": "1048576"}
+    assert (
+        defaults.max_events_per_job,
+        defaults.max_jobs,
+        defaults.max_watch_streams_per_job,
+        defaults.max_param_groups,
+        defaults.max_spec_bytes,
+        defaults.max_actor_chars,
+        defaults.max_reason_bytes,
+        defaults.max_lr,
+    ) == (10_000, 100_000, 1_024, 1_024, 4_096, 256, 1_024, 1e6)
+    env = {
+        "LRCTL_MAX_EVENTS_PER_JOB": "20000",
+        "LRCTL_MAX_LR": "10",
+        "LRCTL_MAX_MESSAGE_BYTES": "1048576",
+    }
     config = ServerConfig.from_env(env)
     assert config.limits.max_events_per_job == 20_000 and config.limits.max_lr == 10.0
     assert config.max_message_bytes == 1 << 20
     parser = argparse.ArgumentParser()
     add_server_arguments(parser)
-    args = parser.parse_args(["--max-jobs", "7", "--max-watch-streams", "9",
-                              "--max-events-per-job", "30000"])
+    args = parser.parse_args(
+        ["--max-jobs", "7", "--max-watch-streams", "9", "--max-events-per-job", "30000"]
+    )
     config = ServerConfig.from_args(args, env)
-    assert (config.limits.max_jobs, config.limits.max_watch_streams,
-            config.limits.max_events_per_job) == (7, 9, 30_000)
+    assert (
+        config.limits.max_jobs,
+        config.limits.max_watch_streams,
+        config.limits.max_events_per_job,
+    ) == (7, 9, 30_000)
     for bad in ({"LRCTL_MAX_JOBS": "0"}, {"LRCTL_MAX_LR": "nan"}, {"LRCTL_MAX_JOBS": "many"}):
         with pytest.raises(ValueError):
             ServerConfig.from_env(bad)

@@ -34,8 +34,12 @@ def test_multisteplr_halves_at_200_and_350() -> None:
 
 
 def test_cyclic_triangular_up_50_down_100() -> None:
-    rows = [r[0] for r in preview(
-        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, step_size_down=100)", [0.1], 301)]
+    rows = [
+        r[0]
+        for r in preview(
+            "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, step_size_down=100)", [0.1], 301
+        )
+    ]
     assert rows[0] == 0.001  # starts at base_lr
     assert max(rows[:150]) == rows[50] == pytest.approx(0.1, rel=1e-15)  # peak at step 50
     assert rows[150] == pytest.approx(0.001, rel=1e-12)  # back at base at 150
@@ -45,8 +49,12 @@ def test_cyclic_triangular_up_50_down_100() -> None:
 
 
 def test_cyclic_triangular2_halves_amplitude_each_cycle() -> None:
-    rows = [r[0] for r in preview(
-        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')", [0.1], 400)]
+    rows = [
+        r[0]
+        for r in preview(
+            "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')", [0.1], 400
+        )
+    ]
     amp = 0.1 - 0.001
     assert rows[50] == pytest.approx(0.001 + amp, rel=1e-12)  # cycle 1: full amplitude
     assert rows[150] == pytest.approx(0.001 + amp / 2, rel=1e-12)  # cycle 2: half
@@ -56,15 +64,24 @@ def test_cyclic_triangular2_halves_amplitude_each_cycle() -> None:
 
 def test_cyclic_exp_range_decays_by_gamma_per_step() -> None:
     gamma = 0.99
-    rows = [r[0] for r in preview(f"CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, "
-                                  f"mode='exp_range', gamma={gamma})", [0.1], 400)]
+    rows = [
+        r[0]
+        for r in preview(
+            f"CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, "
+            f"mode='exp_range', gamma={gamma})",
+            [0.1],
+            400,
+        )
+    ]
     for peak in (50, 150, 250, 350):  # at a peak, scale_factor is 1: amplitude * gamma**step
         assert rows[peak] == pytest.approx(0.001 + (0.1 - 0.001) * gamma**peak, rel=1e-12)
 
 
 def test_warm_restarts_t0_50_tmult_2_restart_at_50_150_350() -> None:
-    rows = [r[0] for r in preview(
-        "CosineAnnealingWarmRestarts(T_0=50, T_mult=2, eta_min=0.001)", [0.1], 400)]
+    rows = [
+        r[0]
+        for r in preview("CosineAnnealingWarmRestarts(T_0=50, T_mult=2, eta_min=0.001)", [0.1], 400)
+    ]
     restarts = [t for t in range(1, 400) if rows[t] > rows[t - 1]]
     assert restarts == [50, 150, 350]
     for t in (0, 50, 150, 350):
@@ -99,62 +116,95 @@ def test_spec_text_and_dict_round_trip(text: str) -> None:
 
 
 def test_spec_text_is_canonical() -> None:
-    spec = parse_spec('  StepLR( step_size = 200,gamma= .5 )')
+    spec = parse_spec("  StepLR( step_size = 200,gamma= .5 )")
     assert spec.to_text() == "StepLR(step_size=200, gamma=0.5)"
     assert spec.to_dict() == {"name": "StepLR", "args": {"step_size": 200, "gamma": 0.5}}
 
 
 def test_positional_arguments_bind_like_torch() -> None:
-    assert preview("StepLR(2, 0.5)", [1.0], 5) == preview("StepLR(step_size=2, gamma=0.5)",
-                                                          [1.0], 5)
+    assert preview("StepLR(2, 0.5)", [1.0], 5) == preview(
+        "StepLR(step_size=2, gamma=0.5)", [1.0], 5
+    )
 
 
 BAD_SPECS = [
-    pytest.param("StepLR(step_size=-1)", "StepLR: step_size must be a positive integer, got -1",
-                 id="negative-step-size"),
-    pytest.param("StepLR(step_size=2.5)", "step_size must be a positive integer, got 2.5",
-                 id="float-step-size"),
+    pytest.param(
+        "StepLR(step_size=-1)",
+        "StepLR: step_size must be a positive integer, got -1",
+        id="negative-step-size",
+    ),
+    pytest.param(
+        "StepLR(step_size=2.5)",
+        "step_size must be a positive integer, got 2.5",
+        id="float-step-size",
+    ),
     pytest.param("FooLR(x=1)", "unknown scheduler 'FooLR'; expected one of", id="unknown-name"),
-    pytest.param("StepLR(step_size=1, gama=0.5)", "unexpected keyword argument 'gama'",
-                 id="unknown-kwarg"),
+    pytest.param(
+        "StepLR(step_size=1, gama=0.5)", "unexpected keyword argument 'gama'", id="unknown-kwarg"
+    ),
     pytest.param("StepLR(1, 0.5, 3)", "too many positional arguments", id="too-many-positional"),
-    pytest.param("StepLR(gamma=0.5)", "missing a required argument: 'step_size'",
-                 id="missing-required"),
-    pytest.param("StepLR(1, step_size=2)", "multiple values for argument 'step_size'",
-                 id="positional-and-keyword"),
-    pytest.param("StepLR(step_size=1, step_size=2)", "argument 'step_size' given twice",
-                 id="duplicate-kwarg"),
+    pytest.param(
+        "StepLR(gamma=0.5)", "missing a required argument: 'step_size'", id="missing-required"
+    ),
+    pytest.param(
+        "StepLR(1, step_size=2)",
+        "multiple values for argument 'step_size'",
+        id="positional-and-keyword",
+    ),
+    pytest.param(
+        "StepLR(step_size=1, step_size=2)", "argument 'step_size' given twice", id="duplicate-kwarg"
+    ),
     pytest.param("ExponentialLR(gamma=1e999)", "expected a finite number", id="inf-literal"),
     pytest.param("ExponentialLR(gamma=nan)", "expected a finite number, got 'nan'", id="nan"),
     pytest.param("ExponentialLR(gamma=-0.5)", "gamma must be >= 0, got -0.5", id="negative"),
-    pytest.param("CyclicLR(base_lr=-0.1, max_lr=0.1)", "base_lr must be >= 0, got -0.1",
-                 id="negative-lr"),
-    pytest.param("CyclicLR(base_lr=[0.1, 0.2, 0.3], max_lr=0.1)",
-                 "expected 2 values for base_lr, got 3", id="per-group-length"),
-    pytest.param("StepLR(step_size=1, last_epoch=5)", "pass last_epoch to RemoteLRScheduler",
-                 id="last-epoch-in-spec"),
+    pytest.param(
+        "CyclicLR(base_lr=-0.1, max_lr=0.1)", "base_lr must be >= 0, got -0.1", id="negative-lr"
+    ),
+    pytest.param(
+        "CyclicLR(base_lr=[0.1, 0.2, 0.3], max_lr=0.1)",
+        "expected 2 values for base_lr, got 3",
+        id="per-group-length",
+    ),
+    pytest.param(
+        "StepLR(step_size=1, last_epoch=5)",
+        "pass last_epoch to RemoteLRScheduler",
+        id="last-epoch-in-spec",
+    ),
     pytest.param("StepLR(step_size=len('ab'))", "expected a literal", id="call-in-arg"),
     pytest.param("StepLR(step_size=x)", "expected a literal", id="name-in-arg"),
     pytest.param("StepLR(step_size=1) + 1", "must be a scheduler call", id="not-a-call"),
-    pytest.param("torch.optim.lr_scheduler.StepLR(step_size=1)", "expected a scheduler name",
-                 id="attribute-call"),
+    pytest.param(
+        "torch.optim.lr_scheduler.StepLR(step_size=1)",
+        "expected a scheduler name",
+        id="attribute-call",
+    ),
     pytest.param("StepLR(**{'step_size': 1})", "**arguments are not allowed", id="double-star"),
     pytest.param("StepLR(step_size=1", "not valid syntax", id="syntax"),
     pytest.param("", "schedule spec is empty", id="empty"),
     pytest.param("LambdaLR(lr_lambda=lambda e: 1)", "expected a literal", id="python-lambda"),
     pytest.param("LambdaLR(lr_lambda=\"__import__('os')\")", "not allowed", id="unsafe-lambda"),
-    pytest.param("SequentialLR(schedulers=[StepLR(step_size=1)], milestones=[3])",
-                 "one more than the number of milestone points", id="sequential-milestones"),
-    pytest.param("SequentialLR(schedulers=[StepLR(step_size=1), ReduceLROnPlateau()], "
-                 "milestones=[3])", "ReduceLROnPlateau: cannot be nested", id="nested-plateau"),
+    pytest.param(
+        "SequentialLR(schedulers=[StepLR(step_size=1)], milestones=[3])",
+        "one more than the number of milestone points",
+        id="sequential-milestones",
+    ),
+    pytest.param(
+        "SequentialLR(schedulers=[StepLR(step_size=1), ReduceLROnPlateau()], milestones=[3])",
+        "ReduceLROnPlateau: cannot be nested",
+        id="nested-plateau",
+    ),
     pytest.param("OneCycleLR(max_lr=0.1)", "You must define either total_steps", id="onecycle"),
-    pytest.param("ConstantLR(factor=1.5)", "factor must be > 0 and <= 1, got 1.5",
-                 id="constant-factor"),
-    pytest.param("CyclicLR(base_lr=0.1, max_lr=0.2, mode='sine')",
-                 "mode must be one of 'triangular', 'triangular2', 'exp_range', got 'sine'",
-                 id="cyclic-mode"),
-    pytest.param("StepLR(step_size=1, gamma=True)", "gamma must be a number, got True",
-                 id="bool-as-number"),
+    pytest.param(
+        "ConstantLR(factor=1.5)", "factor must be > 0 and <= 1, got 1.5", id="constant-factor"
+    ),
+    pytest.param(
+        "CyclicLR(base_lr=0.1, max_lr=0.2, mode='sine')",
+        "mode must be one of 'triangular', 'triangular2', 'exp_range', got 'sine'",
+        id="cyclic-mode",
+    ),
+    pytest.param(
+        "StepLR(step_size=1, gamma=True)", "gamma must be a number, got True", id="bool-as-number"
+    ),
     pytest.param("X" * 20_000, "expected at most 4096 bytes", id="too-long"),
 ]
 
@@ -182,10 +232,13 @@ def test_onecycle_refuses_steps_past_total_like_torch() -> None:
 
 
 def test_every_torch_scheduler_is_supported() -> None:
-    torch_names = {name for name in dir(torch.optim.lr_scheduler)
-                   if name.endswith(("LR", "Scheduler", "Restarts", "Plateau"))
-                   and name not in {"LRScheduler", "_LRScheduler"}
-                   and isinstance(getattr(torch.optim.lr_scheduler, name), type)}
+    torch_names = {
+        name
+        for name in dir(torch.optim.lr_scheduler)
+        if name.endswith(("LR", "Scheduler", "Restarts", "Plateau"))
+        and name not in {"LRScheduler", "_LRScheduler"}
+        and isinstance(getattr(torch.optim.lr_scheduler, name), type)
+    }
     assert torch_names <= set(SCHEDULES), torch_names - set(SCHEDULES)
 
 
@@ -210,19 +263,26 @@ def hf_inverse_sqrt(step: int, w: int, timescale: int | None = None) -> float:
     return 1.0 / math.sqrt((step + shift) / timescale)
 
 
-def hf_wsd(step: int, w: int, stable: int, decay: int, wt: str, dt: str, r: float,
-           cycles: float) -> float:
+def hf_wsd(
+    step: int, w: int, stable: int, decay: int, wt: str, dt: str, r: float, cycles: float
+) -> float:
     if step < w:
         p = float(step) / float(max(1, w))
-        f = {"linear": p, "cosine": 0.5 * (1.0 - math.cos(math.pi * p)),
-             "1-sqrt": 1.0 - math.sqrt(1.0 - p)}[wt]
+        f = {
+            "linear": p,
+            "cosine": 0.5 * (1.0 - math.cos(math.pi * p)),
+            "1-sqrt": 1.0 - math.sqrt(1.0 - p),
+        }[wt]
         return max(0.0, f * (1.0 - r) + r)
     if step < w + stable:
         return 1.0
     if step < w + stable + decay:
         p = float(step - w - stable) / float(max(1, decay))
-        f = {"linear": 1.0 - p, "cosine": 0.5 * (1.0 + math.cos(math.pi * cycles * 2.0 * p)),
-             "1-sqrt": 1.0 - math.sqrt(p)}[dt]
+        f = {
+            "linear": 1.0 - p,
+            "cosine": 0.5 * (1.0 + math.cos(math.pi * cycles * 2.0 * p)),
+            "1-sqrt": 1.0 - math.sqrt(p),
+        }[dt]
         return max(0.0, f * (1.0 - r) + r)
     return r
 
@@ -240,22 +300,37 @@ def torch_lambda_rows(fn: object, base: list[float], steps: int) -> list[list[fl
 
 
 WARMUP_CASES = [
-    pytest.param("WarmupCosineLR(num_warmup_steps=100, num_training_steps=1000)",
-                 lambda t: hf_cosine_with_min_lr(t, 100, 1000, 0.5, 0.0), id="cosine"),
-    pytest.param("WarmupCosineLR(num_warmup_steps=50, num_training_steps=800, "
-                 "min_lr_rate=0.1, num_cycles=1.5)",
-                 lambda t: hf_cosine_with_min_lr(t, 50, 800, 1.5, 0.1), id="cosine-min-lr"),
-    pytest.param("WarmupStableDecayLR(num_warmup_steps=100, num_decay_steps=200, "
-                 "num_training_steps=1000)",
-                 lambda t: hf_wsd(t, 100, 700, 200, "linear", "cosine", 0.0, 0.5), id="wsd"),
-    pytest.param("WarmupStableDecayLR(num_warmup_steps=30, num_decay_steps=300, "
-                 "num_stable_steps=400, warmup_type='1-sqrt', decay_type='1-sqrt', "
-                 "min_lr_ratio=0.05)",
-                 lambda t: hf_wsd(t, 30, 400, 300, "1-sqrt", "1-sqrt", 0.05, 0.5), id="wsd-sqrt"),
-    pytest.param("InverseSqrtLR(num_warmup_steps=100)", lambda t: hf_inverse_sqrt(t, 100),
-                 id="inverse-sqrt"),
-    pytest.param("InverseSqrtLR(num_warmup_steps=0, timescale=50)",
-                 lambda t: hf_inverse_sqrt(t, 0, 50), id="inverse-sqrt-timescale"),
+    pytest.param(
+        "WarmupCosineLR(num_warmup_steps=100, num_training_steps=1000)",
+        lambda t: hf_cosine_with_min_lr(t, 100, 1000, 0.5, 0.0),
+        id="cosine",
+    ),
+    pytest.param(
+        "WarmupCosineLR(num_warmup_steps=50, num_training_steps=800, "
+        "min_lr_rate=0.1, num_cycles=1.5)",
+        lambda t: hf_cosine_with_min_lr(t, 50, 800, 1.5, 0.1),
+        id="cosine-min-lr",
+    ),
+    pytest.param(
+        "WarmupStableDecayLR(num_warmup_steps=100, num_decay_steps=200, num_training_steps=1000)",
+        lambda t: hf_wsd(t, 100, 700, 200, "linear", "cosine", 0.0, 0.5),
+        id="wsd",
+    ),
+    pytest.param(
+        "WarmupStableDecayLR(num_warmup_steps=30, num_decay_steps=300, "
+        "num_stable_steps=400, warmup_type='1-sqrt', decay_type='1-sqrt', "
+        "min_lr_ratio=0.05)",
+        lambda t: hf_wsd(t, 30, 400, 300, "1-sqrt", "1-sqrt", 0.05, 0.5),
+        id="wsd-sqrt",
+    ),
+    pytest.param(
+        "InverseSqrtLR(num_warmup_steps=100)", lambda t: hf_inverse_sqrt(t, 100), id="inverse-sqrt"
+    ),
+    pytest.param(
+        "InverseSqrtLR(num_warmup_steps=0, timescale=50)",
+        lambda t: hf_inverse_sqrt(t, 0, 50),
+        id="inverse-sqrt-timescale",
+    ),
 ]
 
 

@@ -28,16 +28,24 @@ Stub = lrctl_pb2_grpc.LRControllerStub
 SPEC = "StepLR(step_size=2, gamma=0.5)"
 
 
-async def create(stub: Stub, job_id: str = "run-1", schedule: str = SPEC,
-                 base_lrs: tuple[float, ...] = (0.1, 0.01), **kw: Any) -> pb.CreateJobResponse:
-    return await stub.CreateJob(pb.CreateJobRequest(job_id=job_id, schedule=schedule,
-                                                    base_lrs=base_lrs, **kw))
+async def create(
+    stub: Stub,
+    job_id: str = "run-1",
+    schedule: str = SPEC,
+    base_lrs: tuple[float, ...] = (0.1, 0.01),
+    **kw: Any,
+) -> pb.CreateJobResponse:
+    return await stub.CreateJob(
+        pb.CreateJobRequest(job_id=job_id, schedule=schedule, base_lrs=base_lrs, **kw)
+    )
 
 
-async def scale(stub: Stub, factor: float, job_id: str = "run-1", **kw: Any
-                ) -> pb.OverrideResponse:
-    return await stub.Override(pb.OverrideRequest(job_id=job_id, op=pb.OVERRIDE_OP_SCALE,
-                                                  value=factor, actor="alice", **kw))
+async def scale(stub: Stub, factor: float, job_id: str = "run-1", **kw: Any) -> pb.OverrideResponse:
+    return await stub.Override(
+        pb.OverrideRequest(
+            job_id=job_id, op=pb.OVERRIDE_OP_SCALE, value=factor, actor="alice", **kw
+        )
+    )
 
 
 # -- jobs ------------------------------------------------------------------------------------
@@ -56,13 +64,17 @@ async def test_create_get_and_attach_is_idempotent(stub: Stub) -> None:
     assert got.job_id == "run-1" and got.version == 1 and got.created_at.seconds > 0
 
 
-@pytest.mark.parametrize("change", [
-    pytest.param({"schedule": "StepLR(step_size=3, gamma=0.5)"}, id="other-spec"),
-    pytest.param({"base_lrs": (0.2, 0.01)}, id="other-base-lrs"),
-    pytest.param({"base_lrs": (0.1,)}, id="other-group-count"),
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"schedule": "StepLR(step_size=3, gamma=0.5)"}, id="other-spec"),
+        pytest.param({"base_lrs": (0.2, 0.01)}, id="other-base-lrs"),
+        pytest.param({"base_lrs": (0.1,)}, id="other-group-count"),
+    ],
+)
 async def test_create_conflict_is_failed_precondition_unless_replace(
-        stub: Stub, change: dict[str, Any]) -> None:
+    stub: Stub, change: dict[str, Any]
+) -> None:
     await create(stub)
     await scale(stub, 0.5)
     err = await expect_status(create(stub, **change), grpc.StatusCode.FAILED_PRECONDITION)
@@ -101,10 +113,13 @@ async def test_list_jobs_pages_with_opaque_tokens(stub: Stub) -> None:
     assert seen == ["job-0", "job-1", "job-3", "job-4"]
     everything = await stub.ListJobs(pb.ListJobsRequest(include_finished=True))
     assert [j.job_id for j in everything.jobs] == [f"job-{i}" for i in range(5)]
-    await expect_status(stub.ListJobs(pb.ListJobsRequest(page_token="not a token!")),
-                        grpc.StatusCode.INVALID_ARGUMENT)
-    await expect_status(stub.ListJobs(pb.ListJobsRequest(page_size=-1)),
-                        grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(
+        stub.ListJobs(pb.ListJobsRequest(page_token="not a token!")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    await expect_status(
+        stub.ListJobs(pb.ListJobsRequest(page_size=-1)), grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 # -- overrides -------------------------------------------------------------------------------
@@ -118,18 +133,24 @@ async def test_override_ops_history_and_lr(stub: Stub) -> None:
     assert not halved.event.HasField("effective_step")  # pending until rank 0 applies it
     # Shown as if taking effect now: StepLR at step 3 is 0.05 / 0.005; group 0 halved.
     assert list(halved.job.lrs) == pytest.approx([0.025, 0.005])
-    held = await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SET,
-                                                  value=3e-4, actor="bob"))
+    held = await stub.Override(
+        pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SET, value=3e-4, actor="bob")
+    )
     assert list(held.job.lrs) == pytest.approx([3e-4, 3e-4])
     cleared = await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR))
     assert list(cleared.job.lrs) == pytest.approx([0.05, 0.005])
-    replaced = await stub.Override(pb.OverrideRequest(
-        job_id="run-1", op=pb.OVERRIDE_OP_REPLACE_SCHEDULE, schedule="ConstantLR( factor=0.5)"))
+    replaced = await stub.Override(
+        pb.OverrideRequest(
+            job_id="run-1", op=pb.OVERRIDE_OP_REPLACE_SCHEDULE, schedule="ConstantLR( factor=0.5)"
+        )
+    )
     assert replaced.event.schedule == "ConstantLR(factor=0.5)"
     history = await stub.History(pb.HistoryRequest(job_id="run-1"))
     assert [e.version for e in history.events] == [2, 3, 4, 5]
-    assert [(e.actor, e.reason) for e in history.events][:2] == [("alice", "loss spike"),
-                                                                   ("bob", "")]
+    assert [(e.actor, e.reason) for e in history.events][:2] == [
+        ("alice", "loss spike"),
+        ("bob", ""),
+    ]
     assert history.events[0].param_group == 0 and not history.events[1].HasField("param_group")
     job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
     assert job.version == 5 and len(job.events) == 4
@@ -146,98 +167,140 @@ async def test_expected_version_conflict_is_aborted(stub: Stub) -> None:
 
 REFUSED_OVERRIDES = [
     pytest.param({"op": pb.OVERRIDE_OP_SCALE, "value": 0.0}, "scale factor", id="scale-0"),
-    pytest.param({"op": pb.OVERRIDE_OP_SCALE, "value": float("inf")}, "finite",
-                 id="scale-inf"),
+    pytest.param({"op": pb.OVERRIDE_OP_SCALE, "value": float("inf")}, "finite", id="scale-inf"),
     pytest.param({"op": pb.OVERRIDE_OP_SCALE, "value": float("nan")}, "finite", id="scale-nan"),
     pytest.param({"op": pb.OVERRIDE_OP_SET, "value": -1.0}, ">= 0", id="set-negative"),
     pytest.param({"op": pb.OVERRIDE_OP_SET, "value": float("inf")}, "finite", id="set-inf"),
-    pytest.param({"op": pb.OVERRIDE_OP_SCALE, "value": 0.5, "param_group": 2},
-                 "group 2 does not exist", id="bad-group"),
-    pytest.param({"op": pb.OVERRIDE_OP_SCALE, "value": 0.5, "param_group": -1},
-                 "param group", id="negative-group"),
-    pytest.param({"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": "NoSuchLR()"},
-                 "unknown scheduler", id="bad-spec"),
-    pytest.param({"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE,
-                  "schedule": "LambdaLR(lr_lambda=\"__import__('os')\")"},
-                 "double underscores", id="unsafe-expression"),
-    pytest.param({"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": ""},
-                 "expected a schedule", id="empty-spec"),
-    pytest.param({"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": "ExponentialLR()"},
-                 "ExponentialLR", id="missing-argument"),
-    pytest.param({"op": pb.OVERRIDE_OP_UNSPECIFIED}, "OVERRIDE_OP_UNSPECIFIED",
-                 id="op-unspecified"),
+    pytest.param(
+        {"op": pb.OVERRIDE_OP_SCALE, "value": 0.5, "param_group": 2},
+        "group 2 does not exist",
+        id="bad-group",
+    ),
+    pytest.param(
+        {"op": pb.OVERRIDE_OP_SCALE, "value": 0.5, "param_group": -1},
+        "param group",
+        id="negative-group",
+    ),
+    pytest.param(
+        {"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": "NoSuchLR()"},
+        "unknown scheduler",
+        id="bad-spec",
+    ),
+    pytest.param(
+        {
+            "op": pb.OVERRIDE_OP_REPLACE_SCHEDULE,
+            "schedule": "LambdaLR(lr_lambda=\"__import__('os')\")",
+        },
+        "double underscores",
+        id="unsafe-expression",
+    ),
+    pytest.param(
+        {"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": ""},
+        "expected a schedule",
+        id="empty-spec",
+    ),
+    pytest.param(
+        {"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": "ExponentialLR()"},
+        "ExponentialLR",
+        id="missing-argument",
+    ),
+    pytest.param(
+        {"op": pb.OVERRIDE_OP_UNSPECIFIED}, "OVERRIDE_OP_UNSPECIFIED", id="op-unspecified"
+    ),
     # The wire op converts; the service refuses it (only the controller decides reductions).
-    pytest.param({"op": pb.OVERRIDE_OP_PLATEAU_REDUCE}, "got 'plateau_reduce'",
-                 id="op-plateau-from-client"),
+    pytest.param(
+        {"op": pb.OVERRIDE_OP_PLATEAU_REDUCE}, "got 'plateau_reduce'", id="op-plateau-from-client"
+    ),
     pytest.param({"op": 42}, "got 42", id="op-unknown"),
 ]
 
 
 @pytest.mark.parametrize(("fields", "message"), REFUSED_OVERRIDES)
 async def test_refused_override_is_invalid_argument_and_changes_nothing(
-        stub: Stub, fields: dict[str, Any], message: str) -> None:
+    stub: Stub, fields: dict[str, Any], message: str
+) -> None:
     await create(stub)
     await scale(stub, 0.5)
     before = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
-    err = await expect_status(stub.Override(pb.OverrideRequest(job_id="run-1", **fields)),
-                              grpc.StatusCode.INVALID_ARGUMENT)
+    err = await expect_status(
+        stub.Override(pb.OverrideRequest(job_id="run-1", **fields)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     assert message in (err.details() or "")
     after = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
     assert after.version == before.version == 2
     assert list(after.events) == list(before.events)
 
 
-@pytest.mark.parametrize(("schedule", "base_lrs", "message"), [
-    pytest.param("LambdaLR(lr_lambda=\"__import__('os')\")", (0.1,), "double underscores",
-                 id="unsafe-expression"),
-    pytest.param("LambdaLR(lr_lambda='10 ** 10 ** 10')", (0.1,), "overflow", id="huge-power"),
-    pytest.param("StepLR(step_size=0)", (0.1,), "step_size", id="bad-argument"),
-    pytest.param("StepLR(step_size=2", (0.1,), "syntax", id="syntax"),
-    pytest.param("", (0.1,), "empty", id="empty-spec"),
-    pytest.param(SPEC, (), "at least one base LR", id="no-base-lr"),
-    pytest.param(SPEC, (-0.1,), "base_lrs[0]", id="negative-base-lr"),
-])
-async def test_create_refuses_bad_specs(stub: Stub, schedule: str, base_lrs: tuple[float, ...],
-                                        message: str) -> None:
-    err = await expect_status(create(stub, schedule=schedule, base_lrs=base_lrs),
-                              grpc.StatusCode.INVALID_ARGUMENT)
+@pytest.mark.parametrize(
+    ("schedule", "base_lrs", "message"),
+    [
+        pytest.param(
+            "LambdaLR(lr_lambda=\"__import__('os')\")",
+            (0.1,),
+            "double underscores",
+            id="unsafe-expression",
+        ),
+        pytest.param("LambdaLR(lr_lambda='10 ** 10 ** 10')", (0.1,), "overflow", id="huge-power"),
+        pytest.param("StepLR(step_size=0)", (0.1,), "step_size", id="bad-argument"),
+        pytest.param("StepLR(step_size=2", (0.1,), "syntax", id="syntax"),
+        pytest.param("", (0.1,), "empty", id="empty-spec"),
+        pytest.param(SPEC, (), "at least one base LR", id="no-base-lr"),
+        pytest.param(SPEC, (-0.1,), "base_lrs[0]", id="negative-base-lr"),
+    ],
+)
+async def test_create_refuses_bad_specs(
+    stub: Stub, schedule: str, base_lrs: tuple[float, ...], message: str
+) -> None:
+    err = await expect_status(
+        create(stub, schedule=schedule, base_lrs=base_lrs), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert message in (err.details() or "")
     await expect_status(stub.GetJob(pb.GetJobRequest(job_id="run-1")), grpc.StatusCode.NOT_FOUND)
 
 
-@pytest.mark.parametrize("job_id", [
-    pytest.param("", id="empty"),
-    pytest.param("x" * 129, id="too-long"),
-    pytest.param("run 42", id="space"),
-    pytest.param("run*42", id="glob"),  # token scopes match ids with fnmatch patterns
-    pytest.param("-run", id="leading-dash"),
-])
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("x" * 129, id="too-long"),
+        pytest.param("run 42", id="space"),
+        pytest.param("run*42", id="glob"),  # token scopes match ids with fnmatch patterns
+        pytest.param("-run", id="leading-dash"),
+    ],
+)
 async def test_bad_job_ids_are_invalid_argument(stub: Stub, job_id: str) -> None:
     err = await expect_status(create(stub, job_id=job_id), grpc.StatusCode.INVALID_ARGUMENT)
     assert (err.details() or "").startswith("expected a job id of 1-128 characters")
-    await expect_status(stub.GetJob(pb.GetJobRequest(job_id=job_id)),
-                        grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(
+        stub.GetJob(pb.GetJobRequest(job_id=job_id)), grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 async def test_job_ids_follow_the_design_charset(stub: Stub) -> None:
     # The one rule (lrctl.model.JOB_ID_PATTERN) the worker checks its default ids with too.
     for job_id in ("alice@host/run+1:2", "r" * 128):
         assert (await create(stub, job_id=job_id)).created
-    err = await expect_status(create(stub, job_id="x" * 100_000),
-                              grpc.StatusCode.INVALID_ARGUMENT)
+    err = await expect_status(create(stub, job_id="x" * 100_000), grpc.StatusCode.INVALID_ARGUMENT)
     assert len(err.details() or "") < 300  # the message does not echo unbounded input
 
 
-@pytest.mark.parametrize("call", [
-    pytest.param(lambda s: s.GetJob(pb.GetJobRequest(job_id="nope")), id="GetJob"),
-    pytest.param(lambda s: s.FinishJob(pb.FinishJobRequest(job_id="nope")), id="FinishJob"),
-    pytest.param(lambda s: s.History(pb.HistoryRequest(job_id="nope")), id="History"),
-    pytest.param(lambda s: s.Override(pb.OverrideRequest(job_id="nope", op=pb.OVERRIDE_OP_CLEAR)),
-                 id="Override"),
-    pytest.param(lambda s: s.Report(pb.ReportRequest(job_id="nope", step=1)), id="Report"),
-])
-async def test_unknown_job_is_not_found(stub: Stub, call: Callable[[Stub], Awaitable[object]]
-                                        ) -> None:
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda s: s.GetJob(pb.GetJobRequest(job_id="nope")), id="GetJob"),
+        pytest.param(lambda s: s.FinishJob(pb.FinishJobRequest(job_id="nope")), id="FinishJob"),
+        pytest.param(lambda s: s.History(pb.HistoryRequest(job_id="nope")), id="History"),
+        pytest.param(
+            lambda s: s.Override(pb.OverrideRequest(job_id="nope", op=pb.OVERRIDE_OP_CLEAR)),
+            id="Override",
+        ),
+        pytest.param(lambda s: s.Report(pb.ReportRequest(job_id="nope", step=1)), id="Report"),
+    ],
+)
+async def test_unknown_job_is_not_found(
+    stub: Stub, call: Callable[[Stub], Awaitable[object]]
+) -> None:
     err = await expect_status(call(stub), grpc.StatusCode.NOT_FOUND)
     assert "no job 'nope'" in (err.details() or "")
 
@@ -247,16 +310,21 @@ async def test_preview_matches_the_program(stub: Stub) -> None:
     got = await stub.Preview(pb.PreviewRequest(schedule=spec, base_lrs=[0.01, 0.02], steps=21))
     assert got.schedule == spec
     assert [list(r.lr) for r in got.rows] == preview(spec, [0.01, 0.02], 21)
-    for bad in (pb.PreviewRequest(schedule=spec, base_lrs=[0.01], steps=22),
-                pb.PreviewRequest(schedule=spec, base_lrs=[0.01], steps=0),
-                pb.PreviewRequest(schedule="Nope()", base_lrs=[0.01], steps=3),
-                pb.PreviewRequest(schedule=spec, base_lrs=[0.01, 0.1], steps=600_000)):
+    for bad in (
+        pb.PreviewRequest(schedule=spec, base_lrs=[0.01], steps=22),
+        pb.PreviewRequest(schedule=spec, base_lrs=[0.01], steps=0),
+        pb.PreviewRequest(schedule="Nope()", base_lrs=[0.01], steps=3),
+        pb.PreviewRequest(schedule=spec, base_lrs=[0.01, 0.1], steps=600_000),
+    ):
         await expect_status(stub.Preview(bad), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 async def test_unexpected_failure_is_internal_not_unknown(
-        controller: Controller, stub: Stub, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    controller: Controller,
+    stub: Stub,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     await create(stub)
 
     async def broken(change: object) -> None:  # a bug, not a fault of the database
@@ -283,12 +351,25 @@ async def test_only_rank_0_sets_effective_steps_once(controller: Controller, stu
     v = (await scale(stub, 0.5)).event.version
     applied = [pb.AppliedVersion(version=v, effective_step=5)]
     await stub.Report(pb.ReportRequest(job_id="run-1", rank=1, step=5, applied=applied))
-    assert not (await stub.History(pb.HistoryRequest(job_id="run-1"))).events[0].HasField(
-        "effective_step")
-    await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=6, lrs=[0.025, 0.0025],
-                                       applied=[pb.AppliedVersion(version=v, effective_step=6)]))
-    await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=9,
-                                       applied=[pb.AppliedVersion(version=v, effective_step=9)]))
+    assert (
+        not (await stub.History(pb.HistoryRequest(job_id="run-1")))
+        .events[0]
+        .HasField("effective_step")
+    )
+    await stub.Report(
+        pb.ReportRequest(
+            job_id="run-1",
+            rank=0,
+            step=6,
+            lrs=[0.025, 0.0025],
+            applied=[pb.AppliedVersion(version=v, effective_step=6)],
+        )
+    )
+    await stub.Report(
+        pb.ReportRequest(
+            job_id="run-1", rank=0, step=9, applied=[pb.AppliedVersion(version=v, effective_step=9)]
+        )
+    )
     event = (await stub.History(pb.HistoryRequest(job_id="run-1"))).events[0]
     assert event.effective_step == 6 and event.applied_at.seconds > 0
     job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
@@ -298,24 +379,40 @@ async def test_only_rank_0_sets_effective_steps_once(controller: Controller, stu
     assert controller.registry.get_sample_value("lrctl_override_apply_seconds_count") == 1
 
 
-@pytest.mark.parametrize(("request_", "message"), [
-    pytest.param(pb.ReportRequest(job_id="run-1", rank=0, step=1, lrs=[0.1]),
-                 "expected 2 lrs", id="lrs-per-group"),
-    pytest.param(pb.ReportRequest(job_id="run-1", rank=0, step=1,
-                                  applied=[pb.AppliedVersion(version=9, effective_step=1)]),
-                 "applied versions <= 1", id="future-version"),
-    pytest.param(pb.ReportRequest(job_id="run-1", rank=-1, step=1), "rank >= 0",
-                 id="negative-rank"),
-])
-async def test_bad_reports_are_invalid_argument(stub: Stub, request_: pb.ReportRequest,
-                                                message: str) -> None:
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        pytest.param(
+            pb.ReportRequest(job_id="run-1", rank=0, step=1, lrs=[0.1]),
+            "expected 2 lrs",
+            id="lrs-per-group",
+        ),
+        pytest.param(
+            pb.ReportRequest(
+                job_id="run-1",
+                rank=0,
+                step=1,
+                applied=[pb.AppliedVersion(version=9, effective_step=1)],
+            ),
+            "applied versions <= 1",
+            id="future-version",
+        ),
+        pytest.param(
+            pb.ReportRequest(job_id="run-1", rank=-1, step=1), "rank >= 0", id="negative-rank"
+        ),
+    ],
+)
+async def test_bad_reports_are_invalid_argument(
+    stub: Stub, request_: pb.ReportRequest, message: str
+) -> None:
     await create(stub)
     err = await expect_status(stub.Report(request_), grpc.StatusCode.INVALID_ARGUMENT)
     assert message in (err.details() or "")
 
 
 async def test_state_changes_and_verbose_lr_changes_are_logged(
-        stub: Stub, caplog: pytest.LogCaptureFixture) -> None:
+    stub: Stub, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="lrctl")
     await create(stub, verbose=True)
     await scale(stub, 0.5, reason="loss spike")
@@ -337,36 +434,46 @@ def _bearer(token: str) -> tuple[tuple[str, str], ...]:
 
 
 async def test_tokens_authenticate_and_roles_authorize(
-        start_controller: Callable[..., Awaitable[Controller]]) -> None:
+    start_controller: Callable[..., Awaitable[Controller]],
+) -> None:
     ctl = await start_controller(tokens=TOKENS)
     async with grpc.aio.insecure_channel(ctl.address) as chan:
         stub = lrctl_pb2_grpc.LRControllerStub(chan)
         req = pb.CreateJobRequest(job_id="run-1", schedule=SPEC, base_lrs=[0.1])
         await expect_status(stub.CreateJob(req), grpc.StatusCode.UNAUTHENTICATED)
-        await expect_status(stub.CreateJob(req, metadata=_bearer("guess")),
-                            grpc.StatusCode.UNAUTHENTICATED)
-        await expect_status(stub.CreateJob(req, metadata=(("authorization", "Basic x"),)),
-                            grpc.StatusCode.UNAUTHENTICATED)
-        err = await expect_status(stub.CreateJob(req, metadata=_bearer("reader-token")),
-                                  grpc.StatusCode.PERMISSION_DENIED)
+        await expect_status(
+            stub.CreateJob(req, metadata=_bearer("guess")), grpc.StatusCode.UNAUTHENTICATED
+        )
+        await expect_status(
+            stub.CreateJob(req, metadata=(("authorization", "Basic x"),)),
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
+        err = await expect_status(
+            stub.CreateJob(req, metadata=_bearer("reader-token")), grpc.StatusCode.PERMISSION_DENIED
+        )
         assert "CreateJob needs role 'admin'" in (err.details() or "")
         assert (await stub.CreateJob(req, metadata=_bearer("admin-token"))).created
         reader = _bearer("reader-token")
         assert (await stub.GetJob(pb.GetJobRequest(job_id="run-1"), metadata=reader)).version
         await stub.ListJobs(pb.ListJobsRequest(), metadata=reader)
         await stub.History(pb.HistoryRequest(job_id="run-1"), metadata=reader)
-        await stub.Preview(pb.PreviewRequest(schedule=SPEC, base_lrs=[0.1], steps=2),
-                           metadata=reader)
+        await stub.Preview(
+            pb.PreviewRequest(schedule=SPEC, base_lrs=[0.1], steps=2), metadata=reader
+        )
         watch = stub.Watch(pb.WatchRequest(job_id="run-1"), metadata=reader)
         assert (await watch.read()).kind == pb.WatchResponse.KIND_SNAPSHOT
         watch.cancel()
-        for call in (stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR),
-                                   metadata=reader),
-                     stub.FinishJob(pb.FinishJobRequest(job_id="run-1"), metadata=reader),
-                     stub.Report(pb.ReportRequest(job_id="run-1", step=1), metadata=reader)):
+        for call in (
+            stub.Override(
+                pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR), metadata=reader
+            ),
+            stub.FinishJob(pb.FinishJobRequest(job_id="run-1"), metadata=reader),
+            stub.Report(pb.ReportRequest(job_id="run-1", step=1), metadata=reader),
+        ):
             await expect_status(call, grpc.StatusCode.PERMISSION_DENIED)
-        await expect_status(stub.Watch(pb.WatchRequest(job_id="run-1")).read(),
-                            grpc.StatusCode.UNAUTHENTICATED)
+        await expect_status(
+            stub.Watch(pb.WatchRequest(job_id="run-1")).read(), grpc.StatusCode.UNAUTHENTICATED
+        )
         health = health_pb2_grpc.HealthStub(chan)  # health checks never need a token
         status = await health.Check(health_pb2.HealthCheckRequest())
         assert status.status == health_pb2.HealthCheckResponse.SERVING
@@ -375,8 +482,9 @@ async def test_tokens_authenticate_and_roles_authorize(
 # -- health and reflection -------------------------------------------------------------------
 
 
-async def test_health_serving_then_not_serving_during_shutdown(controller: Controller,
-                                                               channel: grpc.aio.Channel) -> None:
+async def test_health_serving_then_not_serving_during_shutdown(
+    controller: Controller, channel: grpc.aio.Channel
+) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "lrctl.v1.LRController"):
         got = await health.Check(health_pb2.HealthCheckRequest(service=service))
@@ -403,8 +511,30 @@ async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
 PLATEAU_SPEC = "ReduceLROnPlateau(factor=0.5, patience=2, cooldown=1, min_lr=[0.0, 0.004])"
 # Loss per step(metric) call: improves, stalls (reduction), improves, stalls again (two
 # reductions, the cooldown delaying the second), NaN (never "better"), and so on.
-PLATEAU_METRICS = [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.8, 0.85, 0.85, 0.85, 0.85, 0.85,
-                   float("nan"), 0.85, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.69999, 0.7]
+PLATEAU_METRICS = [
+    1.0,
+    0.9,
+    0.95,
+    0.95,
+    0.95,
+    0.95,
+    0.8,
+    0.85,
+    0.85,
+    0.85,
+    0.85,
+    0.85,
+    float("nan"),
+    0.85,
+    0.7,
+    0.7,
+    0.7,
+    0.7,
+    0.7,
+    0.7,
+    0.69999,
+    0.7,
+]
 
 
 def torch_plateau_lrs(metrics: list[float]) -> list[list[float]]:
@@ -412,10 +542,10 @@ def torch_plateau_lrs(metrics: list[float]) -> list[list[float]]:
     import torch
 
     params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
-    opt = torch.optim.SGD([{"params": [params[0]], "lr": 0.1},
-                           {"params": [params[1]], "lr": 0.01}])
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=2, cooldown=1,
-                                                       min_lr=[0.0, 0.004])
+    opt = torch.optim.SGD([{"params": [params[0]], "lr": 0.1}, {"params": [params[1]], "lr": 0.01}])
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=2, cooldown=1, min_lr=[0.0, 0.004]
+    )
     rows = [[g["lr"] for g in opt.param_groups]]
     for metric in metrics:
         sched.step(metric)
@@ -428,11 +558,15 @@ async def test_plateau_reductions_match_torch(stub: Stub) -> None:
     metrics = [pb.PlateauMetric(step=i + 1, value=m) for i, m in enumerate(PLATEAU_METRICS)]
     # Batches as rank 0 would send them, one retried (overlapping steps are consumed once)
     # and one out of order; rank 1's metrics are ignored.
-    await stub.Report(pb.ReportRequest(job_id="run-1", rank=1, step=22, plateau_metrics=[
-        pb.PlateauMetric(step=1, value=100.0)]))
+    await stub.Report(
+        pb.ReportRequest(
+            job_id="run-1", rank=1, step=22, plateau_metrics=[pb.PlateauMetric(step=1, value=100.0)]
+        )
+    )
     for batch in (metrics[:7][::-1], metrics[4:14], metrics[14:]):
-        reply = await stub.Report(pb.ReportRequest(job_id="run-1", rank=0,
-                                                   step=batch[-1].step, plateau_metrics=batch))
+        reply = await stub.Report(
+            pb.ReportRequest(job_id="run-1", rank=0, step=batch[-1].step, plateau_metrics=batch)
+        )
     job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
     assert reply.version == job.version
     events = events_from_proto(job.events)
@@ -443,10 +577,17 @@ async def test_plateau_reductions_match_torch(stub: Stub) -> None:
     # does inside step(metric); the reason names the metric.
     expected = torch_plateau_lrs(PLATEAU_METRICS)
     changed = [t for t in range(1, len(expected)) if expected[t] != expected[t - 1]]
-    await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=len(PLATEAU_METRICS),
-                                       applied=[pb.AppliedVersion(version=e.version,
-                                                                  effective_step=s)
-                                                for e, s in zip(events, changed)]))
+    await stub.Report(
+        pb.ReportRequest(
+            job_id="run-1",
+            rank=0,
+            step=len(PLATEAU_METRICS),
+            applied=[
+                pb.AppliedVersion(version=e.version, effective_step=s)
+                for e, s in zip(events, changed)
+            ],
+        )
+    )
     job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
     events = events_from_proto(job.events)
     program = LRProgram(PLATEAU_SPEC, [0.1, 0.01], events)
@@ -472,8 +613,10 @@ def test_running_server_serves_blocking_clients(running_server: RunningServer) -
         with pytest.raises(grpc.RpcError) as info:
             sync_stub.GetJob(pb.GetJobRequest(job_id="run-1"))
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        sync_stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule=SPEC, base_lrs=[0.1]),
-                            metadata=_bearer("secret"))
+        sync_stub.CreateJob(
+            pb.CreateJobRequest(job_id="run-1", schedule=SPEC, base_lrs=[0.1]),
+            metadata=_bearer("secret"),
+        )
     job = running_server.call(running_server.controller.service.finish_job("run-1"))
     assert job.finished and job.version == 2
 
@@ -493,17 +636,22 @@ def test_config_from_flags_env_and_token_file(tmp_path: Path) -> None:
     assert config.heartbeat_seconds == 2.0
     # The older {"TOKEN": "ROLE"} form: kept as hashes, named by the hash's first 12 digits.
     assert [(e.sha256, e.role) for e in config.token_entries] == [
-        (hash_token("s3cret"), "admin"), (hash_token("peek"), "reader")]
+        (hash_token("s3cret"), "admin"),
+        (hash_token("peek"), "reader"),
+    ]
     assert config.token_entries[0].name == "sha256:" + hash_token("s3cret")[:12]
     assert ServerConfig.from_env({}) == ServerConfig()
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    pytest.param('["admin"]', "JSON object", id="not-an-object"),
-    pytest.param('{"t": "root"}', "expected a role", id="bad-role"),
-    pytest.param('{"": "admin"}', "non-empty string", id="empty-token"),
-    pytest.param("{", "not JSON", id="not-json"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param('["admin"]', "JSON object", id="not-an-object"),
+        pytest.param('{"t": "root"}', "expected a role", id="bad-role"),
+        pytest.param('{"": "admin"}', "non-empty string", id="empty-token"),
+        pytest.param("{", "not JSON", id="not-json"),
+    ],
+)
 def test_bad_token_files_are_refused(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "tokens.json"
     path.write_text(content)
@@ -511,13 +659,16 @@ def test_bad_token_files_are_refused(tmp_path: Path, content: str, message: str)
         load_tokens(path)
 
 
-@pytest.mark.parametrize("fields", [
-    pytest.param({"port": 70000}, id="port"),
-    pytest.param({"metrics_port": -1}, id="metrics-port"),
-    pytest.param({"heartbeat_seconds": 0}, id="heartbeat"),
-    pytest.param({"grace_seconds": float("inf")}, id="grace"),
-    pytest.param({"host": ""}, id="host"),
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"port": 70000}, id="port"),
+        pytest.param({"metrics_port": -1}, id="metrics-port"),
+        pytest.param({"heartbeat_seconds": 0}, id="heartbeat"),
+        pytest.param({"grace_seconds": float("inf")}, id="grace"),
+        pytest.param({"host": ""}, id="host"),
+    ],
+)
 def test_invalid_config_values_are_refused(fields: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="expected"):
         ServerConfig(**fields)
@@ -526,8 +677,10 @@ def test_invalid_config_values_are_refused(fields: dict[str, Any]) -> None:
 async def test_set_without_a_value_is_refused(stub: Stub) -> None:
     await create(stub)
     before = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
-    err = await expect_status(stub.Override(pb.OverrideRequest(
-        job_id="run-1", op=pb.OVERRIDE_OP_SET)), grpc.StatusCode.INVALID_ARGUMENT)
+    err = await expect_status(
+        stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SET)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
     assert "got None" in (err.details() or "")
     after = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
     assert after.version == before.version and len(after.events) == 0

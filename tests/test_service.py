@@ -12,7 +12,8 @@ from lrctl.overrides import Op
 
 
 async def test_a_cancelled_override_is_either_fully_written_or_not_at_all(
-        controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
     service = controller.service
     await service.create_job("run-1", "StepLR(step_size=10)", [0.1])
     store = service._store
@@ -38,7 +39,8 @@ async def test_a_cancelled_override_is_either_fully_written_or_not_at_all(
 
 
 async def test_display_reuses_one_program_while_the_log_is_unchanged(
-        controller: Controller) -> None:
+    controller: Controller,
+) -> None:
     # A recurrence schedule (MultiplicativeLR) must advance incrementally between reports,
     # not replay from step 0 on every report and GetJob.
     service = controller.service

@@ -27,41 +27,75 @@ from tests.conftest import expect_status
 pb = lrctl_pb2
 
 SPELLINGS = [
-    pytest.param("StepLR(step_size=2, gamma=0.5)",
-                 ["StepLR(gamma=0.5, step_size=2)", "StepLR(2, 0.5)", "StepLR(2, gamma=0.5)",
-                  " StepLR( gamma = .5 , step_size=2 )"], id="step"),
-    pytest.param("StepLR(step_size=2)",
-                 ["StepLR(step_size=2, gamma=0.1)", "StepLR(2, 0.1)", "StepLR(gamma=0.1, "
-                  "step_size=2)"], id="step-default-gamma"),
-    pytest.param("CosineAnnealingLR(T_max=100, eta_min=0.001)",
-                 ["CosineAnnealingLR(eta_min=0.001, T_max=100)", "CosineAnnealingLR(100, 0.001)"],
-                 id="cosine"),
-    pytest.param("CosineAnnealingLR(T_max=100)",
-                 ["CosineAnnealingLR(100, 0)", "CosineAnnealingLR(eta_min=0.0, T_max=100)"],
-                 id="cosine-default-eta-min"),
-    pytest.param("ConstantLR()",
-                 ["ConstantLR(total_iters=5)", "ConstantLR(0.3333333333333333, 5)"],
-                 id="constant-all-defaults"),
-    pytest.param("OneCycleLR(max_lr=0.1, total_steps=1000, three_phase=True)",
-                 ["OneCycleLR(0.1, 1000, three_phase=True, cycle_momentum=True, "
-                  "anneal_strategy='cos')",
-                  "OneCycleLR(three_phase=True, total_steps=1000, max_lr=0.1, epochs=None)"],
-                 id="onecycle"),
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
-                 ["CyclicLR(mode='triangular2', step_size_up=50, max_lr=0.1, base_lr=0.001)",
-                  'CyclicLR(0.001, 0.1, 50, None, "triangular2", 1.0)'], id="cyclic"),
-    pytest.param("SequentialLR(schedulers=[LinearLR(start_factor=0.1), "
-                 "CosineAnnealingLR(T_max=95)], milestones=[5])",
-                 ["SequentialLR(milestones=[5], schedulers=[LinearLR(total_iters=5, "
-                  "start_factor=0.1), CosineAnnealingLR(95, eta_min=0)])",
-                  "SequentialLR([LinearLR(0.1, 1.0, 5), CosineAnnealingLR(95)], [5])"],
-                 id="sequential-nested"),
-    pytest.param("ReduceLROnPlateau(factor=0.5)",
-                 ["ReduceLROnPlateau(min_lr=0.0, factor=0.5, mode='min')",
-                  "ReduceLROnPlateau('min', 0.5, 10)"], id="plateau"),
-    pytest.param("WarmupCosineLR(num_warmup_steps=10, num_training_steps=100)",
-                 ["WarmupCosineLR(num_training_steps=100, num_warmup_steps=10, "
-                  "num_cycles=0.5)"], id="beyond-torch"),
+    pytest.param(
+        "StepLR(step_size=2, gamma=0.5)",
+        [
+            "StepLR(gamma=0.5, step_size=2)",
+            "StepLR(2, 0.5)",
+            "StepLR(2, gamma=0.5)",
+            " StepLR( gamma = .5 , step_size=2 )",
+        ],
+        id="step",
+    ),
+    pytest.param(
+        "StepLR(step_size=2)",
+        ["StepLR(step_size=2, gamma=0.1)", "StepLR(2, 0.1)", "StepLR(gamma=0.1, step_size=2)"],
+        id="step-default-gamma",
+    ),
+    pytest.param(
+        "CosineAnnealingLR(T_max=100, eta_min=0.001)",
+        ["CosineAnnealingLR(eta_min=0.001, T_max=100)", "CosineAnnealingLR(100, 0.001)"],
+        id="cosine",
+    ),
+    pytest.param(
+        "CosineAnnealingLR(T_max=100)",
+        ["CosineAnnealingLR(100, 0)", "CosineAnnealingLR(eta_min=0.0, T_max=100)"],
+        id="cosine-default-eta-min",
+    ),
+    pytest.param(
+        "ConstantLR()",
+        ["ConstantLR(total_iters=5)", "ConstantLR(0.3333333333333333, 5)"],
+        id="constant-all-defaults",
+    ),
+    pytest.param(
+        "OneCycleLR(max_lr=0.1, total_steps=1000, three_phase=True)",
+        [
+            "OneCycleLR(0.1, 1000, three_phase=True, cycle_momentum=True, anneal_strategy='cos')",
+            "OneCycleLR(three_phase=True, total_steps=1000, max_lr=0.1, epochs=None)",
+        ],
+        id="onecycle",
+    ),
+    pytest.param(
+        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
+        [
+            "CyclicLR(mode='triangular2', step_size_up=50, max_lr=0.1, base_lr=0.001)",
+            'CyclicLR(0.001, 0.1, 50, None, "triangular2", 1.0)',
+        ],
+        id="cyclic",
+    ),
+    pytest.param(
+        "SequentialLR(schedulers=[LinearLR(start_factor=0.1), "
+        "CosineAnnealingLR(T_max=95)], milestones=[5])",
+        [
+            "SequentialLR(milestones=[5], schedulers=[LinearLR(total_iters=5, "
+            "start_factor=0.1), CosineAnnealingLR(95, eta_min=0)])",
+            "SequentialLR([LinearLR(0.1, 1.0, 5), CosineAnnealingLR(95)], [5])",
+        ],
+        id="sequential-nested",
+    ),
+    pytest.param(
+        "ReduceLROnPlateau(factor=0.5)",
+        [
+            "ReduceLROnPlateau(min_lr=0.0, factor=0.5, mode='min')",
+            "ReduceLROnPlateau('min', 0.5, 10)",
+        ],
+        id="plateau",
+    ),
+    pytest.param(
+        "WarmupCosineLR(num_warmup_steps=10, num_training_steps=100)",
+        ["WarmupCosineLR(num_training_steps=100, num_warmup_steps=10, num_cycles=0.5)"],
+        id="beyond-torch",
+    ),
 ]
 
 
@@ -76,15 +110,18 @@ def test_every_spelling_has_one_canonical_text(canonical: str, spellings: list[s
         assert preview(canonical, [0.1, 0.05], 60) == preview(text, [0.1, 0.05], 60)
 
 
-@pytest.mark.parametrize("text", [
-    # DESIGN.md's and the README's examples are written in the canonical form.
-    "StepLR(step_size=200, gamma=0.5)",
-    "CosineAnnealingLR(T_max=100, eta_min=0.001)",
-    "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
-    "CosineAnnealingWarmRestarts(T_0=50, T_mult=2, eta_min=0.001)",
-    "LambdaLR(lr_lambda='0.95 ** epoch')",
-    "CosineAnnealingLR(T_max=1000)",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        # DESIGN.md's and the README's examples are written in the canonical form.
+        "StepLR(step_size=200, gamma=0.5)",
+        "CosineAnnealingLR(T_max=100, eta_min=0.001)",
+        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
+        "CosineAnnealingWarmRestarts(T_0=50, T_mult=2, eta_min=0.001)",
+        "LambdaLR(lr_lambda='0.95 ** epoch')",
+        "CosineAnnealingLR(T_max=1000)",
+    ],
+)
 def test_documented_examples_are_canonical(text: str) -> None:
     assert canonical_spec(text).to_text() == text
 
@@ -96,18 +133,28 @@ def test_a_literal_of_another_kind_is_not_taken_for_the_default() -> None:
     with pytest.raises(SpecError, match="three_phase must be True or False"):
         build_schedule(spec, 1)
     # 1 and 1.0 are the same number: equal specs (attach compares these), written as given.
-    assert canonical_spec("StepLR(step_size=2, gamma=1)") == \
-        canonical_spec("StepLR(gamma=1.0, step_size=2)")
+    assert canonical_spec("StepLR(step_size=2, gamma=1)") == canonical_spec(
+        "StepLR(gamma=1.0, step_size=2)"
+    )
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    pytest.param("FooLR(x=1)", "unknown scheduler 'FooLR'", id="unknown"),
-    pytest.param("StepLR(1, 2, 3)", "too many positional arguments", id="too-many"),
-    pytest.param("StepLR(step_size=1, last_epoch=3)", "pass last_epoch to RemoteLRScheduler",
-                 id="object-argument"),
-    pytest.param("SequentialLR(schedulers=[FooLR()], milestones=[])", "unknown scheduler",
-                 id="unknown-nested"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("FooLR(x=1)", "unknown scheduler 'FooLR'", id="unknown"),
+        pytest.param("StepLR(1, 2, 3)", "too many positional arguments", id="too-many"),
+        pytest.param(
+            "StepLR(step_size=1, last_epoch=3)",
+            "pass last_epoch to RemoteLRScheduler",
+            id="object-argument",
+        ),
+        pytest.param(
+            "SequentialLR(schedulers=[FooLR()], milestones=[])",
+            "unknown scheduler",
+            id="unknown-nested",
+        ),
+    ],
+)
 def test_canonical_spec_refuses_what_torch_cannot_bind(text: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         canonical_spec(text)
@@ -126,11 +173,14 @@ def test_parameter_order_and_defaults_are_torchs() -> None:
         theirs = getattr(lr_scheduler, name, None)
         if theirs is None:
             continue  # beyond torch (Hugging Face's warmup schedules)
-        torch_params = [(p.name, p.default)
-                        for p in inspect.signature(theirs.__init__).parameters.values()
-                        if p.name not in object_args]
-        ours = [(p.name, p.default)
-                for p in list(inspect.signature(cls.setup).parameters.values())[1:]]
+        torch_params = [
+            (p.name, p.default)
+            for p in inspect.signature(theirs.__init__).parameters.values()
+            if p.name not in object_args
+        ]
+        ours = [
+            (p.name, p.default) for p in list(inspect.signature(cls.setup).parameters.values())[1:]
+        ]
         assert ours == torch_params, name
         checked += 1
     assert checked == 15
@@ -140,38 +190,50 @@ def test_parameter_order_and_defaults_are_torchs() -> None:
 
 
 async def test_attach_accepts_any_spelling_of_the_same_spec(
-        stub: lrctl_pb2_grpc.LRControllerStub) -> None:
-    first = await stub.CreateJob(pb.CreateJobRequest(
-        job_id="run-1", schedule="StepLR(gamma=1, step_size=2)", base_lrs=[0.1]))
+    stub: lrctl_pb2_grpc.LRControllerStub,
+) -> None:
+    first = await stub.CreateJob(
+        pb.CreateJobRequest(job_id="run-1", schedule="StepLR(gamma=1, step_size=2)", base_lrs=[0.1])
+    )
     assert first.created and first.job.schedule == "StepLR(step_size=2, gamma=1)"
     for spelling in ("StepLR(2, 1)", "StepLR(step_size=2, gamma=1.0)", "StepLR(2, gamma=1.0)"):
-        again = await stub.CreateJob(pb.CreateJobRequest(
-            job_id="run-1", schedule=spelling, base_lrs=[0.1]))
+        again = await stub.CreateJob(
+            pb.CreateJobRequest(job_id="run-1", schedule=spelling, base_lrs=[0.1])
+        )
         assert not again.created and again.job.version == 1, spelling
     err = await expect_status(
-        stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(2, 0.5)",
-                                           base_lrs=[0.1])),
-        grpc.StatusCode.FAILED_PRECONDITION)
+        stub.CreateJob(
+            pb.CreateJobRequest(job_id="run-1", schedule="StepLR(2, 0.5)", base_lrs=[0.1])
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
     assert "expected the same to attach" in (err.details() or "")
 
 
 async def test_specs_stored_in_an_older_form_are_canonical_after_a_restart(
-        start_controller: Callable[..., Awaitable[Controller]], tmp_path: Path) -> None:
+    start_controller: Callable[..., Awaitable[Controller]], tmp_path: Path
+) -> None:
     db = tmp_path / "old.db"
     ctl = await start_controller(db=str(db))
     async with grpc.aio.insecure_channel(ctl.address) as channel:
         stub = lrctl_pb2_grpc.LRControllerStub(channel)  # type: ignore[no-untyped-call]
-        await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule="StepLR(2, 0.5)",
-                                                 base_lrs=[0.1]))
-        await stub.Override(pb.OverrideRequest(
-            job_id="run-1", op=pb.OVERRIDE_OP_REPLACE_SCHEDULE,
-            schedule="CosineAnnealingLR(eta_min=0.001, T_max=10)"))
+        await stub.CreateJob(
+            pb.CreateJobRequest(job_id="run-1", schedule="StepLR(2, 0.5)", base_lrs=[0.1])
+        )
+        await stub.Override(
+            pb.OverrideRequest(
+                job_id="run-1",
+                op=pb.OVERRIDE_OP_REPLACE_SCHEDULE,
+                schedule="CosineAnnealingLR(eta_min=0.001, T_max=10)",
+            )
+        )
     await ctl.stop(0)
     # What an older release wrote: the text as given, positional and reordered.
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE jobs SET schedule = 'StepLR(gamma=0.5, step_size=2)'")
-        conn.execute("UPDATE events SET schedule = 'CosineAnnealingLR(10, 0.001)' "
-                     "WHERE schedule IS NOT NULL")
+        conn.execute(
+            "UPDATE events SET schedule = 'CosineAnnealingLR(10, 0.001)' WHERE schedule IS NOT NULL"
+        )
     conn.close()
 
     ctl = await start_controller(db=str(db))
@@ -180,6 +242,9 @@ async def test_specs_stored_in_an_older_form_are_canonical_after_a_restart(
         job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
         assert job.schedule == "StepLR(step_size=2, gamma=0.5)"
         assert [e.schedule for e in job.events] == ["CosineAnnealingLR(T_max=10, eta_min=0.001)"]
-        attached = await stub.CreateJob(pb.CreateJobRequest(
-            job_id="run-1", schedule="StepLR(step_size=2, gamma=0.5)", base_lrs=[0.1]))
+        attached = await stub.CreateJob(
+            pb.CreateJobRequest(
+                job_id="run-1", schedule="StepLR(step_size=2, gamma=0.5)", base_lrs=[0.1]
+            )
+        )
         assert not attached.created and attached.job.version == 2

@@ -31,8 +31,9 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerP
 
 @pytest.mark.parametrize("groups", [1, 4])
 @pytest.mark.parametrize("spec", SPECS)
-def test_step_writes_lrprogram_values_exactly(controller: ControllerProcess, spec: str,
-                                              groups: int) -> None:
+def test_step_writes_lrprogram_values_exactly(
+    controller: ControllerProcess, spec: str, groups: int
+) -> None:
     base = [0.1 / (g + 1) for g in range(groups)]
     params = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": b} for b in base]
     opt = torch.optim.SGD(params, momentum=0.9)

@@ -26,19 +26,29 @@ from lrctl.overrides import Event, Op
 from tests import pg
 from tests.pg import PASSWORD, USER, PostgresServer
 
-RECORD = Job(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=(0.1, 0.01), version=1,
-             created_version=1, created_at=10.0, updated_at=10.0)
-SCALE = Event(version=2, op=Op.SCALE, value=0.5, group=1, actor="alice", reason="spike",
-              created_at=11.0)
-REPLACE = Event(version=3, op=Op.REPLACE_SCHEDULE, schedule="ConstantLR(factor=0.5)",
-                created_at=12.0)
+RECORD = Job(
+    job_id="run-1",
+    schedule="StepLR(step_size=2)",
+    base_lrs=(0.1, 0.01),
+    version=1,
+    created_version=1,
+    created_at=10.0,
+    updated_at=10.0,
+)
+SCALE = Event(
+    version=2, op=Op.SCALE, value=0.5, group=1, actor="alice", reason="spike", created_at=11.0
+)
+REPLACE = Event(
+    version=3, op=Op.REPLACE_SCHEDULE, schedule="ConstantLR(factor=0.5)", created_at=12.0
+)
 
 postgres = pg.postgres  # fixtures: one PostgreSQL server per session
 pg_url = pg.pg_url
 
 
-@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
-                        pytest.param("postgresql", id="postgresql")])
+@pytest.fixture(
+    params=[pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql")]
+)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "lrctl.db")
@@ -60,8 +70,9 @@ async def open_stores(store_url: str) -> AsyncIterator[Callable[[], Awaitable[Jo
         await store.close()
 
 
-async def test_is_a_job_store(open_stores: Callable[[], Awaitable[JobStore]],
-                              store_url: str) -> None:
+async def test_is_a_job_store(
+    open_stores: Callable[[], Awaitable[JobStore]], store_url: str
+) -> None:
     store = await open_stores()
     assert isinstance(store, JobStore)
     assert store.shared is store_url.startswith("postgresql://")
@@ -72,12 +83,15 @@ async def test_is_a_job_store(open_stores: Callable[[], Awaitable[JobStore]],
 async def test_round_trip(open_stores: Callable[[], Awaitable[JobStore]]) -> None:
     store = await open_stores()
     await store.commit(Change(RECORD))
-    await store.commit(Change(replace(RECORD, version=3), new_events=[SCALE, REPLACE],
-                              plateau_metrics=[ConsumedMetric(4, math.nan, 1),
-                                               ConsumedMetric(5, 0.25, 1)]))
+    await store.commit(
+        Change(
+            replace(RECORD, version=3),
+            new_events=[SCALE, REPLACE],
+            plateau_metrics=[ConsumedMetric(4, math.nan, 1), ConsumedMetric(5, 0.25, 1)],
+        )
+    )
     applied = replace(SCALE, effective_step=7, applied_at=13.0)
-    final = replace(RECORD, version=3, step=9, lr=(0.05, 0.01), applied_version=2,
-                    world_size=8)
+    final = replace(RECORD, version=3, step=9, lr=(0.05, 0.01), applied_version=2, world_size=8)
     await store.commit(Change(final, applied=[applied]))
     await store.close()
 
@@ -89,25 +103,30 @@ async def test_round_trip(open_stores: Callable[[], Awaitable[JobStore]]) -> Non
     assert job.plateau_metrics[1] == ConsumedMetric(5, 0.25, 1)
 
 
-async def test_non_finite_values_round_trip(
-        open_stores: Callable[[], Awaitable[JobStore]]) -> None:
+async def test_non_finite_values_round_trip(open_stores: Callable[[], Awaitable[JobStore]]) -> None:
     store = await open_stores()
     record = replace(RECORD, base_lrs=(0.1, 1e-300), lr=(math.inf, 0.0), version=2)
-    event = Event(version=2, op=Op.SET, value=1e308, actor="a" * 256, reason="r\n" * 512,
-                  created_at=1.5)
+    event = Event(
+        version=2, op=Op.SET, value=1e308, actor="a" * 256, reason="r\n" * 512, created_at=1.5
+    )
     await store.commit(Change(record, new_events=[event]))
     [job] = await store.load()
     assert job.record == record and job.events == [event]
 
 
 async def test_recreated_job_loads_its_new_incarnation_only(
-        open_stores: Callable[[], Awaitable[JobStore]]) -> None:
+    open_stores: Callable[[], Awaitable[JobStore]],
+) -> None:
     store = await open_stores()
     await store.commit(Change(RECORD))
-    await store.commit(Change(replace(RECORD, version=2), new_events=[SCALE],
-                              plateau_metrics=[ConsumedMetric(1, 0.5, 1)]))
-    again = replace(RECORD, schedule="ConstantLR()", base_lrs=(0.2,), version=3,
-                    created_version=3)
+    await store.commit(
+        Change(
+            replace(RECORD, version=2),
+            new_events=[SCALE],
+            plateau_metrics=[ConsumedMetric(1, 0.5, 1)],
+        )
+    )
+    again = replace(RECORD, schedule="ConstantLR()", base_lrs=(0.2,), version=3, created_version=3)
     await store.commit(Change(again, reset=True))
     clear = Event(version=4, op=Op.CLEAR, created_at=14.0)
     await store.commit(Change(replace(again, version=4), new_events=[clear]))
@@ -118,17 +137,18 @@ async def test_recreated_job_loads_its_new_incarnation_only(
 
 
 async def test_plateau_metric_of_a_step_is_kept_once(
-        open_stores: Callable[[], Awaitable[JobStore]]) -> None:
+    open_stores: Callable[[], Awaitable[JobStore]],
+) -> None:
     store = await open_stores()
     await store.commit(Change(RECORD, plateau_metrics=[ConsumedMetric(1, 0.5, 1)]))
-    await store.commit(Change(RECORD, plateau_metrics=[ConsumedMetric(1, 9.0, 1),
-                                                       ConsumedMetric(2, 0.4, 1)]))
+    await store.commit(
+        Change(RECORD, plateau_metrics=[ConsumedMetric(1, 9.0, 1), ConsumedMetric(2, 0.4, 1)])
+    )
     [job] = await store.load()
     assert job.plateau_metrics == [ConsumedMetric(1, 0.5, 1), ConsumedMetric(2, 0.4, 1)]
 
 
-async def test_lock_commits_or_rolls_back(
-        open_stores: Callable[[], Awaitable[JobStore]]) -> None:
+async def test_lock_commits_or_rolls_back(open_stores: Callable[[], Awaitable[JobStore]]) -> None:
     store = await open_stores()
     async with store.lock("run-1", 0) as lk:
         assert lk.delta is None and lk.rev == 0  # no such job yet
@@ -146,8 +166,9 @@ async def test_lock_commits_or_rolls_back(
     assert job.record.version == 2 and job.events == [SCALE]
 
 
-async def test_schema_is_versioned_like_sqlite(open_stores: Callable[[], Awaitable[JobStore]],
-                                               store_url: str) -> None:
+async def test_schema_is_versioned_like_sqlite(
+    open_stores: Callable[[], Awaitable[JobStore]], store_url: str
+) -> None:
     assert store_pg.SCHEMA_VERSION == sqlite_store.SCHEMA_VERSION
     await (await open_stores()).close()
     assert await _schema_version(store_url) == sqlite_store.SCHEMA_VERSION
@@ -163,17 +184,21 @@ async def test_newer_schema_is_refused(store_url: str) -> None:
 
 
 async def test_upgrade_from_schema_v1(store_url: str) -> None:
-    job_row = ("old-job", "StepLR(step_size=2)", "[0.1]", 2, 1, 4, "running", 0, 1.0,
-               2.0, "[0.1]")
+    job_row = ("old-job", "StepLR(step_size=2)", "[0.1]", 2, 1, 4, "running", 0, 1.0, 2.0, "[0.1]")
     event_row = ("old-job", 2, "scale", 0.5, None, None, 3, "alice", "why", 1.5, 2.0)
     if store_url.startswith("postgresql://"):
         conn = await asyncpg.connect(store_url)
         try:
             assert await store_pg.migrate(conn, target=1) == 0
-            await conn.execute("INSERT INTO lrctl_jobs VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
-                               "$9, $10, $11, 1, 1)", *job_row)
-            await conn.execute("INSERT INTO lrctl_events VALUES ($1, $2, $3, $4, $5, $6, $7, "
-                               "$8, $9, $10, $11, 1)", *event_row)
+            await conn.execute(
+                "INSERT INTO lrctl_jobs VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
+                "$9, $10, $11, 1, 1)",
+                *job_row,
+            )
+            await conn.execute(
+                "INSERT INTO lrctl_events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1)",
+                *event_row,
+            )
         finally:
             await conn.close()
     else:
@@ -186,9 +211,18 @@ async def test_upgrade_from_schema_v1(store_url: str) -> None:
     try:
         [job] = await store.load()
         assert job.record.version == 2 and job.record.step == 4
-        assert job.events == [Event(version=2, op=Op.SCALE, value=0.5, effective_step=3,
-                                    actor="alice", reason="why", created_at=1.5,
-                                    applied_at=2.0)]
+        assert job.events == [
+            Event(
+                version=2,
+                op=Op.SCALE,
+                value=0.5,
+                effective_step=3,
+                actor="alice",
+                reason="why",
+                created_at=1.5,
+                applied_at=2.0,
+            )
+        ]
         await store.commit(Change(job.record, plateau_metrics=[ConsumedMetric(5, 1.0, 1)]))
         [job] = await store.load()
         assert job.plateau_metrics == [ConsumedMetric(5, 1.0, 1)]
@@ -229,8 +263,13 @@ async def test_since_returns_what_other_replicas_wrote(pg_url: str) -> None:
             r2 = await lk.commit(Change(replace(RECORD, version=3), new_events=[SCALE, REPLACE]))
         applied = replace(SCALE, effective_step=5, applied_at=20.0)
         async with a.lock("run-1", r2) as lk:
-            r3 = await lk.commit(Change(replace(RECORD, version=3, step=6), applied=[applied],
-                                        plateau_metrics=[ConsumedMetric(6, 0.4, 3)]))
+            r3 = await lk.commit(
+                Change(
+                    replace(RECORD, version=3, step=6),
+                    applied=[applied],
+                    plateau_metrics=[ConsumedMetric(6, 0.4, 3)],
+                )
+            )
         delta = await b.since("run-1", r2)
         assert delta is not None and not delta.full and delta.rev == r3
         assert list(delta.events) == [applied]  # only the updated event
@@ -289,8 +328,12 @@ async def test_concurrent_creation_of_one_id_is_serialized(pg_url: str) -> None:
         async with store.lock("new-job", 0) as lk:
             version = 1 if lk.delta is None else lk.delta.record.version + 1
             created.append(version)
-            await lk.commit(Change(replace(RECORD, job_id="new-job", version=version,
-                                           created_version=version), reset=version > 1))
+            await lk.commit(
+                Change(
+                    replace(RECORD, job_id="new-job", version=version, created_version=version),
+                    reset=version > 1,
+                )
+            )
 
     try:
         await asyncio.gather(*(create(s) for s in stores))
@@ -339,8 +382,7 @@ async def test_subscribers_hear_every_replica_within_milliseconds(pg_url: str) -
         await b.close()
 
 
-async def test_lost_listener_reconnects_and_resyncs(pg_url: str,
-                                                    postgres: PostgresServer) -> None:
+async def test_lost_listener_reconnects_and_resyncs(pg_url: str, postgres: PostgresServer) -> None:
     a = await open_store(pg_url)
     b = await store_pg.PgStore.open(pg_url, resync_seconds=0.2)
     heard: dict[str, int] = {}
@@ -348,9 +390,11 @@ async def test_lost_listener_reconnects_and_resyncs(pg_url: str,
     try:
         # Kill b's listener connection on the server side, write while it is gone.
         db = pg_url.rsplit("/", 1)[1]
-        postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                      "application_name = 'lrctl-controller-listener' AND "
-                      f"datname = '{db}'")
+        postgres.psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+            "application_name = 'lrctl-controller-listener' AND "
+            f"datname = '{db}'"
+        )
         await a.commit(Change(RECORD))
         for _ in range(200):
             if heard.get("run-1"):
@@ -363,9 +407,9 @@ async def test_lost_listener_reconnects_and_resyncs(pg_url: str,
         await b.close()
 
 
-async def test_password_from_environment_and_passfile(postgres: PostgresServer,
-                                                      tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_password_from_environment_and_passfile(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = postgres.url(postgres.create_database(), password=False)
     assert PASSWORD not in url
     monkeypatch.setenv("PGPASSWORD", PASSWORD)
@@ -382,7 +426,8 @@ async def test_password_from_environment_and_passfile(postgres: PostgresServer,
 
 @pytest.mark.parametrize("how", ["url", "env"])
 async def test_wrong_password_error_never_shows_a_password(
-        postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
     wrong = "Wr0ng-pw-" + os.urandom(4).hex()
     db = postgres.create_database()
     if how == "url":
@@ -401,8 +446,10 @@ async def test_wrong_password_error_never_shows_a_password(
 
 def test_redact_url() -> None:
     assert redact_url("postgresql://u:p%40ss@h:5/db") == "postgresql://u@h:5/db"
-    assert redact_url("postgres://u@h/db?password=x&sslmode=require") == \
-        "postgres://u@h/db?password=***&sslmode=require"
+    assert (
+        redact_url("postgres://u@h/db?password=x&sslmode=require")
+        == "postgres://u@h/db?password=***&sslmode=require"
+    )
     assert redact_url("lrctl.db") == "lrctl.db"
 
 

@@ -30,8 +30,11 @@ from tests.procs import ROOT, ControllerProcess
 
 SPEC = "StepLR(step_size=1000, gamma=0.5)"
 #: name -> (token, role, jobs)
-TOKENS = {"ops": ("ops-t0ken", "operator", None), "peek": ("peek-t0ken", "reader", None),
-          "rank0": ("rank0-t0ken", "worker", ["run-*"])}
+TOKENS = {
+    "ops": ("ops-t0ken", "operator", None),
+    "peek": ("peek-t0ken", "reader", None),
+    "rank0": ("rank0-t0ken", "worker", ["run-*"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +45,45 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tokens") / "tokens.json"
-    path.write_text(json.dumps({"tokens": [
-        {"name": name, "sha256": hash_token(token), "role": role, **({"jobs": j} if j else {})}
-        for name, (token, role, j) in TOKENS.items()]}))
+    path.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {
+                        "name": name,
+                        "sha256": hash_token(token),
+                        "role": role,
+                        **({"jobs": j} if j else {}),
+                    }
+                    for name, (token, role, j) in TOKENS.items()
+                ]
+            }
+        )
+    )
     return path
 
 
-def lrctl(address: str, *args: str, token: str = "ops", tls: dict[str, Path] | None = None,
-          ) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LRCTL_ADDRESS": address,
-           "LRCTL_TIMEOUT": "5", "LRCTL_TOKEN": TOKENS[token][0],
-           **{k: str(v) for k, v in (tls or {}).items()}}
-    return subprocess.run([sys.executable, "-m", "controller.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+def lrctl(
+    address: str,
+    *args: str,
+    token: str = "ops",
+    tls: dict[str, Path] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LRCTL_ADDRESS": address,
+        "LRCTL_TIMEOUT": "5",
+        "LRCTL_TOKEN": TOKENS[token][0],
+        **{k: str(v) for k, v in (tls or {}).items()},
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def client_env(pki: Pki, *, cert: bool = False, rogue: bool = False) -> dict[str, Path]:
@@ -70,8 +99,9 @@ def scrape(port: int, pki: Pki, *, scheme: str = "https", cert: bool = False) ->
     if cert:
         context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
     url = f"{scheme}://127.0.0.1:{port}/metrics"
-    with urllib.request.urlopen(url, context=context if scheme == "https" else None,
-                                timeout=10) as response:
+    with urllib.request.urlopen(
+        url, context=context if scheme == "https" else None, timeout=10
+    ) as response:
         return str(response.read().decode())
 
 
@@ -86,17 +116,39 @@ def metrics_port(proc: ControllerProcess) -> int:
     return int(found[1])
 
 
-def worker(tmp_path: Path, name: str, address: str, job: str, env: dict[str, Path],
-           token: str = "rank0") -> tuple[subprocess.Popen[str], Path, Path]:
+def worker(
+    tmp_path: Path, name: str, address: str, job: str, env: dict[str, Path], token: str = "rank0"
+) -> tuple[subprocess.Popen[str], Path, Path]:
     out, stop = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.stop"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.attach_loop", "--job", job, "--out", str(out),
-         "--stop", str(stop), "--sleep", "0.01", "--schedule", SPEC],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("LRCTL_")},
-             "LRCTL_ADDRESS": address, "LRCTL_TOKEN": TOKENS[token][0],
-             "LRCTL_CONNECT_TIMEOUT": "5", "LRCTL_REPORT_INTERVAL": "0.05",
-             **{k: str(v) for k, v in env.items()}})
+        [
+            sys.executable,
+            "-m",
+            "tests.attach_loop",
+            "--job",
+            job,
+            "--out",
+            str(out),
+            "--stop",
+            str(stop),
+            "--sleep",
+            "0.01",
+            "--schedule",
+            SPEC,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("LRCTL_")},
+            "LRCTL_ADDRESS": address,
+            "LRCTL_TOKEN": TOKENS[token][0],
+            "LRCTL_CONNECT_TIMEOUT": "5",
+            "LRCTL_REPORT_INTERVAL": "0.05",
+            **{k: str(v) for k, v in env.items()},
+        },
+    )
     return proc, out, stop
 
 
@@ -131,46 +183,73 @@ def finish(proc: subprocess.Popen[str], stop: Path) -> str:
 
 
 @pytest.fixture
-def tls_controller(tmp_path: Path, pki: Pki, token_file: Path,
-                   monkeypatch: pytest.MonkeyPatch) -> Iterator[ControllerProcess]:
+def tls_controller(
+    tmp_path: Path, pki: Pki, token_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ControllerProcess]:
     """TLS (from LRCTL_SERVER_TLS_*, as in a container), tokens, /metrics over HTTPS."""
     monkeypatch.setenv("LRCTL_SERVER_TLS_CERT", str(pki.server_cert))
     monkeypatch.setenv("LRCTL_SERVER_TLS_KEY", str(pki.server_key))
     monkeypatch.setenv("LRCTL_TOKEN_FILE", str(token_file))
-    with ControllerProcess(tmp_path / "tls.db", extra=(
-            "--metrics-tls-cert", str(pki.server_cert),
-            "--metrics-tls-key", str(pki.server_key))) as proc:
+    with ControllerProcess(
+        tmp_path / "tls.db",
+        extra=(
+            "--metrics-tls-cert",
+            str(pki.server_cert),
+            "--metrics-tls-key",
+            str(pki.server_key),
+        ),
+    ) as proc:
         yield proc
 
 
 @pytest.fixture
 def mtls_controller(tmp_path: Path, pki: Pki, token_file: Path) -> Iterator[ControllerProcess]:
     """Mutual TLS on gRPC and /metrics (flags), tokens."""
-    with ControllerProcess(tmp_path / "mtls.db", extra=(
-            "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
-            "--tls-client-ca", str(pki.ca), "--token-file", str(token_file),
-            "--metrics-tls-cert", str(pki.server_cert), "--metrics-tls-key", str(pki.server_key),
-            "--metrics-client-ca", str(pki.ca))) as proc:
+    with ControllerProcess(
+        tmp_path / "mtls.db",
+        extra=(
+            "--tls-cert",
+            str(pki.server_cert),
+            "--tls-key",
+            str(pki.server_key),
+            "--tls-client-ca",
+            str(pki.ca),
+            "--token-file",
+            str(token_file),
+            "--metrics-tls-cert",
+            str(pki.server_cert),
+            "--metrics-tls-key",
+            str(pki.server_key),
+            "--metrics-client-ca",
+            str(pki.ca),
+        ),
+    ) as proc:
         yield proc
 
 
 @pytest.mark.slow
-def test_tls_for_serve_cli_worker_probe_and_metrics(tls_controller: ControllerProcess,
-                                                    pki: Pki, tmp_path: Path) -> None:
+def test_tls_for_serve_cli_worker_probe_and_metrics(
+    tls_controller: ControllerProcess, pki: Pki, tmp_path: Path
+) -> None:
     address = tls_controller.address
     assert ", tls, tokens, https metrics)" in listening(tls_controller)
     tls = client_env(pki)
     # CLI: plaintext against the TLS port fails; over TLS with the operator's token it works.
     done = lrctl(address, "job", "list")
     assert done.returncode == 1 and "connection was closed" in done.stderr, done.stderr
-    done = lrctl(address, "job", "create", "run-1", "--schedule", SPEC, "--base-lr", "0.1",
-                 tls=tls)
+    done = lrctl(address, "job", "create", "run-1", "--schedule", SPEC, "--base-lr", "0.1", tls=tls)
     assert done.returncode == 0, done.stderr
     # A worker over TLS with its scoped token: attaches, reports, follows an override.
     proc, out, stop = worker(tmp_path, "w", address, "run-1", tls)
     try:
-        until(lambda: json.loads(lrctl(address, "job", "get", "run-1", "--json",
-                                       tls=tls).stdout)["step"] >= 20, 60, "reports over TLS")
+        until(
+            lambda: (
+                json.loads(lrctl(address, "job", "get", "run-1", "--json", tls=tls).stdout)["step"]
+                >= 20
+            ),
+            60,
+            "reports over TLS",
+        )
         done = lrctl(address, "override", "run-1", "lr /= 2", "--reason", "tls", tls=tls)
         assert done.returncode == 0, done.stderr
         until(lambda: any(r.get("lr") == 0.05 for r in rows(out)), 30, "the override")
@@ -178,9 +257,14 @@ def test_tls_for_serve_cli_worker_probe_and_metrics(tls_controller: ControllerPr
         done = lrctl(address, "override", "run-1", "lr /= 2", token="peek", tls=tls)
         assert done.returncode == 1 and "PERMISSION_DENIED" in done.stderr, done.stderr
         # The health probe next to the server: TLS from LRCTL_TLS_CA, like in the pod.
-        probe = subprocess.run([sys.executable, "-m", "controller.healthcheck", "--address",
-                                address], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                               env={"LRCTL_TLS_CA": str(pki.ca)})
+        probe = subprocess.run(
+            [sys.executable, "-m", "controller.healthcheck", "--address", address],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"LRCTL_TLS_CA": str(pki.ca)},
+        )
         assert probe.returncode == 0, probe.stderr
         # /metrics over HTTPS; plain HTTP gets nothing.
         port = metrics_port(tls_controller)
@@ -201,7 +285,8 @@ def test_tls_for_serve_cli_worker_probe_and_metrics(tls_controller: ControllerPr
 
 @pytest.mark.slow
 def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
-        mtls_controller: ControllerProcess, pki: Pki, tmp_path: Path) -> None:
+    mtls_controller: ControllerProcess, pki: Pki, tmp_path: Path
+) -> None:
     address = mtls_controller.address
     assert ", mutual tls, tokens, https metrics)" in listening(mtls_controller)
     good = client_env(pki, cert=True)
@@ -218,8 +303,14 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
     assert "LRCTL_TLS_CERT/KEY" in log
     proc, out, stop = worker(tmp_path, "w", address, "run-1", good)
     try:
-        until(lambda: json.loads(lrctl(address, "job", "get", "run-1", "--json",
-                                       tls=good).stdout)["step"] >= 10, 60, "reports over mTLS")
+        until(
+            lambda: (
+                json.loads(lrctl(address, "job", "get", "run-1", "--json", tls=good).stdout)["step"]
+                >= 10
+            ),
+            60,
+            "reports over mTLS",
+        )
         assert rows(out)[-1]["epoch"] == 1
     finally:
         log = finish(proc, stop)
@@ -229,9 +320,14 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
     assert "lrctl_step" in scrape(port, pki, cert=True)
     with pytest.raises((OSError, http.client.HTTPException)):
         scrape(port, pki)
-    probe = subprocess.run([sys.executable, "-m", "controller.healthcheck", "--address", address],
-                           cwd=ROOT, capture_output=True, text=True, timeout=60,
-                           env={k: str(v) for k, v in good.items()})
+    probe = subprocess.run(
+        [sys.executable, "-m", "controller.healthcheck", "--address", address],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: str(v) for k, v in good.items()},
+    )
     assert probe.returncode == 0, probe.stderr
 
 
@@ -240,14 +336,28 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
 
 def serve(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "serve", "--port", "0", "--db",
-         str(tmp_path / "bind.db"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-        env={"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "bind.db"),
+            *args,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def test_a_public_bind_without_tls_and_tokens_refuses_to_start(
-        tmp_path: Path, pki: Pki, token_file: Path) -> None:
+    tmp_path: Path, pki: Pki, token_file: Path
+) -> None:
     done = serve(tmp_path, "--host", "0.0.0.0", "--metrics-port", "0")
     out = done.communicate(timeout=60)[0]
     assert done.returncode == 1, out
@@ -255,23 +365,40 @@ def test_a_public_bind_without_tls_and_tokens_refuses_to_start(
     assert "has no TLS (--tls-cert/--tls-key) and no tokens (--token-file)" in out
     assert "/metrics on 0.0.0.0:0 has no TLS" in out and "--insecure" in out
     # TLS and tokens on gRPC are not enough while /metrics is public in plain HTTP.
-    tls = ("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
-           "--token-file", str(token_file))
+    tls = (
+        "--tls-cert",
+        str(pki.server_cert),
+        "--tls-key",
+        str(pki.server_key),
+        "--token-file",
+        str(token_file),
+    )
     done = serve(tmp_path, "--host", "0.0.0.0", "--metrics-port", "0", *tls)
     out = done.communicate(timeout=60)[0]
     assert done.returncode == 1 and "gRPC API" not in out and "/metrics on 0.0.0.0" in out
     assert not (tmp_path / "bind.db").exists()  # refused before opening anything
 
 
-@pytest.mark.parametrize("args", [
-    pytest.param(("--insecure",), id="insecure"),
-    pytest.param(("--metrics-host", "127.0.0.1", "TLS"), id="tls-tokens-local-metrics"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(("--insecure",), id="insecure"),
+        pytest.param(("--metrics-host", "127.0.0.1", "TLS"), id="tls-tokens-local-metrics"),
+    ],
+)
 def test_a_public_bind_starts_with_tls_and_tokens_or_loudly_with_insecure(
-        tmp_path: Path, pki: Pki, token_file: Path, args: tuple[str, ...]) -> None:
+    tmp_path: Path, pki: Pki, token_file: Path, args: tuple[str, ...]
+) -> None:
     if args[-1] == "TLS":
-        args = (*args[:-1], "--tls-cert", str(pki.server_cert), "--tls-key",
-                str(pki.server_key), "--token-file", str(token_file))
+        args = (
+            *args[:-1],
+            "--tls-cert",
+            str(pki.server_cert),
+            "--tls-key",
+            str(pki.server_key),
+            "--token-file",
+            str(token_file),
+        )
     proc = serve(tmp_path, "--host", "0.0.0.0", "--metrics-port", "0", *args)
     try:
         lines: list[str] = []
@@ -296,8 +423,11 @@ def test_a_public_bind_starts_with_tls_and_tokens_or_loudly_with_insecure(
 
 
 async def test_bind_rule_and_bad_tls_files_in_process(
-        start_controller: Callable[..., Awaitable[Controller]], pki: Pki, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    start_controller: Callable[..., Awaitable[Controller]],
+    pki: Pki,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with pytest.raises(ValueError, match=r"gRPC API on \[::\]:0 has no TLS"):
         await start_controller(host="::", metrics_port=None)
     with pytest.raises(ValueError, match=r"/metrics on 0\.0\.0\.0:0 has no TLS"):
@@ -306,19 +436,27 @@ async def test_bind_rule_and_bad_tls_files_in_process(
     caplog.set_level(logging.WARNING, logger="lrctl.controller.server")
     ctl = await start_controller(metrics_host="0.0.0.0", insecure=True)
     warned = [r.getMessage() for r in caplog.records]
-    assert warned == ["INSECURE (--insecure): /metrics on 0.0.0.0:0 has no TLS "
-                      "(--metrics-tls-cert/--metrics-tls-key)"]
+    assert warned == [
+        "INSECURE (--insecure): /metrics on 0.0.0.0:0 has no TLS "
+        "(--metrics-tls-cert/--metrics-tls-key)"
+    ]
     await ctl.stop(0)
     # A key that is not the certificate's, a file that is not there: named, before serving.
-    with pytest.raises(ValueError, match=r"cannot load the TLS certificate .*server\.crt.* "
-                                         r"\(--tls-cert\) with the key .*client\.key"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot load the TLS certificate .*server\.crt.* "
+        r"\(--tls-cert\) with the key .*client\.key",
+    ):
         await start_controller(tls_cert=str(pki.server_cert), tls_key=str(pki.client_key))
     with pytest.raises(ValueError, match="cannot read the --metrics-client-ca file"):
-        await start_controller(metrics_tls_cert=str(pki.server_cert),
-                               metrics_tls_key=str(pki.server_key),
-                               metrics_tls_client_ca=str(tmp_path / "missing.crt"))
-    with pytest.raises(ValueError, match="expected both --tls-cert and --tls-key, got only "
-                                         "--tls-cert"):
+        await start_controller(
+            metrics_tls_cert=str(pki.server_cert),
+            metrics_tls_key=str(pki.server_key),
+            metrics_tls_client_ca=str(tmp_path / "missing.crt"),
+        )
+    with pytest.raises(
+        ValueError, match="expected both --tls-cert and --tls-key, got only --tls-cert"
+    ):
         await start_controller(tls_cert=str(pki.server_cert))
     with pytest.raises(ValueError, match="mutual TLS is TLS first"):
         await start_controller(tls_client_ca=str(pki.ca))

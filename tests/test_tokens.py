@@ -43,10 +43,21 @@ PEOPLE: dict[str, tuple[str, str, list[str] | None]] = {
 
 
 def token_file(path: Path) -> Path:
-    path.write_text(json.dumps({"tokens": [
-        {"name": name, "sha256": hash_token(token), "role": role,
-         **({"jobs": jobs} if jobs else {})}
-        for name, (token, role, jobs) in PEOPLE.items()]}))
+    path.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {
+                        "name": name,
+                        "sha256": hash_token(token),
+                        "role": role,
+                        **({"jobs": jobs} if jobs else {}),
+                    }
+                    for name, (token, role, jobs) in PEOPLE.items()
+                ]
+            }
+        )
+    )
     return path
 
 
@@ -55,34 +66,39 @@ def _as(name: str) -> tuple[tuple[str, str], ...]:
 
 
 @pytest.fixture
-async def secured(start_controller: Callable[..., Awaitable[Controller]],
-                  tmp_path: Path) -> AsyncIterator[tuple[Controller, Any]]:
+async def secured(
+    start_controller: Callable[..., Awaitable[Controller]], tmp_path: Path
+) -> AsyncIterator[tuple[Controller, Any]]:
     ctl = await start_controller(tokens=load_tokens(token_file(tmp_path / "tokens.json")))
     async with grpc.aio.insecure_channel(ctl.address) as channel:
         yield ctl, lrctl_pb2_grpc.LRControllerStub(channel)  # type: ignore[no-untyped-call]
 
 
 async def _create(stub: Any, job: str, attach: bool = False) -> pb.CreateJobResponse:
-    return await stub.CreateJob(pb.CreateJobRequest(job_id=job, schedule=SPEC, base_lrs=[0.1],
-                                                    attach=attach, world_size=1),
-                                metadata=_as("root"))
+    return await stub.CreateJob(
+        pb.CreateJobRequest(job_id=job, schedule=SPEC, base_lrs=[0.1], attach=attach, world_size=1),
+        metadata=_as("root"),
+    )
 
 
 async def test_no_token_a_worker_token_and_a_reader_token_cannot_override(
-        secured: tuple[Controller, Any]) -> None:
+    secured: tuple[Controller, Any],
+) -> None:
     ctl, stub = secured
     await _create(stub, "run-1")
-    scale = pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5,
-                               actor="alice", reason="pretending")
+    scale = pb.OverrideRequest(
+        job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5, actor="alice", reason="pretending"
+    )
     await expect_status(stub.Override(scale), UNAUTH)
     err = await expect_status(stub.Override(scale, metadata=_as("runs-bot")), DENIED)
-    assert err.details() == "Override needs role 'admin' or 'operator'; the token has role " \
-                            "'worker'"
+    assert err.details() == "Override needs role 'admin' or 'operator'; the token has role 'worker'"
     await expect_status(stub.Override(scale, metadata=_as("dash")), DENIED)
     # The same through the one client, as the CLI and scripts call it.
     for token in (None, PEOPLE["runs-bot"][0], PEOPLE["dash"][0]):
-        with Client(ctl.address, token, tls=False, environ={}) as client, \
-                pytest.raises(ClientError) as info:
+        with (
+            Client(ctl.address, token, tls=False, environ={}) as client,
+            pytest.raises(ClientError) as info,
+        ):
             await asyncio.to_thread(client.override, "run-1", "lr /= 2")
         assert info.value.code == ("UNAUTHENTICATED" if token is None else "PERMISSION_DENIED")
     job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"), metadata=_as("dash"))
@@ -91,13 +107,16 @@ async def test_no_token_a_worker_token_and_a_reader_token_cannot_override(
     assert ok.event.version == 2
 
 
-async def test_a_scoped_worker_token_stays_inside_its_jobs(
-        secured: tuple[Controller, Any]) -> None:
+async def test_a_scoped_worker_token_stays_inside_its_jobs(secured: tuple[Controller, Any]) -> None:
     _, stub = secured
     bot = _as("runs-bot")
     # Inside its scope: create, attach, watch and report.
-    attached = await stub.CreateJob(pb.CreateJobRequest(
-        job_id="run-7", schedule=SPEC, base_lrs=[0.1], attach=True, world_size=2), metadata=bot)
+    attached = await stub.CreateJob(
+        pb.CreateJobRequest(
+            job_id="run-7", schedule=SPEC, base_lrs=[0.1], attach=True, world_size=2
+        ),
+        metadata=bot,
+    )
     assert (attached.created, attached.epoch) == (True, 1)
     watch = stub.Watch(pb.WatchRequest(job_id="run-7"), metadata=bot)
     assert (await watch.read()).kind == pb.WatchResponse.KIND_SNAPSHOT
@@ -106,25 +125,44 @@ async def test_a_scoped_worker_token_stays_inside_its_jobs(
     # Outside: another job that exists (attached by an admin), and ones that do not.
     other = await _create(stub, "other-1", attach=True)
     before = await stub.GetJob(pb.GetJobRequest(job_id="other-1"), metadata=_as("root"))
-    err = await expect_status(stub.Watch(pb.WatchRequest(job_id="other-1"),
-                                         metadata=bot).read(), DENIED)
-    assert err.details() == ("Watch of job 'other-1' is outside the scope of token 'runs-bot' "
-                             "(jobs matching 'run-*')")
-    await expect_status(stub.Report(pb.ReportRequest(job_id="other-1", step=50,
-                                                     epoch=other.epoch), metadata=bot), DENIED)
-    await expect_status(stub.CreateJob(pb.CreateJobRequest(
-        job_id="other-1", schedule=SPEC, base_lrs=[0.1], attach=True), metadata=bot), DENIED)
-    await expect_status(stub.CreateJob(pb.CreateJobRequest(
-        job_id="other-2", schedule=SPEC, base_lrs=[0.1]), metadata=bot), DENIED)
+    err = await expect_status(
+        stub.Watch(pb.WatchRequest(job_id="other-1"), metadata=bot).read(), DENIED
+    )
+    assert err.details() == (
+        "Watch of job 'other-1' is outside the scope of token 'runs-bot' (jobs matching 'run-*')"
+    )
+    await expect_status(
+        stub.Report(pb.ReportRequest(job_id="other-1", step=50, epoch=other.epoch), metadata=bot),
+        DENIED,
+    )
+    await expect_status(
+        stub.CreateJob(
+            pb.CreateJobRequest(job_id="other-1", schedule=SPEC, base_lrs=[0.1], attach=True),
+            metadata=bot,
+        ),
+        DENIED,
+    )
+    await expect_status(
+        stub.CreateJob(
+            pb.CreateJobRequest(job_id="other-2", schedule=SPEC, base_lrs=[0.1]), metadata=bot
+        ),
+        DENIED,
+    )
     await expect_status(stub.Watch(pb.WatchRequest(job_id="nope"), metadata=bot).read(), DENIED)
     # "run-*" is a glob, not a prefix of anything: "xrun-1" and "RUN-1" are outside.
     for job in ("xrun-1", "RUN-1"):
-        await expect_status(stub.CreateJob(pb.CreateJobRequest(
-            job_id=job, schedule=SPEC, base_lrs=[0.1]), metadata=bot), DENIED)
+        await expect_status(
+            stub.CreateJob(
+                pb.CreateJobRequest(job_id=job, schedule=SPEC, base_lrs=[0.1]), metadata=bot
+            ),
+            DENIED,
+        )
     after = await stub.GetJob(pb.GetJobRequest(job_id="other-1"), metadata=_as("root"))
     assert after == before  # no step, no epoch, nothing
-    await expect_status(stub.GetJob(pb.GetJobRequest(job_id="other-2"), metadata=_as("root")),
-                        grpc.StatusCode.NOT_FOUND)
+    await expect_status(
+        stub.GetJob(pb.GetJobRequest(job_id="other-2"), metadata=_as("root")),
+        grpc.StatusCode.NOT_FOUND,
+    )
     # A worker reads nothing it does not need, even in its scope.
     await expect_status(stub.GetJob(pb.GetJobRequest(job_id="run-7"), metadata=bot), DENIED)
 
@@ -137,19 +175,20 @@ async def test_list_and_read_with_a_scoped_reader(secured: tuple[Controller, Any
     listed = await stub.ListJobs(pb.ListJobsRequest(), metadata=viewer)
     assert [j.job_id for j in listed.jobs] == ["shared", "team-a-1", "team-a-2"]
     await stub.GetJob(pb.GetJobRequest(job_id="team-a-1"), metadata=viewer)
-    await expect_status(stub.GetJob(pb.GetJobRequest(job_id="team-b-1"), metadata=viewer),
-                        DENIED)
-    await expect_status(stub.History(pb.HistoryRequest(job_id="team-b-1"), metadata=viewer),
-                        DENIED)
+    await expect_status(stub.GetJob(pb.GetJobRequest(job_id="team-b-1"), metadata=viewer), DENIED)
+    await expect_status(stub.History(pb.HistoryRequest(job_id="team-b-1"), metadata=viewer), DENIED)
     everything = await stub.ListJobs(pb.ListJobsRequest(), metadata=_as("dash"))
     assert len(everything.jobs) == 4  # an unscoped reader sees every job
-    await stub.Preview(pb.PreviewRequest(schedule=SPEC, base_lrs=[0.1], steps=3),
-                       metadata=viewer)  # no job involved
+    await stub.Preview(
+        pb.PreviewRequest(schedule=SPEC, base_lrs=[0.1], steps=3), metadata=viewer
+    )  # no job involved
 
 
 async def test_the_token_is_the_actor_whatever_the_request_says(
-        start_controller: Callable[..., Awaitable[Controller]], tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    start_controller: Callable[..., Awaitable[Controller]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     entries = load_tokens(token_file(tmp_path / "tokens.json"))
     plain = parse_tokens({"legacy-s3cret": "operator"})  # the older form, no name
     ctl = await start_controller(tokens=entries + plain)
@@ -158,12 +197,16 @@ async def test_the_token_is_the_actor_whatever_the_request_says(
         stub = lrctl_pb2_grpc.LRControllerStub(channel)  # type: ignore[no-untyped-call]
         await _create(stub, "run-1")
         await _create(stub, "run-1", attach=True)
-        await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SCALE,
-                                               value=0.5, actor="mallory", reason="spike"),
-                            metadata=_as("alice"))
-        await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR,
-                                               actor="root"),
-                            metadata=(("authorization", "Bearer legacy-s3cret"),))
+        await stub.Override(
+            pb.OverrideRequest(
+                job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5, actor="mallory", reason="spike"
+            ),
+            metadata=_as("alice"),
+        )
+        await stub.Override(
+            pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR, actor="root"),
+            metadata=(("authorization", "Bearer legacy-s3cret"),),
+        )
         await stub.FinishJob(pb.FinishJobRequest(job_id="run-1"), metadata=_as("alice"))
         history = await stub.History(pb.HistoryRequest(job_id="run-1"), metadata=_as("dash"))
     legacy = "sha256:" + hash_token("legacy-s3cret")[:12]
@@ -179,24 +222,31 @@ async def test_the_token_is_the_actor_whatever_the_request_says(
     assert "mallory" not in caplog.text
 
 
-async def test_without_tokens_the_requests_actor_is_kept(controller: Controller,
-                                                         stub: Any) -> None:
+async def test_without_tokens_the_requests_actor_is_kept(controller: Controller, stub: Any) -> None:
     await stub.CreateJob(pb.CreateJobRequest(job_id="run-1", schedule=SPEC, base_lrs=[0.1]))
-    reply = await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR,
-                                                   actor="bob"))
+    reply = await stub.Override(
+        pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR, actor="bob")
+    )
     assert reply.event.actor == "bob"
 
 
-@pytest.mark.parametrize("running_server", [{"tokens": {"ops-t0ken": "operator"}}],
-                         indirect=True)
+@pytest.mark.parametrize("running_server", [{"tokens": {"ops-t0ken": "operator"}}], indirect=True)
 def test_the_cli_overrides_as_its_token(running_server: RunningServer) -> None:
     with Client(running_server.address, "ops-t0ken", environ={}) as client:
         client.create_job("run-1", SPEC, [0.1])
     done = subprocess.run(
         [sys.executable, "-m", "controller.cli", "override", "run-1", "lr /= 2", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-        env={"LRCTL_ADDRESS": running_server.address, "LRCTL_TOKEN": "ops-t0ken",
-             "USER": "someone-else", "PATH": "/usr/bin:/bin"})
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "LRCTL_ADDRESS": running_server.address,
+            "LRCTL_TOKEN": "ops-t0ken",
+            "USER": "someone-else",
+            "PATH": "/usr/bin:/bin",
+        },
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["event"]["actor"] == "sha256:" + hash_token("ops-t0ken")[:12]
 
@@ -207,14 +257,14 @@ def test_the_cli_overrides_as_its_token(running_server: RunningServer) -> None:
 def test_both_forms_load_and_authenticate(tmp_path: Path) -> None:
     entries = load_tokens(token_file(tmp_path / "t.json"))
     assert [e.name for e in entries] == list(PEOPLE)
-    assert entries[3] == TokenEntry("runs-bot", hash_token("worker-s3cret"), "worker",
-                                    ("run-*",))
+    assert entries[3] == TokenEntry("runs-bot", hash_token("worker-s3cret"), "worker", ("run-*",))
     assert "worker-s3cret" not in (tmp_path / "t.json").read_text()  # only hashes stored
     auth = Authenticator(entries)
     assert auth.identify([("authorization", "Bearer worker-s3cret")]).name == "runs-bot"
     with pytest.raises(PermissionDenied, match="outside the scope of token 'runs-bot'"):
-        auth.check([("authorization", "Bearer worker-s3cret")], "Watch",
-                   pb.WatchRequest(job_id="other-1"))
+        auth.check(
+            [("authorization", "Bearer worker-s3cret")], "Watch", pb.WatchRequest(job_id="other-1")
+        )
     # Uppercase hex is accepted (and stored lowercase); a name defaults to the hash's prefix.
     [upper] = parse_tokens({"tokens": [{"sha256": hash_token("x").upper(), "role": "reader"}]})
     assert (upper.sha256, upper.name) == (hash_token("x"), "sha256:" + hash_token("x")[:12])
@@ -223,37 +273,76 @@ def test_both_forms_load_and_authenticate(tmp_path: Path) -> None:
     path.write_text('{"s3cret": "admin", "peek": "reader"}')
     assert [(e.name, e.role) for e in load_tokens(path)] == [
         ("sha256:" + hash_token("s3cret")[:12], "admin"),
-        ("sha256:" + hash_token("peek")[:12], "reader")]
+        ("sha256:" + hash_token("peek")[:12], "reader"),
+    ]
 
 
 _H = hash_token("t")
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    pytest.param({"tokens": [{"name": "a", "sha256": _H, "role": "worker", "job": ["run-*"]}]},
-                 "got 'job'", id="typo-must-not-widen-scope"),
-    pytest.param({"tokens": [{"name": "a", "token": "t", "role": "admin"}]},
-                 "never the token", id="token-in-clear"),
-    pytest.param({"tokens": [{"name": "a", "sha256": "abc", "role": "admin"}]},
-                 "64 hex digits", id="short-hash"),
-    pytest.param({"tokens": [{"name": "a", "sha256": _H, "role": "root"}]},
-                 "expected a role", id="bad-role"),
-    pytest.param({"tokens": [{"name": "a", "sha256": _H, "role": "worker", "jobs": []}]},
-                 "non-empty list", id="empty-scope"),
-    pytest.param({"tokens": [{"name": "a", "sha256": _H, "role": "worker", "jobs": "run-*"}]},
-                 "non-empty list", id="scope-not-a-list"),
-    pytest.param({"tokens": [{"name": "a", "sha256": _H, "role": "admin"},
-                             {"name": "b", "sha256": _H, "role": "reader"}]},
-                 "each token once", id="same-token-twice"),
-    pytest.param({"tokens": [{"name": "a", "sha256": _H, "role": "admin"},
-                             {"name": "a", "sha256": hash_token("u"), "role": "reader"}]},
-                 "unique token names", id="same-name-twice"),
-    pytest.param({"tokens": [], "extra": 1}, "only the key", id="extra-key"),
-    pytest.param({"tokens": ["x"]}, "to be an object", id="entry-not-object"),
-    pytest.param({"t": "root"}, "expected a role", id="plain-bad-role"),
-    pytest.param({"tokens": [{"name": "a\nb", "sha256": _H, "role": "admin"}]},
-                 "printable", id="name-with-newline"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param(
+            {"tokens": [{"name": "a", "sha256": _H, "role": "worker", "job": ["run-*"]}]},
+            "got 'job'",
+            id="typo-must-not-widen-scope",
+        ),
+        pytest.param(
+            {"tokens": [{"name": "a", "token": "t", "role": "admin"}]},
+            "never the token",
+            id="token-in-clear",
+        ),
+        pytest.param(
+            {"tokens": [{"name": "a", "sha256": "abc", "role": "admin"}]},
+            "64 hex digits",
+            id="short-hash",
+        ),
+        pytest.param(
+            {"tokens": [{"name": "a", "sha256": _H, "role": "root"}]},
+            "expected a role",
+            id="bad-role",
+        ),
+        pytest.param(
+            {"tokens": [{"name": "a", "sha256": _H, "role": "worker", "jobs": []}]},
+            "non-empty list",
+            id="empty-scope",
+        ),
+        pytest.param(
+            {"tokens": [{"name": "a", "sha256": _H, "role": "worker", "jobs": "run-*"}]},
+            "non-empty list",
+            id="scope-not-a-list",
+        ),
+        pytest.param(
+            {
+                "tokens": [
+                    {"name": "a", "sha256": _H, "role": "admin"},
+                    {"name": "b", "sha256": _H, "role": "reader"},
+                ]
+            },
+            "each token once",
+            id="same-token-twice",
+        ),
+        pytest.param(
+            {
+                "tokens": [
+                    {"name": "a", "sha256": _H, "role": "admin"},
+                    {"name": "a", "sha256": hash_token("u"), "role": "reader"},
+                ]
+            },
+            "unique token names",
+            id="same-name-twice",
+        ),
+        pytest.param({"tokens": [], "extra": 1}, "only the key", id="extra-key"),
+        pytest.param({"tokens": ["x"]}, "to be an object", id="entry-not-object"),
+        pytest.param({"t": "root"}, "expected a role", id="plain-bad-role"),
+        pytest.param(
+            {"tokens": [{"name": "a\nb", "sha256": _H, "role": "admin"}]},
+            "printable",
+            id="name-with-newline",
+        ),
+    ],
+)
 def test_bad_token_files_say_what_was_expected(data: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_tokens(data)
@@ -262,10 +351,12 @@ def test_bad_token_files_say_what_was_expected(data: object, message: str) -> No
 def test_list_jobs_is_filtered_even_when_the_handler_encoded_it() -> None:
     from controller.auth import _in_scope
 
-    [entry] = parse_tokens({"tokens": [{"name": "v", "sha256": _H, "role": "reader",
-                                        "jobs": ["a-*"]}]})
-    response = pb.ListJobsResponse(jobs=[pb.Job(job_id="a-1"), pb.Job(job_id="b-1")],
-                                   next_page_token="x")
+    [entry] = parse_tokens(
+        {"tokens": [{"name": "v", "sha256": _H, "role": "reader", "jobs": ["a-*"]}]}
+    )
+    response = pb.ListJobsResponse(
+        jobs=[pb.Job(job_id="a-1"), pb.Job(job_id="b-1")], next_page_token="x"
+    )
     for given in (response, response.SerializeToString()):
         out = _in_scope(entry, "ListJobs", given)
         assert type(out) is type(given)
@@ -275,13 +366,16 @@ def test_list_jobs_is_filtered_even_when_the_handler_encoded_it() -> None:
 
 
 def test_the_token_maker_prints_a_token_and_an_entry_that_loads() -> None:
-    done = subprocess.run([sys.executable, "-m", "controller.tokens", "ci-runs", "worker",
-                           "--jobs", "run-*", "ci-*"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "controller.tokens", "ci-runs", "worker", "--jobs", "run-*", "ci-*"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     token_line, entry_line = done.stdout.splitlines()
     token = token_line.removeprefix("token: ")
     [entry] = parse_tokens({"tokens": [json.loads(entry_line.removeprefix("entry: "))]})
     assert (entry.name, entry.role, entry.jobs) == ("ci-runs", "worker", ("run-*", "ci-*"))
     assert Authenticator([entry]).identify([("authorization", f"Bearer {token}")]) == entry
-

@@ -44,18 +44,42 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerP
 
 
 def test_rdzv_id_is_the_job_id_and_both_ranks_apply_the_override_together(
-        tmp_path: Path, controller: ControllerProcess) -> None:
+    tmp_path: Path, controller: ControllerProcess
+) -> None:
     lr_log = tmp_path / "lr"
-    cmd = [*TORCHRUN, "--nproc_per_node", "2", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "torchrun-42",
-           "examples/train_torchrun.py", "--schedule", SCHEDULE, "--steps", "120",
-           "--step-sleep", "0.03", "--lr-log", str(lr_log)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=torchrun_env(controller.address),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        *TORCHRUN,
+        "--nproc_per_node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        "--rdzv-id",
+        "torchrun-42",
+        "examples/train_torchrun.py",
+        "--schedule",
+        SCHEDULE,
+        "--steps",
+        "120",
+        "--step-sleep",
+        "0.03",
+        "--lr-log",
+        str(lr_log),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=torchrun_env(controller.address),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         operate.wait_for_step(controller.address, "torchrun-42", 30, timeout=90)
-        version = operate.override(controller.address, "torchrun-42", "lr /= 2",
-                                   reason="from the torchrun test")
+        version = operate.override(
+            controller.address, "torchrun-42", "lr /= 2", reason="from the torchrun test"
+        )
         output, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
@@ -82,10 +106,24 @@ def test_rdzv_id_is_the_job_id_and_both_ranks_apply_the_override_together(
 
 def test_torchrun_placeholder_run_id_is_refused(controller: ControllerProcess) -> None:
     # A static rendezvous (--master-port) without --rdzv-id: TORCHELASTIC_RUN_ID is "none".
-    cmd = [*TORCHRUN, "--nproc_per_node", "1", "--master-port", str(free_port()),
-           "examples/train_torchrun.py", "--steps", "5"]
-    done = subprocess.run(cmd, cwd=ROOT, env=torchrun_env(controller.address),
-                          capture_output=True, text=True, timeout=120)
+    cmd = [
+        *TORCHRUN,
+        "--nproc_per_node",
+        "1",
+        "--master-port",
+        str(free_port()),
+        "examples/train_torchrun.py",
+        "--steps",
+        "5",
+    ]
+    done = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=torchrun_env(controller.address),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
     assert "WorkerError: no job id: torchrun's run id is its placeholder 'none'" in output

@@ -20,13 +20,17 @@ Stub = lrctl_pb2_grpc.LRControllerStub
 
 
 async def create(stub: Stub, job_id: str = "run-1", **kw: Any) -> pb.CreateJobResponse:
-    return await stub.CreateJob(pb.CreateJobRequest(
-        job_id=job_id, schedule="StepLR(step_size=2, gamma=0.5)", base_lrs=[0.1], **kw))
+    return await stub.CreateJob(
+        pb.CreateJobRequest(
+            job_id=job_id, schedule="StepLR(step_size=2, gamma=0.5)", base_lrs=[0.1], **kw
+        )
+    )
 
 
 async def scale(stub: Stub, factor: float = 0.5, job_id: str = "run-1") -> int:
-    response = await stub.Override(pb.OverrideRequest(job_id=job_id, op=pb.OVERRIDE_OP_SCALE,
-                                                      value=factor))
+    response = await stub.Override(
+        pb.OverrideRequest(job_id=job_id, op=pb.OVERRIDE_OP_SCALE, value=factor)
+    )
     return int(response.event.version)
 
 
@@ -55,7 +59,8 @@ async def test_snapshot_then_live_events_in_order(stub: Stub) -> None:
     versions = [await scale(stub, f) for f in (0.9, 0.8, 0.7)]
     received = [await next_non_heartbeat(call) for _ in versions]
     assert [(m.kind, m.version, m.event.version) for m in received] == [
-        (W.KIND_EVENT, v, v) for v in versions]
+        (W.KIND_EVENT, v, v) for v in versions
+    ]
     assert received[1].event.value == pytest.approx(0.8)
     call.cancel()
 
@@ -91,8 +96,11 @@ async def test_resync_when_resume_point_is_gone(stub: Stub) -> None:
     assert message.kind == W.KIND_RESYNC and message.version == 2 and message.job.version == 2
     ahead.cancel()
     live = stub.Watch(pb.WatchRequest(job_id="run-1", from_version=2))
-    recreated = await stub.CreateJob(pb.CreateJobRequest(
-        job_id="run-1", schedule="ConstantLR(factor=0.5)", base_lrs=[0.2], replace=True))
+    recreated = await stub.CreateJob(
+        pb.CreateJobRequest(
+            job_id="run-1", schedule="ConstantLR(factor=0.5)", base_lrs=[0.2], replace=True
+        )
+    )
     message = await next_non_heartbeat(live)
     assert message.kind == W.KIND_RESYNC and message.version == recreated.job.version == 3
     assert message.job.schedule == "ConstantLR(factor=0.5)" and not message.job.events
@@ -130,11 +138,12 @@ async def test_finished_ends_the_stream(stub: Stub) -> None:
     assert kinds == [W.KIND_SNAPSHOT, W.KIND_FINISHED]
 
 
-async def test_workers_and_streams_count_open_watchers(controller: Controller,
-                                                      stub: Stub) -> None:
+async def test_workers_and_streams_count_open_watchers(controller: Controller, stub: Stub) -> None:
     await create(stub)
-    calls = [stub.Watch(pb.WatchRequest(job_id="run-1", worker_id=w))
-             for w in ("rank-0", "rank-1", "rank-1", "")]
+    calls = [
+        stub.Watch(pb.WatchRequest(job_id="run-1", worker_id=w))
+        for w in ("rank-0", "rank-1", "rank-1", "")
+    ]
     for call in calls:
         await call.read()
 
@@ -151,8 +160,9 @@ async def test_workers_and_streams_count_open_watchers(controller: Controller,
     await wait_until(lambda: open_are(0, 0))
 
 
-async def test_lrctl_workers_is_the_world_size_rank_0_reports(controller: Controller,
-                                                              stub: Stub) -> None:
+async def test_lrctl_workers_is_the_world_size_rank_0_reports(
+    controller: Controller, stub: Stub
+) -> None:
     await create(stub)
 
     def workers() -> float | None:
@@ -164,21 +174,25 @@ async def test_lrctl_workers_is_the_world_size_rank_0_reports(controller: Contro
     assert (job.world_size, workers()) == (4, 4)
     await stub.Report(pb.ReportRequest(job_id="run-1", rank=1, step=3, world_size=9))
     assert workers() == 4  # only rank 0 speaks for the run
-    await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=4, world_size=4,
-                                       final=True))  # the run closed its scheduler
+    await stub.Report(
+        pb.ReportRequest(job_id="run-1", rank=0, step=4, world_size=4, final=True)
+    )  # the run closed its scheduler
     job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
     assert (job.world_size, workers()) == (0, 0)
 
 
 async def test_watch_errors(stub: Stub) -> None:
-    await expect_status(stub.Watch(pb.WatchRequest(job_id="nope")).read(),
-                        grpc.StatusCode.NOT_FOUND)
-    await expect_status(stub.Watch(pb.WatchRequest(job_id="bad id")).read(),
-                        grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(
+        stub.Watch(pb.WatchRequest(job_id="nope")).read(), grpc.StatusCode.NOT_FOUND
+    )
+    await expect_status(
+        stub.Watch(pb.WatchRequest(job_id="bad id")).read(), grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 async def test_shutdown_ends_watches_with_unavailable(
-        start_controller: Callable[..., Awaitable[Controller]]) -> None:
+    start_controller: Callable[..., Awaitable[Controller]],
+) -> None:
     ctl = await start_controller(grace_seconds=5.0)
     async with grpc.aio.insecure_channel(ctl.address) as chan:
         stub = lrctl_pb2_grpc.LRControllerStub(chan)

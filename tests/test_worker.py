@@ -28,8 +28,10 @@ def client(controller: ControllerProcess) -> Iterator[Client]:
 
 
 def make_optimizer(kind: str = "sgd") -> torch.optim.Optimizer:
-    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.1},
-              {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": torch.tensor(0.05)}]
+    groups = [
+        {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.1},
+        {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": torch.tensor(0.05)},
+    ]
     if kind == "adam":
         return torch.optim.Adam(groups)
     return torch.optim.SGD(groups, momentum=0.9)
@@ -37,21 +39,25 @@ def make_optimizer(kind: str = "sgd") -> torch.optim.Optimizer:
 
 def wait_for_version(scheduler: RemoteLRScheduler, version: int, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
-    while (scheduler._link.state is None or scheduler._link.state.version < version):
+    while scheduler._link.state is None or scheduler._link.state.version < version:
         assert time.monotonic() < deadline, "the override never reached the worker"
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("spec", [
-    pytest.param("StepLR(step_size=20, gamma=0.5)", id="step"),
-    pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=10)", id="cyclic-momentum"),
-    pytest.param("OneCycleLR(max_lr=0.1, total_steps=100)", id="onecycle-momentum"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param("StepLR(step_size=20, gamma=0.5)", id="step"),
+        pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=10)", id="cyclic-momentum"),
+        pytest.param("OneCycleLR(max_lr=0.1, total_steps=100)", id="onecycle-momentum"),
+    ],
+)
 def test_same_lrs_and_momentum_as_torch(controller: ControllerProcess, spec: str) -> None:
     ours_opt, theirs_opt = make_optimizer(), make_optimizer()
     theirs = build_torch(spec, theirs_opt)
-    with RemoteLRScheduler(ours_opt, spec, job=f"parity-{spec[:6]}",
-                           address=controller.address) as ours:
+    with RemoteLRScheduler(
+        ours_opt, spec, job=f"parity-{spec[:6]}", address=controller.address
+    ) as ours:
         for _ in range(100):
             for a, b in zip(ours_opt.param_groups, theirs_opt.param_groups):
                 assert float(a["lr"]) == pytest.approx(float(b["lr"]), rel=1e-7)
@@ -65,7 +71,8 @@ def test_same_lrs_and_momentum_as_torch(controller: ControllerProcess, spec: str
 
 
 def test_override_takes_effect_and_resume_replays_exactly(
-        controller: ControllerProcess, client: Client) -> None:
+    controller: ControllerProcess, client: Client
+) -> None:
     spec = "ExponentialLR(gamma=0.99)"
     opt = make_optimizer()
     first = RemoteLRScheduler(opt, spec, job="resume", address=controller.address)
@@ -98,8 +105,11 @@ def test_override_takes_effect_and_resume_replays_exactly(
 def test_unreachable_controller_is_a_clear_error_after_a_bounded_wait() -> None:
     config = WorkerConfig(job="nowhere", address="127.0.0.1:1", connect_timeout_s=1.0)
     start = time.monotonic()
-    with pytest.raises(WorkerError, match=r"cannot reach the lrctl controller at 127.0.0.1:1 "
-                                          r"within 1s"):
+    with pytest.raises(
+        WorkerError,
+        match=r"cannot reach the lrctl controller at 127.0.0.1:1 "
+        r"within 1s",
+    ):
         RemoteLRScheduler(make_optimizer(), "StepLR(step_size=10)", config=config)
     assert time.monotonic() - start < 5
 
@@ -110,26 +120,31 @@ def test_invalid_spec_fails_before_any_network_call() -> None:
 
 
 def test_attaching_with_another_schedule_is_refused(controller: ControllerProcess) -> None:
-    with RemoteLRScheduler(make_optimizer(), "StepLR(step_size=10)", job="conflict",
-                           address=controller.address):
+    with RemoteLRScheduler(
+        make_optimizer(), "StepLR(step_size=10)", job="conflict", address=controller.address
+    ):
         pass
     with pytest.raises(WorkerError, match="cannot attach to job 'conflict': FAILED_PRECONDITION"):
-        RemoteLRScheduler(make_optimizer(), "StepLR(step_size=11)", job="conflict",
-                          address=controller.address)
+        RemoteLRScheduler(
+            make_optimizer(), "StepLR(step_size=11)", job="conflict", address=controller.address
+        )
 
 
-def test_every_rank_attaches_to_the_same_job(controller: ControllerProcess,
-                                              client: Client) -> None:
+def test_every_rank_attaches_to_the_same_job(controller: ControllerProcess, client: Client) -> None:
     spec = "CosineAnnealingLR(T_max=50)"
     address = controller.address
-    with RemoteLRScheduler(make_optimizer(), spec, job="attach", address=address) as a, \
-            RemoteLRScheduler(make_optimizer(), spec, job="attach", address=address) as b:
+    with (
+        RemoteLRScheduler(make_optimizer(), spec, job="attach", address=address) as a,
+        RemoteLRScheduler(make_optimizer(), spec, job="attach", address=address) as b,
+    ):
         assert a.applied_version == b.applied_version == client.get_job("attach").version
 
 
 def test_job_from_environment_and_verbose_output(
-        controller: ControllerProcess, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    controller: ControllerProcess,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("LRCTL_ADDRESS", controller.address)
     monkeypatch.setenv("LRCTL_JOB", "from-env")
     opt = make_optimizer()
@@ -143,8 +158,7 @@ def test_job_from_environment_and_verbose_output(
     assert "Adjusting learning rate of group 0 to 5.0000e-02." in out
 
 
-def test_final_progress_is_flushed_on_close(controller: ControllerProcess,
-                                            client: Client) -> None:
+def test_final_progress_is_flushed_on_close(controller: ControllerProcess, client: Client) -> None:
     opt = make_optimizer()
     spec = "StepLR(step_size=5)"
     with RemoteLRScheduler(opt, spec, job="flush", address=controller.address) as s:
@@ -155,7 +169,8 @@ def test_final_progress_is_flushed_on_close(controller: ControllerProcess,
 
 
 def test_override_made_while_down_takes_effect_at_the_resume_step(
-        controller: ControllerProcess, client: Client) -> None:
+    controller: ControllerProcess, client: Client
+) -> None:
     # The usual torch resume: construct, then load_state_dict. An override sent while no
     # worker ran takes effect at the first resumed step, not at step 0 of the new process.
     spec = "StepLR(step_size=100)"
@@ -180,10 +195,18 @@ def test_a_recreated_job_answers_older_versions_from_its_previous_incarnation() 
     from lrctl.overrides import Event, Op
     from worker._link import Held
 
-    old = Held(Job("j", "StepLR(step_size=10)", (0.1,), version=3,
-                   events=(Event(2, Op.SCALE, 0.5), Event(3, Op.CLEAR))))
-    new = Held(Job("j", "ExponentialLR(gamma=0.9)", (0.1,), version=4, created_version=4),
-               previous=old)
+    old = Held(
+        Job(
+            "j",
+            "StepLR(step_size=10)",
+            (0.1,),
+            version=3,
+            events=(Event(2, Op.SCALE, 0.5), Event(3, Op.CLEAR)),
+        )
+    )
+    new = Held(
+        Job("j", "ExponentialLR(gamma=0.9)", (0.1,), version=4, created_version=4), previous=old
+    )
     # A rank holding the new incarnation and one still on the old agree on version 2:
     assert new.at(2) == old.at(2)
     assert new.at(2).schedule == "StepLR(step_size=10)"
@@ -193,26 +216,32 @@ def test_a_recreated_job_answers_older_versions_from_its_previous_incarnation() 
 
 def test_checkpoint_of_another_job_is_refused(controller: ControllerProcess) -> None:
     opt = make_optimizer()
-    with RemoteLRScheduler(opt, "StepLR(step_size=5)", job="ckpt-a",
-                           address=controller.address) as sched:
+    with RemoteLRScheduler(
+        opt, "StepLR(step_size=5)", job="ckpt-a", address=controller.address
+    ) as sched:
         state = sched.state_dict()
-    with RemoteLRScheduler(make_optimizer(), "StepLR(step_size=5)", job="ckpt-b",
-                           address=controller.address) as other, \
-            pytest.raises(ValueError, match="checkpoint is of job 'ckpt-a', expected 'ckpt-b'"):
+    with (
+        RemoteLRScheduler(
+            make_optimizer(), "StepLR(step_size=5)", job="ckpt-b", address=controller.address
+        ) as other,
+        pytest.raises(ValueError, match="checkpoint is of job 'ckpt-a', expected 'ckpt-b'"),
+    ):
         other.load_state_dict(state)
 
 
 def test_a_metric_for_a_schedule_without_plateau_warns(controller: ControllerProcess) -> None:
     opt = make_optimizer()
-    with RemoteLRScheduler(opt, "StepLR(step_size=5)", job="metric-warn",
-                           address=controller.address) as sched:
+    with RemoteLRScheduler(
+        opt, "StepLR(step_size=5)", job="metric-warn", address=controller.address
+    ) as sched:
         opt.step()
         with pytest.warns(UserWarning, match="value is ignored"):
             sched.step(3)
 
 
 def test_plateau_metrics_reduce_the_lr_through_the_controller(
-        controller: ControllerProcess, client: Client) -> None:
+    controller: ControllerProcess, client: Client
+) -> None:
     opt = make_optimizer()
     spec = "ReduceLROnPlateau(factor=0.5, patience=1)"
     with RemoteLRScheduler(opt, spec, job="plateau", address=controller.address) as sched:
@@ -232,10 +261,12 @@ def test_plateau_metrics_reduce_the_lr_through_the_controller(
 
 
 def test_rank_0_reports_the_agreed_version_and_the_final_report_detaches(
-        controller: ControllerProcess, client: Client) -> None:
+    controller: ControllerProcess, client: Client
+) -> None:
     opt = make_optimizer()
-    with RemoteLRScheduler(opt, "StepLR(step_size=5)", job="final",
-                           address=controller.address) as sched:
+    with RemoteLRScheduler(
+        opt, "StepLR(step_size=5)", job="final", address=controller.address
+    ) as sched:
         lr_rows(sched, opt, 5)
         version = client.override("final", "lr /= 2").event.version
         wait_for_version(sched, version)

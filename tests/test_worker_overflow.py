@@ -26,9 +26,13 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControllerP
 
 def make_optimizer() -> torch.optim.Optimizer:
     # Group 1 holds a float64 tensor LR, updated in place as torch does.
-    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.1},
-              {"params": [torch.nn.Parameter(torch.zeros(2))],
-               "lr": torch.tensor(0.05, dtype=torch.float64)}]
+    groups = [
+        {"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.1},
+        {
+            "params": [torch.nn.Parameter(torch.zeros(2))],
+            "lr": torch.tensor(0.05, dtype=torch.float64),
+        },
+    ]
     return torch.optim.SGD(groups, momentum=0.9)
 
 
@@ -37,19 +41,35 @@ def same(ours: float, theirs: float) -> bool:
     return math.isclose(ours, theirs, rel_tol=1e-12, abs_tol=1e-16)
 
 
-@pytest.mark.parametrize(("job", "spec", "make", "steps"), [
-    pytest.param("exponential-to-inf", "ExponentialLR(gamma=1.5)",
-                 lambda o: lr_scheduler.ExponentialLR(o, 1.5), 2000, id="exponential-to-inf"),
-    pytest.param("step-to-zero", "StepLR(step_size=2, gamma=0.25)",
-                 lambda o: lr_scheduler.StepLR(o, 2, 0.25), 1200, id="step-to-zero"),
-])
+@pytest.mark.parametrize(
+    ("job", "spec", "make", "steps"),
+    [
+        pytest.param(
+            "exponential-to-inf",
+            "ExponentialLR(gamma=1.5)",
+            lambda o: lr_scheduler.ExponentialLR(o, 1.5),
+            2000,
+            id="exponential-to-inf",
+        ),
+        pytest.param(
+            "step-to-zero",
+            "StepLR(step_size=2, gamma=0.25)",
+            lambda o: lr_scheduler.StepLR(o, 2, 0.25),
+            1200,
+            id="step-to-zero",
+        ),
+    ],
+)
 def test_step_never_raises_where_torch_overflows(
-        controller: ControllerProcess, job: str, spec: str,
-        make: Callable[[torch.optim.Optimizer], Any], steps: int) -> None:
+    controller: ControllerProcess,
+    job: str,
+    spec: str,
+    make: Callable[[torch.optim.Optimizer], Any],
+    steps: int,
+) -> None:
     ours_opt, theirs_opt = make_optimizer(), make_optimizer()
     theirs = make(theirs_opt)
-    with RemoteLRScheduler(ours_opt, spec, job=job,
-                           address=controller.address) as ours:
+    with RemoteLRScheduler(ours_opt, spec, job=job, address=controller.address) as ours:
         for step in range(steps):
             for g, (a, b) in enumerate(zip(ours_opt.param_groups, theirs_opt.param_groups)):
                 mine, torchs = float(a["lr"]), float(b["lr"])

@@ -18,8 +18,9 @@ from lrctl.spec import Spec, parse_spec
 # Expression text -> the same formula written as a Python lambda.
 REFERENCE_LAMBDAS: dict[str, Any] = {
     "0.95 ** epoch": lambda epoch: 0.95**epoch,
-    "0.5 if epoch < 40 else 0.5 ** 2 if epoch < 70 else 0.5 ** 3":
-        lambda epoch: 0.5 if epoch < 40 else 0.5**2 if epoch < 70 else 0.5**3,
+    "0.5 if epoch < 40 else 0.5 ** 2 if epoch < 70 else 0.5 ** 3": lambda epoch: (
+        0.5 if epoch < 40 else 0.5**2 if epoch < 70 else 0.5**3
+    ),
     "min(1.0, (epoch + 1) / 10)": lambda epoch: min(1.0, (epoch + 1) / 10),
     "1 / sqrt(max(step, 1))": lambda epoch: 1 / math.sqrt(max(epoch, 1)),
     "0.99": lambda epoch: 0.99,
@@ -35,8 +36,9 @@ def py_lambda(expr: str) -> Any:
     return REFERENCE_LAMBDAS[expr]
 
 
-def make_optimizer(base_lrs: Sequence[float], *, tensor_group: int | None = 1,
-                   kind: str = "sgd") -> torch.optim.Optimizer:
+def make_optimizer(
+    base_lrs: Sequence[float], *, tensor_group: int | None = 1, kind: str = "sgd"
+) -> torch.optim.Optimizer:
     """An optimizer with one param group per base LR; group ``tensor_group`` has a tensor LR."""
     groups = []
     for i, lr in enumerate(base_lrs):
@@ -63,8 +65,9 @@ def build_torch(spec: str | Spec, optimizer: torch.optim.Optimizer) -> Any:
     for key in ("lr_lambda", "scale_fn"):
         if key in kwargs:
             value = kwargs[key]
-            kwargs[key] = ([py_lambda(v) for v in value] if isinstance(value, list)
-                           else py_lambda(value))
+            kwargs[key] = (
+                [py_lambda(v) for v in value] if isinstance(value, list) else py_lambda(value)
+            )
     args = [_convert(v, optimizer) for v in spec.args]
     if spec.name == "ChainedScheduler":
         return cls(*args, **kwargs)
@@ -85,9 +88,14 @@ def lr_rows(scheduler: Any, optimizer: torch.optim.Optimizer, steps: int) -> lis
     return rows
 
 
-def torch_rows(spec: str, base_lrs: Sequence[float], steps: int, *,
-               tensor_group: int | None = 1, kind: str = "sgd",
-               ) -> tuple[list[list[float]], list[list[float]]]:
+def torch_rows(
+    spec: str,
+    base_lrs: Sequence[float],
+    steps: int,
+    *,
+    tensor_group: int | None = 1,
+    kind: str = "sgd",
+) -> tuple[list[list[float]], list[list[float]]]:
     """Return torch's ``get_last_lr()`` rows and momentum rows for ``steps`` rows."""
     opt = make_optimizer(base_lrs, tensor_group=tensor_group, kind=kind)
     sched = build_torch(spec, opt)

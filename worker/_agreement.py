@@ -64,8 +64,12 @@ class Pacer:
         clock: Monotonic clock in seconds.
     """
 
-    def __init__(self, agree_every: int = 0, period_s: float = DEFAULT_PERIOD_S,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        agree_every: int = 0,
+        period_s: float = DEFAULT_PERIOD_S,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.agree_every = agree_every
         self.period_s = period_s
         self._clock = clock
@@ -143,12 +147,21 @@ class Agreement:
         step, checked, _, _ = self._sent
         apart = None
         if checked and (v[_LR_LOW] != ~v[_LR_HIGH] or v[_APPLIED_LOW] != ~v[_APPLIED_HIGH]):
-            apart = Divergence(step, _float(v[_LR_LOW]), _float(~v[_LR_HIGH]),
-                               v[_APPLIED_LOW], ~v[_APPLIED_HIGH])
+            apart = Divergence(
+                step, _float(v[_LR_LOW]), _float(~v[_LR_HIGH]), v[_APPLIED_LOW], ~v[_APPLIED_HIGH]
+            )
         return v[_VERSION], v[_LENGTH], apart
 
-    def launch(self, call: int, *, step: int, version: int, length: int,
-               lr_checksum: float, applied_version: int) -> None:
+    def launch(
+        self,
+        call: int,
+        *,
+        step: int,
+        version: int,
+        length: int,
+        lr_checksum: float,
+        applied_version: int,
+    ) -> None:
         """Start this exchange's all-reduce (call :meth:`collect` first).
 
         Args:

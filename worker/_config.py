@@ -77,26 +77,38 @@ class WorkerConfig:
 
     def __post_init__(self) -> None:
         if not self.job:
-            raise WorkerError("no job id: pass job=..., set LRCTL_JOB, or run inside Ray Train "
-                              "or torchrun")
+            raise WorkerError(
+                "no job id: pass job=..., set LRCTL_JOB, or run inside Ray Train or torchrun"
+            )
         try:
             check_job_id(self.job)
         except JobIdError as exc:
-            raise WorkerError(f"job id {self.job!r} (from {self.job_source}) is not valid: "
-                              f"{exc}") from None
+            raise WorkerError(
+                f"job id {self.job!r} (from {self.job_source}) is not valid: {exc}"
+            ) from None
         if self.connect_timeout_s <= 0 or self.report_interval_s < 0.01:
-            raise WorkerError(f"expected connect_timeout_s > 0 and report_interval_s >= 0.01, "
-                              f"got connect_timeout_s={self.connect_timeout_s}, "
-                              f"report_interval_s={self.report_interval_s}")
+            raise WorkerError(
+                f"expected connect_timeout_s > 0 and report_interval_s >= 0.01, "
+                f"got connect_timeout_s={self.connect_timeout_s}, "
+                f"report_interval_s={self.report_interval_s}"
+            )
         if self.agree_every < 0 or self.divergence_check_every < 0:
-            raise WorkerError(f"expected agree_every >= 0 and divergence_check_every >= 0, got "
-                              f"agree_every={self.agree_every}, "
-                              f"divergence_check_every={self.divergence_check_every}")
+            raise WorkerError(
+                f"expected agree_every >= 0 and divergence_check_every >= 0, got "
+                f"agree_every={self.agree_every}, "
+                f"divergence_check_every={self.divergence_check_every}"
+            )
 
     @classmethod
-    def load(cls, *, job: str | None = None, address: str | None = None,
-             token: str | None = None, environ: Mapping[str, str] | None = None,
-             default_job: Callable[[], str | None] | None = None) -> WorkerConfig:
+    def load(
+        cls,
+        *,
+        job: str | None = None,
+        address: str | None = None,
+        token: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        default_job: Callable[[], str | None] | None = None,
+    ) -> WorkerConfig:
         """Fill the config from arguments, then ``LRCTL_*`` variables, then defaults.
 
         Args:
@@ -133,14 +145,16 @@ class WorkerConfig:
             connect_timeout_s=number(CONNECT_TIMEOUT_ENV_VAR, DEFAULT_CONNECT_TIMEOUT_S),
             report_interval_s=number(REPORT_INTERVAL_ENV_VAR, DEFAULT_REPORT_INTERVAL_S),
             agree_every=int(number(AGREE_EVERY_ENV_VAR, DEFAULT_AGREE_EVERY)),
-            divergence_check_every=int(number(DIVERGENCE_CHECK_EVERY_ENV_VAR,
-                                              DEFAULT_DIVERGENCE_CHECK_EVERY)),
+            divergence_check_every=int(
+                number(DIVERGENCE_CHECK_EVERY_ENV_VAR, DEFAULT_DIVERGENCE_CHECK_EVERY)
+            ),
             job_source=source,
         )
 
 
-def _job_id(job: str | None, env: Mapping[str, str],
-            default_job: Callable[[], str | None] | None) -> tuple[str, str]:
+def _job_id(
+    job: str | None, env: Mapping[str, str], default_job: Callable[[], str | None] | None
+) -> tuple[str, str]:
     """Return the job id and where it came from; check a default id before it is used."""
     if job:
         return job, "job="
@@ -152,12 +166,14 @@ def _job_id(job: str | None, env: Mapping[str, str],
         if default == TORCHELASTIC_DEFAULT_RUN_ID:
             raise WorkerError(
                 f"no job id: torchrun's run id is its placeholder {default!r}, the same for "
-                f"every launch; set {JOB_ENV_VAR}, or give torchrun --rdzv-id=<job id>")
+                f"every launch; set {JOB_ENV_VAR}, or give torchrun --rdzv-id=<job id>"
+            )
     if not default:
         return "", ""
     try:
         check_job_id(default)
     except JobIdError as exc:
-        raise WorkerError(f"{source} {default!r} cannot be a job id ({exc}); set "
-                          f"{JOB_ENV_VAR} to a valid one") from None
+        raise WorkerError(
+            f"{source} {default!r} cannot be a job id ({exc}); set {JOB_ENV_VAR} to a valid one"
+        ) from None
     return default, source

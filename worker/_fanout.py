@@ -69,8 +69,9 @@ class RankGroup:
             return b""
         if self.rank == 0:
             if data is None or len(data) != length:
-                raise RuntimeError(f"rank 0 announced {length} bytes but holds "
-                                   f"{0 if data is None else len(data)}")
+                raise RuntimeError(
+                    f"rank 0 announced {length} bytes but holds {0 if data is None else len(data)}"
+                )
             buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         else:
             buffer = torch.empty(length, dtype=torch.uint8)
@@ -129,8 +130,15 @@ class _Facts:
     base_lrs: tuple[float, ...]
 
 
-def handshake(group: RankGroup, attach: Callable[[], Held] | None, *, job: str, spec: str,
-              base_lrs: Sequence[float], plan: Plan) -> tuple[Held, Plan]:
+def handshake(
+    group: RankGroup,
+    attach: Callable[[], Held] | None,
+    *,
+    job: str,
+    spec: str,
+    base_lrs: Sequence[float],
+    plan: Plan,
+) -> tuple[Held, Plan]:
     """Blocking, on every rank: rank 0 attaches and sends the job; all check they match.
 
     Args:
@@ -156,31 +164,47 @@ def handshake(group: RankGroup, attach: Callable[[], Held] | None, *, job: str, 
             # Tell the other ranks before raising: they are already waiting for this.
             group.broadcast_message(_ERROR + f"{type(exc).__name__}: {exc}".encode())
             raise
-        header = {"job": job, "spec": spec, "base_lrs": list(mine.base_lrs),
-                  "agree_every": plan.agree_every, "check_every": plan.check_every,
-                  "first_call": plan.first_call, "second_call": plan.second_call}
-        group.broadcast_message(_FULL + json.dumps(header).encode() + b"\0"
-                                + encode_held(held, None)[1:])
+        header = {
+            "job": job,
+            "spec": spec,
+            "base_lrs": list(mine.base_lrs),
+            "agree_every": plan.agree_every,
+            "check_every": plan.check_every,
+            "first_call": plan.first_call,
+            "second_call": plan.second_call,
+        }
+        group.broadcast_message(
+            _FULL + json.dumps(header).encode() + b"\0" + encode_held(held, None)[1:]
+        )
         theirs, problem = mine, None
     else:
         data = group.broadcast_message(None)
         if data[:1] == _ERROR:
-            raise WorkerError(f"rank 0 could not attach to job {job!r}, so rank "
-                              f"{group.rank} cannot follow it: {data[1:].decode(errors='replace')}")
+            raise WorkerError(
+                f"rank 0 could not attach to job {job!r}, so rank "
+                f"{group.rank} cannot follow it: {data[1:].decode(errors='replace')}"
+            )
         text, _, body = data[1:].partition(b"\0")
         header = json.loads(text)
-        theirs = _Facts(header["job"], header["spec"], len(header["base_lrs"]),
-                        tuple(header["base_lrs"]))
-        plan = Plan(int(header["agree_every"]), int(header["check_every"]),
-                    int(header["first_call"]), int(header["second_call"]))
+        theirs = _Facts(
+            header["job"], header["spec"], len(header["base_lrs"]), tuple(header["base_lrs"])
+        )
+        plan = Plan(
+            int(header["agree_every"]),
+            int(header["check_every"]),
+            int(header["first_call"]),
+            int(header["second_call"]),
+        )
         held = decode_held(_FULL + body, None)
         problem = _mismatch(mine, theirs)
     failing = group.lowest_failing_rank(problem is not None)
     if problem is not None:
         raise WorkerError(f"rank {group.rank} cannot follow rank 0's job: {problem}")
     if failing is not None:
-        raise WorkerError(f"rank {failing} built another scheduler than rank 0 for job "
-                          f"{job!r} (see rank {failing}'s error); no rank trains")
+        raise WorkerError(
+            f"rank {failing} built another scheduler than rank 0 for job "
+            f"{job!r} (see rank {failing}'s error); no rank trains"
+        )
     return held, plan
 
 
@@ -190,8 +214,10 @@ def _mismatch(mine: _Facts, rank0: _Facts) -> str | None:
     if mine.spec != rank0.spec:
         return f"schedule {mine.spec} here, {rank0.spec} on rank 0"
     if mine.base_lrs != rank0.base_lrs:
-        return (f"base LRs (initial_lr of {mine.num_groups} param groups) {list(mine.base_lrs)} "
-                f"here, {list(rank0.base_lrs)} on rank 0")
+        return (
+            f"base LRs (initial_lr of {mine.num_groups} param groups) {list(mine.base_lrs)} "
+            f"here, {list(rank0.base_lrs)} on rank 0"
+        )
     return None
 
 
@@ -202,8 +228,11 @@ def encode_held(held: Held, base: Held | None) -> bytes:
     first state or a recreated job in full.
     """
     job = held.job
-    if (base is not None and job.created_version == base.job.created_version
-            and job.version >= base.version):
+    if (
+        base is not None
+        and job.created_version == base.job.created_version
+        and job.version >= base.version
+    ):
         return _DELTA + job_delta_to_proto(job, base.version).SerializeToString()
     return _FULL + job_to_proto(job).SerializeToString()
 

@@ -79,8 +79,16 @@ class ControllerLink:
         world_size: The run's world size (1 without ``torch.distributed``).
     """
 
-    def __init__(self, config: WorkerConfig, *, rank: int, schedule: str,
-                 base_lrs: Sequence[float], verbose: bool = False, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        rank: int,
+        schedule: str,
+        base_lrs: Sequence[float],
+        verbose: bool = False,
+        world_size: int = 1,
+    ) -> None:
         self.config = config
         self.rank = rank
         self.world_size = world_size
@@ -88,8 +96,12 @@ class ControllerLink:
         self._base_lrs = list(base_lrs)
         self._verbose = verbose
         # Everything was read from the environment by WorkerConfig.load: none of it again.
-        self._client = Client(config.address, config.token,
-                              tls=config.tls if config.tls is not None else False, environ={})
+        self._client = Client(
+            config.address,
+            config.token,
+            tls=config.tls if config.tls is not None else False,
+            environ={},
+        )
         self._follower: WatchFollower | None = None
         self._stop = threading.Event()
         self._closed = False
@@ -122,29 +134,45 @@ class ControllerLink:
         """
         try:
             result = self._client.create_job(
-                self.config.job, self._schedule, self._base_lrs, verbose=self._verbose,
-                attach=self.rank == 0, world_size=self.world_size if self.rank == 0 else 0,
-                timeout=self.config.connect_timeout_s, wait_for_ready=True)
+                self.config.job,
+                self._schedule,
+                self._base_lrs,
+                verbose=self._verbose,
+                attach=self.rank == 0,
+                world_size=self.world_size if self.rank == 0 else 0,
+                timeout=self.config.connect_timeout_s,
+                wait_for_ready=True,
+            )
         except ClientError as exc:
             self._client.close()
             if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                tls = ("; over TLS, check LRCTL_TLS_CA, and with mutual TLS LRCTL_TLS_CERT/KEY: "
-                       "a controller closes connections it does not trust"
-                       if self.config.tls is not None else "")
+                tls = (
+                    "; over TLS, check LRCTL_TLS_CA, and with mutual TLS LRCTL_TLS_CERT/KEY: "
+                    "a controller closes connections it does not trust"
+                    if self.config.tls is not None
+                    else ""
+                )
                 raise WorkerError(
                     f"cannot reach the lrctl controller at {self.config.address} within "
                     f"{self.config.connect_timeout_s:g}s (set LRCTL_ADDRESS; is `lrctl serve` "
-                    f"running?{tls})") from None
-            raise WorkerError(f"cannot attach to job {self.config.job!r}: {exc.code}: "
-                              f"{exc.details}") from None
+                    f"running?{tls})"
+                ) from None
+            raise WorkerError(
+                f"cannot attach to job {self.config.job!r}: {exc.code}: {exc.details}"
+            ) from None
         self.epoch = result.epoch
         self.held = Held(result.job)
         self.connected = True
         # Training never gives up on its job: every error is retried, with backoff.
         self._follower = WatchFollower(
-            self._client, self.config.job, job=result.job, worker_id=f"rank-{self.rank}",
-            retry=_always, backoff_initial_s=self.config.backoff_initial_s,
-            backoff_max_s=self.config.backoff_max_s)
+            self._client,
+            self.config.job,
+            job=result.job,
+            worker_id=f"rank-{self.rank}",
+            retry=_always,
+            backoff_initial_s=self.config.backoff_initial_s,
+            backoff_max_s=self.config.backoff_max_s,
+        )
         return result.job
 
     def start(self) -> None:
@@ -172,8 +200,9 @@ class ControllerLink:
         if not self.superseded:
             self._plateau.append((step, value))
 
-    def post_divergence(self, step: int, version: int, lr_checksums: Sequence[float],
-                        detail: str) -> None:
+    def post_divergence(
+        self, step: int, version: int, lr_checksums: Sequence[float], detail: str
+    ) -> None:
         """Queue a rank divergence found at ``step`` (reported until acknowledged)."""
         if not self.superseded:
             self._divergences.append(Divergence(step, version, tuple(lr_checksums), detail))
@@ -208,8 +237,7 @@ class ControllerLink:
             except Exception:  # this thread must outlive any error
                 if self._stop.is_set():
                     return
-                log.exception("lrctl: unexpected error following job %s; retrying",
-                              self.config.job)
+                log.exception("lrctl: unexpected error following job %s; retrying", self.config.job)
                 self.connected = False
                 self._stop.wait(self.config.backoff_max_s)
 
@@ -219,24 +247,36 @@ class ControllerLink:
             return
         if update.error is not None:
             if self.connected:
-                log.warning("lrctl: lost the controller at %s (%s); training continues on "
-                            "the schedule held at version %d, reconnecting",
-                            self.config.address, update.error.code, held.version)
+                log.warning(
+                    "lrctl: lost the controller at %s (%s); training continues on "
+                    "the schedule held at version %d, reconnecting",
+                    self.config.address,
+                    update.error.code,
+                    held.version,
+                )
             self.connected = False
             return
         if not self.connected:
-            log.info("lrctl: reconnected to %s (job %s, version %d)", self.config.address,
-                     self.config.job, follower.version)
+            log.info(
+                "lrctl: reconnected to %s (job %s, version %d)",
+                self.config.address,
+                self.config.job,
+                follower.version,
+            )
         self.connected = True
         job = update.job
         if job is None or job is held.job:
             return  # a heartbeat or a duplicate: nothing new
         if job.created_version > held.job.created_version:  # the job was recreated
             if len(job.base_lrs) != len(held.job.base_lrs):
-                log.error("lrctl: job %s was recreated with %d param groups; this optimizer "
-                          "has %d: keeping the schedule held at version %d",
-                          self.config.job, len(job.base_lrs), len(held.job.base_lrs),
-                          held.version)
+                log.error(
+                    "lrctl: job %s was recreated with %d param groups; this optimizer "
+                    "has %d: keeping the schedule held at version %d",
+                    self.config.job,
+                    len(job.base_lrs),
+                    len(held.job.base_lrs),
+                    held.version,
+                )
                 follower.close()  # nothing more to follow; progress is still reported
                 return
             self.held = Held(job, previous=held)
@@ -260,10 +300,18 @@ class ControllerLink:
         if progress is self._sent and not (applied or plateau or divergences or final):
             return
         report = Report(
-            job_id=self.config.job, rank=self.rank, step=progress[0],
-            applied_version=progress[1], lrs=tuple(progress[2]), applied=tuple(applied),
-            plateau_metrics=tuple(plateau), final=final, epoch=self.epoch,
-            world_size=self.world_size, divergences=tuple(divergences))
+            job_id=self.config.job,
+            rank=self.rank,
+            step=progress[0],
+            applied_version=progress[1],
+            lrs=tuple(progress[2]),
+            applied=tuple(applied),
+            plateau_metrics=tuple(plateau),
+            final=final,
+            epoch=self.epoch,
+            world_size=self.world_size,
+            divergences=tuple(divergences),
+        )
         try:
             self._client.report(report, timeout=timeout)
             self._sent = progress
@@ -275,14 +323,22 @@ class ControllerLink:
                 self._divergences.extendleft(reversed(divergences))
             elif exc.reason == REASON_SUPERSEDED:  # another process attached since
                 self.superseded = True
-                log.error("lrctl: job %s: the controller refuses this run's reports (attach "
-                          "epoch %d): %s. Another process attached to the job since (a "
-                          "restarted worker group, or another run with the same job id?); this "
-                          "one stops reporting and trains on, following the job's schedule.",
-                          self.config.job, self.epoch, exc.details)
+                log.error(
+                    "lrctl: job %s: the controller refuses this run's reports (attach "
+                    "epoch %d): %s. Another process attached to the job since (a "
+                    "restarted worker group, or another run with the same job id?); this "
+                    "one stops reporting and trains on, following the job's schedule.",
+                    self.config.job,
+                    self.epoch,
+                    exc.details,
+                )
             else:  # retrying cannot help, and would block every later report
-                log.warning("lrctl: the controller refused a report for job %s (%s: %s); "
-                            "dropped it", self.config.job, exc.code, exc.details)
+                log.warning(
+                    "lrctl: the controller refused a report for job %s (%s: %s); dropped it",
+                    self.config.job,
+                    exc.code,
+                    exc.details,
+                )
 
 
 def _always(error: ClientError) -> bool:

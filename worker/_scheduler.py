@@ -71,9 +71,18 @@ class RemoteLRScheduler(LRScheduler, Closing):
             rank 0 could not attach or a rank built another scheduler than rank 0.
     """
 
-    def __init__(self, optimizer: Optimizer, schedule: str | Spec, *, job: str | None = None,
-                 address: str | None = None, token: str | None = None, last_epoch: int = -1,
-                 verbose: bool = False, config: WorkerConfig | None = None) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        schedule: str | Spec,
+        *,
+        job: str | None = None,
+        address: str | None = None,
+        token: str | None = None,
+        last_epoch: int = -1,
+        verbose: bool = False,
+        config: WorkerConfig | None = None,
+    ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
         self.spec = parse_spec(schedule)
@@ -82,14 +91,17 @@ class RemoteLRScheduler(LRScheduler, Closing):
         self._uses_beta1 = "betas" in optimizer.defaults
         # The controller enforces the configured limits (spec size, groups, LR ceiling).
         if LRProgram(self.spec, base_lrs, limits=NO_LIMITS).cycles_momentum and not (
-                "momentum" in optimizer.defaults or self._uses_beta1):
-            raise ValueError("optimizer must support momentum or beta1 with `cycle_momentum` "
-                             "option enabled")
+            "momentum" in optimizer.defaults or self._uses_beta1
+        ):
+            raise ValueError(
+                "optimizer must support momentum or beta1 with `cycle_momentum` option enabled"
+            )
         if config is None:
             from worker.ray import ray_run_name
 
-            config = WorkerConfig.load(job=job, address=address, token=token,
-                                       default_job=ray_run_name)
+            config = WorkerConfig.load(
+                job=job, address=address, token=token, default_job=ray_run_name
+            )
         self.config = config
         self.job = config.job
         self.verbose = verbose
@@ -124,25 +136,43 @@ class RemoteLRScheduler(LRScheduler, Closing):
         self._pacer: Pacer | None = None
 
         if self.rank == 0:
-            log.info("lrctl: following job %r (from %s) on %s", config.job, config.job_source,
-                     config.address)
-            self._link = ControllerLink(config, rank=0, schedule=self.spec.to_text(),
-                                        base_lrs=base_lrs, verbose=verbose,
-                                        world_size=self.world_size)
+            log.info(
+                "lrctl: following job %r (from %s) on %s",
+                config.job,
+                config.job_source,
+                config.address,
+            )
+            self._link = ControllerLink(
+                config,
+                rank=0,
+                schedule=self.spec.to_text(),
+                base_lrs=base_lrs,
+                verbose=verbose,
+                world_size=self.world_size,
+            )
         try:
             if self.world_size > 1:
                 self._group = RankGroup()  # collective: every rank builds its scheduler
                 held, plan = handshake(
-                    self._group, self._attach if self.rank == 0 else None, job=self.job,
-                    spec=self.spec.to_text(), base_lrs=base_lrs,
-                    plan=Plan(config.agree_every, config.divergence_check_every))
+                    self._group,
+                    self._attach if self.rank == 0 else None,
+                    job=self.job,
+                    spec=self.spec.to_text(),
+                    base_lrs=base_lrs,
+                    plan=Plan(config.agree_every, config.divergence_check_every),
+                )
                 if self.rank == 0:
                     self._pacer = Pacer(plan.agree_every)
                 elif (config.agree_every, config.divergence_check_every) != (
-                        plan.agree_every, plan.check_every):
-                    log.warning("lrctl: rank %d uses rank 0's agree_every=%d and "
-                                "divergence_check_every=%d", self.rank, plan.agree_every,
-                                plan.check_every)
+                    plan.agree_every,
+                    plan.check_every,
+                ):
+                    log.warning(
+                        "lrctl: rank %d uses rank 0's agree_every=%d and divergence_check_every=%d",
+                        self.rank,
+                        plan.agree_every,
+                        plan.check_every,
+                    )
                 self._agreement = Agreement(self._group, plan, self._pacer)
             else:
                 held = self._attach()
@@ -218,15 +248,19 @@ class RemoteLRScheduler(LRScheduler, Closing):
         out: list[float | torch.Tensor] = []
         for group, lr in zip(self.optimizer.param_groups, self._values):
             current = group["lr"]
-            out.append(torch.full_like(current, lr) if isinstance(current, torch.Tensor)
-                       else lr)
+            out.append(torch.full_like(current, lr) if isinstance(current, torch.Tensor) else lr)
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """The resume record: the step, and the step at which each version took effect."""
-        return {"job": self.job, "schedule": self.spec.to_text(), "last_epoch": self.last_epoch,
-                "_step_count": self._step_count, "applied_version": self._applied_version,
-                "applied_steps": dict(self._applied_steps)}
+        return {
+            "job": self.job,
+            "schedule": self.spec.to_text(),
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,
+            "applied_version": self._applied_version,
+            "applied_steps": dict(self._applied_steps),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume: replay exactly the LR sequence of the run that saved ``state_dict``.
@@ -238,8 +272,10 @@ class RemoteLRScheduler(LRScheduler, Closing):
         """
         saved_job = state_dict.get("job", self.job)
         if saved_job != self.job:
-            raise ValueError(f"this checkpoint is of job {saved_job!r}, expected {self.job!r}: "
-                             "its versions mean nothing here")
+            raise ValueError(
+                f"this checkpoint is of job {saved_job!r}, expected {self.job!r}: "
+                "its versions mean nothing here"
+            )
         self.last_epoch = int(state_dict["last_epoch"])
         self._step_count = int(state_dict.get("_step_count", self._step_count))
         saved = {int(v): int(s) for v, s in state_dict.get("applied_steps", {}).items()}
@@ -322,27 +358,38 @@ class RemoteLRScheduler(LRScheduler, Closing):
                     switched = True
         if n >= self._tick_at:
             self._tick(t - 1)
-            self._tick_at = _NEVER if self._pacer is None or agreement is not None else (
-                n + self._pacer.interval(n))
+            self._tick_at = (
+                _NEVER
+                if self._pacer is None or agreement is not None
+                else (n + self._pacer.interval(n))
+            )
         if switched:
             self._tick_at = n + 1  # report the new version with the step it applies at
-        self._slow_at = self._tick_at if agreement is None else min(self._tick_at,
-                                                                    agreement.next_call)
+        self._slow_at = (
+            self._tick_at if agreement is None else min(self._tick_at, agreement.next_call)
+        )
 
     def _first_step(self) -> None:
         # torch's check that optimizer.step() ran before the first scheduler.step().
         if self._step_count == 1:
             if not hasattr(self.optimizer.step, "_wrapped_by_lr_sched"):
-                warnings.warn("Seems like `optimizer.step()` has been overridden after learning "
-                              "rate scheduler initialization. Please, make sure to call "
-                              "`optimizer.step()` before `lr_scheduler.step()`.", UserWarning,
-                              stacklevel=4)
+                warnings.warn(
+                    "Seems like `optimizer.step()` has been overridden after learning "
+                    "rate scheduler initialization. Please, make sure to call "
+                    "`optimizer.step()` before `lr_scheduler.step()`.",
+                    UserWarning,
+                    stacklevel=4,
+                )
             elif not getattr(self.optimizer, "_opt_called", False):
-                warnings.warn("Detected call of `lr_scheduler.step()` before `optimizer.step()`. "
-                              "In PyTorch 1.1.0 and later, you should call them in the opposite "
-                              "order: `optimizer.step()` before `lr_scheduler.step()`.  Failure "
-                              "to do this will result in PyTorch skipping the first value of "
-                              "the learning rate schedule.", UserWarning, stacklevel=4)
+                warnings.warn(
+                    "Detected call of `lr_scheduler.step()` before `optimizer.step()`. "
+                    "In PyTorch 1.1.0 and later, you should call them in the opposite "
+                    "order: `optimizer.step()` before `lr_scheduler.step()`.  Failure "
+                    "to do this will result in PyTorch skipping the first value of "
+                    "the learning rate schedule.",
+                    UserWarning,
+                    stacklevel=4,
+                )
         if self._provisional:
             self._confirm_provisional()
 
@@ -386,8 +433,14 @@ class RemoteLRScheduler(LRScheduler, Closing):
             if newest is not None and newest.version != self._applied_version:
                 self._announced = encode_held(newest, self._replica)
                 version, length = newest.version, len(self._announced)
-        agreement.launch(n, step=t - 1, version=version, length=length,
-                         lr_checksum=sum(self._values), applied_version=self._applied_version)
+        agreement.launch(
+            n,
+            step=t - 1,
+            version=version,
+            length=length,
+            lr_checksum=sum(self._values),
+            applied_version=self._applied_version,
+        )
         return switched
 
     def _on_divergence(self, outcome: Divergence) -> None:
@@ -399,20 +452,33 @@ class RemoteLRScheduler(LRScheduler, Closing):
         self.divergences += 1
         reference = ranks[0]
         odd = [r for r, v in enumerate(ranks) if v != reference]
-        detail = "; ".join(f"rank {r}: LR sum {v[0]!r} at version {int(v[1])}" for r, v in
-                           enumerate(ranks) if r == 0 or r in odd)
-        log.error("lrctl: job %s: ranks %s applied other LRs than rank 0 at step %d (%s); "
-                  "DDP replicas may have diverged", self.job, odd, outcome.step, detail)
+        detail = "; ".join(
+            f"rank {r}: LR sum {v[0]!r} at version {int(v[1])}"
+            for r, v in enumerate(ranks)
+            if r == 0 or r in odd
+        )
+        log.error(
+            "lrctl: job %s: ranks %s applied other LRs than rank 0 at step %d (%s); "
+            "DDP replicas may have diverged",
+            self.job,
+            odd,
+            outcome.step,
+            detail,
+        )
         if self._link is not None:
-            self._link.post_divergence(outcome.step, int(reference[1]), [v[0] for v in ranks],
-                                       detail)
+            self._link.post_divergence(
+                outcome.step, int(reference[1]), [v[0] for v in ranks], detail
+            )
 
     def _metric(self, step: int, metrics: float) -> None:
         if not self._plateau:
-            warnings.warn(f"step(metrics) passes a metric to ReduceLROnPlateau, but job "
-                          f"{self.job!r} follows {self.spec.name}; the value is ignored "
-                          "(torch's deprecated step(epoch) is not supported)",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                f"step(metrics) passes a metric to ReduceLROnPlateau, but job "
+                f"{self.job!r} follows {self.spec.name}; the value is ignored "
+                "(torch's deprecated step(epoch) is not supported)",
+                UserWarning,
+                stacklevel=3,
+            )
         elif self._link is not None:
             self._link.post_plateau_metric(step, float(metrics))
 
@@ -428,8 +494,7 @@ class RemoteLRScheduler(LRScheduler, Closing):
                 self._link.post_applied(version, self._applied_steps[version])
         self._provisional.clear()
 
-    def _switch(self, held: Held, version: int, step: int, *,
-                provisional: bool = False) -> None:
+    def _switch(self, held: Held, version: int, step: int, *, provisional: bool = False) -> None:
         """Apply the job as of ``version`` from ``step`` on (off the per-step path)."""
         state = held.at(version)
         events = []
@@ -445,8 +510,9 @@ class RemoteLRScheduler(LRScheduler, Closing):
                     self._link.post_applied(event.version, step)
             self._applied_steps[event.version] = local
             events.append(dataclasses.replace(event, effective_step=local))
-        program = LRProgram(state.schedule, state.base_lrs, events, self._built,
-                            limits=NO_LIMITS)  # the controller checked it, under its config
+        program = LRProgram(
+            state.schedule, state.base_lrs, events, self._built, limits=NO_LIMITS
+        )  # the controller checked it, under its config
         self._program = program
         self._plateau = isinstance(program.schedule, ReduceLROnPlateau)
         # The segment: with no event in effect, the schedule's own closed form and base LRs,
@@ -489,7 +555,6 @@ class RemoteLRScheduler(LRScheduler, Closing):
             self._print_changes(t, row)
 
 
-
 class _ProgramRows:
     """``program.lrs`` with the signature of ``Schedule.lrs`` (a segment with events)."""
 
@@ -522,8 +587,10 @@ def _initial_lrs(optimizer: Optimizer, last_epoch: int) -> list[float]:
             lr = group["lr"]
             group.setdefault("initial_lr", lr.clone() if isinstance(lr, torch.Tensor) else lr)
         elif "initial_lr" not in group:
-            raise KeyError(f"param 'initial_lr' is not specified in param_groups[{i}] when "
-                           "resuming scheduler with last_epoch >= 0")
+            raise KeyError(
+                f"param 'initial_lr' is not specified in param_groups[{i}] when "
+                "resuming scheduler with last_epoch >= 0"
+            )
         value = group["initial_lr"]
         out.append(float(value.item()) if isinstance(value, torch.Tensor) else float(value))
     return out

@@ -53,9 +53,11 @@ def lr_metrics_hook(job: str, rank: int) -> Callable[[int, list[float]], None] |
         return None
     from ray.util.metrics import Gauge
 
-    gauge = Gauge("lrctl_worker_learning_rate",
-                  description="LR applied in param_groups, per rank",
-                  tag_keys=("job_id", "param_group", "rank"))
+    gauge = Gauge(
+        "lrctl_worker_learning_rate",
+        description="LR applied in param_groups, per rank",
+        tag_keys=("job_id", "param_group", "rank"),
+    )
     last = [0.0]
 
     def hook(step: int, lrs: list[float]) -> None:

@@ -26,14 +26,17 @@ def fmt_time(seconds: float | None) -> str:
     return short_time(seconds)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *,
-          right: Collection[int] = ()) -> str:
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Collection[int] = ()
+) -> str:
     """Return rows as aligned columns under a header; columns in ``right`` align right."""
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if i in right else c.ljust(w)
-                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        parts = [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(headers), *(line(row) for row in rows)])

@@ -28,15 +28,18 @@ class UsageError(ValueError):
 def create(client: Client, args: argparse.Namespace) -> int:
     """``lrctl job create JOB --schedule SPEC --base-lr X [...]``."""
     parse_spec(args.schedule)  # a clear SpecError before any network call
-    result = client.create_job(args.job, args.schedule, args.base_lrs, replace=args.replace,
-                               verbose=args.verbose)
+    result = client.create_job(
+        args.job, args.schedule, args.base_lrs, replace=args.replace, verbose=args.verbose
+    )
     job = result.job
     if args.json:
         print_json({"created": result.created, **job.to_dict()}, sys.stdout)
         return 0
     what = "created job" if result.created else "job already exists:"
-    print(f"{what} {job.job_id} (version {job.version}): {job.schedule}, "
-          f"base LRs {fmt_lrs(job.base_lrs)}")
+    print(
+        f"{what} {job.job_id} (version {job.version}): {job.schedule}, "
+        f"base LRs {fmt_lrs(job.base_lrs)}"
+    )
     return 0
 
 
@@ -59,10 +62,23 @@ def list_jobs(client: Client, args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs" if args.all else "no running jobs (--all includes finished ones)")
         return 0
-    rows = [[j.job_id, j.state.value, str(j.version), _step(j.step), fmt_lrs(j.lr),
-             str(j.workers), j.schedule] for j in jobs]
-    print(table(["JOB", "STATE", "VERSION", "STEP", "LR", "WORKERS", "SCHEDULE"], rows,
-                right={2, 3, 5}))
+    rows = [
+        [
+            j.job_id,
+            j.state.value,
+            str(j.version),
+            _step(j.step),
+            fmt_lrs(j.lr),
+            str(j.workers),
+            j.schedule,
+        ]
+        for j in jobs
+    ]
+    print(
+        table(
+            ["JOB", "STATE", "VERSION", "STEP", "LR", "WORKERS", "SCHEDULE"], rows, right={2, 3, 5}
+        )
+    )
     return 0
 
 
@@ -81,8 +97,10 @@ def override(client: Client, args: argparse.Namespace) -> int:
     """``lrctl override JOB ('lr /= 2' | --clear | --schedule SPEC)``."""
     statement = " ".join(args.expression).strip() or None
     if (statement is not None) + args.clear + (args.schedule is not None) != 1:
-        raise UsageError("give exactly one of an expression ('lr /= 2', 'lr *= 0.1', "
-                         "'lr = 3e-4'), --clear or --schedule SPEC")
+        raise UsageError(
+            "give exactly one of an expression ('lr /= 2', 'lr *= 0.1', "
+            "'lr = 3e-4'), --clear or --schedule SPEC"
+        )
     if args.schedule is not None:
         parse_spec(args.schedule)  # the core's SpecError, before any network call
     if args.group is not None:
@@ -90,16 +108,26 @@ def override(client: Client, args: argparse.Namespace) -> int:
             validate_override(Op.CLEAR, group=args.group)
         except OverrideError as error:
             raise UsageError(f"--group: {error}") from None
-    result = client.override(args.job, statement, clear=args.clear, schedule=args.schedule,
-                             group=args.group, reason=args.reason,
-                             expected_version=args.expected_version)
+    result = client.override(
+        args.job,
+        statement,
+        clear=args.clear,
+        schedule=args.schedule,
+        group=args.group,
+        reason=args.reason,
+        expected_version=args.expected_version,
+    )
     if args.json:
-        print_json({"event": result.event.to_dict(), "job": result.job.to_dict(events=False)},
-                   sys.stdout)
+        print_json(
+            {"event": result.event.to_dict(), "job": result.job.to_dict(events=False)}, sys.stdout
+        )
         return 0
     event, job = result.event, result.job
-    when = ("pending until the workers apply it" if event.pending
-            else f"effective at step {event.effective_step}")
+    when = (
+        "pending until the workers apply it"
+        if event.pending
+        else f"effective at step {event.effective_step}"
+    )
     print(f"{job.job_id} version {event.version}: {event.describe()} ({when})")
     print(f"lr now: {fmt_lrs(job.lr)}")
     return 0
@@ -119,14 +147,20 @@ def history(client: Client, args: argparse.Namespace) -> int:
 
 def events_table(events: Sequence[Event]) -> str:
     """Return an override log as a table, oldest first."""
-    return table(["VERSION", "CHANGE", "EFFECTIVE STEP", "ACTOR", "REASON", "CREATED",
-                  "APPLIED"], History(events).rows(), right={0, 2})
+    return table(
+        ["VERSION", "CHANGE", "EFFECTIVE STEP", "ACTOR", "REASON", "CREATED", "APPLIED"],
+        History(events).rows(),
+        right={0, 2},
+    )
 
 
 def describe_job(job: Job) -> str:
     """Return a job as a block of ``field  value`` lines, then its override log."""
-    lrs = (fmt_lrs(job.lr) if len(job.lr) == 1
-           else "  ".join(f"group {g}: {fmt_lrs([x])}" for g, x in enumerate(job.lr)))
+    lrs = (
+        fmt_lrs(job.lr)
+        if len(job.lr) == 1
+        else "  ".join(f"group {g}: {fmt_lrs([x])}" for g, x in enumerate(job.lr))
+    )
     fields = [
         ("job", job.job_id),
         ("state", job.state.value),

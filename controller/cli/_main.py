@@ -59,48 +59,66 @@ def build_parser(*, serve_flags: bool = True) -> argparse.ArgumentParser:
             :func:`main` leaves them out for the client commands, so those load nothing of
             the server side.
     """
-    address_help = ("controller HOST:PORT[,HOST:PORT...] (default: $LRCTL_ADDRESS, else "
-                    "127.0.0.1:50051); the token comes from $LRCTL_TOKEN, TLS from "
-                    "$LRCTL_TLS_CA/$LRCTL_TLS_CERT/$LRCTL_TLS_KEY")
+    address_help = (
+        "controller HOST:PORT[,HOST:PORT...] (default: $LRCTL_ADDRESS, else "
+        "127.0.0.1:50051); the token comes from $LRCTL_TOKEN, TLS from "
+        "$LRCTL_TLS_CA/$LRCTL_TLS_CERT/$LRCTL_TLS_KEY"
+    )
     # --address works before or after the command: the leaf copies leave it alone unless set.
     address = argparse.ArgumentParser(add_help=False)
-    address.add_argument("--address", metavar="HOST:PORT", default=argparse.SUPPRESS,
-                         help=address_help)
+    address.add_argument(
+        "--address", metavar="HOST:PORT", default=argparse.SUPPRESS, help=address_help
+    )
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", help="print JSON")
 
-    def job_command(commands: Any, name: str, handler: _ClientHandler,
-                    parents: Sequence[argparse.ArgumentParser] = (address, json_flag),
-                    **kwargs: Any) -> argparse.ArgumentParser:
+    def job_command(
+        commands: Any,
+        name: str,
+        handler: _ClientHandler,
+        parents: Sequence[argparse.ArgumentParser] = (address, json_flag),
+        **kwargs: Any,
+    ) -> argparse.ArgumentParser:
         """Add the command ``name`` on one JOB, which ``handler`` runs with a client."""
-        command: argparse.ArgumentParser = commands.add_parser(name, parents=list(parents),
-                                                               **kwargs)
+        command: argparse.ArgumentParser = commands.add_parser(
+            name, parents=list(parents), **kwargs
+        )
         command.add_argument("job", metavar="JOB", help=_JOB_HELP)
         command.set_defaults(handler=_with_client(handler))
         return command
 
     parser = argparse.ArgumentParser(
-        prog="lrctl", description="Live learning-rate controller for PyTorch training.")
+        prog="lrctl", description="Live learning-rate controller for PyTorch training."
+    )
     parser.add_argument("--address", metavar="HOST:PORT", default=None, help=address_help)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = commands.add_parser("serve", help="run the controller",
-                                description="Run the lrctl controller in the foreground.")
+    serve = commands.add_parser(
+        "serve",
+        help="run the controller",
+        description="Run the lrctl controller in the foreground.",
+    )
     if serve_flags:
         _serve.add_arguments(serve)
     serve.set_defaults(handler=_serve.run)
 
     job = commands.add_parser("job", help="create, inspect, list and finish jobs")
     job_commands = job.add_subparsers(dest="job_command", metavar="COMMAND", required=True)
-    create = job_command(job_commands, "create", _jobs.create,
-                         help="create a job (or attach to an identical one)")
-    create.add_argument("--schedule", required=True, metavar="SPEC",
-                        help="e.g. 'StepLR(step_size=200, gamma=0.5)'")
+    create = job_command(
+        job_commands, "create", _jobs.create, help="create a job (or attach to an identical one)"
+    )
+    create.add_argument(
+        "--schedule", required=True, metavar="SPEC", help="e.g. 'StepLR(step_size=200, gamma=0.5)'"
+    )
     _add_base_lr(create)
-    create.add_argument("--replace", action="store_true",
-                        help="replace the schedule of an existing job with a different one")
-    create.add_argument("--verbose", action="store_true",
-                        help="workers log every LR change (torch's verbose)")
+    create.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace the schedule of an existing job with a different one",
+    )
+    create.add_argument(
+        "--verbose", action="store_true", help="workers log every LR change (torch's verbose)"
+    )
     job_command(job_commands, "get", _jobs.get, help="show a job and its override log")
     listing = job_commands.add_parser("list", parents=[address, json_flag], help="list jobs")
     listing.add_argument("--all", action="store_true", help="include finished jobs")
@@ -108,48 +126,76 @@ def build_parser(*, serve_flags: bool = True) -> argparse.ArgumentParser:
     job_command(job_commands, "finish", _jobs.finish, help="mark a job finished")
 
     override = job_command(
-        commands, "override", _jobs.override, help="change a running job's LR",
+        commands,
+        "override",
+        _jobs.override,
+        help="change a running job's LR",
         description="Append an override: exactly one of EXPR ('lr /= 2', 'lr *= 0.1', "
-                    "'lr = 3e-4'), --clear or --schedule SPEC.")
-    override.add_argument("expression", metavar="EXPR", nargs="*",
-                          help="'lr /= X', 'lr *= X' or 'lr = X'")
-    override.add_argument("--clear", action="store_true",
-                          help="drop every scale and set: back to the schedule")
-    override.add_argument("--schedule", metavar="SPEC",
-                          help="follow SPEC from the effective step on")
-    override.add_argument("--group", type=int, metavar="N",
-                          help="only param group N (default: every group)")
+        "'lr = 3e-4'), --clear or --schedule SPEC.",
+    )
+    override.add_argument(
+        "expression", metavar="EXPR", nargs="*", help="'lr /= X', 'lr *= X' or 'lr = X'"
+    )
+    override.add_argument(
+        "--clear", action="store_true", help="drop every scale and set: back to the schedule"
+    )
+    override.add_argument(
+        "--schedule", metavar="SPEC", help="follow SPEC from the effective step on"
+    )
+    override.add_argument(
+        "--group", type=int, metavar="N", help="only param group N (default: every group)"
+    )
     override.add_argument("--reason", default="", metavar="TEXT", help="why, for the history")
-    override.add_argument("--expected-version", type=int, metavar="V",
-                          help="refuse (ABORTED) unless the job is at version V")
+    override.add_argument(
+        "--expected-version",
+        type=int,
+        metavar="V",
+        help="refuse (ABORTED) unless the job is at version V",
+    )
 
-    job_command(commands, "history", _jobs.history,
-                help="show who changed what, when, and at which step")
+    job_command(
+        commands, "history", _jobs.history, help="show who changed what, when, and at which step"
+    )
 
-    watch = job_command(commands, "watch", _watch.run, parents=[address],
-                        help="follow a job live until it finishes")
-    watch.add_argument("--interval", type=_positive_float, default=1.0, metavar="SECONDS",
-                       help="refresh step and LR this often between updates (default 1)")
+    watch = job_command(
+        commands, "watch", _watch.run, parents=[address], help="follow a job live until it finishes"
+    )
+    watch.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="refresh step and LR this often between updates (default 1)",
+    )
 
     preview = commands.add_parser(
-        "preview", help="print a schedule's LRs, with no controller",
+        "preview",
+        help="print a schedule's LRs, with no controller",
         description="Evaluate SPEC locally: row t is each group's LR after t calls of "
-                    "step() (row 0 = at construction), as torch's get_last_lr().")
+        "step() (row 0 = at construction), as torch's get_last_lr().",
+    )
     preview.add_argument("spec", metavar="SPEC", help="e.g. 'StepLR(step_size=200, gamma=0.5)'")
     _add_base_lr(preview)
     preview.add_argument("--steps", type=int, required=True, metavar="N", help="rows to print")
     preview.add_argument("--format", choices=_preview.FORMATS, default="table")
-    preview.add_argument("--out", metavar="FILE",
-                         help=f"write to FILE (png default: {_preview.DEFAULT_PNG})")
+    preview.add_argument(
+        "--out", metavar="FILE", help=f"write to FILE (png default: {_preview.DEFAULT_PNG})"
+    )
     preview.add_argument("--log-scale", action="store_true", help="png: logarithmic LR axis")
     preview.set_defaults(handler=_preview.run)
     return parser
 
 
 def _add_base_lr(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base-lr", dest="base_lrs", type=float, action="append",
-                        required=True, metavar="X",
-                        help="base LR of a param group; repeat once per group")
+    parser.add_argument(
+        "--base-lr",
+        dest="base_lrs",
+        type=float,
+        action="append",
+        required=True,
+        metavar="X",
+        help="base LR of a param group; repeat once per group",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,8 +53,11 @@ def render_table(rows: Sequence[Sequence[float]], title: str) -> str:
         cells.insert(_TABLE_HEAD, ["...", *("..." for _ in rows[0])])
     headers = ["step", *(f"group {g}" for g in range(len(rows[0])))]
     body = table(headers, cells, right=range(len(headers)))
-    footer = (f"\n({len(rows)} rows, {skipped} not shown; --format csv or json lists all)"
-              if skipped else "")
+    footer = (
+        f"\n({len(rows)} rows, {skipped} not shown; --format csv or json lists all)"
+        if skipped
+        else ""
+    )
     return f"{title}\n{body}{footer}"
 
 
@@ -74,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
         from lrctl.plot import plot_lr_curves  # matplotlib (the [plot] extra) loads lazily
 
         out = args.out or DEFAULT_PNG
-        plot_lr_curves(rows, title=f"{spec}\nbase LRs: {lrs}", out=out,
-                       log_scale=args.log_scale)
+        plot_lr_curves(rows, title=f"{spec}\nbase LRs: {lrs}", out=out, log_scale=args.log_scale)
         print(f"wrote {out} ({len(rows)} steps, {len(rows[0])} group(s))")
         return 0
     if args.format == "json":

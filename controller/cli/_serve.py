@@ -20,8 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from controller.config import add_server_arguments
 
     add_server_arguments(parser)
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
-                        help="controller log level (default info)")
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="controller log level (default info)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -97,8 +97,7 @@ def _block(job_id: str, state: _State) -> list[str]:
     step = "-" if job.step < 0 else str(job.step)
     lrs = "  ".join(f"group {g}: {fmt_lrs([x])}" for g, x in enumerate(job.lr))
     return [
-        f"{job_id}  {job.state.value}  version {state.version}  step {step}  "
-        f"workers {job.workers}",
+        f"{job_id}  {job.state.value}  version {state.version}  step {step}  workers {job.workers}",
         f"  lr    {lrs}",
         f"  last  {_last(state)}",
         f"  {state.status} · Ctrl-C to quit",
@@ -109,8 +108,10 @@ def _line(job_id: str, state: _State) -> str:
     job = state.job
     if job is None:
         return f"job={job_id} {state.status}"
-    return (f"job={job_id} state={job.state.value} version={state.version} step={job.step} "
-            f"lr=[{fmt_lrs(job.lr)}] workers={job.workers} last={_last(state)!r}")
+    return (
+        f"job={job_id} state={job.state.value} version={state.version} step={job.step} "
+        f"lr=[{fmt_lrs(job.lr)}] workers={job.workers} last={_last(state)!r}"
+    )
 
 
 def _pump(follower: WatchFollower, updates: queue.Queue[object]) -> None:
@@ -135,8 +136,9 @@ class _Watcher:
 
     def run(self) -> int:
         updates: queue.Queue[object] = queue.Queue()
-        threading.Thread(target=_pump, args=(self._follower, updates), daemon=True,
-                         name="lrctl-watch").start()
+        threading.Thread(
+            target=_pump, args=(self._follower, updates), daemon=True, name="lrctl-watch"
+        ).start()
         while True:
             try:
                 item = updates.get(timeout=self._interval)
@@ -160,9 +162,12 @@ class _Watcher:
         state = self._state
         if update.error is not None:
             state.online = False
-            self._screen.note(self._job_id, state,
-                              f"connection lost ({update.error.code}); reconnecting in "
-                              f"{update.retry_in:.1f}s from version {state.version}")
+            self._screen.note(
+                self._job_id,
+                state,
+                f"connection lost ({update.error.code}); reconnecting in "
+                f"{update.retry_in:.1f}s from version {state.version}",
+            )
             return False
         if update.reconnected:
             self._screen.note(self._job_id, state, f"reconnected to {self._client.address}")
@@ -174,8 +179,7 @@ class _Watcher:
             if message is not None and message.kind is WatchKind.EVENT:
                 state.job = update.job
                 self._refresh()  # the new LR and step: the event alone does not say
-            elif message is None or message.kind is not WatchKind.HEARTBEAT \
-                    or state.job is None:
+            elif message is None or message.kind is not WatchKind.HEARTBEAT or state.job is None:
                 state.job = update.job
         if message is not None and message.event is not None:
             state.last_event = message.event

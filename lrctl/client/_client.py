@@ -133,9 +133,15 @@ class Client(Closing):
         ClientError: INVALID_ARGUMENT for a malformed address or unreadable TLS files.
     """
 
-    def __init__(self, address: str | None = None, token: str | None = None, *,
-                 tls: TLSConfig | bool | None = None, timeout: float = DEFAULT_TIMEOUT_S,
-                 environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        token: str | None = None,
+        *,
+        tls: TLSConfig | bool | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         env = os.environ if environ is None else environ
         self.address = address or env.get(ADDRESS_ENV_VAR) or DEFAULT_ADDRESS
         token = token or env.get(TOKEN_ENV_VAR) or None
@@ -159,25 +165,40 @@ class Client(Closing):
             credentials = self.tls.credentials()
             if token:
                 credentials = grpc.composite_channel_credentials(
-                    credentials, grpc.access_token_call_credentials(token))
+                    credentials, grpc.access_token_call_credentials(token)
+                )
             if self.tls.server_name:
                 options.append(("grpc.ssl_target_name_override", self.tls.server_name))
             self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = _STUB_CLASS(self._channel)
 
     @classmethod
-    def from_env(cls, address: str | None = None, token: str | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT_S,
-                 environ: Mapping[str, str] | None = None) -> Client:
+    def from_env(
+        cls,
+        address: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        environ: Mapping[str, str] | None = None,
+    ) -> Client:
         """The same as ``Client(address, token, timeout=..., environ=...)`` (older name)."""
         return cls(address, token, timeout=timeout, environ=environ)
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def create_job(self, job_id: str, schedule: str, base_lrs: Sequence[float], *,
-                   replace: bool = False, verbose: bool = False, attach: bool = False,
-                   world_size: int = 0, timeout: float | None = None,
-                   wait_for_ready: bool = False) -> CreateResult:
+    def create_job(
+        self,
+        job_id: str,
+        schedule: str,
+        base_lrs: Sequence[float],
+        *,
+        replace: bool = False,
+        verbose: bool = False,
+        attach: bool = False,
+        world_size: int = 0,
+        timeout: float | None = None,
+        wait_for_ready: bool = False,
+    ) -> CreateResult:
         """Create a job, or attach to an existing one with the same spec and base LRs.
 
         Args:
@@ -198,12 +219,23 @@ class Client(Closing):
             ClientError: e.g. INVALID_ARGUMENT for a bad spec, FAILED_PRECONDITION for a job
                 that exists with another spec.
         """
-        response = self._unary("CreateJob", lrctl_pb2.CreateJobRequest(
-            job_id=job_id, schedule=schedule, base_lrs=list(base_lrs), replace=replace,
-            verbose=verbose, attach=attach, world_size=world_size),
-            timeout=timeout, wait_for_ready=wait_for_ready)
-        return CreateResult(job_from_proto(response.job), bool(response.created),
-                            int(response.epoch))
+        response = self._unary(
+            "CreateJob",
+            lrctl_pb2.CreateJobRequest(
+                job_id=job_id,
+                schedule=schedule,
+                base_lrs=list(base_lrs),
+                replace=replace,
+                verbose=verbose,
+                attach=attach,
+                world_size=world_size,
+            ),
+            timeout=timeout,
+            wait_for_ready=wait_for_ready,
+        )
+        return CreateResult(
+            job_from_proto(response.job), bool(response.created), int(response.epoch)
+        )
 
     def get_job(self, job_id: str) -> Job:
         """Return the job with its full event log.
@@ -224,8 +256,12 @@ class Client(Closing):
         token = ""
         seen: set[str] = set()
         while True:
-            response = self._unary("ListJobs", lrctl_pb2.ListJobsRequest(
-                page_size=page_size, page_token=token, include_finished=include_finished))
+            response = self._unary(
+                "ListJobs",
+                lrctl_pb2.ListJobsRequest(
+                    page_size=page_size, page_token=token, include_finished=include_finished
+                ),
+            )
             jobs.extend(job_from_proto(j) for j in response.jobs)
             token = str(response.next_page_token)
             if not token or token in seen:
@@ -234,15 +270,22 @@ class Client(Closing):
 
     def finish_job(self, job_id: str) -> Job:
         """Mark the job finished (its metric series are removed; it stays readable)."""
-        return job_from_proto(self._unary("FinishJob",
-                                          lrctl_pb2.FinishJobRequest(job_id=job_id)))
+        return job_from_proto(self._unary("FinishJob", lrctl_pb2.FinishJobRequest(job_id=job_id)))
 
     # -- overrides -----------------------------------------------------------------------------
 
-    def override(self, job: str, statement: str | None = None, *, clear: bool = False,
-                 schedule: str | None = None, group: int | None = None, reason: str = "",
-                 expected_version: int | None = None,
-                 actor: str | None = None) -> OverrideResult:
+    def override(
+        self,
+        job: str,
+        statement: str | None = None,
+        *,
+        clear: bool = False,
+        schedule: str | None = None,
+        group: int | None = None,
+        reason: str = "",
+        expected_version: int | None = None,
+        actor: str | None = None,
+    ) -> OverrideResult:
         """Append an override to the job's log: exactly one of ``statement``, ``clear`` and
         ``schedule``.
 
@@ -268,8 +311,10 @@ class Client(Closing):
         """
         forms = (statement is not None) + bool(clear) + (schedule is not None)
         if forms != 1:
-            raise OverrideError("expected exactly one of a statement ('lr /= 2', 'lr *= 0.1', "
-                                f"'lr = 3e-4'), clear=True or schedule=SPEC; got {forms}")
+            raise OverrideError(
+                "expected exactly one of a statement ('lr /= 2', 'lr *= 0.1', "
+                f"'lr = 3e-4'), clear=True or schedule=SPEC; got {forms}"
+            )
         value: float | None = None
         if statement is not None:
             op, value = parse_override(statement)
@@ -278,9 +323,12 @@ class Client(Closing):
         else:
             op = Op.REPLACE_SCHEDULE
         request = lrctl_pb2.OverrideRequest(
-            job_id=job, op=OP_TO_PROTO[op],  # type: ignore[arg-type]
-            schedule=schedule or "", reason=reason,
-            actor=_default_actor() if actor is None else actor)
+            job_id=job,
+            op=OP_TO_PROTO[op],  # type: ignore[arg-type]
+            schedule=schedule or "",
+            reason=reason,
+            actor=_default_actor() if actor is None else actor,
+        )
         if value is not None:
             request.value = value
         if group is not None:
@@ -288,8 +336,7 @@ class Client(Closing):
         if expected_version is not None:
             request.expected_version = expected_version
         response = self._unary("Override", request)
-        return OverrideResult(event_from_proto(response.event),
-                              job_from_proto(response.job).head())
+        return OverrideResult(event_from_proto(response.event), job_from_proto(response.job).head())
 
     def history(self, job: str) -> History:
         """Return the job's override log, oldest first (a table in a notebook).
@@ -300,15 +347,16 @@ class Client(Closing):
         response = self._unary("History", lrctl_pb2.HistoryRequest(job_id=job))
         return History(event_from_proto(e) for e in response.events)
 
-    def preview(self, schedule: str, base_lrs: Sequence[float], steps: int
-                ) -> list[list[float]]:
+    def preview(self, schedule: str, base_lrs: Sequence[float], steps: int) -> list[list[float]]:
         """Evaluate a spec on the controller: row t is each group's LR after t steps.
 
         :func:`lrctl.program.preview` computes the same rows locally, without a controller;
         :func:`lrctl.plot.preview_figure` draws them.
         """
-        response = self._unary("Preview", lrctl_pb2.PreviewRequest(
-            schedule=schedule, base_lrs=list(base_lrs), steps=steps))
+        response = self._unary(
+            "Preview",
+            lrctl_pb2.PreviewRequest(schedule=schedule, base_lrs=list(base_lrs), steps=steps),
+        )
         return [[float(x) for x in row.lr] for row in response.rows]
 
     # -- streams and workers -------------------------------------------------------------------
@@ -326,9 +374,9 @@ class Client(Closing):
             An iterator of :class:`~lrctl.model.WatchMessage`; cancel it (or use ``with``).
         """
         call = self._stub.Watch(
-            lrctl_pb2.WatchRequest(job_id=job, from_version=from_version,
-                                   worker_id=worker_id),
-            metadata=self._metadata)
+            lrctl_pb2.WatchRequest(job_id=job, from_version=from_version, worker_id=worker_id),
+            metadata=self._metadata,
+        )
         return WatchStream(call, self.address)
 
     def report(self, report: Report, *, timeout: float | None = None) -> int:
@@ -349,12 +397,21 @@ class Client(Closing):
     def __repr__(self) -> str:
         return f"Client(address={self.address!r}, tls={self.tls is not None})"
 
-    def _unary(self, method: str, request: Any, *, timeout: float | None = None,
-               wait_for_ready: bool = False) -> Any:
+    def _unary(
+        self,
+        method: str,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        wait_for_ready: bool = False,
+    ) -> Any:
         try:
             return getattr(self._stub, method)(
-                request, timeout=self.timeout if timeout is None else timeout,
-                metadata=self._metadata, wait_for_ready=wait_for_ready)
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+                wait_for_ready=wait_for_ready,
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error, self.address) from error
 

@@ -13,8 +13,9 @@ __all__ = ["TRANSIENT_CODES", "ClientError", "from_rpc_error"]
 
 #: Status codes after which the same call may succeed later (the controller restarts, a
 #: network blip, a limit that frees up): reports are retried, Watch followers reconnect.
-TRANSIENT_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
-                             "INTERNAL", "UNKNOWN", "CANCELLED"})
+TRANSIENT_CODES = frozenset(
+    {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "UNKNOWN", "CANCELLED"}
+)
 
 
 class ClientError(LrctlError):
@@ -64,14 +65,16 @@ def _unreachable(details: str) -> str:
     for marker in ("tls handshake failed", "ssl handshake failed", "handshake failed"):
         at = low.find(marker)
         if at >= 0:  # e.g. CERTIFICATE_VERIFY_FAILED: the server's certificate is not trusted
-            why = details[at + len(marker):].strip(" :").removesuffix(": OK")
+            why = details[at + len(marker) :].strip(" :").removesuffix(": OK")
             return f"TLS handshake failed: {why}; check LRCTL_TLS_CA/CERT/KEY"
     if "socket closed" in low:
         # What a client sees when a TLS controller drops its plaintext connection, or a
         # mutual-TLS one refuses its (missing) client certificate.
-        return ("the connection was closed: is 'lrctl serve' running? With TLS, set "
-                "LRCTL_TLS_CA; with mutual TLS also LRCTL_TLS_CERT/KEY, signed by the CA "
-                "the controller trusts")
+        return (
+            "the connection was closed: is 'lrctl serve' running? With TLS, set "
+            "LRCTL_TLS_CA; with mutual TLS also LRCTL_TLS_CERT/KEY, signed by the CA "
+            "the controller trusts"
+        )
     return "is 'lrctl serve' running?"
 
 
@@ -79,8 +82,12 @@ def from_rpc_error(error: grpc.RpcError, address: str) -> ClientError:
     """Return the :class:`ClientError` for a failed gRPC call."""
     if isinstance(error, grpc.Call):
         code = error.code()
-        return ClientError(code.name if code is not None else "UNKNOWN",
-                           error.details() or "", address, _reason(error))
+        return ClientError(
+            code.name if code is not None else "UNKNOWN",
+            error.details() or "",
+            address,
+            _reason(error),
+        )
     return ClientError("UNKNOWN", str(error), address)
 
 

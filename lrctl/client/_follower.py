@@ -76,15 +76,23 @@ class WatchFollower:
         backoff_max_s: Longest reconnect delay.
     """
 
-    def __init__(self, client: Client, job_id: str, *, job: Job | None = None,
-                 worker_id: str = "",
-                 retry: Callable[[ClientError], bool] | None = None,
-                 raise_first: bool = False,
-                 backoff_initial_s: float = DEFAULT_BACKOFF_INITIAL_S,
-                 backoff_max_s: float = DEFAULT_BACKOFF_MAX_S) -> None:
+    def __init__(
+        self,
+        client: Client,
+        job_id: str,
+        *,
+        job: Job | None = None,
+        worker_id: str = "",
+        retry: Callable[[ClientError], bool] | None = None,
+        raise_first: bool = False,
+        backoff_initial_s: float = DEFAULT_BACKOFF_INITIAL_S,
+        backoff_max_s: float = DEFAULT_BACKOFF_MAX_S,
+    ) -> None:
         if backoff_initial_s <= 0 or backoff_max_s < backoff_initial_s:
-            raise ValueError(f"expected 0 < backoff_initial_s <= backoff_max_s, got "
-                             f"{backoff_initial_s} and {backoff_max_s}")
+            raise ValueError(
+                f"expected 0 < backoff_initial_s <= backoff_max_s, got "
+                f"{backoff_initial_s} and {backoff_max_s}"
+            )
         self.client = client
         self.job_id = job_id
         self.job: Job | None = job
@@ -146,8 +154,9 @@ class WatchFollower:
                 else:
                     if self._stop.is_set():
                         return
-                    error = ClientError("UNAVAILABLE", "the Watch stream ended",
-                                        self.client.address)
+                    error = ClientError(
+                        "UNAVAILABLE", "the Watch stream ended", self.client.address
+                    )
             except ClientError as exc:
                 error = exc
             finally:
@@ -189,8 +198,7 @@ class WatchFollower:
                 return FollowUpdate(job=held, previous=held, message=message)
             if event.version != held.version + 1:
                 return None
-            new = dataclasses.replace(held, version=event.version,
-                                      events=(*held.events, event))
+            new = dataclasses.replace(held, version=event.version, events=(*held.events, event))
         else:  # HEARTBEAT (or a kind this version ignores)
             if held is not None and message.version > held.version:
                 return None  # behind: resume to catch up

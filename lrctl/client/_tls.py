@@ -38,7 +38,8 @@ class TLSConfig:
             raise ClientError(
                 "INVALID_ARGUMENT",
                 f"expected both a client certificate and its key ({TLS_CERT_ENV_VAR} and "
-                f"{TLS_KEY_ENV_VAR}), got only the {'certificate' if self.key is None else 'key'}")
+                f"{TLS_KEY_ENV_VAR}), got only the {'certificate' if self.key is None else 'key'}",
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TLSConfig | None:
@@ -51,8 +52,9 @@ class TLSConfig:
             ClientError: INVALID_ARGUMENT for a certificate without a key or the reverse.
         """
         env = os.environ if environ is None else environ
-        ca, cert, key = (env.get(name) or None
-                         for name in (TLS_CA_ENV_VAR, TLS_CERT_ENV_VAR, TLS_KEY_ENV_VAR))
+        ca, cert, key = (
+            env.get(name) or None for name in (TLS_CA_ENV_VAR, TLS_CERT_ENV_VAR, TLS_KEY_ENV_VAR)
+        )
         if ca is None and cert is None and key is None:
             return None
         return cls(ca=ca, cert=cert, key=key)
@@ -66,7 +68,8 @@ class TLSConfig:
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca, TLS_CA_ENV_VAR),
             private_key=_read(self.key, TLS_KEY_ENV_VAR),
-            certificate_chain=_read(self.cert, TLS_CERT_ENV_VAR))
+            certificate_chain=_read(self.cert, TLS_CERT_ENV_VAR),
+        )
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -76,6 +79,6 @@ def _read(path: str | None, what: str) -> bytes | None:
         with open(path, "rb") as file:
             return file.read()
     except OSError as error:
-        raise ClientError("INVALID_ARGUMENT",
-                          f"cannot read the {what} file {path!r}: "
-                          f"{error.strerror or error}") from None
+        raise ClientError(
+            "INVALID_ARGUMENT", f"cannot read the {what} file {path!r}: {error.strerror or error}"
+        ) from None

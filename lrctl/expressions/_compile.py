@@ -42,9 +42,15 @@ class _Compiled:
 
     __slots__ = ("constant", "fn", "is_epoch", "thresholds", "value")
 
-    def __init__(self, fn: Fn, constant: bool = False, value: float = 0.0, *,
-                 thresholds: frozenset[float] | None = frozenset(),
-                 is_epoch: bool = False) -> None:
+    def __init__(
+        self,
+        fn: Fn,
+        constant: bool = False,
+        value: float = 0.0,
+        *,
+        thresholds: frozenset[float] | None = frozenset(),
+        is_epoch: bool = False,
+    ) -> None:
         self.fn = fn
         self.constant = constant
         self.value = value
@@ -127,8 +133,10 @@ class Compiler:
                 detail = f"{node.func.id}({', '.join(repr(a) for a in args)})"
             else:  # pragma: no cover - finite operands of other nodes stay finite
                 detail = repr(value)
-            fail(f"overflow ({detail}) {self.src.where(node)}; this constant part of the "
-                 "expression always fails (expected a finite number)")
+            fail(
+                f"overflow ({detail}) {self.src.where(node)}; this constant part of the "
+                "expression always fails (expected a finite number)"
+            )
         return _Compiled(lambda x: value, True, value)
 
     def build(self, node: ast.expr) -> _Compiled:

@@ -26,8 +26,10 @@ __all__ = ["Expression", "compile_expression"]
 
 def _translate(text: str) -> tuple[Fn, tuple[float, ...] | None]:
     if len(text) > MAX_EXPRESSION_LENGTH:
-        fail(f"expression too long; expected at most {MAX_EXPRESSION_LENGTH} characters, "
-              f"got {len(text)}: {shorten(text)!r}")
+        fail(
+            f"expression too long; expected at most {MAX_EXPRESSION_LENGTH} characters, "
+            f"got {len(text)}: {shorten(text)!r}"
+        )
     if not text:
         fail("empty expression; expected a formula such as '0.95 ** epoch'")
     tree = parse(text)
@@ -72,8 +74,10 @@ class Expression:
 
     def __init__(self, text: str) -> None:
         if not isinstance(text, str):
-            fail(f"expected an expression string such as '0.95 ** epoch', "
-                  f"got {type(text).__name__} {text!r}")
+            fail(
+                f"expected an expression string such as '0.95 ** epoch', "
+                f"got {type(text).__name__} {text!r}"
+            )
         text = text.strip()
         fn, thresholds = _translate(text)
         object.__setattr__(self, "_fn", fn)
@@ -118,22 +122,25 @@ class Expression:
             except TypeError:
                 raise ExpressionError(
                     f"{PREFIX} {shorten(self._text)!r}: expected a real number as epoch, "
-                    f"got {type(epoch).__name__} {epoch!r}") from None
+                    f"got {type(epoch).__name__} {epoch!r}"
+                ) from None
         if not -MAX_MAGNITUDE <= epoch <= MAX_MAGNITUDE:
             raise ExpressionError(
                 f"{PREFIX} {shorten(self._text)!r}: expected a finite epoch with "
-                f"|epoch| <= {MAGNITUDE_TEXT}, got {epoch!r}")
+                f"|epoch| <= {MAGNITUDE_TEXT}, got {epoch!r}"
+            )
         try:
             value = self._fn(epoch)
         except Failure as exc:
             raise ExpressionError(
-                f"{PREFIX} {shorten(self._text)!r}: {exc.what} {exc.where} "
-                f"at epoch {epoch!r}") from None
+                f"{PREFIX} {shorten(self._text)!r}: {exc.what} {exc.where} at epoch {epoch!r}"
+            ) from None
         result = value if type(value) is float else to_float(value)
         if result < 0.0:
             raise ExpressionError(
                 f"{PREFIX} must return a number >= 0, got {value!r} at epoch "
-                f"{epoch!r} (expression {shorten(self._text)!r})")
+                f"{epoch!r} (expression {shorten(self._text)!r})"
+            )
         return result
 
     def __eq__(self, other: object) -> bool:

@@ -91,8 +91,10 @@ class Validator:
         self.src = source
 
     def refuse(self, node: ast.AST, what: str, expected: str) -> NoReturn:
-        fail(f"{what} is not allowed at {self.src.column(node)}; {expected}, "
-              f"got {self.src.segment(node)!r}")
+        fail(
+            f"{what} is not allowed at {self.src.column(node)}; {expected}, "
+            f"got {self.src.segment(node)!r}"
+        )
 
     def run(self, tree: ast.Expression) -> None:
         nodes = 0
@@ -100,13 +102,17 @@ class Validator:
         while stack:
             node, depth = stack.pop()
             if depth > MAX_DEPTH:
-                fail(f"expression nested too deeply (more than {MAX_DEPTH} levels) at "
-                      f"{self.src.column(node)}; expected a flatter expression, "
-                      f"got {self.src.segment(node)!r}")
+                fail(
+                    f"expression nested too deeply (more than {MAX_DEPTH} levels) at "
+                    f"{self.src.column(node)}; expected a flatter expression, "
+                    f"got {self.src.segment(node)!r}"
+                )
             nodes += 1
             if nodes > MAX_NODES:
-                fail(f"expression too large (more than {MAX_NODES} nodes); expected a "
-                      f"shorter expression, got {shorten(self.src.text)!r}")
+                fail(
+                    f"expression too large (more than {MAX_NODES} nodes); expected a "
+                    f"shorter expression, got {shorten(self.src.text)!r}"
+                )
             for child in self.check(node):
                 stack.append((child, depth + 1))
 
@@ -124,8 +130,9 @@ class Validator:
         if isinstance(node, ast.BinOp):
             if type(node.op) not in BINOPS:
                 op = _REFUSED_OPERATORS.get(type(node.op), type(node.op).__name__)
-                self.refuse(node, f"operator {op!r}",
-                            "expected one of the operators + - * / // % **")
+                self.refuse(
+                    node, f"operator {op!r}", "expected one of the operators + - * / // % **"
+                )
             return [node.left, node.right]
         if isinstance(node, ast.UnaryOp):
             if not isinstance(node.op, (ast.UAdd, ast.USub, ast.Not)):
@@ -138,8 +145,11 @@ class Validator:
             for cmp in node.ops:
                 if type(cmp) not in COMPARISONS:
                     name = _REFUSED_OPERATORS.get(type(cmp), type(cmp).__name__)
-                    self.refuse(node, f"comparison {name!r}",
-                                "expected one of the comparisons < <= > >= == !=")
+                    self.refuse(
+                        node,
+                        f"comparison {name!r}",
+                        "expected one of the comparisons < <= > >= == !=",
+                    )
             return [node.left, *node.comparators]
         if isinstance(node, ast.IfExp):
             return [node.test, node.body, node.orelse]
@@ -151,13 +161,20 @@ class Validator:
     def check_constant(self, node: ast.Constant) -> None:
         value: Any = node.value
         if type(value) not in (int, float, bool):
-            kinds = {str: "string literal", bytes: "bytes literal", complex: "complex number",
-                     type(None): "None", type(...): "'...'"}
+            kinds = {
+                str: "string literal",
+                bytes: "bytes literal",
+                complex: "complex number",
+                type(None): "None",
+                type(...): "'...'",
+            }
             what = kinds.get(type(value), f"constant of type {type(value).__name__}")
             self.refuse(node, what, "expected an int or float number")
         if not abs(value) <= MAX_MAGNITUDE:  # also refuses 1e400 (inf)
-            fail(f"number {self.src.segment(node)} at {self.src.column(node)} is out of "
-                  f"range; expected |x| <= {MAGNITUDE_TEXT}, got {value!r}")
+            fail(
+                f"number {self.src.segment(node)} at {self.src.column(node)} is out of "
+                f"range; expected |x| <= {MAGNITUDE_TEXT}, got {value!r}"
+            )
 
     def check_name(self, node: ast.Name) -> None:
         name = node.id
@@ -166,18 +183,23 @@ class Validator:
         if "__" in name:
             self.refuse(node, f"name {name!r} (double underscores)", _EXPECTED_NAME)
         if name in FUNCTIONS:
-            self.refuse(node, f"function {name!r} without a call",
-                        f"expected a call such as {name}(epoch)")
+            self.refuse(
+                node, f"function {name!r} without a call", f"expected a call such as {name}(epoch)"
+            )
         if name in ("inf", "nan"):
-            self.refuse(node, f"name {name!r} (the multiplier must be a finite number)",
-                        _EXPECTED_NAME)
+            self.refuse(
+                node, f"name {name!r} (the multiplier must be a finite number)", _EXPECTED_NAME
+            )
         self.refuse(node, f"name {name!r}", _EXPECTED_NAME)
 
     def check_call(self, node: ast.Call) -> list[ast.expr]:
         func = node.func
         if not isinstance(func, ast.Name):
-            self.refuse(node, "call of something other than a plain function name",
-                        f"expected a call of one of {FUNCTION_LIST}")
+            self.refuse(
+                node,
+                "call of something other than a plain function name",
+                f"expected a call of one of {FUNCTION_LIST}",
+            )
         if func.id not in FUNCTIONS:
             what = f"call of {func.id!r}"
             if "__" in func.id:
@@ -189,8 +211,9 @@ class Validator:
             self.refuse(node, f"{label} in {func.id}()", "expected positional arguments only")
         for arg in node.args:
             if isinstance(arg, ast.Starred):
-                self.refuse(arg, f"'*' unpacking in {func.id}()",
-                            "expected positional arguments only")
+                self.refuse(
+                    arg, f"'*' unpacking in {func.id}()", "expected positional arguments only"
+                )
         low, high, _ = FUNCTIONS[func.id]
         n = len(node.args)
         if n < low or (high is not None and n > high):
@@ -200,8 +223,10 @@ class Validator:
                 want = f"{low} argument" + ("s" if low > 1 else "")
             else:
                 want = f"{low} to {high} arguments"
-            fail(f"wrong number of arguments for {func.id}() at {self.src.column(node)}; "
-                  f"expected {want}, got {n} in {self.src.segment(node)!r}")
+            fail(
+                f"wrong number of arguments for {func.id}() at {self.src.column(node)}; "
+                f"expected {want}, got {n} in {self.src.segment(node)!r}"
+            )
         return list(node.args)
 
 
@@ -218,10 +243,14 @@ def parse(text: str) -> ast.Expression:
         column = exc.offset if exc.offset else len(lines[lineno - 1]) + 1
         where = f"column {column}" if lineno == 1 else f"line {lineno}, column {column}"
         detail = "" if exc.msg == "invalid syntax" else f" ({exc.msg})"
-        fail(f"invalid syntax at {where}{detail}; expected a Python-style arithmetic "
-              f"expression such as '0.95 ** epoch', got {shorten(text)!r}")
+        fail(
+            f"invalid syntax at {where}{detail}; expected a Python-style arithmetic "
+            f"expression such as '0.95 ** epoch', got {shorten(text)!r}"
+        )
     except (RecursionError, MemoryError):
-        fail(f"expression too complex to parse; expected at most {MAX_DEPTH} levels of "
-              f"nesting, got {shorten(text)!r}")
+        fail(
+            f"expression too complex to parse; expected at most {MAX_DEPTH} levels of "
+            f"nesting, got {shorten(text)!r}"
+        )
     except (ValueError, OverflowError, Warning) as exc:
         fail(f"cannot parse the expression ({exc}); got {shorten(text)!r}")

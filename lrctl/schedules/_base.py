@@ -20,9 +20,18 @@ from lrctl.errors import SizeLimitError, SpecError
 from lrctl.limits import DEFAULT_LIMITS, Limits
 from lrctl.spec import Spec, SpecValue, parse_spec
 
-__all__ = ["EXPRESSION_MAX_STEP", "MAX_STEP", "REPLAY_STEP_OVERHEAD", "SCHEDULES", "Schedule",
-           "build_schedule", "canonical_spec", "check_num_groups", "register",
-           "stored_spec_text"]
+__all__ = [
+    "EXPRESSION_MAX_STEP",
+    "MAX_STEP",
+    "REPLAY_STEP_OVERHEAD",
+    "SCHEDULES",
+    "Schedule",
+    "build_schedule",
+    "canonical_spec",
+    "check_num_groups",
+    "register",
+    "stored_spec_text",
+]
 
 #: The largest step (and integer argument) lrctl handles: int64's maximum, as steps travel
 #: on the wire. Larger steps are a :class:`~lrctl.errors.StepLimitError`.
@@ -69,8 +78,10 @@ class Schedule(ABC):
         bound = _bind(type(self), spec)
         for key, value in bound.arguments.items():
             if key != "schedulers" and _contains_spec(value):
-                raise SpecError(f"{spec.name}.{key}: expected a literal (number, string, "
-                                f"True/False/None, list), got {_short(_text(value))}")
+                raise SpecError(
+                    f"{spec.name}.{key}: expected a literal (number, string, "
+                    f"True/False/None, list), got {_short(_text(value))}"
+                )
         self.setup(*bound.args, **bound.kwargs)  # type: ignore[attr-defined]
         #: The validated spec in its normal form (see :func:`canonical_spec`).
         self.spec = _normal_form(spec.name, bound)
@@ -105,8 +116,10 @@ class Schedule(ABC):
 
     def past_end(self, step: int) -> str:
         """The message for a ``step`` past :meth:`max_step`."""
-        return (f"{self.name} is defined for steps 0..{self.max_step()} (the largest epoch of "
-                f"its safe expression), got step {step}")
+        return (
+            f"{self.name} is defined for steps 0..{self.max_step()} (the largest epoch of "
+            f"its safe expression), got step {step}"
+        )
 
     @property
     def replays(self) -> bool:
@@ -135,8 +148,15 @@ class Schedule(ABC):
             raise self._fail(f"{key} must be at most 2**63 - 1, got {_short(repr(value))}")
         return value
 
-    def _float(self, key: str, value: Any, *, minimum: float | None = 0.0,
-               maximum: float | None = None, strict_min: bool = False) -> float:
+    def _float(
+        self,
+        key: str,
+        value: Any,
+        *,
+        minimum: float | None = 0.0,
+        maximum: float | None = None,
+        strict_min: bool = False,
+    ) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self._fail(f"{key} must be a number, got {_short(repr(value))}")
         v = to_float(value)
@@ -155,14 +175,17 @@ class Schedule(ABC):
         """An LR argument (``max_lr``, ``eta_min``...): finite, >= 0, at most the ceiling."""
         v = self._float(key, value)
         if v > self.limits.max_lr:
-            raise self._fail(f"{key} must be <= {self.limits.max_lr:g} (the LR ceiling), "
-                             f"got {_short(repr(value))}")
+            raise self._fail(
+                f"{key} must be <= {self.limits.max_lr:g} (the LR ceiling), "
+                f"got {_short(repr(value))}"
+            )
         return v
 
     def _choice(self, key: str, value: Any, choices: Sequence[str]) -> str:
         if value not in choices:
-            raise self._fail(f"{key} must be one of {', '.join(map(repr, choices))}, "
-                             f"got {_short(repr(value))}")
+            raise self._fail(
+                f"{key} must be one of {', '.join(map(repr, choices))}, got {_short(repr(value))}"
+            )
         return str(value)
 
     def _bool(self, key: str, value: Any) -> bool:
@@ -174,8 +197,7 @@ class Schedule(ABC):
         """Accept one value or one per param group, as torch's ``_format_param`` does."""
         if isinstance(value, tuple):
             if len(value) != self.num_groups:
-                raise self._fail(f"expected {self.num_groups} values for {key}, "
-                                 f"got {len(value)}")
+                raise self._fail(f"expected {self.num_groups} values for {key}, got {len(value)}")
             return [convert(f"{key}[{i}]", v) for i, v in enumerate(value)]
         return [convert(key, value)] * self.num_groups
 
@@ -208,15 +230,18 @@ def _bind(cls: type[Schedule], spec: Spec) -> inspect.BoundArguments:
     """Bind ``spec``'s arguments to torch's signature, as torch's constructor would."""
     for key, _ in spec.kwargs:
         if key in _OBJECT_ARGS:
-            raise SpecError(f"{spec.name}: {key!r} is not part of a schedule spec; "
-                            f"{_OBJECT_ARGS[key]}")
+            raise SpecError(
+                f"{spec.name}: {key!r} is not part of a schedule spec; {_OBJECT_ARGS[key]}"
+            )
     sig = _signature(cls)
     try:
         return sig.bind(*spec.args, **dict(spec.kwargs))
     except TypeError as exc:
         params = ", ".join(sig.parameters)
-        raise SpecError(f"{spec.name}: {_short(str(exc))}; expected arguments ({params}), "
-                        f"got {_short(spec.to_text())}") from None
+        raise SpecError(
+            f"{spec.name}: {_short(str(exc))}; expected arguments ({params}), "
+            f"got {_short(spec.to_text())}"
+        ) from None
 
 
 def _normal_form(name: str, bound: inspect.BoundArguments) -> Spec:
@@ -293,8 +318,9 @@ def register(cls: S) -> S:
     return cls
 
 
-def build_schedule(spec: str | Spec | dict[str, Any], num_groups: int, *,
-                   limits: Limits = DEFAULT_LIMITS) -> Schedule:
+def build_schedule(
+    spec: str | Spec | dict[str, Any], num_groups: int, *, limits: Limits = DEFAULT_LIMITS
+) -> Schedule:
     """Parse and validate ``spec`` for an optimizer with ``num_groups`` param groups.
 
     Raises:
@@ -318,23 +344,30 @@ def check_num_groups(num_groups: int, limits: Limits = DEFAULT_LIMITS) -> None:
         SpecError: not an integer >= 1.
     """
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
-        raise SpecError(f"expected at least one param group (base LR), "
-                        f"got {_short(repr(num_groups))}")
+        raise SpecError(
+            f"expected at least one param group (base LR), got {_short(repr(num_groups))}"
+        )
     if num_groups > limits.max_param_groups:
-        raise SizeLimitError(f"expected at most {limits.max_param_groups} param groups, "
-                             f"got {num_groups}")
+        raise SizeLimitError(
+            f"expected at most {limits.max_param_groups} param groups, got {num_groups}"
+        )
 
 
-def child_schedules(parent: str, value: SpecValue, num_groups: int,
-                    limits: Limits = DEFAULT_LIMITS) -> list[Schedule]:
+def child_schedules(
+    parent: str, value: SpecValue, num_groups: int, limits: Limits = DEFAULT_LIMITS
+) -> list[Schedule]:
     """Build the nested schedulers of SequentialLR / ChainedScheduler."""
     if not isinstance(value, tuple) or not value:
-        raise SpecError(f"{parent}: schedulers must be a non-empty list of schedulers, "
-                        f"got {_short(repr(value))}")
+        raise SpecError(
+            f"{parent}: schedulers must be a non-empty list of schedulers, "
+            f"got {_short(repr(value))}"
+        )
     out = []
     for i, item in enumerate(value):
         if not isinstance(item, Spec):
-            raise SpecError(f"{parent}: schedulers[{i}] must be a scheduler such as "
-                            f"StepLR(step_size=10), got {_short(repr(item))}")
+            raise SpecError(
+                f"{parent}: schedulers[{i}] must be a scheduler such as "
+                f"StepLR(step_size=10), got {_short(repr(item))}"
+            )
         out.append(build_schedule(item, num_groups, limits=limits))
     return out

@@ -25,8 +25,9 @@ def _children(parent: Schedule, schedulers: Any) -> list[Schedule]:
     children = child_schedules(parent.name, schedulers, parent.num_groups, parent.limits)
     for i, child in enumerate(children):
         if child.name in _NOT_NESTABLE:
-            raise child._fail(f"cannot be nested in {parent.name} (schedulers[{i}]): "
-                              f"{_NOT_NESTABLE[child.name]}")
+            raise child._fail(
+                f"cannot be nested in {parent.name} (schedulers[{i}]): {_NOT_NESTABLE[child.name]}"
+            )
     return children
 
 
@@ -49,14 +50,16 @@ class SequentialLR(Schedule):
                 "Sequential Schedulers expects number of schedulers provided to be one more "
                 "than the number of milestone points, but got number of schedulers "
                 f"{len(self.children)} and the number of milestones to be equal to "
-                f"{len(self.milestones)}")
+                f"{len(self.milestones)}"
+            )
         if self.milestones != sorted(self.milestones):
             raise self._fail(f"milestones must be increasing, got {list(self.milestones)}")
         for i, child in enumerate(self.children[1:], start=1):
             if child.name == "MultiplicativeLR":
                 raise child._fail(
                     f"cannot follow a milestone in SequentialLR (schedulers[{i}]): torch "
-                    "continues it from the previous scheduler's LR; use LambdaLR instead")
+                    "continues it from the previous scheduler's LR; use LambdaLR instead"
+                )
 
     def _active(self, step: int) -> tuple[int, int]:
         i = bisect_right(self.milestones, step)
@@ -131,8 +134,10 @@ class ChainedScheduler(Schedule):
         if overwriting:
             self._mode = "tail"
             self._head = overwriting[-1]
-        elif (all(c.multiplicative and not c.replays for c in self.children)
-              and sum(c.name == "MultiplicativeLR" for c in self.children) <= 1):
+        elif (
+            all(c.multiplicative and not c.replays for c in self.children)
+            and sum(c.name == "MultiplicativeLR" for c in self.children) <= 1
+        ):
             self._mode = "product"
             # The MultiplicativeLR (if any) first: its closed form caches per base LR.
             self._order = sorted(self.children, key=lambda c: c.name != "MultiplicativeLR")
@@ -158,8 +163,10 @@ class ChainedScheduler(Schedule):
         if rec is None:
             if len(self._cache) >= 4:  # bounded: a job's base LRs do not change
                 self._cache.clear()
-            rec = Recurrence(tuple(self._advance(0, list(key), key)),
-                             lambda t, prev: tuple(self._advance(t, list(prev), key)))
+            rec = Recurrence(
+                tuple(self._advance(0, list(key), key)),
+                lambda t, prev: tuple(self._advance(t, list(prev), key)),
+            )
             self._cache[key] = rec
         return rec
 
@@ -172,7 +179,7 @@ class ChainedScheduler(Schedule):
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
         if self._mode == "tail":
             lrs = self.children[self._head].lrs(step, base_lrs)
-            for child in self.children[self._head + 1:]:
+            for child in self.children[self._head + 1 :]:
                 lrs = child.step_lrs(step, lrs, base_lrs)
             return lrs
         if self._mode == "product":

@@ -104,9 +104,11 @@ class _MomentumCycling(Schedule):
         if not self.cycle_momentum:
             return
         self.base_momentums = self._per_group(
-            "base_momentum", base_momentum, lambda k, v: self._float(k, v, minimum=None))
+            "base_momentum", base_momentum, lambda k, v: self._float(k, v, minimum=None)
+        )
         self.max_momentums = self._per_group(
-            "max_momentum", max_momentum, lambda k, v: self._float(k, v, minimum=None))
+            "max_momentum", max_momentum, lambda k, v: self._float(k, v, minimum=None)
+        )
 
     @property
     def cycles_momentum(self) -> bool:
@@ -131,23 +133,38 @@ class CyclicLR(_MomentumCycling):
 
     _last_phase: tuple[int | None, tuple[float, float]] = (None, (0.0, 0.0))
 
-    def setup(self, base_lr: Any, max_lr: Any, step_size_up: Any = 2000,
-              step_size_down: Any = None, mode: Any = "triangular", gamma: Any = 1.0,
-              scale_fn: Any = None, scale_mode: Any = "cycle", cycle_momentum: Any = True,
-              base_momentum: Any = 0.8, max_momentum: Any = 0.9) -> None:
+    def setup(
+        self,
+        base_lr: Any,
+        max_lr: Any,
+        step_size_up: Any = 2000,
+        step_size_down: Any = None,
+        mode: Any = "triangular",
+        gamma: Any = 1.0,
+        scale_fn: Any = None,
+        scale_mode: Any = "cycle",
+        cycle_momentum: Any = True,
+        base_momentum: Any = 0.8,
+        max_momentum: Any = 0.9,
+    ) -> None:
         self.base_lrs = self._per_group("base_lr", base_lr, self._lr)
         self.max_lrs = self._per_group("max_lr", max_lr, self._lr)
         up = float(self._int("step_size_up", step_size_up, minimum=1))
-        down = up if step_size_down is None else float(
-            self._int("step_size_down", step_size_down, minimum=1))
+        down = (
+            up
+            if step_size_down is None
+            else float(self._int("step_size_down", step_size_down, minimum=1))
+        )
         self.total_size = up + down
         self.step_ratio = up / self.total_size
         self.gamma = self._float("gamma", gamma)
         self.scale_fn: Expression | None = None
         if scale_fn is not None:
             if not isinstance(scale_fn, str):
-                raise self._fail(f"scale_fn must be an expression string such as "
-                                 f"'0.5 ** (epoch - 1)', got {scale_fn!r}")
+                raise self._fail(
+                    f"scale_fn must be an expression string such as "
+                    f"'0.5 ** (epoch - 1)', got {scale_fn!r}"
+                )
             self.scale_fn = compile_expression(scale_fn)
             self.mode = str(mode)
             self.scale_mode = self._choice("scale_mode", scale_mode, ("cycle", "iterations"))
@@ -211,18 +228,31 @@ class OneCycleLR(_MomentumCycling):
     name = "OneCycleLR"
 
     _last_where: tuple[int | None, tuple[tuple[float, int, int, int, int], float]] = (
-        None, ((0.0, 0, 0, 0, 0), 0.0))
+        None,
+        ((0.0, 0, 0, 0, 0), 0.0),
+    )
 
-    def setup(self, max_lr: Any, total_steps: Any = None, epochs: Any = None,
-              steps_per_epoch: Any = None, pct_start: Any = 0.3, anneal_strategy: Any = "cos",
-              cycle_momentum: Any = True, base_momentum: Any = 0.85, max_momentum: Any = 0.95,
-              div_factor: Any = 25.0, final_div_factor: Any = 1e4,
-              three_phase: Any = False) -> None:
+    def setup(
+        self,
+        max_lr: Any,
+        total_steps: Any = None,
+        epochs: Any = None,
+        steps_per_epoch: Any = None,
+        pct_start: Any = 0.3,
+        anneal_strategy: Any = "cos",
+        cycle_momentum: Any = True,
+        base_momentum: Any = 0.85,
+        max_momentum: Any = 0.95,
+        div_factor: Any = 25.0,
+        final_div_factor: Any = 1e4,
+        three_phase: Any = False,
+    ) -> None:
         if total_steps is not None:
             self.total_steps = self._int("total_steps", total_steps, minimum=1)
         elif epochs is not None and steps_per_epoch is not None:
-            self.total_steps = (self._int("epochs", epochs, minimum=1)
-                                * self._int("steps_per_epoch", steps_per_epoch, minimum=1))
+            self.total_steps = self._int("epochs", epochs, minimum=1) * self._int(
+                "steps_per_epoch", steps_per_epoch, minimum=1
+            )
         else:
             raise self._fail("You must define either total_steps OR (epochs AND steps_per_epoch)")
         pct = self._float("pct_start", pct_start, maximum=1.0)
@@ -239,25 +269,30 @@ class OneCycleLR(_MomentumCycling):
         # (end_step, lr start, lr end, momentum start, momentum end) as torch's phases,
         # with values indexing [initial, max, min] and [max_momentum, base_momentum].
         if self.three_phase:
-            self.phases = [(float(pct * n) - 1, 0, 1, 0, 1),
-                           (float(2 * pct * n) - 2, 1, 0, 1, 0),
-                           (n - 1.0, 0, 2, 0, 0)]
+            self.phases = [
+                (float(pct * n) - 1, 0, 1, 0, 1),
+                (float(2 * pct * n) - 2, 1, 0, 1, 0),
+                (n - 1.0, 0, 2, 0, 0),
+            ]
         else:
             self.phases = [(float(pct * n) - 1, 0, 1, 0, 1), (n - 1.0, 1, 2, 1, 0)]
         start = 0.0
         for i, (end, *_rest) in enumerate(self.phases):
             if end - start == 0:
-                raise self._fail(f"phase {i} of total_steps={n} with pct_start={pct} is empty "
-                                 "(torch divides by zero there); choose a larger total_steps "
-                                 "or another pct_start")
+                raise self._fail(
+                    f"phase {i} of total_steps={n} with pct_start={pct} is empty "
+                    "(torch divides by zero there); choose a larger total_steps "
+                    "or another pct_start"
+                )
             start = end
 
     def max_step(self) -> int | None:
         return self.total_steps
 
     def past_end(self, step: int) -> str:
-        return (f"Tried to step {step} times. The specified number of total steps is "
-                f"{self.total_steps}")
+        return (
+            f"Tried to step {step} times. The specified number of total steps is {self.total_steps}"
+        )
 
     def _anneal(self, start: float, end: float, pct: float) -> float:
         if self.anneal == "cos":

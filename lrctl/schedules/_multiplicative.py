@@ -53,8 +53,9 @@ class _Lambdas(Schedule):
         out = []
         for item in items:
             if not isinstance(item, str):
-                raise self._fail("lr_lambda must be an expression string such as "
-                                 f"'0.95 ** epoch', got {item!r}")
+                raise self._fail(
+                    f"lr_lambda must be an expression string such as '0.95 ** epoch', got {item!r}"
+                )
             if item not in compiled:
                 compiled[item] = compile_expression(item)
             out.append(compiled[item])
@@ -108,8 +109,7 @@ class MultiplicativeLR(_Lambdas):
 
     def setup(self, lr_lambda: Any) -> None:
         self.fns = self._lambdas(lr_lambda)
-        self._pieces = {f: _Pieces(f) for f in dict.fromkeys(self.fns)
-                        if f.thresholds is not None}
+        self._pieces = {f: _Pieces(f) for f in dict.fromkeys(self.fns) if f.thresholds is not None}
         # Groups whose lr_lambda has no closed form: they share one recurrence.
         self._replayed = [g for g, f in enumerate(self.fns) if f not in self._pieces]
         self._cache: dict[tuple[float, ...], Recurrence] = {}
@@ -312,10 +312,12 @@ class LinearLR(_Chainable):
 
     name = "LinearLR"
 
-    def setup(self, start_factor: Any = 1.0 / 3, end_factor: Any = 1.0,
-              total_iters: Any = 5) -> None:
-        self.start = self._float("start_factor", start_factor, minimum=0.0, maximum=1.0,
-                                 strict_min=True)
+    def setup(
+        self, start_factor: Any = 1.0 / 3, end_factor: Any = 1.0, total_iters: Any = 5
+    ) -> None:
+        self.start = self._float(
+            "start_factor", start_factor, minimum=0.0, maximum=1.0, strict_min=True
+        )
         self.end = self._float("end_factor", end_factor, minimum=0.0, maximum=1.0)
         self.total_iters = self._int("total_iters", total_iters)
 

@@ -26,9 +26,17 @@ class ReduceLROnPlateau(Schedule):
 
     name = "ReduceLROnPlateau"
 
-    def setup(self, mode: Any = "min", factor: Any = 0.1, patience: Any = 10,
-              threshold: Any = 1e-4, threshold_mode: Any = "rel", cooldown: Any = 0,
-              min_lr: Any = 0, eps: Any = 1e-8) -> None:
+    def setup(
+        self,
+        mode: Any = "min",
+        factor: Any = 0.1,
+        patience: Any = 10,
+        threshold: Any = 1e-4,
+        threshold_mode: Any = "rel",
+        cooldown: Any = 0,
+        min_lr: Any = 0,
+        eps: Any = 1e-8,
+    ) -> None:
         self.mode = self._choice("mode", mode, ("min", "max"))
         self.factor = self._float("factor", factor)
         if self.factor >= 1.0:
@@ -45,8 +53,10 @@ class ReduceLROnPlateau(Schedule):
 
     def reduce(self, lrs: Sequence[float], group: int | None = None) -> list[float]:
         """Apply one reduction to ``lrs`` (every group, or only ``group``)."""
-        return [old if group is not None and i != group else self.reduce_one(old, i)
-                for i, old in enumerate(lrs)]
+        return [
+            old if group is not None and i != group else self.reduce_one(old, i)
+            for i, old in enumerate(lrs)
+        ]
 
     def reduce_one(self, old: float, group: int) -> float:
         """Group ``group``'s LR after one reduction from ``old``, as torch decides it."""
@@ -55,8 +65,9 @@ class ReduceLROnPlateau(Schedule):
 
     def tracker(self) -> PlateauTracker:
         """Return a fresh tracker with this schedule's parameters."""
-        return PlateauTracker(self.mode, self.threshold, self.threshold_mode,
-                              self.patience, self.cooldown)
+        return PlateauTracker(
+            self.mode, self.threshold, self.threshold_mode, self.patience, self.cooldown
+        )
 
 
 @dataclass

@@ -31,8 +31,9 @@ Values = tuple[float, ...]
 class Recurrence:
     """``x(0) = first``; ``x(t) = advance(t, x(t - 1))`` for ``t > 0``; values are floats."""
 
-    def __init__(self, first: Values, advance: Callable[[int, Values], Values],
-                 stride: int = 256) -> None:
+    def __init__(
+        self, first: Values, advance: Callable[[int, Values], Values], stride: int = 256
+    ) -> None:
         self._advance = advance
         self._stride = stride
         self._checkpoints: list[array[float]] = [array("d", first)]  # x(k * stride)

@@ -42,8 +42,13 @@ class WarmupCosineLR(_Factor):
 
     name = "WarmupCosineLR"
 
-    def setup(self, num_warmup_steps: Any, num_training_steps: Any, num_cycles: Any = 0.5,
-              min_lr_rate: Any = 0.0) -> None:
+    def setup(
+        self,
+        num_warmup_steps: Any,
+        num_training_steps: Any,
+        num_cycles: Any = 0.5,
+        min_lr_rate: Any = 0.0,
+    ) -> None:
         self.warmup = self._int("num_warmup_steps", num_warmup_steps)
         self.total = self._int("num_training_steps", num_training_steps, minimum=1)
         self.cycles = self._float("num_cycles", num_cycles)
@@ -69,19 +74,30 @@ class WarmupStableDecayLR(_Factor):
 
     name = "WarmupStableDecayLR"
 
-    def setup(self, num_warmup_steps: Any, num_decay_steps: Any, num_training_steps: Any = None,
-              num_stable_steps: Any = None, warmup_type: Any = "linear",
-              decay_type: Any = "cosine", min_lr_ratio: Any = 0.0, num_cycles: Any = 0.5) -> None:
+    def setup(
+        self,
+        num_warmup_steps: Any,
+        num_decay_steps: Any,
+        num_training_steps: Any = None,
+        num_stable_steps: Any = None,
+        warmup_type: Any = "linear",
+        decay_type: Any = "cosine",
+        min_lr_ratio: Any = 0.0,
+        num_cycles: Any = 0.5,
+    ) -> None:
         self.warmup = self._int("num_warmup_steps", num_warmup_steps)
         self.decay = self._int("num_decay_steps", num_decay_steps)
         if num_stable_steps is None:
             if num_training_steps is None:
-                raise self._fail("Either num_training_steps or num_stable_steps must be "
-                                 "specified, got neither")
+                raise self._fail(
+                    "Either num_training_steps or num_stable_steps must be specified, got neither"
+                )
             total = self._int("num_training_steps", num_training_steps)
             if total < self.warmup + self.decay:
-                raise self._fail(f"num_training_steps ({total}) must be >= num_warmup_steps + "
-                                 f"num_decay_steps ({self.warmup + self.decay})")
+                raise self._fail(
+                    f"num_training_steps ({total}) must be >= num_warmup_steps + "
+                    f"num_decay_steps ({self.warmup + self.decay})"
+                )
             self.stable = total - self.warmup - self.decay
         else:
             self.stable = self._int("num_stable_steps", num_stable_steps)
