@@ -94,7 +94,15 @@ def populate(path: Path, jobs: int, events: int, *, prefix: str = "job") -> list
         conn.execute(_UPSERT, job_to_row(job))
         conn.executemany(_EVENT, [(job_id, *event_to_row(e)) for e in log])
     conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+    # Written without fsync to be quick: flush it now, or the controller's first commits
+    # would pay for writing back megabytes of set-up (its fsync of the database file).
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return ids
 
 
