@@ -22,6 +22,7 @@ or SIGINT the health service turns NOT_SERVING, open Watch streams end with UNAV
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -286,6 +287,12 @@ async def _serve(config: ServerConfig) -> int:
     except Exception as exc:  # StoreError, a port in use, ...: one line, exit 1
         print(f"lrctl controller: cannot start: {exc}", file=sys.stderr, flush=True)
         return 1
+    # Every job loaded at startup lives as long as the process: keep it out of the cyclic
+    # garbage collector's full collections (10,000 jobs x 20 events are ~1.3 M tracked
+    # objects, ~0.7 s of a stopped event loop per full collection here). Collected first, so
+    # nothing already garbage is kept; later objects are collected as usual.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
