@@ -228,7 +228,9 @@ def _fanout_part(work: Path, sizes: list[int], quick: bool) -> list[str]:
         "server in its own process serving the same proto naively (each stream an async "
         "generator that wakes on a shared `asyncio.Event` and "
         "builds and yields its own message), measured in the same run with the same clients, "
-        "bare and lrctl alternating; figures are the median over rounds. Server CPU = the "
+        "bare and lrctl alternating; figures are the median over rounds. Once the streams are "
+        f"open, {ctl_fanout.WARMUP} overrides are sent and not measured (see the reading). "
+        "Server CPU = the "
         "server process's CPU time over the overrides / overrides / S. RSS per stream = the "
         "server's RSS growth while the streams opened / S (noisy at 8 streams). Server CPU "
         "includes the Override itself (for lrctl, its commit), which dominates at 8 streams. "
@@ -285,7 +287,15 @@ def _fanout_part(work: Path, sizes: list[int], quick: bool) -> list[str]:
         "have, is most of the propagation (compare *from ack*). With 1,000 streams on 2 "
         "cores an event costs the server ~75 ms of CPU and the 4 client processes about as "
         "much again, so the 1,000-stream p99 is close to what this machine can do at all and "
-        "moves by tens of ms between runs as other processes take the cores.",
+        "moves by tens of ms between runs as other processes take the cores. The warm-up "
+        "overrides absorb each server's first full garbage collection after the streams "
+        "opened: 1,000 streams are ~100 k objects of gRPC and stream state, and Python's "
+        "full collection over them stops the loop for ~70 ms here, once (it comes back only "
+        "after as many new long-lived objects again). Unmeasured, it landed on the third "
+        "override of every lrctl run and made that one Override call take 70-90 ms, a p99 "
+        "of ~130 ms from sending against ~80 ms from the answer. `lrctl serve` freezes what "
+        "it loads at start-up out of the collector (with 10,000 jobs x 20 events a full "
+        "collection took ~0.7 s).",
     ]
     return lines
 
