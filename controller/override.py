@@ -8,13 +8,11 @@ the event loop), then the job's state, the caller's expected version and the log
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import replace
 
+from controller.context import CommandContext
 from controller.errors import Conflict, FailedPrecondition, ResourceExhausted
-from controller.evaluate import Evaluator
 from controller.jobs import (
-    JobEntry,
     check_evaluable,
     check_note,
     check_override,
@@ -22,9 +20,7 @@ from controller.jobs import (
     log_bytes,
     with_events,
 )
-from controller.limits import ServerLimits
 from controller.rows import Change
-from controller.table import JobTable
 from lrctl.model import Job
 from lrctl.overrides import Event, Op
 
@@ -32,28 +28,11 @@ __all__ = ["OverrideHandler"]
 
 
 class OverrideHandler:
-    """Appends overrides for a :class:`~controller.service.ControllerService` (its table,
-    limits and evaluator; ``view`` and ``after_write`` are its own)."""
+    """Appends overrides for a :class:`~controller.service.ControllerService`
+    (the parts it shares with it are a :class:`~controller.context.CommandContext`)."""
 
-    def __init__(
-        self,
-        table: JobTable,
-        limits: ServerLimits,
-        evaluator: Evaluator,
-        log_budget: int,
-        max_message_bytes: int,
-        now: Callable[[], float],
-        view: Callable[..., Job],
-        after_write: Callable[[JobEntry, Sequence[Event], Sequence[Event]], None],
-    ) -> None:
-        self._table = table
-        self._limits = limits
-        self._eval = evaluator
-        self._log_budget = log_budget
-        self._max_message_bytes = max_message_bytes
-        self._now = now
-        self._view = view
-        self._after_write = after_write
+    def __init__(self, ctx: CommandContext) -> None:
+        self._c = ctx
 
     async def override(
         self,
@@ -67,14 +46,30 @@ class OverrideHandler:
         reason: str = "",
         expected_version: int | None = None,
     ) -> tuple[Event, Job]:
-        """See :meth:`controller.service.ControllerService.override`."""
-        async with self._table.lock(job_id):
-            entry = self._table.get(job_id)
+        """Append an override event (SCALE, SET, CLEAR or REPLACE_SCHEDULE) to a job's log.
+
+        Returns:
+            The event and the job's head after it (no log).
+
+        Raises:
+            NotFound: no such job.
+            InvalidArgument: a PLATEAU_REDUCE (only the controller decides those), or no
+                replacement spec.
+            OverrideError, SpecError: bad value, group or replacement spec.
+            FailedPrecondition: the job is finished or cannot be evaluated.
+            Conflict: ``expected_version`` is not the job's version.
+            ResourceExhausted: an actor or reason past its limit, a log at its limit (events,
+                or bytes: it must fit in one message), or validation past its deadline.
+        """
+        async with self._c.table.lock(job_id):
+            entry = self._c.table.get(job_id)
             check_evaluable(entry)
-            check_note(actor, reason, self._limits)
-            n, core = entry.job.num_groups, self._limits.core
+            check_note(actor, reason, self._c.limits)
+            n, core = entry.job.num_groups, self._c.limits.core
             if op is Op.REPLACE_SCHEDULE:  # builds a spec for n groups: off the loop
-                schedule = await self._eval.run(check_override, op, value, schedule, group, n, core)
+                schedule = await self._c.evaluator.run(
+                    check_override, op, value, schedule, group, n, core
+                )
             else:
                 schedule = check_override(op, value, schedule, group, n, core)
             if not entry.running:
@@ -84,7 +79,7 @@ class OverrideHandler:
                     f"expected job {job_id!r} at version {expected_version}, "
                     f"but it is at version {entry.job.version}"
                 )
-            if len(entry.job.events) >= self._limits.max_events_per_job:
+            if len(entry.job.events) >= self._c.limits.max_events_per_job:
                 raise ResourceExhausted(
                     f"job {job_id!r} has {len(entry.job.events)} events, the most a job may "
                     f"hold (lrctl serve --max-events-per-job); finish it, or recreate it "
@@ -99,14 +94,14 @@ class OverrideHandler:
                 group=group,
                 actor=actor,
                 reason=reason,
-                created_at=self._now(),
+                created_at=self._c.now(),
             )
             size = log_bytes(entry) + event_bytes(event)
-            if size > self._log_budget:
+            if size > self._c.log_budget:
                 raise ResourceExhausted(
                     f"job {job_id!r}'s log would take {size} bytes, more than fits in one "
-                    f"message beside the job ({self._log_budget} of lrctl serve "
-                    f"--max-message-bytes {self._max_message_bytes}); shorten the reason, or "
+                    f"message beside the job ({self._c.log_budget} of lrctl serve "
+                    f"--max-message-bytes {self._c.max_message_bytes}); shorten the reason, or "
                     f"recreate the job (CreateJob with replace) for an empty log"
                 )
             job = replace(
@@ -120,6 +115,6 @@ class OverrideHandler:
                 entry.job = job
                 entry.plateau.on_events([event])
 
-            await self._table.write(Change(job.head(), [event]), apply)
-            self._after_write(entry, [event], [])
-            return event, self._view(entry, events=False)
+            await self._c.table.write(Change(job.head(), [event]), apply)
+            self._c.after_write(entry, [event], [])
+            return event, self._c.view(entry, events=False)

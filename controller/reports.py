@@ -10,10 +10,9 @@ in docs/controller.md ("Reports").
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import replace
 
+from controller.context import CommandContext
 from controller.errors import InvalidArgument
 from controller.jobs import (
     JobEntry,
@@ -25,10 +24,7 @@ from controller.jobs import (
     mark_applied,
     with_events,
 )
-from controller.limits import ServerLimits
-from controller.projection import Projection
 from controller.rows import Change, ConsumedMetric
-from controller.table import JobTable
 from lrctl import constants
 from lrctl.model import Report
 from lrctl.overrides import Event
@@ -39,34 +35,45 @@ _log = logging.getLogger("lrctl.controller.service")
 
 
 class ReportHandler:
-    """Records reports for a :class:`~controller.service.ControllerService` (its table,
-    limits and projection; ``after_commit`` and ``after_write`` are its own steps after a
-    commit)."""
+    """Records reports for a :class:`~controller.service.ControllerService`
+    (the parts it shares with it are a :class:`~controller.context.CommandContext`)."""
 
-    def __init__(
-        self,
-        table: JobTable,
-        limits: ServerLimits,
-        projection: Projection,
-        log_budget: int,
-        now: Callable[[], float],
-        after_commit: Callable[[str], AbstractContextManager[None]],
-        after_write: Callable[[JobEntry, Sequence[Event], Sequence[Event]], None],
-    ) -> None:
-        self._table = table
-        self._limits = limits
-        self._projection = projection
-        self._log_budget = log_budget
-        self._now = now
-        self._after_commit = after_commit
-        self._after_write = after_write
+    def __init__(self, ctx: CommandContext) -> None:
+        self._c = ctx
 
     async def report(self, report: Report) -> int:
-        """See :meth:`controller.service.ControllerService.report`."""
+        """Record a worker's progress; only rank 0's report changes anything.
+
+        Rank 0's ``applied`` ``(version, effective_step)`` pairs set each pending event's
+        effective step (once); its ``step``, ``lrs``, ``applied_version`` and ``world_size``
+        become the job's (a ``final`` report, the run's last, sets the world size to 0); for a
+        ReduceLROnPlateau job its ``plateau_metrics`` ``(step, value)`` are consumed in step
+        order (steps already consumed are skipped) and may append PLATEAU_REDUCE events. A
+        finished job only records effective steps. Its ``divergences`` are counted in
+        metrics.
+
+        Only the run attached last may report: ``epoch`` must be the job's attach epoch
+        (:meth:`controller.lifecycle.JobLifecycle.create_job` with ``attach``). Before any attach
+        the job's epoch is 0 and a report carrying 0 is accepted (a job created by an operator, a
+        tool that does not attach); once a rank 0 attached, anything else changes nothing.
+
+        Args:
+            report: What rank 0 (or another rank) sent.
+
+        Returns:
+            The job's version afterwards (including any plateau reduction it triggered).
+
+        Raises:
+            InvalidArgument: negative rank, steps or world size, wrong number of LRs,
+                unknown versions.
+            NotFound: no such job.
+            FailedPrecondition: ``epoch`` is not the job's attach epoch (an older run,
+                superseded by a newer attach, or an epoch never handed out).
+        """
         items = max(len(report.applied), len(report.plateau_metrics), len(report.divergences))
-        if items > self._limits.max_report_items:
+        if items > self._c.limits.max_report_items:
             raise InvalidArgument(
-                f"expected at most {self._limits.max_report_items} applied versions, plateau "
+                f"expected at most {self._c.limits.max_report_items} applied versions, plateau "
                 f"metrics and divergences each in one report (lrctl serve --max-report-items), "
                 f"got {len(report.applied)}, {len(report.plateau_metrics)} and "
                 f"{len(report.divergences)}; send them over several reports"
@@ -77,8 +84,8 @@ class ReportHandler:
                 f"rank={report.rank}, step={report.step}, "
                 f"world_size={report.world_size}"
             )
-        async with self._table.lock(report.job_id):
-            entry = self._table.get(report.job_id)
+        async with self._c.table.lock(report.job_id):
+            entry = self._c.table.get(report.job_id)
             check_evaluable(entry)
             before = entry.job
             check_epoch(before, report.epoch)
@@ -86,7 +93,7 @@ class ReportHandler:
                 return before.version
             pairs = sorted(set(report.applied))
             check_report(before, report, pairs)
-            now = self._now()
+            now = self._c.now()
             done = mark_applied(before.events, pairs, now)
             new_events: list[Event] = []
             consumed: list[ConsumedMetric] = []
@@ -128,24 +135,24 @@ class ReportHandler:
                 or report.final
                 or now - entry.persisted_at >= constants.PROGRESS_PERSIST_S
             ):
-                await self._table.write(Change(job.head(), new_events, done, consumed), apply)
+                await self._c.table.write(Change(job.head(), new_events, done, consumed), apply)
                 entry.persisted_at = now
             else:
                 apply()
-            with self._after_commit(report.job_id):
-                self._projection.reported(before, job, report)
-            self._after_write(entry, new_events, done)
+            with self._c.after_commit(report.job_id):
+                self._c.projection.reported(before, job, report)
+            self._c.after_write(entry, new_events, done)
             return job.version
 
     def _room(self, entry: JobEntry, events: list[Event]) -> list[Event]:
         """The plateau reductions that fit in the job's log (events and bytes); the rest
         are dropped with a warning: a report must not fail for a full log."""
-        room = self._limits.max_events_per_job - len(entry.job.events)
+        room = self._c.limits.max_events_per_job - len(entry.job.events)
         size = log_bytes(entry)
         kept: list[Event] = []
         for event in events:
             size += event_bytes(event)
-            if len(kept) >= room or size > self._log_budget:
+            if len(kept) >= room or size > self._c.log_budget:
                 _log.warning(
                     "job %s: its log is full (lrctl serve --max-events-per-job, "
                     "--max-message-bytes); %d plateau reduction(s) not appended",

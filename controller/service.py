@@ -27,6 +27,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any, TypeVar
 
+from controller.context import CommandContext
 from controller.errors import InvalidArgument
 from controller.evaluate import Evaluator
 from controller.jobs import (
@@ -47,8 +48,8 @@ from controller.store_api import JobStore
 from controller.table import JobTable
 from controller.watch import WatchHub
 from lrctl import constants
-from lrctl.model import Job, Report, WatchMessage, check_job_id
-from lrctl.overrides import Event, Op
+from lrctl.model import Job, WatchMessage, check_job_id
+from lrctl.overrides import Event
 from lrctl.program import LRProgram
 from lrctl.schedules import check_num_groups
 
@@ -86,7 +87,6 @@ class ControllerService:
         self._limits = limits = ServerLimits() if limits is None else limits
         self._max_message_bytes = max_message_bytes
         self._ids: list[str] = []  # every job id, sorted (ListJobs)
-        self._log_budget = max_message_bytes - limits.reserved_bytes()
         self._eval = Evaluator(limits.eval_deadline_seconds)
         self._table = JobTable(store, self._synced)
         self._projection = Projection(metrics)
@@ -96,35 +96,25 @@ class ControllerService:
             max_streams_per_job=limits.max_watch_streams_per_job,
             max_streams=limits.max_watch_streams,
         )
-        self._lifecycle = JobLifecycle(
-            self._table,
-            limits,
-            self._eval,
-            self._projection,
-            self._hub,
-            self._now,
-            self._view,
-            self._after_commit,
+        ctx = CommandContext(
+            table=self._table,
+            limits=limits,
+            evaluator=self._eval,
+            projection=self._projection,
+            hub=self._hub,
+            log_budget=max_message_bytes - limits.reserved_bytes(),
+            max_message_bytes=max_message_bytes,
+            now=self._now,
+            view=self._view,
+            after_commit=self._after_commit,
+            after_write=self._after_write,
         )
-        self._overrides = OverrideHandler(
-            self._table,
-            limits,
-            self._eval,
-            self._log_budget,
-            max_message_bytes,
-            self._now,
-            self._view,
-            self._after_write,
-        )
-        self._reports = ReportHandler(
-            self._table,
-            limits,
-            self._projection,
-            self._log_budget,
-            self._now,
-            self._after_commit,
-            self._after_write,
-        )
+        # The commands, each in its handler's module (their docstrings say what they do).
+        lifecycle = JobLifecycle(ctx)
+        self.create_job = lifecycle.create_job
+        self.finish_job = lifecycle.finish_job
+        self.override = OverrideHandler(ctx).override
+        self.report = ReportHandler(ctx).report
 
     @classmethod
     async def open(
@@ -165,49 +155,6 @@ class ControllerService:
         return service
 
     # -- jobs ----------------------------------------------------------------------------------
-
-    async def create_job(
-        self,
-        job_id: str,
-        schedule: str,
-        base_lrs: Sequence[float],
-        *,
-        replace_existing: bool = False,
-        verbose: bool = False,
-        attach: bool = False,
-        world_size: int = 0,
-        actor: str = "",
-    ) -> tuple[Job, bool]:
-        """Create a job, or attach to the running one with the same spec and base LRs.
-
-        With ``attach`` (rank 0 of a training run) the job gets a new attach epoch, stored
-        with it, one above the last: from then on only reports carrying that epoch change
-        anything (:meth:`report`), so the newest attach wins. The epoch is handed out inside
-        the job's lock (with PostgreSQL, its row-lock transaction), so two attaches, on any
-        replicas, never get the same one. A recreation keeps the job's epoch. ``actor`` (the
-        caller's token name, or "") goes to the change log.
-
-        Returns:
-            The job (``job.epoch`` is the attach's epoch) and whether it was (re)created.
-
-        Raises:
-            InvalidArgument: bad job id or a negative world size.
-            SpecError: bad spec or base LRs.
-            SizeLimitError: more param groups or a longer spec than the limits allow.
-            ResourceExhausted: as many jobs as allowed, or validation past its deadline.
-            FailedPrecondition: the job exists with another spec (or is finished, or cannot
-                be evaluated) and ``replace_existing`` is false.
-        """
-        return await self._lifecycle.create_job(
-            job_id,
-            schedule,
-            base_lrs,
-            replace_existing=replace_existing,
-            verbose=verbose,
-            attach=attach,
-            world_size=world_size,
-            actor=actor,
-        )
 
     async def sync(self, job_id: str) -> None:
         """Catch ``job_id`` up with the shared database (replicas; a no-op on SQLite), so a
@@ -263,55 +210,6 @@ class ControllerService:
             self._ids = sorted(self._table.jobs)
         return self._ids
 
-    async def finish_job(self, job_id: str, *, actor: str = "") -> Job:
-        """Mark a job finished: bump its version, end its watches, drop its metric series.
-
-        Raises:
-            InvalidArgument: malformed job id.
-            NotFound: no such job.
-        """
-        return await self._lifecycle.finish_job(job_id, actor=actor)
-
-    # -- overrides -----------------------------------------------------------------------------
-
-    async def override(
-        self,
-        job_id: str,
-        op: Op,
-        *,
-        value: float | None = None,
-        schedule: str | None = None,
-        group: int | None = None,
-        actor: str = "",
-        reason: str = "",
-        expected_version: int | None = None,
-    ) -> tuple[Event, Job]:
-        """Append an override event (SCALE, SET, CLEAR or REPLACE_SCHEDULE) to a job's log.
-
-        Returns:
-            The event and the job's head after it (no log).
-
-        Raises:
-            NotFound: no such job.
-            InvalidArgument: a PLATEAU_REDUCE (only the controller decides those), or no
-                replacement spec.
-            OverrideError, SpecError: bad value, group or replacement spec.
-            FailedPrecondition: the job is finished or cannot be evaluated.
-            Conflict: ``expected_version`` is not the job's version.
-            ResourceExhausted: an actor or reason past its limit, a log at its limit (events,
-                or bytes: it must fit in one message), or validation past its deadline.
-        """
-        return await self._overrides.override(
-            job_id,
-            op,
-            value=value,
-            schedule=schedule,
-            group=group,
-            actor=actor,
-            reason=reason,
-            expected_version=expected_version,
-        )
-
     def history(self, job_id: str) -> tuple[Event, ...]:
         """Return a job's event log, oldest first."""
         return self._table.get(job_id).job.events
@@ -347,39 +245,6 @@ class ControllerService:
         if steps - 1 > program.max_step:  # OneCycleLR's total_steps: say where it ends
             program.check_step(steps - 1, None)
         return canonical, (program.lrs(t) for t in range(steps))
-
-    # -- reports -------------------------------------------------------------------------------
-
-    async def report(self, report: Report) -> int:
-        """Record a worker's progress; only rank 0's report changes anything.
-
-        Rank 0's ``applied`` ``(version, effective_step)`` pairs set each pending event's
-        effective step (once); its ``step``, ``lrs``, ``applied_version`` and ``world_size``
-        become the job's (a ``final`` report, the run's last, sets the world size to 0); for a
-        ReduceLROnPlateau job its ``plateau_metrics`` ``(step, value)`` are consumed in step
-        order (steps already consumed are skipped) and may append PLATEAU_REDUCE events. A
-        finished job only records effective steps. Its ``divergences`` are counted in
-        metrics.
-
-        Only the run attached last may report: ``epoch`` must be the job's attach epoch
-        (:meth:`create_job` with ``attach``). Before any attach the job's epoch is 0 and a
-        report carrying 0 is accepted (a job created by an operator, a tool that does not
-        attach); once a rank 0 attached, anything else changes nothing.
-
-        Args:
-            report: What rank 0 (or another rank) sent.
-
-        Returns:
-            The job's version afterwards (including any plateau reduction it triggered).
-
-        Raises:
-            InvalidArgument: negative rank, steps or world size, wrong number of LRs,
-                unknown versions.
-            NotFound: no such job.
-            FailedPrecondition: ``epoch`` is not the job's attach epoch (an older run,
-                superseded by a newer attach, or an epoch never handed out).
-        """
-        return await self._reports.report(report)
 
     # -- watch ---------------------------------------------------------------------------------
 
