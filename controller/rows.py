@@ -23,6 +23,7 @@ __all__ = [
     "ConsumedMetric",
     "StoreError",
     "StoredJob",
+    "check_schema_version",
     "event_from_row",
     "event_to_row",
     "job_from_row",
@@ -64,6 +65,16 @@ EVENT_COLUMNS = (
 
 class StoreError(LrctlError):
     """The database cannot be opened, is locked by another controller, or is too new."""
+
+
+def check_schema_version(found: int, supported: int) -> None:
+    """Raise :class:`StoreError` when the database's schema version ``found`` is newer than
+    the ``supported`` one of this code."""
+    if found > supported:
+        raise StoreError(
+            f"database schema version {found} is newer than this controller "
+            f"supports ({supported}); upgrade lrctl"
+        )
 
 
 class ConsumedMetric(NamedTuple):

@@ -48,6 +48,7 @@ from controller.rows import (
     ConsumedMetric,
     StoredJob,
     StoreError,
+    check_schema_version,
     event_from_row,
     event_to_row,
     job_from_row,
@@ -56,22 +57,7 @@ from controller.rows import (
 )
 from lrctl.overrides import Event
 
-__all__ = [
-    "EVENT_COLUMNS",
-    "JOB_COLUMNS",
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "Change",
-    "ConsumedMetric",
-    "Store",
-    "StoreError",
-    "StoredJob",
-    "event_from_row",
-    "event_to_row",
-    "job_from_row",
-    "job_to_row",
-    "migrate",
-]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "connect", "migrate"]
 
 T = TypeVar("T")
 
@@ -152,11 +138,7 @@ def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
         StoreError: the database is newer than this code.
     """
     found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if found > SCHEMA_VERSION:
-        raise StoreError(
-            f"database schema version {found} is newer than this controller "
-            f"supports ({SCHEMA_VERSION}); upgrade lrctl"
-        )
+    check_schema_version(found, SCHEMA_VERSION)
     if found >= target:
         return found
     with _transaction(conn):

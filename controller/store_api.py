@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
-from controller.store import Change, ConsumedMetric, Store, StoredJob
+from controller.rows import Change, ConsumedMetric, StoredJob
+from controller.store import Store
 from lrctl.model import Job
 from lrctl.overrides import Event
 

@@ -45,7 +45,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("PostgreSQL support needs asyncpg: pip install 'lrctl[controller]'") from exc
 
 from controller.errors import Unavailable
-from controller.store import (
+from controller.rows import (
     Change,
     ConsumedMetric,
     StoredJob,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.store import EVENT_COLUMNS, JOB_COLUMNS, StoreError
+from controller.rows import EVENT_COLUMNS, JOB_COLUMNS, check_schema_version
 
 __all__ = [
     "EVENT_COLUMNS_SQL",
@@ -125,11 +125,7 @@ async def migrate(conn: Any, target: int = SCHEMA_VERSION) -> int:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
         await conn.execute("CREATE TABLE IF NOT EXISTS lrctl_schema (version integer NOT NULL)")
         found = int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM lrctl_schema"))
-        if found > SCHEMA_VERSION:
-            raise StoreError(
-                f"database schema version {found} is newer than this controller "
-                f"supports ({SCHEMA_VERSION}); upgrade lrctl"
-            )
+        check_schema_version(found, SCHEMA_VERSION)
         if found >= target:
             return found
         for statements in MIGRATIONS[found:target]:
