@@ -1,7 +1,9 @@
-"""Real processes for tests: a controller subprocess that can be killed with SIGKILL."""
+"""Real processes for tests: a controller subprocess that can be killed with SIGKILL, the CLI and
+training loops as subprocesses, and the polls that wait on them."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from lrctl.client import Client, ClientError
 
@@ -22,6 +26,81 @@ RAY_ENV = {
     "RAY_DISABLE_USAGE_STATS": "1",
 }
 _LISTENING = re.compile(r"listening on (?P<host>[\d.]+):(?P<port>\d+)")
+#: The lrctl CLI of this checkout, run by this interpreter.
+CLI = (sys.executable, "-m", "controller.cli")
+T = TypeVar("T")
+
+
+def serve_argv(
+    db: Path | str, *extra: str, host: str = "127.0.0.1", port: int = 0, metrics_port: int = 0
+) -> list[str]:
+    """``serve`` on ``host`` (a free port by default) with ``/metrics`` on ``metrics_port`` (-1:
+    off) and its store in ``db``; ``extra`` flags follow."""
+    return [
+        "serve",
+        *("--host", host, "--port", str(port), "--metrics-port", str(metrics_port)),
+        *("--db", str(db), *extra),
+    ]
+
+
+def checkout_env(**extra: str) -> dict[str, str]:
+    """This process's environment with the checkout on ``PYTHONPATH``, plus ``extra``."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def run_captured(
+    cmd: Sequence[str],
+    *,
+    cwd: Path = ROOT,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` to its end, stdout and stderr captured as text (``env``: ``checkout_env()``)."""
+    return subprocess.run(
+        list(cmd),
+        cwd=cwd,
+        env=checkout_env() if env is None else dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def attach_loop(
+    job: str, out: Path, stop: Path, sleep: float, env: Mapping[str, str], *extra: str
+) -> subprocess.Popen[str]:
+    """``tests/attach_loop.py`` training ``job`` until ``stop`` exists, its rows in ``out``
+    (stdout and stderr together in one pipe)."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "tests.attach_loop", "--job", job, "--out", str(out)),
+            *("--stop", str(stop), "--sleep", str(sleep), *extra),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(env),
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON rows of ``path`` (none while it does not exist yet)."""
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def until(predicate: Callable[[], T], timeout: float, what: str) -> T:
+    """Poll ``predicate`` every 50 ms until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def reap(procs: list[subprocess.Popen[str]]) -> None:
@@ -66,23 +145,8 @@ class ControllerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ControllerProcess:
-        cmd = [
-            sys.executable,
-            "-m",
-            "controller.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--metrics-port",
-            "0",
-            "--db",
-            str(self.db),
-            *self.extra,
-        ]
         self.proc = subprocess.Popen(
-            cmd,
+            [*CLI, *serve_argv(self.db, *self.extra, port=self.port)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

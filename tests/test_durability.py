@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +15,10 @@ from controller.server import Controller
 from lrctl.convert import events_from_proto
 from lrctl.program import LRProgram
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+from tests.procs import CLI, ROOT, checkout_env, serve_argv
 from tests.test_server import PLATEAU_METRICS, PLATEAU_SPEC, torch_plateau_lrs
 
 pb = lrctl_pb2
-ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"lrctl controller listening on 127\.0\.0\.1:(\d+) \(metrics off, db (.+)\)")
 
 
@@ -28,28 +26,11 @@ LISTENING = re.compile(r"lrctl controller listening on 127\.0\.0\.1:(\d+) \(metr
 def controller_process(db: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Run ``lrctl serve`` on a free port; yield it and its address."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "controller.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--db",
-            str(db),
-            "--grace-seconds",
-            "0",
-            "--log-level",
-            "warning",
-        ],
+        [*CLI, *serve_argv(db, "--grace-seconds", "0", "--log-level", "warning", metrics_port=-1)],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=checkout_env(),
     )
     try:
         assert proc.stderr is not None

@@ -13,6 +13,7 @@ cache: about 10-20 s per environment.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -30,7 +31,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RunningServer
-from tests.procs import ROOT, reap
+from tests.procs import ROOT, reap, run_captured, serve_argv
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,7 @@ def pip(python: str, *args: str) -> None:
         "-q",
         *args,
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=clean_env())
+    done = run_captured(cmd, env=clean_env(), timeout=600)
     assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stdout}\n{done.stderr}"
 
 
@@ -100,27 +101,15 @@ def modules(bin_dir: Path, cwd: Path, names: list[str]) -> dict[str, str | None]
         "specs = {n: importlib.util.find_spec(n) for n in sys.argv[1:]}\n"
         "print(json.dumps({n: s and s.origin for n, s in specs.items()}))"
     )
-    done = subprocess.run(
-        [str(bin_dir / "python"), "-c", code, *names],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(),
-    )
+    done = run_captured([str(bin_dir / "python"), "-c", code, *names], cwd=cwd, env=clean_env())
     assert done.returncode == 0, done.stderr
     found: dict[str, str | None] = json.loads(done.stdout)
     return found
 
 
 def lrctl(bin_dir: Path, cwd: Path, address: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(bin_dir / "lrctl"), *argv],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(LRCTL_ADDRESS=address),
+    return run_captured(
+        [str(bin_dir / "lrctl"), *argv], cwd=cwd, env=clean_env(LRCTL_ADDRESS=address)
     )
 
 
@@ -190,18 +179,7 @@ def test_controller_only_install_serves_and_its_cli_drives_it(
         assert str(tmp_path / "venv") in (where[name] or ""), (name, where[name])
 
     server = subprocess.Popen(
-        [
-            str(bin_dir / "lrctl"),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--db",
-            str(work / "lrctl.db"),
-        ],
+        [str(bin_dir / "lrctl"), *serve_argv(work / "lrctl.db")],
         cwd=work,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -286,69 +264,28 @@ def test_base_install_is_the_client_and_names_each_missing_extra(
     assert [
         n for n, origin in where.items() if origin and n not in {"grpc", "google.protobuf"}
     ] == []
-    address = running_server.address
+    cli = functools.partial(lrctl, bin_dir, work, running_server.address)
+    preview = ("preview", SPEC, "--base-lr", "0.1", "--steps", "3", "--format")
 
     # The client commands need nothing more than grpcio and protobuf.
-    created = lrctl(
-        bin_dir, work, address, "job", "create", "run-1", "--schedule", SPEC, "--base-lr", "0.1"
-    )
+    created = cli("job", "create", "run-1", "--schedule", SPEC, "--base-lr", "0.1")
     assert created.returncode == 0, created.stderr
-    got = lrctl(bin_dir, work, address, "job", "get", "run-1", "--json")
+    got = cli("job", "get", "run-1", "--json")
     assert got.returncode == 0 and json.loads(got.stdout)["lr"] == [0.1], got.stderr
-    rows = lrctl(
-        bin_dir,
-        work,
-        address,
-        "preview",
-        SPEC,
-        "--base-lr",
-        "0.1",
-        "--steps",
-        "3",
-        "--format",
-        "json",
-    )
+    rows = cli(*preview, "json")
     assert json.loads(rows.stdout) == {"lr": [[0.1], [0.1], [0.05]]}, rows.stderr
 
     # What needs an extra says which, in one line.
-    serve = lrctl(
-        bin_dir,
-        work,
-        address,
-        "serve",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--db",
-        str(work / "x.db"),
-    )
+    serve = cli(*serve_argv(work / "x.db"))
     assert serve.returncode == 1
     assert "pip install 'lrctl[controller]'" in one_error_line(serve)
     assert not (work / "x.db").exists()
-    png = lrctl(
-        bin_dir,
-        work,
-        address,
-        "preview",
-        SPEC,
-        "--base-lr",
-        "0.1",
-        "--steps",
-        "3",
-        "--format",
-        "png",
-        "--out",
-        str(work / "x.png"),
-    )
+    png = cli(*preview, "png", "--out", str(work / "x.png"))
     assert png.returncode == 1
     assert "pip install 'lrctl[plot]'" in one_error_line(png)
-    worker = subprocess.run(
+    worker = run_captured(
         [str(bin_dir / "python"), "-c", "from worker import RemoteLRScheduler"],
         cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=60,
         env=clean_env(),
     )
     assert worker.returncode == 1
