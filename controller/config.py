@@ -215,23 +215,14 @@ class ServerConfig:
             ValueError: an unreadable token file or an invalid resulting config.
         """
         tokens = load_tokens(args.token_file) if args.token_file else None
+        same = "host port metrics_host metrics_port db heartbeat_seconds grace_seconds"
+        same += " tls_cert tls_key tls_client_ca metrics_tls_cert metrics_tls_key"
         return cls.from_env(
             environ,
-            host=args.host,
-            port=args.port,
-            metrics_host=args.metrics_host,
-            metrics_port=args.metrics_port,
-            db=args.db,
+            **{name: getattr(args, name) for name in same.split()},
             tokens=tokens,
-            heartbeat_seconds=args.heartbeat_seconds,
             max_message_bytes=getattr(args, "max_message_bytes", None),
             limits=ServerLimits.from_args(args, os.environ if environ is None else environ),
-            grace_seconds=args.grace_seconds,
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tls_client_ca=args.tls_client_ca,
-            metrics_tls_cert=args.metrics_tls_cert,
-            metrics_tls_key=args.metrics_tls_key,
             metrics_tls_client_ca=args.metrics_client_ca,
             insecure=True if args.insecure else None,
         )
@@ -274,36 +265,23 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
         "PEM files. Outside loopback the gRPC API needs TLS and --token-file, and "
         "/metrics needs TLS, unless --insecure is given.",
     )
-    tls.add_argument(
-        "--tls-cert", metavar="FILE", help=f"server certificate chain ({c.SERVER_TLS_CERT_ENV_VAR})"
-    )
-    tls.add_argument(
-        "--tls-key", metavar="FILE", help=f"server private key ({c.SERVER_TLS_KEY_ENV_VAR})"
-    )
-    tls.add_argument(
-        "--tls-client-ca",
-        metavar="FILE",
-        help=f"require client certificates signed by this CA: mutual TLS "
-        f"({c.SERVER_TLS_CLIENT_CA_ENV_VAR})",
-    )
-    tls.add_argument(
-        "--metrics-tls-cert",
-        metavar="FILE",
-        help=f"/metrics certificate chain: HTTPS ({c.METRICS_TLS_CERT_ENV_VAR})",
-    )
-    tls.add_argument(
-        "--metrics-tls-key",
-        metavar="FILE",
-        help=f"/metrics private key ({c.METRICS_TLS_KEY_ENV_VAR})",
-    )
-    tls.add_argument(
-        "--metrics-client-ca",
-        "--metrics-tls-client-ca",
-        metavar="FILE",
-        dest="metrics_client_ca",
-        help=f"require scrapers' certificates signed by this CA "
-        f"({c.METRICS_TLS_CLIENT_CA_ENV_VAR})",
-    )
+    for flags, what, var in (
+        (["--tls-cert"], "server certificate chain", c.SERVER_TLS_CERT_ENV_VAR),
+        (["--tls-key"], "server private key", c.SERVER_TLS_KEY_ENV_VAR),
+        (
+            ["--tls-client-ca"],
+            "require client certificates signed by this CA: mutual TLS",
+            c.SERVER_TLS_CLIENT_CA_ENV_VAR,
+        ),
+        (["--metrics-tls-cert"], "/metrics certificate chain: HTTPS", c.METRICS_TLS_CERT_ENV_VAR),
+        (["--metrics-tls-key"], "/metrics private key", c.METRICS_TLS_KEY_ENV_VAR),
+        (
+            ["--metrics-client-ca", "--metrics-tls-client-ca"],
+            "require scrapers' certificates signed by this CA",
+            c.METRICS_TLS_CLIENT_CA_ENV_VAR,
+        ),
+    ):
+        tls.add_argument(*flags, metavar="FILE", help=f"{what} ({var})")
     tls.add_argument(
         "--insecure",
         action="store_true",

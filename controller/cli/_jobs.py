@@ -46,11 +46,7 @@ def create(client: Client, args: argparse.Namespace) -> int:
 def get(client: Client, args: argparse.Namespace) -> int:
     """``lrctl job get JOB``."""
     job = client.get_job(args.job)
-    if args.json:
-        print_json(job.to_dict(), sys.stdout)
-    else:
-        print(describe_job(job))
-    return 0
+    return _show(job, args, describe_job(job))
 
 
 def list_jobs(client: Client, args: argparse.Namespace) -> int:
@@ -85,12 +81,8 @@ def list_jobs(client: Client, args: argparse.Namespace) -> int:
 def finish(client: Client, args: argparse.Namespace) -> int:
     """``lrctl job finish JOB``."""
     job = client.finish_job(args.job)
-    if args.json:
-        print_json(job.to_dict(), sys.stdout)
-    else:
-        at = "before any step" if job.step < 0 else f"at step {job.step}"
-        print(f"finished job {job.job_id} (version {job.version}) {at}")
-    return 0
+    at = "before any step" if job.step < 0 else f"at step {job.step}"
+    return _show(job, args, f"finished job {job.job_id} (version {job.version}) {at}")
 
 
 def override(client: Client, args: argparse.Namespace) -> int:
@@ -181,3 +173,12 @@ def describe_job(job: Job) -> str:
 
 def _step(step: int) -> str:
     return "-" if step < 0 else str(step)
+
+
+def _show(job: Job, args: argparse.Namespace, text: str) -> int:
+    """Print ``job`` as JSON with ``--json``, else ``text``."""
+    if args.json:
+        print_json(job.to_dict(), sys.stdout)
+    else:
+        print(text)
+    return 0
