@@ -10,10 +10,8 @@ with two real training processes on one job.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -29,7 +27,7 @@ from lrctl.v1 import lrctl_pb2 as pb
 from lrctl.v1 import lrctl_pb2_grpc
 from tests import pg
 from tests.conftest import expect_status
-from tests.procs import ROOT, ControllerProcess
+from tests.procs import ControllerProcess, attach_loop, read_jsonl, reap, until
 
 Start = Callable[..., Awaitable[Controller]]
 SPEC = "StepLR(step_size=10, gamma=0.5)"
@@ -210,20 +208,6 @@ async def test_replicas_hand_out_each_epoch_once_and_the_newest_wins(
 # -- two real training processes on one job ----------------------------------------------------
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def controller_proc(tmp_path: Path) -> Iterator[ControllerProcess]:
     with ControllerProcess(tmp_path / "lrctl.db") as proc:
@@ -233,26 +217,8 @@ def controller_proc(tmp_path: Path) -> Iterator[ControllerProcess]:
 def _run(
     job: str, out: Path, stop: Path, sleep: float, address: str, **env: str
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.attach_loop",
-            "--job",
-            job,
-            "--out",
-            str(out),
-            "--stop",
-            str(stop),
-            "--sleep",
-            str(sleep),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "LRCTL_ADDRESS": address, "LRCTL_REPORT_INTERVAL": "0.05", **env},
-    )
+    env = {**os.environ, "LRCTL_ADDRESS": address, "LRCTL_REPORT_INTERVAL": "0.05", **env}
+    return attach_loop(job, out, stop, sleep, env)
 
 
 @pytest.mark.slow
@@ -266,39 +232,39 @@ def test_a_second_process_attaching_takes_over_and_the_first_changes_nothing(
     a = _run("run-1", a_out, stop, 0.002, controller_proc.address)
     b = None
     try:
-        _until(
+        until(
             lambda: client.list_jobs() != [] and client.get_job("run-1").step >= 300,
             60,
             "process A to report step 300",
         )
         assert client.get_job("run-1").epoch == 1
         b = _run("run-1", b_out, stop, 0.05, controller_proc.address)
-        _until(lambda: client.get_job("run-1").epoch == 2, 60, "process B to attach")
-        a_at_attach = _rows(a_out)[-1]["step"]
+        until(lambda: client.get_job("run-1").epoch == 2, 60, "process B to attach")
+        a_at_attach = read_jsonl(a_out)[-1]["step"]
         # A keeps training (hundreds of steps ahead of B), B reports slowly from step 0.
         seen: list[int] = []
-        _until(lambda: len(_rows(b_out)) >= 20, 60, "process B to train")
+        until(lambda: len(read_jsonl(b_out)) >= 20, 60, "process B to train")
         for _ in range(20):
             seen.append(client.get_job("run-1").step)
             time.sleep(0.05)
-        b_now = _rows(b_out)[-1]["step"]
+        b_now = read_jsonl(b_out)[-1]["step"]
         assert max(seen) <= b_now + 1 < a_at_attach, (seen, b_now, a_at_attach)
         assert seen[-1] > seen[0]  # B's reports do move the job
         # An override: both apply it; the effective step recorded is B's, not A's.
         event = client.override("run-1", "lr /= 2", reason="take-over test").event
-        _until(
+        until(
             lambda: client.get_job("run-1").events[-1].effective_step is not None,
             30,
             "the override's effective step",
         )
         effective = client.get_job("run-1").events[-1].effective_step
-        assert effective is not None and effective <= _rows(b_out)[-1]["step"] < a_at_attach
-        _until(
-            lambda: any(r.get("version", 0) >= event.version for r in _rows(a_out)),
+        assert effective is not None and effective <= read_jsonl(b_out)[-1]["step"] < a_at_attach
+        until(
+            lambda: any(r.get("version", 0) >= event.version for r in read_jsonl(a_out)),
             30,
             "process A to follow the override too",
         )
-        a_rows = [r for r in _rows(a_out) if "step" in r]
+        a_rows = [r for r in read_jsonl(a_out) if "step" in r]
         assert a_rows[-1]["superseded"] and a_rows[-1]["step"] > a_at_attach  # trains on
         stop.touch()
         assert a.wait(60) == 0 and b.wait(60) == 0
@@ -307,15 +273,10 @@ def test_a_second_process_attaching_takes_over_and_the_first_changes_nothing(
         assert "attach epoch 1 is superseded; the current epoch is 2" in a_log
         # A's final report was not sent (nor would it count); B's detached the job.
         job = client.get_job("run-1")
-        assert job.world_size == 0 and job.step == _rows(b_out)[-2]["step"]
+        assert job.world_size == 0 and job.step == read_jsonl(b_out)[-2]["step"]
     finally:
         stop.touch()
-        for proc in (a, b):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-            if proc is not None and proc.stdout is not None:
-                proc.stdout.close()
+        reap([proc for proc in (a, b) if proc is not None])
         client.close()
 
 

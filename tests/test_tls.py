@@ -15,18 +15,25 @@ import re
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from controller.server import Controller
-from controller.tokens import hash_token
+from tests._grpc_helpers import write_token_file
 from tests.pki import Pki, make_pki
-from tests.procs import ROOT, ControllerProcess
+from tests.procs import (
+    CLI,
+    ROOT,
+    ControllerProcess,
+    attach_loop,
+    read_jsonl,
+    run_captured,
+    serve_argv,
+    until,
+)
 
 SPEC = "StepLR(step_size=1000, gamma=0.5)"
 #: name -> (token, role, jobs)
@@ -44,23 +51,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("tokens") / "tokens.json"
-    path.write_text(
-        json.dumps(
-            {
-                "tokens": [
-                    {
-                        "name": name,
-                        "sha256": hash_token(token),
-                        "role": role,
-                        **({"jobs": j} if j else {}),
-                    }
-                    for name, (token, role, j) in TOKENS.items()
-                ]
-            }
-        )
-    )
-    return path
+    return write_token_file(tmp_path_factory.mktemp("tokens") / "tokens.json", TOKENS)
 
 
 def lrctl(
@@ -76,14 +67,18 @@ def lrctl(
         "LRCTL_TOKEN": TOKENS[token][0],
         **{k: str(v) for k, v in (tls or {}).items()},
     }
-    return subprocess.run(
-        [sys.executable, "-m", "controller.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_captured([*CLI, *args], env=env)
+
+
+def job_step(address: str, tls: dict[str, Path]) -> int:
+    """The step of run-1 as ``lrctl job get`` shows it over TLS."""
+    return int(json.loads(lrctl(address, "job", "get", "run-1", "--json", tls=tls).stdout)["step"])
+
+
+def probe(address: str, env: dict[str, Path]) -> subprocess.CompletedProcess[str]:
+    """The container health probe against ``address``, TLS from ``env`` only."""
+    cmd = [sys.executable, "-m", "controller.healthcheck", "--address", address]
+    return run_captured(cmd, env={k: str(v) for k, v in env.items()})
 
 
 def client_env(pki: Pki, *, cert: bool = False, rogue: bool = False) -> dict[str, Path]:
@@ -120,52 +115,15 @@ def worker(
     tmp_path: Path, name: str, address: str, job: str, env: dict[str, Path], token: str = "rank0"
 ) -> tuple[subprocess.Popen[str], Path, Path]:
     out, stop = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.stop"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.attach_loop",
-            "--job",
-            job,
-            "--out",
-            str(out),
-            "--stop",
-            str(stop),
-            "--sleep",
-            "0.01",
-            "--schedule",
-            SPEC,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={
-            **{k: v for k, v in os.environ.items() if not k.startswith("LRCTL_")},
-            "LRCTL_ADDRESS": address,
-            "LRCTL_TOKEN": TOKENS[token][0],
-            "LRCTL_CONNECT_TIMEOUT": "5",
-            "LRCTL_REPORT_INTERVAL": "0.05",
-            **{k: str(v) for k, v in env.items()},
-        },
-    )
-    return proc, out, stop
-
-
-def rows(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text() if path.exists() else ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    proc_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LRCTL_")},
+        "LRCTL_ADDRESS": address,
+        "LRCTL_TOKEN": TOKENS[token][0],
+        "LRCTL_CONNECT_TIMEOUT": "5",
+        "LRCTL_REPORT_INTERVAL": "0.05",
+        **{k: str(v) for k, v in env.items()},
+    }
+    return attach_loop(job, out, stop, 0.01, proc_env, "--schedule", SPEC), out, stop
 
 
 def finish(proc: subprocess.Popen[str], stop: Path) -> str:
@@ -242,30 +200,16 @@ def test_tls_for_serve_cli_worker_probe_and_metrics(
     # A worker over TLS with its scoped token: attaches, reports, follows an override.
     proc, out, stop = worker(tmp_path, "w", address, "run-1", tls)
     try:
-        until(
-            lambda: (
-                json.loads(lrctl(address, "job", "get", "run-1", "--json", tls=tls).stdout)["step"]
-                >= 20
-            ),
-            60,
-            "reports over TLS",
-        )
+        until(lambda: job_step(address, tls) >= 20, 60, "reports over TLS")
         done = lrctl(address, "override", "run-1", "lr /= 2", "--reason", "tls", tls=tls)
         assert done.returncode == 0, done.stderr
-        until(lambda: any(r.get("lr") == 0.05 for r in rows(out)), 30, "the override")
+        until(lambda: any(r.get("lr") == 0.05 for r in read_jsonl(out)), 30, "the override")
         # A reader over TLS still cannot override.
         done = lrctl(address, "override", "run-1", "lr /= 2", token="peek", tls=tls)
         assert done.returncode == 1 and "PERMISSION_DENIED" in done.stderr, done.stderr
         # The health probe next to the server: TLS from LRCTL_TLS_CA, like in the pod.
-        probe = subprocess.run(
-            [sys.executable, "-m", "controller.healthcheck", "--address", address],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={"LRCTL_TLS_CA": str(pki.ca)},
-        )
-        assert probe.returncode == 0, probe.stderr
+        probed = probe(address, {"LRCTL_TLS_CA": pki.ca})
+        assert probed.returncode == 0, probed.stderr
         # /metrics over HTTPS; plain HTTP gets nothing.
         port = metrics_port(tls_controller)
         assert 'lrctl_learning_rate{job_id="run-1",param_group="0"} 0.05' in scrape(port, pki)
@@ -303,15 +247,8 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
     assert "LRCTL_TLS_CERT/KEY" in log
     proc, out, stop = worker(tmp_path, "w", address, "run-1", good)
     try:
-        until(
-            lambda: (
-                json.loads(lrctl(address, "job", "get", "run-1", "--json", tls=good).stdout)["step"]
-                >= 10
-            ),
-            60,
-            "reports over mTLS",
-        )
-        assert rows(out)[-1]["epoch"] == 1
+        until(lambda: job_step(address, good) >= 10, 60, "reports over mTLS")
+        assert read_jsonl(out)[-1]["epoch"] == 1
     finally:
         log = finish(proc, stop)
     assert proc.returncode == 0, log
@@ -320,33 +257,17 @@ def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
     assert "lrctl_step" in scrape(port, pki, cert=True)
     with pytest.raises((OSError, http.client.HTTPException)):
         scrape(port, pki)
-    probe = subprocess.run(
-        [sys.executable, "-m", "controller.healthcheck", "--address", address],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: str(v) for k, v in good.items()},
-    )
-    assert probe.returncode == 0, probe.stderr
+    probed = probe(address, good)
+    assert probed.returncode == 0, probed.stderr
 
 
 # -- the bind rule -------------------------------------------------------------------------------
 
 
 def serve(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """``lrctl serve`` on 0.0.0.0 (a free port, /metrics on a free port) with ``args``."""
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "controller.cli",
-            "serve",
-            "--port",
-            "0",
-            "--db",
-            str(tmp_path / "bind.db"),
-            *args,
-        ],
+        [*CLI, *serve_argv(tmp_path / "bind.db", *args, host="0.0.0.0")],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -358,7 +279,7 @@ def serve(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
 def test_a_public_bind_without_tls_and_tokens_refuses_to_start(
     tmp_path: Path, pki: Pki, token_file: Path
 ) -> None:
-    done = serve(tmp_path, "--host", "0.0.0.0", "--metrics-port", "0")
+    done = serve(tmp_path)
     out = done.communicate(timeout=60)[0]
     assert done.returncode == 1, out
     assert "refusing to serve outside loopback unprotected" in out
@@ -373,7 +294,7 @@ def test_a_public_bind_without_tls_and_tokens_refuses_to_start(
         "--token-file",
         str(token_file),
     )
-    done = serve(tmp_path, "--host", "0.0.0.0", "--metrics-port", "0", *tls)
+    done = serve(tmp_path, *tls)
     out = done.communicate(timeout=60)[0]
     assert done.returncode == 1 and "gRPC API" not in out and "/metrics on 0.0.0.0" in out
     assert not (tmp_path / "bind.db").exists()  # refused before opening anything
@@ -399,7 +320,7 @@ def test_a_public_bind_starts_with_tls_and_tokens_or_loudly_with_insecure(
             "--token-file",
             str(token_file),
         )
-    proc = serve(tmp_path, "--host", "0.0.0.0", "--metrics-port", "0", *args)
+    proc = serve(tmp_path, *args)
     try:
         lines: list[str] = []
         assert proc.stdout is not None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,8 +25,9 @@ from controller.tokens import TokenEntry, hash_token, load_tokens, parse_tokens
 from lrctl.client import Client, ClientError
 from lrctl.v1 import lrctl_pb2 as pb
 from lrctl.v1 import lrctl_pb2_grpc
+from tests._grpc_helpers import write_token_file
 from tests.conftest import RunningServer, expect_status
-from tests.procs import ROOT
+from tests.procs import CLI, run_captured
 
 SPEC = "StepLR(step_size=2, gamma=0.5)"
 DENIED, UNAUTH = grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED
@@ -43,22 +43,7 @@ PEOPLE: dict[str, tuple[str, str, list[str] | None]] = {
 
 
 def token_file(path: Path) -> Path:
-    path.write_text(
-        json.dumps(
-            {
-                "tokens": [
-                    {
-                        "name": name,
-                        "sha256": hash_token(token),
-                        "role": role,
-                        **({"jobs": jobs} if jobs else {}),
-                    }
-                    for name, (token, role, jobs) in PEOPLE.items()
-                ]
-            }
-        )
-    )
-    return path
+    return write_token_file(path, PEOPLE)
 
 
 def _as(name: str) -> tuple[tuple[str, str], ...]:
@@ -234,12 +219,8 @@ async def test_without_tokens_the_requests_actor_is_kept(controller: Controller,
 def test_the_cli_overrides_as_its_token(running_server: RunningServer) -> None:
     with Client(running_server.address, "ops-t0ken", environ={}) as client:
         client.create_job("run-1", SPEC, [0.1])
-    done = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "override", "run-1", "lr /= 2", "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = run_captured(
+        [*CLI, "override", "run-1", "lr /= 2", "--json"],
         env={
             "LRCTL_ADDRESS": running_server.address,
             "LRCTL_TOKEN": "ops-t0ken",
@@ -366,12 +347,8 @@ def test_list_jobs_is_filtered_even_when_the_handler_encoded_it() -> None:
 
 
 def test_the_token_maker_prints_a_token_and_an_entry_that_loads() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "controller.tokens", "ci-runs", "worker", "--jobs", "run-*", "ci-*"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = run_captured(
+        [sys.executable, "-m", "controller.tokens", "ci-runs", "worker", "--jobs", "run-*", "ci-*"]
     )
     assert done.returncode == 0, done.stderr
     token_line, entry_line = done.stdout.splitlines()
