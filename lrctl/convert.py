@@ -80,6 +80,27 @@ def _stamp(msg: Any, field: str, seconds: float | None) -> None:
         stamp.seconds, stamp.nanos = whole, nanos
 
 
+#: Fields of the same name and type on both sides, copied as they are (:func:`_same`).
+_JOB_SAME = [
+    "job_id",
+    "schedule",
+    "version",
+    "step",
+    "verbose",
+    "workers",
+    "epoch",
+    "world_size",
+    "watch_streams",
+    "applied_version",
+]
+_REPORT_SAME = ["job_id", "rank", "step", "applied_version", "final", "epoch", "world_size"]
+
+
+def _same(source: Any, names: Iterable[str]) -> dict[str, Any]:
+    """``{name: source.name}`` for the fields both sides name and type alike."""
+    return {name: getattr(source, name) for name in names}
+
+
 def _known(table: Mapping[int, _T], number: int, what: str) -> _T:
     """``table[number]``, or ValueError naming ``what`` for a number this version does not
     know (a newer controller's)."""
@@ -143,22 +164,13 @@ def event_to_proto(event: Event) -> lrctl_pb2.OverrideEvent:
 def job_from_proto(msg: lrctl_pb2.Job) -> Job:
     """Convert a ``Job`` message (with or without its event log) to the domain :class:`Job`."""
     return Job(
-        job_id=msg.job_id,
-        schedule=msg.schedule,
+        **_same(msg, _JOB_SAME),
         base_lrs=tuple(msg.base_lrs),
-        version=msg.version,
         created_version=msg.created_version or 1,
-        step=msg.step,
         lr=tuple(msg.lrs),
         state=(
             JobState.FINISHED if msg.state == lrctl_pb2.JOB_STATE_FINISHED else JobState.RUNNING
         ),
-        verbose=msg.verbose,
-        workers=msg.workers,
-        epoch=msg.epoch,
-        world_size=msg.world_size,
-        watch_streams=msg.watch_streams,
-        applied_version=msg.applied_version,
         created_at=_seconds(msg, "created_at") or 0.0,
         updated_at=_seconds(msg, "updated_at") or 0.0,
         events=events_from_proto(msg.events),
@@ -168,20 +180,11 @@ def job_from_proto(msg: lrctl_pb2.Job) -> Job:
 def job_to_proto(job: Job, *, events: bool = True) -> lrctl_pb2.Job:
     """Convert a domain :class:`Job`; ``events=False`` sends its head only."""
     msg = lrctl_pb2.Job(
-        job_id=job.job_id,
-        schedule=job.schedule,
+        **_same(job, _JOB_SAME),
         base_lrs=job.base_lrs,
-        version=job.version,
         created_version=job.created_version,
-        step=job.step,
         lrs=job.lr,
         state=_STATE_TO_PROTO[job.state],  # type: ignore[arg-type]
-        verbose=job.verbose,
-        workers=job.workers,
-        epoch=job.epoch,
-        world_size=job.world_size,
-        watch_streams=job.watch_streams,
-        applied_version=job.applied_version,
         events=[event_to_proto(e) for e in job.events] if events else [],
     )
     _stamp(msg, "created_at", job.created_at)
@@ -245,14 +248,8 @@ def watch_to_proto(message: WatchMessage) -> lrctl_pb2.WatchResponse:
 def report_to_proto(report: Report) -> lrctl_pb2.ReportRequest:
     """Convert a :class:`Report` to a ``ReportRequest``."""
     return lrctl_pb2.ReportRequest(
-        job_id=report.job_id,
-        rank=report.rank,
-        step=report.step,
-        applied_version=report.applied_version,
+        **_same(report, _REPORT_SAME),
         lrs=report.lrs,
-        final=report.final,
-        epoch=report.epoch,
-        world_size=report.world_size,
         applied=[lrctl_pb2.AppliedVersion(version=v, effective_step=s) for v, s in report.applied],
         plateau_metrics=[
             lrctl_pb2.PlateauMetric(step=s, value=x) for s, x in report.plateau_metrics
@@ -269,16 +266,10 @@ def report_to_proto(report: Report) -> lrctl_pb2.ReportRequest:
 def report_from_proto(msg: lrctl_pb2.ReportRequest) -> Report:
     """Convert a ``ReportRequest`` to a :class:`Report`."""
     return Report(
-        job_id=msg.job_id,
-        rank=msg.rank,
-        step=msg.step,
-        applied_version=msg.applied_version,
+        **_same(msg, _REPORT_SAME),
         lrs=tuple(msg.lrs),
         applied=tuple((a.version, a.effective_step) for a in msg.applied),
         plateau_metrics=tuple((m.step, m.value) for m in msg.plateau_metrics),
-        final=msg.final,
-        epoch=msg.epoch,
-        world_size=msg.world_size,
         divergences=tuple(
             Divergence(
                 step=d.step, version=d.version, lr_checksums=tuple(d.lr_checksums), detail=d.detail
