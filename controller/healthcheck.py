@@ -95,21 +95,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         help=f'service to check; "" = the whole server (default {DEFAULT_SERVICE})',
     )
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
-    parser.add_argument(
-        "--tls-ca",
-        default=env.get(c.TLS_CA_ENV_VAR),
-        help=f"CA bundle to verify the server (default ${c.TLS_CA_ENV_VAR})",
-    )
-    parser.add_argument(
-        "--tls-cert",
-        default=env.get(c.TLS_CERT_ENV_VAR),
-        help=f"client certificate for mutual TLS (${c.TLS_CERT_ENV_VAR})",
-    )
-    parser.add_argument(
-        "--tls-key",
-        default=env.get(c.TLS_KEY_ENV_VAR),
-        help=f"client key for mutual TLS (${c.TLS_KEY_ENV_VAR})",
-    )
+    for flag, what, var in (
+        ("--tls-ca", "CA bundle to verify the server (default ", c.TLS_CA_ENV_VAR),
+        ("--tls-cert", "client certificate for mutual TLS (", c.TLS_CERT_ENV_VAR),
+        ("--tls-key", "client key for mutual TLS (", c.TLS_KEY_ENV_VAR),
+    ):
+        parser.add_argument(flag, default=env.get(var), help=f"{what}${var})")
     parser.add_argument(
         "--tls-server-name",
         default=None,
