@@ -24,15 +24,13 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from controller.errors import PermissionDenied, Unauthenticated
-from controller.interceptors import Behavior, rewrap
+from controller.interceptors import Behavior, HandlerInterceptor, rewrap
 from controller.tokens import ADMIN, OPERATOR, READER, WORKER, TokenEntry, as_entries, hash_token
 from lrctl.v1 import lrctl_pb2
 
 if TYPE_CHECKING:
-    from controller.interceptors import Continuation, Handler
+    from controller.interceptors import Handler
 
 __all__ = ["CALLER", "METHOD_ROLES", "RECREATE_ROLES", "AuthInterceptor", "Authenticator"]
 
@@ -166,7 +164,7 @@ def _in_scope(entry: TokenEntry, method: str, response: Any) -> Any:
     return message.SerializeToString() if isinstance(response, bytes) else message
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(HandlerInterceptor):
     """Applies an :class:`Authenticator` to every call of ``service`` (before its handler).
 
     The check runs inside the handler, after the request is decoded, because CreateJob's
@@ -178,14 +176,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._auth = authenticator
         self._service = service
 
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
-        if handler is None or service != self._service or not self._auth.enabled:
+    def _intercept(self, handler: Handler, service: str, method: str) -> Handler:
+        if service != self._service or not self._auth.enabled:
             return handler
         check = self._auth.check
 

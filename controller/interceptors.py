@@ -49,6 +49,7 @@ from lrctl.errors import LrctlError, SizeLimitError
 
 __all__ = [
     "Behavior",
+    "HandlerInterceptor",
     "MetricsInterceptor",
     "StatusInterceptor",
     "Wrap",
@@ -185,7 +186,7 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
-class _HandlerInterceptor(grpc.aio.ServerInterceptor):
+class HandlerInterceptor(grpc.aio.ServerInterceptor):
     """An interceptor that replaces each method's handler with :meth:`_intercept`'s."""
 
     async def intercept_service(
@@ -202,7 +203,7 @@ class _HandlerInterceptor(grpc.aio.ServerInterceptor):
         raise NotImplementedError
 
 
-class MetricsInterceptor(_HandlerInterceptor):
+class MetricsInterceptor(HandlerInterceptor):
     """Counts every RPC by method and final status and times it (streams: at stream end)."""
 
     def __init__(self, metrics: ControllerMetrics) -> None:
@@ -243,7 +244,7 @@ class MetricsInterceptor(_HandlerInterceptor):
         return rewrap(handler, wrap)
 
 
-class StatusInterceptor(_HandlerInterceptor):
+class StatusInterceptor(HandlerInterceptor):
     """Ends a call of ``service`` that raised with the status :func:`status_for` gives.
 
     Also ends a call of any service whose request bytes do not parse with INVALID_ARGUMENT.
