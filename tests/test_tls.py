@@ -17,6 +17,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_token_file(tmp_path_factory.mktemp("tokens") / "tokens.json", TOKENS)
+
+
+def tls_and_tokens(pki: Pki, token_file: Path) -> tuple[str, ...]:
+    """``lrctl serve``'s flags for TLS on gRPC (the test server certificate) and the tokens."""
+    return (
+        *("--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)),
+        *("--token-file", str(token_file)),
+    )
 
 
 def lrctl(
@@ -104,6 +113,12 @@ def listening(proc: ControllerProcess) -> str:
     return next(line for line in proc.output if "listening on" in line)
 
 
+def serving(proc: ControllerProcess, mode: str) -> str:
+    """``proc``'s address, once its listening line has said it serves in ``mode``."""
+    assert f", {mode})" in listening(proc), listening(proc)
+    return proc.address
+
+
 def metrics_port(proc: ControllerProcess) -> int:
     line = listening(proc)
     found = re.search(r"metrics on 127\.0\.0\.1:(\d+)", line)
@@ -140,6 +155,25 @@ def finish(proc: subprocess.Popen[str], stop: Path) -> str:
         return proc.stdout.read()
 
 
+def refused(tmp_path: Path, name: str, address: str, job: str, env: dict[str, Path]) -> str:
+    """Run a worker that must fail to attach (exit status 3); return what it printed."""
+    proc, _, stop = worker(tmp_path, name, address, job, env)
+    log = finish(proc, stop)
+    assert proc.returncode == 3, log
+    return log
+
+
+@contextmanager
+def training(tmp_path: Path, address: str, env: dict[str, Path]) -> Iterator[Path]:
+    """A worker training run-1 until the block ends (its rows: the path given); it must exit 0."""
+    proc, out, stop = worker(tmp_path, "w", address, "run-1", env)
+    try:
+        yield out
+    finally:
+        log = finish(proc, stop)
+    assert proc.returncode == 0, log
+
+
 @pytest.fixture
 def tls_controller(
     tmp_path: Path, pki: Pki, token_file: Path, monkeypatch: pytest.MonkeyPatch
@@ -166,14 +200,9 @@ def mtls_controller(tmp_path: Path, pki: Pki, token_file: Path) -> Iterator[Cont
     with ControllerProcess(
         tmp_path / "mtls.db",
         extra=(
-            "--tls-cert",
-            str(pki.server_cert),
-            "--tls-key",
-            str(pki.server_key),
+            *tls_and_tokens(pki, token_file),
             "--tls-client-ca",
             str(pki.ca),
-            "--token-file",
-            str(token_file),
             "--metrics-tls-cert",
             str(pki.server_cert),
             "--metrics-tls-key",
@@ -189,8 +218,7 @@ def mtls_controller(tmp_path: Path, pki: Pki, token_file: Path) -> Iterator[Cont
 def test_tls_for_serve_cli_worker_probe_and_metrics(
     tls_controller: ControllerProcess, pki: Pki, tmp_path: Path
 ) -> None:
-    address = tls_controller.address
-    assert ", tls, tokens, https metrics)" in listening(tls_controller)
+    address = serving(tls_controller, "tls, tokens, https metrics")
     tls = client_env(pki)
     # CLI: plaintext against the TLS port fails; over TLS with the operator's token it works.
     done = lrctl(address, "job", "list")
@@ -198,8 +226,7 @@ def test_tls_for_serve_cli_worker_probe_and_metrics(
     done = lrctl(address, "job", "create", "run-1", "--schedule", SPEC, "--base-lr", "0.1", tls=tls)
     assert done.returncode == 0, done.stderr
     # A worker over TLS with its scoped token: attaches, reports, follows an override.
-    proc, out, stop = worker(tmp_path, "w", address, "run-1", tls)
-    try:
+    with training(tmp_path, address, tls) as out:
         until(lambda: job_step(address, tls) >= 20, 60, "reports over TLS")
         done = lrctl(address, "override", "run-1", "lr /= 2", "--reason", "tls", tls=tls)
         assert done.returncode == 0, done.stderr
@@ -215,43 +242,33 @@ def test_tls_for_serve_cli_worker_probe_and_metrics(
         assert 'lrctl_learning_rate{job_id="run-1",param_group="0"} 0.05' in scrape(port, pki)
         with pytest.raises((OSError, http.client.HTTPException)):
             scrape(port, pki, scheme="http")
-    finally:
-        log = finish(proc, stop)
-    assert proc.returncode == 0, log
     history = json.loads(lrctl(address, "history", "run-1", "--json", tls=tls).stdout)
     assert [(e["actor"], e["reason"]) for e in history] == [("ops", "tls")]
     assert history[0]["effective_step"] is not None  # rank 0's report arrived over TLS
     # The scoped worker token cannot attach to a job outside run-*.
-    proc, out, stop = worker(tmp_path, "x", address, "other-1", tls)
-    log = finish(proc, stop)
-    assert proc.returncode == 3 and "PERMISSION_DENIED" in log, log
+    log = refused(tmp_path, "x", address, "other-1", tls)
+    assert "PERMISSION_DENIED" in log, log
 
 
 @pytest.mark.slow
 def test_mutual_tls_refuses_clients_without_a_trusted_certificate(
     mtls_controller: ControllerProcess, pki: Pki, tmp_path: Path
 ) -> None:
-    address = mtls_controller.address
-    assert ", mutual tls, tokens, https metrics)" in listening(mtls_controller)
-    good = client_env(pki, cert=True)
+    address = serving(mtls_controller, "mutual tls, tokens, https metrics")
     create = ("job", "create", "run-1", "--schedule", SPEC, "--base-lr", "0.1")
     for env in (client_env(pki), client_env(pki, rogue=True)):  # no certificate; a stranger's
         done = lrctl(address, *create, tls=env)
         assert done.returncode == 1 and "LRCTL_TLS_CERT" in done.stderr, done.stderr
+    good = client_env(pki, cert=True)
     done = lrctl(address, *create, tls=good)
     assert done.returncode == 0, done.stderr
     # A worker without a client certificate cannot attach; with one it trains and reports.
-    proc, _, stop = worker(tmp_path, "nocert", address, "run-1", client_env(pki))
-    log = finish(proc, stop)
-    assert proc.returncode == 3 and "cannot reach the lrctl controller" in log, log
+    log = refused(tmp_path, "nocert", address, "run-1", client_env(pki))
+    assert "cannot reach the lrctl controller" in log, log
     assert "LRCTL_TLS_CERT/KEY" in log
-    proc, out, stop = worker(tmp_path, "w", address, "run-1", good)
-    try:
+    with training(tmp_path, address, good) as out:
         until(lambda: job_step(address, good) >= 10, 60, "reports over mTLS")
         assert read_jsonl(out)[-1]["epoch"] == 1
-    finally:
-        log = finish(proc, stop)
-    assert proc.returncode == 0, log
     # /metrics: the scraper needs a certificate too.
     port = metrics_port(mtls_controller)
     assert "lrctl_step" in scrape(port, pki, cert=True)
@@ -286,15 +303,7 @@ def test_a_public_bind_without_tls_and_tokens_refuses_to_start(
     assert "has no TLS (--tls-cert/--tls-key) and no tokens (--token-file)" in out
     assert "/metrics on 0.0.0.0:0 has no TLS" in out and "--insecure" in out
     # TLS and tokens on gRPC are not enough while /metrics is public in plain HTTP.
-    tls = (
-        "--tls-cert",
-        str(pki.server_cert),
-        "--tls-key",
-        str(pki.server_key),
-        "--token-file",
-        str(token_file),
-    )
-    done = serve(tmp_path, *tls)
+    done = serve(tmp_path, *tls_and_tokens(pki, token_file))
     out = done.communicate(timeout=60)[0]
     assert done.returncode == 1 and "gRPC API" not in out and "/metrics on 0.0.0.0" in out
     assert not (tmp_path / "bind.db").exists()  # refused before opening anything
@@ -311,15 +320,7 @@ def test_a_public_bind_starts_with_tls_and_tokens_or_loudly_with_insecure(
     tmp_path: Path, pki: Pki, token_file: Path, args: tuple[str, ...]
 ) -> None:
     if args[-1] == "TLS":
-        args = (
-            *args[:-1],
-            "--tls-cert",
-            str(pki.server_cert),
-            "--tls-key",
-            str(pki.server_key),
-            "--token-file",
-            str(token_file),
-        )
+        args = (*args[:-1], *tls_and_tokens(pki, token_file))
     proc = serve(tmp_path, *args)
     try:
         lines: list[str] = []
