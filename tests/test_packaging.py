@@ -40,6 +40,8 @@ _LISTENING = re.compile(
     r"127\.0\.0\.1:(?P<metrics>\d+)"
 )
 SPEC = "StepLR(step_size=2, gamma=0.5)"
+#: What neither the controller nor the client install may pull in.
+HEAVY = ("torch", "ray", "matplotlib")
 
 
 @pytest.fixture(scope="module")
@@ -84,17 +86,21 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def make_venv(path: Path, wheel: Path, extras: str) -> Path:
-    """A fresh environment (no system site-packages) with ``lrctl[extras]`` and its deps."""
+def install(tmp_path: Path, wheel: Path, extras: str) -> tuple[Path, Path]:
+    """A fresh environment (no system site-packages) in ``tmp_path/venv`` with
+    ``lrctl[extras]`` and its deps; return its ``bin`` and an empty ``tmp_path/work``."""
+    path = tmp_path / "venv"
     subprocess.run(
         [sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120
     )
     python = path / "bin" / "python"
     pip(str(python), "install", f"{wheel}[{extras}]" if extras else str(wheel))
-    return path / "bin"
+    work = tmp_path / "work"
+    work.mkdir()
+    return path / "bin", work
 
 
-def modules(bin_dir: Path, cwd: Path, names: list[str]) -> dict[str, str | None]:
+def modules(bin_dir: Path, cwd: Path, *names: str) -> dict[str, str | None]:
     """Where each module would be imported from in that environment (None: not there)."""
     code = (
         "import importlib.util, json, sys\n"
@@ -157,25 +163,11 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 def test_controller_only_install_serves_and_its_cli_drives_it(
     tmp_path: Path, wheel: Path, processes: list[subprocess.Popen[str]]
 ) -> None:
-    bin_dir = make_venv(tmp_path / "venv", wheel, "controller")
-    work = tmp_path / "work"
-    work.mkdir()
-    where = modules(
-        bin_dir,
-        work,
-        [
-            "torch",
-            "ray",
-            "matplotlib",
-            "lrctl",
-            "controller",
-            "prometheus_client",
-            "grpc_health",
-            "grpc_reflection",
-        ],
-    )
+    bin_dir, work = install(tmp_path, wheel, "controller")
+    served = ("lrctl", "controller", "prometheus_client", "grpc_health", "grpc_reflection")
+    where = modules(bin_dir, work, *HEAVY, *served)
     assert (where["torch"], where["ray"], where["matplotlib"]) == (None, None, None)
-    for name in ("lrctl", "controller", "prometheus_client", "grpc_health", "grpc_reflection"):
+    for name in served:
         assert str(tmp_path / "venv") in (where[name] or ""), (name, where[name])
 
     server = subprocess.Popen(
@@ -244,21 +236,9 @@ def test_controller_only_install_serves_and_its_cli_drives_it(
 def test_base_install_is_the_client_and_names_each_missing_extra(
     tmp_path: Path, wheel: Path, running_server: RunningServer
 ) -> None:
-    bin_dir = make_venv(tmp_path / "venv", wheel, "")
-    work = tmp_path / "work"
-    work.mkdir()
+    bin_dir, work = install(tmp_path, wheel, "")
     where = modules(
-        bin_dir,
-        work,
-        [
-            "grpc",
-            "google.protobuf",
-            "prometheus_client",
-            "grpc_health",
-            "torch",
-            "ray",
-            "matplotlib",
-        ],
+        bin_dir, work, "grpc", "google.protobuf", "prometheus_client", "grpc_health", *HEAVY
     )
     assert where["grpc"] and where["google.protobuf"]
     assert [
