@@ -6,6 +6,7 @@ import ast
 import itertools
 import math
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, cast
 
 from lrctl._numeric import MAX_FLOAT_INT, div, to_float
@@ -32,6 +33,7 @@ class Failure(Exception):
         self.where = where
 
 
+@dataclass(slots=True)
 class _Compiled:
     """One compiled node: its closure, its value when it is a constant, and its pieces.
 
@@ -40,22 +42,12 @@ class _Compiled:
     and the value is constant on every interval between them (empty for a constant).
     """
 
-    __slots__ = ("constant", "fn", "is_epoch", "thresholds", "value")
-
-    def __init__(
-        self,
-        fn: Fn,
-        constant: bool = False,
-        value: float = 0.0,
-        *,
-        thresholds: frozenset[float] | None = frozenset(),
-        is_epoch: bool = False,
-    ) -> None:
-        self.fn = fn
-        self.constant = constant
-        self.value = value
-        self.thresholds = thresholds
-        self.is_epoch = is_epoch
+    fn: Fn
+    constant: bool = False
+    value: float = 0.0
+    _: KW_ONLY
+    thresholds: frozenset[float] | None = frozenset()
+    is_epoch: bool = False
 
 
 def _pieces(node: ast.expr, parts: list[_Compiled]) -> frozenset[float] | None:
