@@ -28,10 +28,14 @@ from controller.cli import main
 from lrctl.client import Client
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 from tests.conftest import RunningServer
-from tests.procs import ControllerProcess, reap
+from tests.procs import CLI, ROOT, ControllerProcess, reap, run_captured
 
-REPO = Path(__file__).resolve().parent.parent
 STEP_LR = "StepLR(step_size=200, gamma=0.5)"
+#: ``lrctl job create`` of run-42 with two param groups.
+CREATE_TWO_GROUPS = (
+    *("job", "create", "run-42", "--schedule", STEP_LR),
+    *("--base-lr", "0.1", "--base-lr", "0.01"),
+)
 
 
 @dataclass
@@ -64,19 +68,11 @@ def lrctl(
 
 def env_for(address: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LRCTL_TOKEN"}
-    return {**env, "LRCTL_ADDRESS": address, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return {**env, "LRCTL_ADDRESS": address, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
 def lrctl_process(address: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "controller.cli", *argv],
-        cwd=REPO,
-        env=env_for(address),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_captured([*CLI, *argv], env=env_for(address), timeout=30)
 
 
 class Lines:
@@ -116,8 +112,8 @@ def watch_process() -> Iterator[Callable[..., tuple[subprocess.Popen[str], Lines
 
     def start(address: str, job: str) -> tuple[subprocess.Popen[str], Lines]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "watch", job],
-            cwd=REPO,
+            [*CLI, "watch", job],
+            cwd=ROOT,
             env=env_for(address),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -239,23 +235,10 @@ def test_watch_ctrl_c_exits_130_without_traceback(
 
 
 def test_job_commands(lrctl: Callable[..., Result]) -> None:
-    created = lrctl(
-        "job",
-        "create",
-        "run-42",
-        "--schedule",
-        STEP_LR,
-        "--base-lr",
-        "0.1",
-        "--base-lr",
-        "0.01",
-        "--json",
-    )
+    created = lrctl(*CREATE_TWO_GROUPS, "--json")
     assert created.code == 0
     assert created.json()["created"] is True and created.json()["lr"] == [0.1, 0.01]
-    again = lrctl(
-        "job", "create", "run-42", "--schedule", STEP_LR, "--base-lr", "0.1", "--base-lr", "0.01"
-    )
+    again = lrctl(*CREATE_TWO_GROUPS)
     assert again.code == 0 and "already exists" in again.out
 
     text = lrctl("job", "get", "run-42")
@@ -275,20 +258,7 @@ def test_job_commands(lrctl: Callable[..., Result]) -> None:
 def test_override_forms_and_history(
     lrctl: Callable[..., Result], running_server: RunningServer
 ) -> None:
-    assert (
-        lrctl(
-            "job",
-            "create",
-            "run-42",
-            "--schedule",
-            STEP_LR,
-            "--base-lr",
-            "0.1",
-            "--base-lr",
-            "0.01",
-        ).code
-        == 0
-    )
+    assert lrctl(*CREATE_TWO_GROUPS).code == 0
     report(running_server, "run-42", 10, [0.1, 0.01])
     steps = [
         (["lr /= 2", "--reason", "loss spike"], "scale", 0.5),
@@ -510,14 +480,6 @@ loaded = [m for m in sys.modules
                                           and not m.startswith("controller.cli"))]
 print("LOADED", loaded)
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = run_captured([sys.executable, "-c", script])
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,9 @@ import pytest
 from controller.cli import main
 from lrctl.plot import lr_figure, plot_lr_curves
 from lrctl.program import preview
+from tests.procs import CLI, run_captured
 from tests.torch_ref import torch_rows
 
-REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -27,16 +26,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def run_subprocess(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "controller.cli", *argv],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_captured([*CLI, *argv], cwd=cwd)
 
 
 def preview_args(spec: str, base_lrs: list[float], steps: int, *extra: str) -> list[str]:
@@ -316,15 +306,7 @@ def test_png_without_matplotlib_names_the_extra(tmp_path: Path) -> None:
         "raise SystemExit(main(['preview', 'StepLR(step_size=2)', '--base-lr', '0.1',\n"
         f"                      '--steps', '3', '--format', 'png', '--out', {out!r}]))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = run_captured([sys.executable, "-c", script])
     assert done.returncode == 1
     assert done.stderr == (
         "lrctl: error: drawing LR charts needs matplotlib: pip install 'lrctl[plot]'\n"
