@@ -23,47 +23,40 @@ from lrctl.overrides import Event, Op
 from lrctl.program import LRProgram
 from lrctl.schedules import REPLAY_STEP_OVERHEAD
 from lrctl.schedules._recurrence import MAX_CHECKPOINTS, Recurrence
+from tests._cases import cases
 
 BASE = [0.1, 0.05]
 FAST = 2.0  # seconds: generous for a loaded CI core (they take ~1 ms); a replay never ends
 
-SPECS = [
-    pytest.param("StepLR(step_size=200, gamma=0.5)", id="step"),
-    pytest.param("LambdaLR(lr_lambda='0.95 ** epoch')", id="lambda"),
-    pytest.param("MultiplicativeLR(lr_lambda='0.99')", id="multiplicative-constant"),
-    pytest.param(
-        "MultiplicativeLR(lr_lambda='0.999 if epoch < 100 else 0.99')",
-        id="multiplicative-piecewise",
-    ),
-    pytest.param(
-        "MultiplicativeLR(lr_lambda='1 - 0.0005 * (epoch % 7)')", id="multiplicative-recurrence"
-    ),
-    pytest.param(
-        "ChainedScheduler(schedulers=[ConstantLR(factor=0.1, total_iters=2), "
-        "ExponentialLR(gamma=0.99)])",
-        id="chained-multiplicative",
-    ),
-    pytest.param(
-        "ChainedScheduler(schedulers=[MultiStepLR(milestones=[100, 400]), "
-        "LambdaLR(lr_lambda='0.95 ** epoch'), ExponentialLR(gamma=0.999)])",
-        id="chained-overwriting",
-    ),
-    pytest.param(
-        "ChainedScheduler(schedulers=[CosineAnnealingLR(T_max=50, eta_min=0.001), "
-        "StepLR(step_size=120, gamma=0.5)])",
-        id="chained-recurrence",
-    ),
-    pytest.param(
-        "SequentialLR(schedulers=[MultiplicativeLR(lr_lambda='0.9 + 0.01 * epoch'), "
-        "CosineAnnealingWarmRestarts(T_0=50, T_mult=2)], milestones=[5])",
-        id="sequential",
-    ),
-    pytest.param("CosineAnnealingWarmRestarts(T_0=3, T_mult=2)", id="warm-restarts"),
-    pytest.param(
-        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=7, mode='exp_range', gamma=0.99)",
-        id="cyclic",
-    ),
-]
+SPECS = cases(
+    {
+        "step": "StepLR(step_size=200, gamma=0.5)",
+        "lambda": "LambdaLR(lr_lambda='0.95 ** epoch')",
+        "multiplicative-constant": "MultiplicativeLR(lr_lambda='0.99')",
+        "multiplicative-piecewise": "MultiplicativeLR(lr_lambda='0.999 if epoch < 100 else 0.99')",
+        "multiplicative-recurrence": "MultiplicativeLR(lr_lambda='1 - 0.0005 * (epoch % 7)')",
+        "chained-multiplicative": (
+            "ChainedScheduler(schedulers=[ConstantLR(factor=0.1, total_iters=2), "
+            "ExponentialLR(gamma=0.99)])"
+        ),
+        "chained-overwriting": (
+            "ChainedScheduler(schedulers=[MultiStepLR(milestones=[100, 400]), "
+            "LambdaLR(lr_lambda='0.95 ** epoch'), ExponentialLR(gamma=0.999)])"
+        ),
+        "chained-recurrence": (
+            "ChainedScheduler(schedulers=[CosineAnnealingLR(T_max=50, eta_min=0.001), "
+            "StepLR(step_size=120, gamma=0.5)])"
+        ),
+        "sequential": (
+            "SequentialLR(schedulers=[MultiplicativeLR(lr_lambda='0.9 + 0.01 * epoch'), "
+            "CosineAnnealingWarmRestarts(T_0=50, T_mult=2)], milestones=[5])"
+        ),
+        "warm-restarts": "CosineAnnealingWarmRestarts(T_0=3, T_mult=2)",
+        "cyclic": (
+            "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=7, mode='exp_range', gamma=0.99)"
+        ),
+    }
+)
 
 
 @pytest.mark.timeout(10)
@@ -110,30 +103,29 @@ def ev(
 
 @pytest.mark.parametrize(
     ("spec", "events", "expected"),
-    [
-        pytest.param("StepLR(step_size=10)", [], MAX_STEP, id="closed-form"),
-        pytest.param("OneCycleLR(max_lr=0.1, total_steps=100)", [], 100, id="onecycle"),
-        pytest.param("LambdaLR(lr_lambda='0.95 ** epoch')", [], 10**15, id="expression"),
-        pytest.param(
-            "SequentialLR(schedulers=[LambdaLR(lr_lambda='0.9'), StepLR(step_size=5)], "
-            "milestones=[10])",
-            [],
-            MAX_STEP,
-            id="expression-then-closed",
-        ),
-        pytest.param(
-            "OneCycleLR(max_lr=0.1, total_steps=100)",
-            [ev(2, Op.REPLACE_SCHEDULE, 50, schedule="StepLR(step_size=5)")],
-            MAX_STEP,
-            id="onecycle-replaced-in-time",
-        ),
-        pytest.param(
-            "StepLR(step_size=5)",
-            [ev(2, Op.REPLACE_SCHEDULE, 50, schedule="OneCycleLR(max_lr=0.1, total_steps=20)")],
-            70,
-            id="onecycle-from-step-50",
-        ),
-    ],
+    cases(
+        {
+            "closed-form": ("StepLR(step_size=10)", [], MAX_STEP),
+            "onecycle": ("OneCycleLR(max_lr=0.1, total_steps=100)", [], 100),
+            "expression": ("LambdaLR(lr_lambda='0.95 ** epoch')", [], 10**15),
+            "expression-then-closed": (
+                "SequentialLR(schedulers=[LambdaLR(lr_lambda='0.9'), StepLR(step_size=5)], "
+                "milestones=[10])",
+                [],
+                MAX_STEP,
+            ),
+            "onecycle-replaced-in-time": (
+                "OneCycleLR(max_lr=0.1, total_steps=100)",
+                [ev(2, Op.REPLACE_SCHEDULE, 50, schedule="StepLR(step_size=5)")],
+                MAX_STEP,
+            ),
+            "onecycle-from-step-50": (
+                "StepLR(step_size=5)",
+                [ev(2, Op.REPLACE_SCHEDULE, 50, schedule="OneCycleLR(max_lr=0.1, total_steps=20)")],
+                70,
+            ),
+        }
+    ),
 )
 def test_max_step(spec: str, events: list[Event], expected: int) -> None:
     program = LRProgram(spec, BASE, events)

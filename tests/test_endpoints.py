@@ -9,22 +9,24 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lrctl.endpoints import ROUND_ROBIN, channel_target, split_address
+from tests._cases import cases
 
 
 @pytest.mark.parametrize(
     "address,target",
-    [
-        pytest.param("127.0.0.1:50051", "127.0.0.1:50051", id="one-ip"),
-        pytest.param("10.0.0.1:1,10.0.0.2:2", "ipv4:10.0.0.1:1,10.0.0.2:2", id="ipv4-list"),
-        pytest.param(" 10.0.0.1:1 , 10.0.0.2:2 ", "ipv4:10.0.0.1:1,10.0.0.2:2", id="spaces"),
-        pytest.param("[::1]:1,[::1]:2", "ipv6:[::1]:1,[::1]:2", id="ipv6-list"),
-        pytest.param(
-            "dns:///lrctl-replicas.lrctl.svc:50051",
-            "dns:///lrctl-replicas.lrctl.svc:50051",
-            id="dns-scheme",
-        ),
-        pytest.param("lrctl:50051", "lrctl:50051", id="one-name"),
-    ],
+    cases(
+        {
+            "one-ip": ("127.0.0.1:50051", "127.0.0.1:50051"),
+            "ipv4-list": ("10.0.0.1:1,10.0.0.2:2", "ipv4:10.0.0.1:1,10.0.0.2:2"),
+            "spaces": (" 10.0.0.1:1 , 10.0.0.2:2 ", "ipv4:10.0.0.1:1,10.0.0.2:2"),
+            "ipv6-list": ("[::1]:1,[::1]:2", "ipv6:[::1]:1,[::1]:2"),
+            "dns-scheme": (
+                "dns:///lrctl-replicas.lrctl.svc:50051",
+                "dns:///lrctl-replicas.lrctl.svc:50051",
+            ),
+            "one-name": ("lrctl:50051", "lrctl:50051"),
+        }
+    ),
 )
 def test_targets(address: str, target: str) -> None:
     got, options = channel_target(address)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lrctl.program import LRProgram, preview
+from tests._cases import cases
 from tests.torch_ref import torch_rows
 
 REL = 1e-12
@@ -42,128 +43,107 @@ def assert_rows_close(
                 )
 
 
-CASES = [
-    pytest.param("LambdaLR(lr_lambda='0.95 ** epoch')", id="lambda-exp"),
-    pytest.param(
-        "LambdaLR(lr_lambda='0.5 if epoch < 40 else 0.5 ** 2 if epoch < 70 else 0.5 ** 3')",
-        id="lambda-piecewise",
-    ),
-    pytest.param(
-        "LambdaLR(lr_lambda=['min(1.0, (epoch + 1) / 10)', '1 / sqrt(max(step, 1))'])",
-        id="lambda-per-group",
-    ),
-    pytest.param("MultiplicativeLR(lr_lambda='0.999 if epoch < 100 else 0.99')", id="mult"),
-    pytest.param(
-        "MultiplicativeLR(lr_lambda=['0.99', '1.0 - 0.0005 * (epoch % 7)'])", id="mult-per-group"
-    ),
-    pytest.param("StepLR(step_size=200, gamma=0.5)", id="step-seed"),
-    pytest.param("StepLR(step_size=7)", id="step-default-gamma"),
-    pytest.param("MultiStepLR(milestones=[200, 350], gamma=0.5)", id="multistep-seed"),
-    pytest.param("MultiStepLR(milestones=[80, 30, 30, 0], gamma=0.7)", id="multistep-repeat"),
-    pytest.param("ConstantLR(factor=0.5, total_iters=4)", id="constant"),
-    pytest.param("ConstantLR()", id="constant-defaults"),
-    pytest.param("ConstantLR(factor=0.25, total_iters=0)", id="constant-zero-iters"),
-    pytest.param("LinearLR(start_factor=0.1, total_iters=5)", id="linear-warmup"),
-    pytest.param("LinearLR(start_factor=1.0, end_factor=0.0, total_iters=700)", id="linear-decay"),
-    pytest.param("ExponentialLR(gamma=0.995)", id="exponential"),
-    pytest.param("PolynomialLR(total_iters=600, power=2.0)", id="poly"),
-    pytest.param("PolynomialLR(total_iters=300, power=0.5)", id="poly-sqrt"),
-    pytest.param("CosineAnnealingLR(T_max=100, eta_min=0.001)", id="cosine"),
-    pytest.param("CosineAnnealingLR(T_max=7)", id="cosine-short"),
-    pytest.param(
-        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, step_size_down=100)",
-        id="cyclic-triangular",
-    ),
-    pytest.param(
-        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
-        id="cyclic-triangular2",
-    ),
-    pytest.param(
-        "CyclicLR(base_lr=[0.001, 0.002], max_lr=[0.1, 0.05], step_size_up=30, "
-        "mode='exp_range', gamma=0.999)",
-        id="cyclic-exp-range",
-    ),
-    pytest.param(
-        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=20, "
-        "scale_fn='0.5 ** (epoch - 1)', scale_mode='cycle')",
-        id="cyclic-scale-fn-cycle",
-    ),
-    pytest.param(
-        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=20, "
-        "scale_fn='1 / (1 + 0.001 * epoch)', scale_mode='iterations', "
-        "base_momentum=0.7, max_momentum=[0.95, 0.9])",
-        id="cyclic-scale-fn-iterations",
-    ),
-    pytest.param(
-        "CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=10, cycle_momentum=False)",
-        id="cyclic-no-momentum",
-    ),
-    # torch's own test_lrscheduler cycles momentum between 1 and 5 (and up to 22): any
-    # finite momentum is the optimizer's business, not the scheduler's.
-    pytest.param(
-        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=40, base_momentum=1, max_momentum=5)",
-        id="cyclic-momentum-1-to-5",
-    ),
-    pytest.param(
-        "OneCycleLR(max_lr=0.1, total_steps=1000, base_momentum=1, max_momentum=22)",
-        id="onecycle-momentum-1-to-22",
-    ),
-    pytest.param(
-        "CosineAnnealingWarmRestarts(T_0=50, T_mult=2, eta_min=0.001)", id="warm-restarts-seed"
-    ),
-    pytest.param("CosineAnnealingWarmRestarts(T_0=13)", id="warm-restarts-mult1"),
-    pytest.param("OneCycleLR(max_lr=0.1, total_steps=1000)", id="onecycle"),
-    pytest.param(
-        "OneCycleLR(max_lr=[0.1, 0.3], total_steps=1200, anneal_strategy='linear', pct_start=0.25)",
-        id="onecycle-linear",
-    ),
-    pytest.param(
-        "OneCycleLR(max_lr=0.1, epochs=10, steps_per_epoch=100, three_phase=True, "
-        "div_factor=10.0, final_div_factor=100.0)",
-        id="onecycle-three-phase",
-    ),
-    pytest.param(
-        "SequentialLR(schedulers=[LinearLR(start_factor=0.1, total_iters=5), "
-        "CosineAnnealingLR(T_max=95)], milestones=[5])",
-        id="sequential-design",
-    ),
-    pytest.param(
-        "SequentialLR(schedulers=[ConstantLR(factor=0.1, total_iters=10), "
-        "ExponentialLR(gamma=0.99), StepLR(step_size=50, gamma=0.5)], "
-        "milestones=[20, 300])",
-        id="sequential-three",
-    ),
-    pytest.param(
-        "SequentialLR(schedulers=[LinearLR(start_factor=0.5, total_iters=10), "
-        "CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=25)], milestones=[40])",
-        id="sequential-cyclic",
-    ),
-    pytest.param(
-        "SequentialLR(schedulers=[LambdaLR(lr_lambda='0.95 ** epoch'), "
-        "CosineAnnealingWarmRestarts(T_0=30)], milestones=[60])",
-        id="sequential-restarts",
-    ),
-    pytest.param(
-        "ChainedScheduler(schedulers=[ConstantLR(factor=0.1, total_iters=2), "
-        "ExponentialLR(gamma=0.99)])",
-        id="chained-torch-doc",
-    ),
-    pytest.param(
-        "ChainedScheduler(schedulers=[CosineAnnealingLR(T_max=50, eta_min=0.001), "
-        "StepLR(step_size=120, gamma=0.5), LinearLR(start_factor=0.2, total_iters=9)])",
-        id="chained-cosine-step-linear",
-    ),
-    pytest.param(
-        "ChainedScheduler(schedulers=[MultiStepLR(milestones=[100, 400]), "
-        "LambdaLR(lr_lambda='0.95 ** epoch'), ExponentialLR(gamma=0.999)])",
-        id="chained-lambda-middle",
-    ),
-    pytest.param(
-        "ChainedScheduler(schedulers=[MultiplicativeLR(lr_lambda='0.99'), "
-        "PolynomialLR(total_iters=800, power=1.5)])",
-        id="chained-mult-poly",
-    ),
-]
+CASES = cases(
+    {
+        "lambda-exp": "LambdaLR(lr_lambda='0.95 ** epoch')",
+        "lambda-piecewise": (
+            "LambdaLR(lr_lambda='0.5 if epoch < 40 else 0.5 ** 2 if epoch < 70 else 0.5 ** 3')"
+        ),
+        "lambda-per-group": (
+            "LambdaLR(lr_lambda=['min(1.0, (epoch + 1) / 10)', '1 / sqrt(max(step, 1))'])"
+        ),
+        "mult": "MultiplicativeLR(lr_lambda='0.999 if epoch < 100 else 0.99')",
+        "mult-per-group": "MultiplicativeLR(lr_lambda=['0.99', '1.0 - 0.0005 * (epoch % 7)'])",
+        "step-seed": "StepLR(step_size=200, gamma=0.5)",
+        "step-default-gamma": "StepLR(step_size=7)",
+        "multistep-seed": "MultiStepLR(milestones=[200, 350], gamma=0.5)",
+        "multistep-repeat": "MultiStepLR(milestones=[80, 30, 30, 0], gamma=0.7)",
+        "constant": "ConstantLR(factor=0.5, total_iters=4)",
+        "constant-defaults": "ConstantLR()",
+        "constant-zero-iters": "ConstantLR(factor=0.25, total_iters=0)",
+        "linear-warmup": "LinearLR(start_factor=0.1, total_iters=5)",
+        "linear-decay": "LinearLR(start_factor=1.0, end_factor=0.0, total_iters=700)",
+        "exponential": "ExponentialLR(gamma=0.995)",
+        "poly": "PolynomialLR(total_iters=600, power=2.0)",
+        "poly-sqrt": "PolynomialLR(total_iters=300, power=0.5)",
+        "cosine": "CosineAnnealingLR(T_max=100, eta_min=0.001)",
+        "cosine-short": "CosineAnnealingLR(T_max=7)",
+        "cyclic-triangular": (
+            "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, step_size_down=100)"
+        ),
+        "cyclic-triangular2": (
+            "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')"
+        ),
+        "cyclic-exp-range": (
+            "CyclicLR(base_lr=[0.001, 0.002], max_lr=[0.1, 0.05], step_size_up=30, "
+            "mode='exp_range', gamma=0.999)"
+        ),
+        "cyclic-scale-fn-cycle": (
+            "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=20, "
+            "scale_fn='0.5 ** (epoch - 1)', scale_mode='cycle')"
+        ),
+        "cyclic-scale-fn-iterations": (
+            "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=20, "
+            "scale_fn='1 / (1 + 0.001 * epoch)', scale_mode='iterations', "
+            "base_momentum=0.7, max_momentum=[0.95, 0.9])"
+        ),
+        "cyclic-no-momentum": (
+            "CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=10, cycle_momentum=False)"
+        ),
+        # torch's own test_lrscheduler cycles momentum between 1 and 5 (and up to 22): any
+        # finite momentum is the optimizer's business, not the scheduler's.
+        "cyclic-momentum-1-to-5": (
+            "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=40, base_momentum=1, max_momentum=5)"
+        ),
+        "onecycle-momentum-1-to-22": (
+            "OneCycleLR(max_lr=0.1, total_steps=1000, base_momentum=1, max_momentum=22)"
+        ),
+        "warm-restarts-seed": "CosineAnnealingWarmRestarts(T_0=50, T_mult=2, eta_min=0.001)",
+        "warm-restarts-mult1": "CosineAnnealingWarmRestarts(T_0=13)",
+        "onecycle": "OneCycleLR(max_lr=0.1, total_steps=1000)",
+        "onecycle-linear": (
+            "OneCycleLR(max_lr=[0.1, 0.3], total_steps=1200, "
+            "anneal_strategy='linear', pct_start=0.25)"
+        ),
+        "onecycle-three-phase": (
+            "OneCycleLR(max_lr=0.1, epochs=10, steps_per_epoch=100, three_phase=True, "
+            "div_factor=10.0, final_div_factor=100.0)"
+        ),
+        "sequential-design": (
+            "SequentialLR(schedulers=[LinearLR(start_factor=0.1, total_iters=5), "
+            "CosineAnnealingLR(T_max=95)], milestones=[5])"
+        ),
+        "sequential-three": (
+            "SequentialLR(schedulers=[ConstantLR(factor=0.1, total_iters=10), "
+            "ExponentialLR(gamma=0.99), StepLR(step_size=50, gamma=0.5)], "
+            "milestones=[20, 300])"
+        ),
+        "sequential-cyclic": (
+            "SequentialLR(schedulers=[LinearLR(start_factor=0.5, total_iters=10), "
+            "CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=25)], milestones=[40])"
+        ),
+        "sequential-restarts": (
+            "SequentialLR(schedulers=[LambdaLR(lr_lambda='0.95 ** epoch'), "
+            "CosineAnnealingWarmRestarts(T_0=30)], milestones=[60])"
+        ),
+        "chained-torch-doc": (
+            "ChainedScheduler(schedulers=[ConstantLR(factor=0.1, total_iters=2), "
+            "ExponentialLR(gamma=0.99)])"
+        ),
+        "chained-cosine-step-linear": (
+            "ChainedScheduler(schedulers=[CosineAnnealingLR(T_max=50, eta_min=0.001), "
+            "StepLR(step_size=120, gamma=0.5), LinearLR(start_factor=0.2, total_iters=9)])"
+        ),
+        "chained-lambda-middle": (
+            "ChainedScheduler(schedulers=[MultiStepLR(milestones=[100, 400]), "
+            "LambdaLR(lr_lambda='0.95 ** epoch'), ExponentialLR(gamma=0.999)])"
+        ),
+        "chained-mult-poly": (
+            "ChainedScheduler(schedulers=[MultiplicativeLR(lr_lambda='0.99'), "
+            "PolynomialLR(total_iters=800, power=1.5)])"
+        ),
+    }
+)
 
 
 @pytest.mark.parametrize("spec", CASES)
@@ -180,10 +160,12 @@ def test_matches_torch(spec: str) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    [
-        pytest.param("CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=40)", id="cyclic"),
-        pytest.param("OneCycleLR(max_lr=0.01, total_steps=1000, three_phase=True)", id="onecycle"),
-    ],
+    cases(
+        {
+            "cyclic": "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=40)",
+            "onecycle": "OneCycleLR(max_lr=0.01, total_steps=1000, three_phase=True)",
+        }
+    ),
 )
 def test_momentum_cycles_adam_beta1(spec: str) -> None:
     theirs, their_betas = torch_rows(spec, BASE, STEPS, kind="adam")
@@ -198,18 +180,18 @@ def test_momentum_cycles_adam_beta1(spec: str) -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    [
-        pytest.param(
-            "CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=10, cycle_momentum=False, "
-            "base_momentum=5, max_momentum=[1, 2, 3])",
-            id="cyclic",
-        ),
-        pytest.param(
-            "OneCycleLR(max_lr=0.1, total_steps=1000, cycle_momentum=False, "
-            "base_momentum=22, max_momentum=-1)",
-            id="onecycle",
-        ),
-    ],
+    cases(
+        {
+            "cyclic": (
+                "CyclicLR(base_lr=0.01, max_lr=0.1, step_size_up=10, cycle_momentum=False, "
+                "base_momentum=5, max_momentum=[1, 2, 3])"
+            ),
+            "onecycle": (
+                "OneCycleLR(max_lr=0.1, total_steps=1000, cycle_momentum=False, "
+                "base_momentum=22, max_momentum=-1)"
+            ),
+        }
+    ),
 )
 def test_momentum_arguments_are_ignored_without_cycle_momentum(spec: str) -> None:
     # torch never reads base_momentum/max_momentum when cycle_momentum=False (not even

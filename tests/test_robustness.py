@@ -42,6 +42,7 @@ from controller.store import Store
 from lrctl.constants import CLIENT_CHANNEL_OPTIONS
 from lrctl.model import Job, JobState
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+from tests._cases import cases
 from tests.conftest import expect_status
 
 pb = lrctl_pb2
@@ -117,31 +118,28 @@ def _poison(db: str, sql: str, *params: Any) -> None:
     conn.close()
 
 
-POISONS = [
-    pytest.param(
-        "UPDATE jobs SET schedule = 'StepLR(step_size=0)' WHERE job_id = 'bad'",
-        (),
-        id="spec-refused-today",
-    ),
-    pytest.param(
-        "UPDATE jobs SET schedule = 'NoSuchLR(gamma=2)' WHERE job_id = 'bad'",
-        (),
-        id="unknown-scheduler",
-    ),
-    pytest.param(
-        "UPDATE jobs SET base_lrs = ? WHERE job_id = 'bad'",
-        (json.dumps([-1.0]),),
-        id="negative-base-lr",
-    ),
-    pytest.param(
-        "UPDATE jobs SET base_lrs = 'not json' WHERE job_id = 'bad'", (), id="unreadable-base-lrs"
-    ),
-    pytest.param(
-        "UPDATE events SET schedule = 'LambdaLR(lr_lambda=\"__import__(1)\")' WHERE job_id = 'bad'",
-        (),
-        id="bad-replacement-in-log",
-    ),
-]
+POISONS = cases(
+    {
+        "spec-refused-today": (
+            "UPDATE jobs SET schedule = 'StepLR(step_size=0)' WHERE job_id = 'bad'",
+            (),
+        ),
+        "unknown-scheduler": (
+            "UPDATE jobs SET schedule = 'NoSuchLR(gamma=2)' WHERE job_id = 'bad'",
+            (),
+        ),
+        "negative-base-lr": (
+            "UPDATE jobs SET base_lrs = ? WHERE job_id = 'bad'",
+            (json.dumps([-1.0]),),
+        ),
+        "unreadable-base-lrs": ("UPDATE jobs SET base_lrs = 'not json' WHERE job_id = 'bad'", ()),
+        "bad-replacement-in-log": (
+            "UPDATE events SET schedule = "
+            "'LambdaLR(lr_lambda=\"__import__(1)\")' WHERE job_id = 'bad'",
+            (),
+        ),
+    }
+)
 
 
 @pytest.mark.parametrize(("sql", "params"), POISONS)
@@ -239,12 +237,14 @@ async def test_a_growing_schedule_past_the_float_range_is_served_as_inf(
 # -- non-protobuf bytes --------------------------------------------------------------------------
 
 METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["LRController"].methods]
-GARBAGE = [
-    pytest.param(b"\xff\xff\xff\xff", id="bad-varint"),
-    pytest.param(b"\x0a\x05ab", id="truncated-string"),
-    pytest.param(b"\x0a\x02\xc3\x28\x12\x02\xc3\x28", id="invalid-utf8"),  # fields 1 and 2
-    pytest.param(b"\x07", id="bad-wire-type"),
-]
+GARBAGE = cases(
+    {
+        "bad-varint": b"\xff\xff\xff\xff",
+        "truncated-string": b"\x0a\x05ab",
+        "invalid-utf8": b"\x0a\x02\xc3\x28\x12\x02\xc3\x28",  # fields 1 and 2
+        "bad-wire-type": b"\x07",
+    }
+)
 
 
 @pytest.mark.parametrize("payload", GARBAGE)
@@ -264,15 +264,16 @@ async def test_non_protobuf_bytes_are_invalid_argument(
 
 @pytest.mark.parametrize(
     ("path", "kind"),
-    [
-        pytest.param("/grpc.health.v1.Health/Check", "unary", id="health-check"),
-        pytest.param("/grpc.health.v1.Health/Watch", "stream", id="health-watch"),
-        pytest.param(
-            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-            "bidi",
-            id="reflection",
-        ),
-    ],
+    cases(
+        {
+            "health-check": ("/grpc.health.v1.Health/Check", "unary"),
+            "health-watch": ("/grpc.health.v1.Health/Watch", "stream"),
+            "reflection": (
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                "bidi",
+            ),
+        }
+    ),
 )
 async def test_non_protobuf_bytes_to_health_and_reflection_are_invalid_argument(
     controller: Controller, channel: grpc.aio.Channel, path: str, kind: str
@@ -428,48 +429,42 @@ def _limits(**fields: Any) -> ServerLimits:
 
 @pytest.mark.parametrize(
     ("fields", "code", "needle"),
-    [
-        pytest.param({"actor": "a" * 257}, grpc.StatusCode.RESOURCE_EXHAUSTED, "256", id="actor"),
-        pytest.param(
-            {"reason": "r" * 1025}, grpc.StatusCode.RESOURCE_EXHAUSTED, "1024", id="reason"
-        ),
-        pytest.param(
-            {"reason": "é" * 600},
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "1024",
-            id="reason-utf8-bytes",
-        ),
-        pytest.param(
-            {"actor": "bob\x1b[31m"},
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "control",
-            id="actor-control-character",
-        ),
-        pytest.param(
-            {"actor": "bob\nop=finish"},
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "control",
-            id="actor-newline",
-        ),
-        pytest.param(
-            {"op": pb.OVERRIDE_OP_SET, "value": 2e6},
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "1e+06",
-            id="lr-above-the-ceiling",
-        ),
-        pytest.param(
-            {"op": pb.OVERRIDE_OP_SCALE, "value": float("inf")},
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "finite",
-            id="infinite-scale",
-        ),
-        pytest.param(
-            {"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": "StepLR(1)" + " " * 5000},
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "4096",
-            id="spec-too-long",
-        ),
-    ],
+    cases(
+        {
+            "actor": ({"actor": "a" * 257}, grpc.StatusCode.RESOURCE_EXHAUSTED, "256"),
+            "reason": ({"reason": "r" * 1025}, grpc.StatusCode.RESOURCE_EXHAUSTED, "1024"),
+            "reason-utf8-bytes": (
+                {"reason": "é" * 600},
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "1024",
+            ),
+            "actor-control-character": (
+                {"actor": "bob\x1b[31m"},
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "control",
+            ),
+            "actor-newline": (
+                {"actor": "bob\nop=finish"},
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "control",
+            ),
+            "lr-above-the-ceiling": (
+                {"op": pb.OVERRIDE_OP_SET, "value": 2e6},
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "1e+06",
+            ),
+            "infinite-scale": (
+                {"op": pb.OVERRIDE_OP_SCALE, "value": float("inf")},
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "finite",
+            ),
+            "spec-too-long": (
+                {"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": "StepLR(1)" + " " * 5000},
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "4096",
+            ),
+        }
+    ),
 )
 async def test_override_limits(
     stub: Stub, fields: dict[str, Any], code: grpc.StatusCode, needle: str
@@ -508,39 +503,38 @@ async def test_control_characters_in_a_reason_are_escaped_in_the_change_log(
 
 @pytest.mark.parametrize(
     ("request_", "code"),
-    [
-        pytest.param(
-            pb.CreateJobRequest(
-                job_id="wide", schedule="StepLR(step_size=2)", base_lrs=[0.1] * 1025
+    cases(
+        {
+            "1025-groups": (
+                pb.CreateJobRequest(
+                    job_id="wide", schedule="StepLR(step_size=2)", base_lrs=[0.1] * 1025
+                ),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
             ),
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            id="1025-groups",
-        ),
-        pytest.param(
-            pb.CreateJobRequest(
-                job_id="wide", schedule="StepLR(step_size=2)", base_lrs=[0.1] * 1_000_000
+            "a-million-groups": (
+                pb.CreateJobRequest(
+                    job_id="wide", schedule="StepLR(step_size=2)", base_lrs=[0.1] * 1_000_000
+                ),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
             ),
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            id="a-million-groups",
-        ),
-        pytest.param(
-            pb.CreateJobRequest(job_id="long", schedule="StepLR(1)" + " " * 5000, base_lrs=[0.1]),
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            id="spec-over-4-kib",
-        ),
-        pytest.param(
-            pb.CreateJobRequest(job_id="high", schedule="StepLR(step_size=2)", base_lrs=[2e6]),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            id="base-lr-above-the-ceiling",
-        ),
-        pytest.param(
-            pb.CreateJobRequest(
-                job_id="x" * 100_000, schedule="StepLR(step_size=2)", base_lrs=[0.1]
+            "spec-over-4-kib": (
+                pb.CreateJobRequest(
+                    job_id="long", schedule="StepLR(1)" + " " * 5000, base_lrs=[0.1]
+                ),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
             ),
-            grpc.StatusCode.INVALID_ARGUMENT,
-            id="100k-character-job-id",
-        ),
-    ],
+            "base-lr-above-the-ceiling": (
+                pb.CreateJobRequest(job_id="high", schedule="StepLR(step_size=2)", base_lrs=[2e6]),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            "100k-character-job-id": (
+                pb.CreateJobRequest(
+                    job_id="x" * 100_000, schedule="StepLR(step_size=2)", base_lrs=[0.1]
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+        }
+    ),
 )
 async def test_create_limits(
     controller: Controller, stub: Stub, request_: pb.CreateJobRequest, code: grpc.StatusCode

@@ -13,6 +13,7 @@ from lrctl.errors import SpecError
 from lrctl.program import LRProgram, preview
 from lrctl.schedules import SCHEDULES, build_schedule
 from lrctl.spec import Spec, parse_spec
+from tests._cases import cases
 from tests.test_parity import assert_rows_close
 
 # -- golden lists ------------------------------------------------------------------------------
@@ -127,86 +128,67 @@ def test_positional_arguments_bind_like_torch() -> None:
     )
 
 
-BAD_SPECS = [
-    pytest.param(
-        "StepLR(step_size=-1)",
-        "StepLR: step_size must be a positive integer, got -1",
-        id="negative-step-size",
-    ),
-    pytest.param(
-        "StepLR(step_size=2.5)",
-        "step_size must be a positive integer, got 2.5",
-        id="float-step-size",
-    ),
-    pytest.param("FooLR(x=1)", "unknown scheduler 'FooLR'; expected one of", id="unknown-name"),
-    pytest.param(
-        "StepLR(step_size=1, gama=0.5)", "unexpected keyword argument 'gama'", id="unknown-kwarg"
-    ),
-    pytest.param("StepLR(1, 0.5, 3)", "too many positional arguments", id="too-many-positional"),
-    pytest.param(
-        "StepLR(gamma=0.5)", "missing a required argument: 'step_size'", id="missing-required"
-    ),
-    pytest.param(
-        "StepLR(1, step_size=2)",
-        "multiple values for argument 'step_size'",
-        id="positional-and-keyword",
-    ),
-    pytest.param(
-        "StepLR(step_size=1, step_size=2)", "argument 'step_size' given twice", id="duplicate-kwarg"
-    ),
-    pytest.param("ExponentialLR(gamma=1e999)", "expected a finite number", id="inf-literal"),
-    pytest.param("ExponentialLR(gamma=nan)", "expected a finite number, got 'nan'", id="nan"),
-    pytest.param("ExponentialLR(gamma=-0.5)", "gamma must be >= 0, got -0.5", id="negative"),
-    pytest.param(
-        "CyclicLR(base_lr=-0.1, max_lr=0.1)", "base_lr must be >= 0, got -0.1", id="negative-lr"
-    ),
-    pytest.param(
-        "CyclicLR(base_lr=[0.1, 0.2, 0.3], max_lr=0.1)",
-        "expected 2 values for base_lr, got 3",
-        id="per-group-length",
-    ),
-    pytest.param(
-        "StepLR(step_size=1, last_epoch=5)",
-        "pass last_epoch to RemoteLRScheduler",
-        id="last-epoch-in-spec",
-    ),
-    pytest.param("StepLR(step_size=len('ab'))", "expected a literal", id="call-in-arg"),
-    pytest.param("StepLR(step_size=x)", "expected a literal", id="name-in-arg"),
-    pytest.param("StepLR(step_size=1) + 1", "must be a scheduler call", id="not-a-call"),
-    pytest.param(
-        "torch.optim.lr_scheduler.StepLR(step_size=1)",
-        "expected a scheduler name",
-        id="attribute-call",
-    ),
-    pytest.param("StepLR(**{'step_size': 1})", "**arguments are not allowed", id="double-star"),
-    pytest.param("StepLR(step_size=1", "not valid syntax", id="syntax"),
-    pytest.param("", "schedule spec is empty", id="empty"),
-    pytest.param("LambdaLR(lr_lambda=lambda e: 1)", "expected a literal", id="python-lambda"),
-    pytest.param("LambdaLR(lr_lambda=\"__import__('os')\")", "not allowed", id="unsafe-lambda"),
-    pytest.param(
-        "SequentialLR(schedulers=[StepLR(step_size=1)], milestones=[3])",
-        "one more than the number of milestone points",
-        id="sequential-milestones",
-    ),
-    pytest.param(
-        "SequentialLR(schedulers=[StepLR(step_size=1), ReduceLROnPlateau()], milestones=[3])",
-        "ReduceLROnPlateau: cannot be nested",
-        id="nested-plateau",
-    ),
-    pytest.param("OneCycleLR(max_lr=0.1)", "You must define either total_steps", id="onecycle"),
-    pytest.param(
-        "ConstantLR(factor=1.5)", "factor must be > 0 and <= 1, got 1.5", id="constant-factor"
-    ),
-    pytest.param(
-        "CyclicLR(base_lr=0.1, max_lr=0.2, mode='sine')",
-        "mode must be one of 'triangular', 'triangular2', 'exp_range', got 'sine'",
-        id="cyclic-mode",
-    ),
-    pytest.param(
-        "StepLR(step_size=1, gamma=True)", "gamma must be a number, got True", id="bool-as-number"
-    ),
-    pytest.param("X" * 20_000, "expected at most 4096 bytes", id="too-long"),
-]
+BAD_SPECS = cases(
+    {
+        "negative-step-size": (
+            "StepLR(step_size=-1)",
+            "StepLR: step_size must be a positive integer, got -1",
+        ),
+        "float-step-size": (
+            "StepLR(step_size=2.5)",
+            "step_size must be a positive integer, got 2.5",
+        ),
+        "unknown-name": ("FooLR(x=1)", "unknown scheduler 'FooLR'; expected one of"),
+        "unknown-kwarg": ("StepLR(step_size=1, gama=0.5)", "unexpected keyword argument 'gama'"),
+        "too-many-positional": ("StepLR(1, 0.5, 3)", "too many positional arguments"),
+        "missing-required": ("StepLR(gamma=0.5)", "missing a required argument: 'step_size'"),
+        "positional-and-keyword": (
+            "StepLR(1, step_size=2)",
+            "multiple values for argument 'step_size'",
+        ),
+        "duplicate-kwarg": ("StepLR(step_size=1, step_size=2)", "argument 'step_size' given twice"),
+        "inf-literal": ("ExponentialLR(gamma=1e999)", "expected a finite number"),
+        "nan": ("ExponentialLR(gamma=nan)", "expected a finite number, got 'nan'"),
+        "negative": ("ExponentialLR(gamma=-0.5)", "gamma must be >= 0, got -0.5"),
+        "negative-lr": ("CyclicLR(base_lr=-0.1, max_lr=0.1)", "base_lr must be >= 0, got -0.1"),
+        "per-group-length": (
+            "CyclicLR(base_lr=[0.1, 0.2, 0.3], max_lr=0.1)",
+            "expected 2 values for base_lr, got 3",
+        ),
+        "last-epoch-in-spec": (
+            "StepLR(step_size=1, last_epoch=5)",
+            "pass last_epoch to RemoteLRScheduler",
+        ),
+        "call-in-arg": ("StepLR(step_size=len('ab'))", "expected a literal"),
+        "name-in-arg": ("StepLR(step_size=x)", "expected a literal"),
+        "not-a-call": ("StepLR(step_size=1) + 1", "must be a scheduler call"),
+        "attribute-call": (
+            "torch.optim.lr_scheduler.StepLR(step_size=1)",
+            "expected a scheduler name",
+        ),
+        "double-star": ("StepLR(**{'step_size': 1})", "**arguments are not allowed"),
+        "syntax": ("StepLR(step_size=1", "not valid syntax"),
+        "empty": ("", "schedule spec is empty"),
+        "python-lambda": ("LambdaLR(lr_lambda=lambda e: 1)", "expected a literal"),
+        "unsafe-lambda": ("LambdaLR(lr_lambda=\"__import__('os')\")", "not allowed"),
+        "sequential-milestones": (
+            "SequentialLR(schedulers=[StepLR(step_size=1)], milestones=[3])",
+            "one more than the number of milestone points",
+        ),
+        "nested-plateau": (
+            "SequentialLR(schedulers=[StepLR(step_size=1), ReduceLROnPlateau()], milestones=[3])",
+            "ReduceLROnPlateau: cannot be nested",
+        ),
+        "onecycle": ("OneCycleLR(max_lr=0.1)", "You must define either total_steps"),
+        "constant-factor": ("ConstantLR(factor=1.5)", "factor must be > 0 and <= 1, got 1.5"),
+        "cyclic-mode": (
+            "CyclicLR(base_lr=0.1, max_lr=0.2, mode='sine')",
+            "mode must be one of 'triangular', 'triangular2', 'exp_range', got 'sine'",
+        ),
+        "bool-as-number": ("StepLR(step_size=1, gamma=True)", "gamma must be a number, got True"),
+        "too-long": ("X" * 20_000, "expected at most 4096 bytes"),
+    }
+)
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_SPECS)
@@ -299,39 +281,35 @@ def torch_lambda_rows(fn: object, base: list[float], steps: int) -> list[list[fl
     return rows
 
 
-WARMUP_CASES = [
-    pytest.param(
-        "WarmupCosineLR(num_warmup_steps=100, num_training_steps=1000)",
-        lambda t: hf_cosine_with_min_lr(t, 100, 1000, 0.5, 0.0),
-        id="cosine",
-    ),
-    pytest.param(
-        "WarmupCosineLR(num_warmup_steps=50, num_training_steps=800, "
-        "min_lr_rate=0.1, num_cycles=1.5)",
-        lambda t: hf_cosine_with_min_lr(t, 50, 800, 1.5, 0.1),
-        id="cosine-min-lr",
-    ),
-    pytest.param(
-        "WarmupStableDecayLR(num_warmup_steps=100, num_decay_steps=200, num_training_steps=1000)",
-        lambda t: hf_wsd(t, 100, 700, 200, "linear", "cosine", 0.0, 0.5),
-        id="wsd",
-    ),
-    pytest.param(
-        "WarmupStableDecayLR(num_warmup_steps=30, num_decay_steps=300, "
-        "num_stable_steps=400, warmup_type='1-sqrt', decay_type='1-sqrt', "
-        "min_lr_ratio=0.05)",
-        lambda t: hf_wsd(t, 30, 400, 300, "1-sqrt", "1-sqrt", 0.05, 0.5),
-        id="wsd-sqrt",
-    ),
-    pytest.param(
-        "InverseSqrtLR(num_warmup_steps=100)", lambda t: hf_inverse_sqrt(t, 100), id="inverse-sqrt"
-    ),
-    pytest.param(
-        "InverseSqrtLR(num_warmup_steps=0, timescale=50)",
-        lambda t: hf_inverse_sqrt(t, 0, 50),
-        id="inverse-sqrt-timescale",
-    ),
-]
+WARMUP_CASES = cases(
+    {
+        "cosine": (
+            "WarmupCosineLR(num_warmup_steps=100, num_training_steps=1000)",
+            lambda t: hf_cosine_with_min_lr(t, 100, 1000, 0.5, 0.0),
+        ),
+        "cosine-min-lr": (
+            "WarmupCosineLR(num_warmup_steps=50, num_training_steps=800, "
+            "min_lr_rate=0.1, num_cycles=1.5)",
+            lambda t: hf_cosine_with_min_lr(t, 50, 800, 1.5, 0.1),
+        ),
+        "wsd": (
+            "WarmupStableDecayLR(num_warmup_steps=100, "
+            "num_decay_steps=200, num_training_steps=1000)",
+            lambda t: hf_wsd(t, 100, 700, 200, "linear", "cosine", 0.0, 0.5),
+        ),
+        "wsd-sqrt": (
+            "WarmupStableDecayLR(num_warmup_steps=30, num_decay_steps=300, "
+            "num_stable_steps=400, warmup_type='1-sqrt', decay_type='1-sqrt', "
+            "min_lr_ratio=0.05)",
+            lambda t: hf_wsd(t, 30, 400, 300, "1-sqrt", "1-sqrt", 0.05, 0.5),
+        ),
+        "inverse-sqrt": ("InverseSqrtLR(num_warmup_steps=100)", lambda t: hf_inverse_sqrt(t, 100)),
+        "inverse-sqrt-timescale": (
+            "InverseSqrtLR(num_warmup_steps=0, timescale=50)",
+            lambda t: hf_inverse_sqrt(t, 0, 50),
+        ),
+    }
+)
 
 
 @pytest.mark.parametrize(("spec", "fn"), WARMUP_CASES)

@@ -22,81 +22,75 @@ from lrctl.program import preview
 from lrctl.schedules import SCHEDULES, build_schedule, canonical_spec, stored_spec_text
 from lrctl.spec import parse_spec
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+from tests._cases import cases
 from tests.conftest import expect_status
 
 pb = lrctl_pb2
 
-SPELLINGS = [
-    pytest.param(
-        "StepLR(step_size=2, gamma=0.5)",
-        [
-            "StepLR(gamma=0.5, step_size=2)",
-            "StepLR(2, 0.5)",
-            "StepLR(2, gamma=0.5)",
-            " StepLR( gamma = .5 , step_size=2 )",
-        ],
-        id="step",
-    ),
-    pytest.param(
-        "StepLR(step_size=2)",
-        ["StepLR(step_size=2, gamma=0.1)", "StepLR(2, 0.1)", "StepLR(gamma=0.1, step_size=2)"],
-        id="step-default-gamma",
-    ),
-    pytest.param(
-        "CosineAnnealingLR(T_max=100, eta_min=0.001)",
-        ["CosineAnnealingLR(eta_min=0.001, T_max=100)", "CosineAnnealingLR(100, 0.001)"],
-        id="cosine",
-    ),
-    pytest.param(
-        "CosineAnnealingLR(T_max=100)",
-        ["CosineAnnealingLR(100, 0)", "CosineAnnealingLR(eta_min=0.0, T_max=100)"],
-        id="cosine-default-eta-min",
-    ),
-    pytest.param(
-        "ConstantLR()",
-        ["ConstantLR(total_iters=5)", "ConstantLR(0.3333333333333333, 5)"],
-        id="constant-all-defaults",
-    ),
-    pytest.param(
-        "OneCycleLR(max_lr=0.1, total_steps=1000, three_phase=True)",
-        [
-            "OneCycleLR(0.1, 1000, three_phase=True, cycle_momentum=True, anneal_strategy='cos')",
-            "OneCycleLR(three_phase=True, total_steps=1000, max_lr=0.1, epochs=None)",
-        ],
-        id="onecycle",
-    ),
-    pytest.param(
-        "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
-        [
-            "CyclicLR(mode='triangular2', step_size_up=50, max_lr=0.1, base_lr=0.001)",
-            'CyclicLR(0.001, 0.1, 50, None, "triangular2", 1.0)',
-        ],
-        id="cyclic",
-    ),
-    pytest.param(
-        "SequentialLR(schedulers=[LinearLR(start_factor=0.1), "
-        "CosineAnnealingLR(T_max=95)], milestones=[5])",
-        [
-            "SequentialLR(milestones=[5], schedulers=[LinearLR(total_iters=5, "
-            "start_factor=0.1), CosineAnnealingLR(95, eta_min=0)])",
-            "SequentialLR([LinearLR(0.1, 1.0, 5), CosineAnnealingLR(95)], [5])",
-        ],
-        id="sequential-nested",
-    ),
-    pytest.param(
-        "ReduceLROnPlateau(factor=0.5)",
-        [
-            "ReduceLROnPlateau(min_lr=0.0, factor=0.5, mode='min')",
-            "ReduceLROnPlateau('min', 0.5, 10)",
-        ],
-        id="plateau",
-    ),
-    pytest.param(
-        "WarmupCosineLR(num_warmup_steps=10, num_training_steps=100)",
-        ["WarmupCosineLR(num_training_steps=100, num_warmup_steps=10, num_cycles=0.5)"],
-        id="beyond-torch",
-    ),
-]
+SPELLINGS = cases(
+    {
+        "step": (
+            "StepLR(step_size=2, gamma=0.5)",
+            [
+                "StepLR(gamma=0.5, step_size=2)",
+                "StepLR(2, 0.5)",
+                "StepLR(2, gamma=0.5)",
+                " StepLR( gamma = .5 , step_size=2 )",
+            ],
+        ),
+        "step-default-gamma": (
+            "StepLR(step_size=2)",
+            ["StepLR(step_size=2, gamma=0.1)", "StepLR(2, 0.1)", "StepLR(gamma=0.1, step_size=2)"],
+        ),
+        "cosine": (
+            "CosineAnnealingLR(T_max=100, eta_min=0.001)",
+            ["CosineAnnealingLR(eta_min=0.001, T_max=100)", "CosineAnnealingLR(100, 0.001)"],
+        ),
+        "cosine-default-eta-min": (
+            "CosineAnnealingLR(T_max=100)",
+            ["CosineAnnealingLR(100, 0)", "CosineAnnealingLR(eta_min=0.0, T_max=100)"],
+        ),
+        "constant-all-defaults": (
+            "ConstantLR()",
+            ["ConstantLR(total_iters=5)", "ConstantLR(0.3333333333333333, 5)"],
+        ),
+        "onecycle": (
+            "OneCycleLR(max_lr=0.1, total_steps=1000, three_phase=True)",
+            [
+                "OneCycleLR(0.1, 1000, three_phase=True, "
+                "cycle_momentum=True, anneal_strategy='cos')",
+                "OneCycleLR(three_phase=True, total_steps=1000, max_lr=0.1, epochs=None)",
+            ],
+        ),
+        "cyclic": (
+            "CyclicLR(base_lr=0.001, max_lr=0.1, step_size_up=50, mode='triangular2')",
+            [
+                "CyclicLR(mode='triangular2', step_size_up=50, max_lr=0.1, base_lr=0.001)",
+                'CyclicLR(0.001, 0.1, 50, None, "triangular2", 1.0)',
+            ],
+        ),
+        "sequential-nested": (
+            "SequentialLR(schedulers=[LinearLR(start_factor=0.1), "
+            "CosineAnnealingLR(T_max=95)], milestones=[5])",
+            [
+                "SequentialLR(milestones=[5], schedulers=[LinearLR(total_iters=5, "
+                "start_factor=0.1), CosineAnnealingLR(95, eta_min=0)])",
+                "SequentialLR([LinearLR(0.1, 1.0, 5), CosineAnnealingLR(95)], [5])",
+            ],
+        ),
+        "plateau": (
+            "ReduceLROnPlateau(factor=0.5)",
+            [
+                "ReduceLROnPlateau(min_lr=0.0, factor=0.5, mode='min')",
+                "ReduceLROnPlateau('min', 0.5, 10)",
+            ],
+        ),
+        "beyond-torch": (
+            "WarmupCosineLR(num_warmup_steps=10, num_training_steps=100)",
+            ["WarmupCosineLR(num_training_steps=100, num_warmup_steps=10, num_cycles=0.5)"],
+        ),
+    }
+)
 
 
 @pytest.mark.parametrize(("canonical", "spellings"), SPELLINGS)
@@ -140,20 +134,20 @@ def test_a_literal_of_another_kind_is_not_taken_for_the_default() -> None:
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [
-        pytest.param("FooLR(x=1)", "unknown scheduler 'FooLR'", id="unknown"),
-        pytest.param("StepLR(1, 2, 3)", "too many positional arguments", id="too-many"),
-        pytest.param(
-            "StepLR(step_size=1, last_epoch=3)",
-            "pass last_epoch to RemoteLRScheduler",
-            id="object-argument",
-        ),
-        pytest.param(
-            "SequentialLR(schedulers=[FooLR()], milestones=[])",
-            "unknown scheduler",
-            id="unknown-nested",
-        ),
-    ],
+    cases(
+        {
+            "unknown": ("FooLR(x=1)", "unknown scheduler 'FooLR'"),
+            "too-many": ("StepLR(1, 2, 3)", "too many positional arguments"),
+            "object-argument": (
+                "StepLR(step_size=1, last_epoch=3)",
+                "pass last_epoch to RemoteLRScheduler",
+            ),
+            "unknown-nested": (
+                "SequentialLR(schedulers=[FooLR()], milestones=[])",
+                "unknown scheduler",
+            ),
+        }
+    ),
 )
 def test_canonical_spec_refuses_what_torch_cannot_bind(text: str, message: str) -> None:
     with pytest.raises(SpecError, match=message):
