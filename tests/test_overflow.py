@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from lrctl.expressions import compile_expression
 from lrctl.overrides import Event, Op
 from lrctl.program import LRProgram
+from tests._cases import cases
 from tests.test_parity import assert_rows_close
 from tests.torch_ref import lr_rows
 
@@ -43,55 +43,51 @@ def torch_rows(
 
 
 # spec, the same scheduler in torch, rows: long enough to leave the float range.
-PAST_THE_RANGE = [
-    pytest.param(
-        "ExponentialLR(gamma=1.5)",
-        lambda o: lr_scheduler.ExponentialLR(o, 1.5),
-        2000,
-        id="exponential-grows-to-inf",
-    ),
-    pytest.param(
-        "ExponentialLR(gamma=0.5)",
-        lambda o: lr_scheduler.ExponentialLR(o, 0.5),
-        1200,
-        id="exponential-shrinks-to-zero",
-    ),
-    pytest.param(
-        "StepLR(step_size=3, gamma=2.0)",
-        lambda o: lr_scheduler.StepLR(o, 3, 2.0),
-        3200,
-        id="step-grows-to-inf",
-    ),
-    pytest.param(
-        "MultiplicativeLR(lr_lambda='1.5')",
-        lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 1.5),
-        2000,
-        id="multiplicative-grows-to-inf",
-    ),
-    pytest.param(
-        "MultiplicativeLR(lr_lambda='1.01 if epoch < 100 else 1.5')",
-        lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 1.01 if e < 100 else 1.5),
-        2000,
-        id="multiplicative-piecewise-to-inf",
-    ),
-    pytest.param(
-        "ChainedScheduler(schedulers=[ExponentialLR(gamma=1.5), StepLR(step_size=100, gamma=2.0)])",
-        lambda o: lr_scheduler.ChainedScheduler(
-            [lr_scheduler.ExponentialLR(o, 1.5), lr_scheduler.StepLR(o, 100, 2.0)]
+PAST_THE_RANGE = cases(
+    {
+        "exponential-grows-to-inf": (
+            "ExponentialLR(gamma=1.5)",
+            lambda o: lr_scheduler.ExponentialLR(o, 1.5),
+            2000,
         ),
-        1800,
-        id="chained-grows-to-inf",
-    ),
-    pytest.param(
-        "SequentialLR(schedulers=[ConstantLR(factor=0.5, total_iters=10), "
-        "ExponentialLR(gamma=1.5)], milestones=[100])",
-        lambda o: lr_scheduler.SequentialLR(
-            o, [lr_scheduler.ConstantLR(o, 0.5, 10), lr_scheduler.ExponentialLR(o, 1.5)], [100]
+        "exponential-shrinks-to-zero": (
+            "ExponentialLR(gamma=0.5)",
+            lambda o: lr_scheduler.ExponentialLR(o, 0.5),
+            1200,
         ),
-        2000,
-        id="sequential-grows-to-inf",
-    ),
-]
+        "step-grows-to-inf": (
+            "StepLR(step_size=3, gamma=2.0)",
+            lambda o: lr_scheduler.StepLR(o, 3, 2.0),
+            3200,
+        ),
+        "multiplicative-grows-to-inf": (
+            "MultiplicativeLR(lr_lambda='1.5')",
+            lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 1.5),
+            2000,
+        ),
+        "multiplicative-piecewise-to-inf": (
+            "MultiplicativeLR(lr_lambda='1.01 if epoch < 100 else 1.5')",
+            lambda o: lr_scheduler.MultiplicativeLR(o, lambda e: 1.01 if e < 100 else 1.5),
+            2000,
+        ),
+        "chained-grows-to-inf": (
+            "ChainedScheduler(schedulers=[ExponentialLR(gamma=1.5), "
+            "StepLR(step_size=100, gamma=2.0)])",
+            lambda o: lr_scheduler.ChainedScheduler(
+                [lr_scheduler.ExponentialLR(o, 1.5), lr_scheduler.StepLR(o, 100, 2.0)]
+            ),
+            1800,
+        ),
+        "sequential-grows-to-inf": (
+            "SequentialLR(schedulers=[ConstantLR(factor=0.5, total_iters=10), "
+            "ExponentialLR(gamma=1.5)], milestones=[100])",
+            lambda o: lr_scheduler.SequentialLR(
+                o, [lr_scheduler.ConstantLR(o, 0.5, 10), lr_scheduler.ExponentialLR(o, 1.5)], [100]
+            ),
+            2000,
+        ),
+    }
+)
 
 
 @pytest.mark.parametrize(("spec", "make", "steps"), PAST_THE_RANGE)
@@ -104,30 +100,28 @@ def test_same_values_as_torch_past_the_float_range(spec: str, make: Any, steps: 
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [
-        pytest.param("ExponentialLR(gamma=1.5)", math.inf, id="exponential-inf"),
-        pytest.param("ExponentialLR(gamma=0.5)", 0.0, id="exponential-zero"),
-        pytest.param("StepLR(step_size=1, gamma=1e300)", math.inf, id="step-inf"),
-        pytest.param(
-            "MultiStepLR(milestones=[1, 1, 1], gamma=1e200)",
-            math.inf,
-            id="multistep-repeated-milestone-inf",
-        ),
-        pytest.param("MultiplicativeLR(lr_lambda='1.5')", math.inf, id="multiplicative-inf"),
-        pytest.param("LambdaLR(lr_lambda='10 ** epoch')", math.inf, id="lambda-int-power-inf"),
-        pytest.param("LambdaLR(lr_lambda='exp(epoch)')", math.inf, id="lambda-exp-inf"),
-        pytest.param("LambdaLR(lr_lambda='2.0 ** epoch')", math.inf, id="lambda-float-power-inf"),
-        pytest.param("LambdaLR(lr_lambda='0.5 ** epoch')", 0.0, id="lambda-zero"),
-        pytest.param(
-            "CyclicLR(base_lr=0.0, max_lr=0.1, step_size_up=7, mode='exp_range', "
-            "gamma=1.5, cycle_momentum=False)",
-            math.inf,
-            id="cyclic-exp-range-inf",
-        ),
-        pytest.param(
-            "PolynomialLR(total_iters=1000000000000, power=1e300)", 0.0, id="polynomial-zero"
-        ),
-    ],
+    cases(
+        {
+            "exponential-inf": ("ExponentialLR(gamma=1.5)", math.inf),
+            "exponential-zero": ("ExponentialLR(gamma=0.5)", 0.0),
+            "step-inf": ("StepLR(step_size=1, gamma=1e300)", math.inf),
+            "multistep-repeated-milestone-inf": (
+                "MultiStepLR(milestones=[1, 1, 1], gamma=1e200)",
+                math.inf,
+            ),
+            "multiplicative-inf": ("MultiplicativeLR(lr_lambda='1.5')", math.inf),
+            "lambda-int-power-inf": ("LambdaLR(lr_lambda='10 ** epoch')", math.inf),
+            "lambda-exp-inf": ("LambdaLR(lr_lambda='exp(epoch)')", math.inf),
+            "lambda-float-power-inf": ("LambdaLR(lr_lambda='2.0 ** epoch')", math.inf),
+            "lambda-zero": ("LambdaLR(lr_lambda='0.5 ** epoch')", 0.0),
+            "cyclic-exp-range-inf": (
+                "CyclicLR(base_lr=0.0, max_lr=0.1, step_size_up=7, mode='exp_range', "
+                "gamma=1.5, cycle_momentum=False)",
+                math.inf,
+            ),
+            "polynomial-zero": ("PolynomialLR(total_iters=1000000000000, power=1e300)", 0.0),
+        }
+    ),
 )
 @pytest.mark.parametrize("step", [5_000, 1_000_003])
 def test_far_steps_give_inf_or_zero_without_raising(spec: str, expected: float, step: int) -> None:
@@ -170,27 +164,9 @@ def test_repeated_scales_overflow_to_inf() -> None:
     assert held.lrs(10**9) == [math.inf, math.inf]
 
 
-@pytest.mark.parametrize(
-    ("text", "epoch", "expected"),
-    [
-        pytest.param("10 ** epoch", 400, math.inf, id="int-power"),
-        pytest.param("exp(epoch)", 1000, math.inf, id="exp"),
-        pytest.param("2.0 ** epoch", 5000, math.inf, id="float-power"),
-        pytest.param("pow(1.5, epoch)", 5000, math.inf, id="pow"),
-        pytest.param("1e15 * 1e15 ** (epoch / 20)", 400, math.inf, id="float-mult"),
-        pytest.param("floor(exp(epoch))", 1000, math.inf, id="floor-of-inf"),
-        pytest.param("1 / exp(epoch)", 1000, 0.0, id="reciprocal-underflow"),
-        pytest.param("0.5 ** epoch", 5000, 0.0, id="underflow"),
-    ],
-)
-def test_expression_overflow_is_inf_not_an_error(text: str, epoch: int, expected: float) -> None:
-    assert compile_expression(text)(epoch) == expected
-
-
-def test_expression_overflow_arithmetic_gives_nan_as_ieee() -> None:
-    # inf - inf: what torch's tensor arithmetic gives; never an OverflowError.
-    assert math.isnan(compile_expression("exp(epoch) - exp(epoch)")(1000))
-    assert math.isnan(compile_expression("sin(exp(epoch))")(1000))
+# The expression language's own values past the float range (inf, 0.0, nan, never an
+# OverflowError) are checked case by case in tests/test_expressions.py
+# (test_overflow_gives_ieee_values).
 
 
 def test_no_raw_power_or_exp_left_in_the_evaluation_code() -> None:
@@ -234,17 +210,17 @@ def test_no_raw_power_or_exp_left_in_the_evaluation_code() -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    [
-        pytest.param(
-            "WarmupCosineLR(num_warmup_steps=0, num_training_steps=1, num_cycles=1e300)",
-            id="warmup-cosine",
-        ),
-        pytest.param(
-            "WarmupStableDecayLR(num_warmup_steps=0, num_decay_steps=1000000000000, "
-            "num_stable_steps=0, num_cycles=1e308)",
-            id="wsd",
-        ),
-    ],
+    cases(
+        {
+            "warmup-cosine": (
+                "WarmupCosineLR(num_warmup_steps=0, num_training_steps=1, num_cycles=1e300)"
+            ),
+            "wsd": (
+                "WarmupStableDecayLR(num_warmup_steps=0, num_decay_steps=1000000000000, "
+                "num_stable_steps=0, num_cycles=1e308)"
+            ),
+        }
+    ),
 )
 def test_cosine_of_an_overflowed_angle_is_nan_not_an_error(spec: str) -> None:
     # num_cycles * progress overflows to inf; math.cos(inf) raises ValueError, IEEE says nan,
