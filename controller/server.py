@@ -29,6 +29,7 @@ import socket
 import ssl
 import sys
 import threading
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -61,6 +62,7 @@ _log = logging.getLogger("lrctl.controller.server")
 GC_THRESHOLDS = (10_000, 10, 10)
 
 
+@dataclass(eq=False, kw_only=True)
 class Controller:
     """A running controller; build with :func:`start`, stop with :meth:`stop`.
 
@@ -71,33 +73,21 @@ class Controller:
         service: The domain service (tests and embedding code may call it directly).
         metrics: The controller's metrics.
         registry: The registry holding them.
+        server, health_servicer, store, httpd: Its gRPC server, health service, open store
+            and ``/metrics`` server (or None); :meth:`stop` stops and closes them.
     """
 
-    def __init__(
-        self,
-        config: ServerConfig,
-        *,
-        port: int,
-        metrics_port: int | None,
-        service: ControllerService,
-        metrics: ControllerMetrics,
-        registry: CollectorRegistry,
-        server: grpc.aio.Server,
-        health_servicer: health.aio.HealthServicer,
-        store: JobStore,
-        httpd: Any,
-    ) -> None:
-        self.config = config
-        self.port = port
-        self.metrics_port = metrics_port
-        self.service = service
-        self.metrics = metrics
-        self.registry = registry
-        self._server = server
-        self._health = health_servicer
-        self._store = store
-        self._httpd = httpd
-        self._stopping: asyncio.Task[None] | None = None
+    config: ServerConfig
+    port: int
+    metrics_port: int | None
+    service: ControllerService
+    metrics: ControllerMetrics
+    registry: CollectorRegistry
+    server: grpc.aio.Server = field(repr=False)
+    health_servicer: health.aio.HealthServicer = field(repr=False)
+    store: JobStore = field(repr=False)
+    httpd: Any = field(repr=False)
+    _stopping: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @property
     def address(self) -> str:
@@ -117,18 +107,18 @@ class Controller:
 
     async def _stop(self, grace: float) -> None:
         _log.info("controller shutting down (grace %.1f s)", grace)
-        await self._health.enter_graceful_shutdown()
+        await self.health_servicer.enter_graceful_shutdown()
         self.service.close()
-        await self._server.stop(grace)
-        if self._httpd is not None:
+        await self.server.stop(grace)
+        if self.httpd is not None:
             # shutdown() waits for serve_forever's poll loop: keep it off the event loop.
-            await asyncio.to_thread(self._httpd.shutdown)
-            self._httpd.server_close()
-        await self._store.close()
+            await asyncio.to_thread(self.httpd.shutdown)
+            self.httpd.server_close()
+        await self.store.close()
 
     async def wait_for_termination(self) -> None:
         """Wait until the gRPC server has stopped."""
-        await self._server.wait_for_termination()
+        await self.server.wait_for_termination()
 
     async def __aenter__(self) -> Controller:
         return self
@@ -217,7 +207,7 @@ async def start(config: ServerConfig, *, registry: CollectorRegistry | None = No
         raise
     _log.debug("controller listening on %s:%d", config.host, port)
     return Controller(
-        config,
+        config=config,
         port=port,
         metrics_port=metrics_port,
         service=service,
