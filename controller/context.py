@@ -16,7 +16,7 @@ from controller.watch import WatchHub
 from lrctl.model import Job
 from lrctl.overrides import Event
 
-__all__ = ["CommandContext"]
+__all__ = ["CommandContext", "CommandHandler"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +48,12 @@ class CommandContext:
     view: Callable[..., Job]
     after_commit: Callable[[str], AbstractContextManager[None]]
     after_write: Callable[[JobEntry, Sequence[Event], Sequence[Event]], None]
+
+
+class CommandHandler:
+    """Base of the command handlers: the shared parts are ``self._c``."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, ctx: CommandContext) -> None:
+        self._c = ctx

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from controller.context import CommandContext
+from controller.context import CommandHandler
 from controller.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from controller.jobs import JobEntry, check_evaluable, create_conflict, same_spec
 from controller.plateau import JobPlateau
@@ -25,12 +25,9 @@ from lrctl.schedules import check_num_groups
 __all__ = ["JobLifecycle"]
 
 
-class JobLifecycle:
+class JobLifecycle(CommandHandler):
     """Creates, attaches and finishes jobs for a :class:`~controller.service.ControllerService`
     (the parts it shares with it are a :class:`~controller.context.CommandContext`)."""
-
-    def __init__(self, ctx: CommandContext) -> None:
-        self._c = ctx
 
     async def create_job(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from controller.context import CommandContext
+from controller.context import CommandHandler
 from controller.errors import Conflict, FailedPrecondition, ResourceExhausted
 from controller.jobs import (
     check_evaluable,
@@ -27,12 +27,9 @@ from lrctl.overrides import Event, Op
 __all__ = ["OverrideHandler"]
 
 
-class OverrideHandler:
+class OverrideHandler(CommandHandler):
     """Appends overrides for a :class:`~controller.service.ControllerService`
     (the parts it shares with it are a :class:`~controller.context.CommandContext`)."""
-
-    def __init__(self, ctx: CommandContext) -> None:
-        self._c = ctx
 
     async def override(
         self,

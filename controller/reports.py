@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from controller.context import CommandContext
+from controller.context import CommandHandler
 from controller.errors import InvalidArgument
 from controller.jobs import (
     JobEntry,
@@ -34,12 +34,9 @@ __all__ = ["ReportHandler"]
 _log = logging.getLogger("lrctl.controller.service")
 
 
-class ReportHandler:
+class ReportHandler(CommandHandler):
     """Records reports for a :class:`~controller.service.ControllerService`
     (the parts it shares with it are a :class:`~controller.context.CommandContext`)."""
-
-    def __init__(self, ctx: CommandContext) -> None:
-        self._c = ctx
 
     async def report(self, report: Report) -> int:
         """Record a worker's progress; only rank 0's report changes anything.

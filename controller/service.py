@@ -25,7 +25,7 @@ import time
 from bisect import bisect_right
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 from controller.context import CommandContext
 from controller.errors import InvalidArgument
@@ -57,6 +57,15 @@ __all__ = ["ControllerService"]
 
 T = TypeVar("T")
 _log = logging.getLogger("lrctl.controller.service")
+
+
+class _Options(TypedDict, total=False):
+    """:meth:`ControllerService.open`'s keyword arguments: those of the constructor."""
+
+    heartbeat_seconds: float
+    limits: ServerLimits | None
+    max_message_bytes: int
+    clock: Callable[[], float]
 
 
 class ControllerService:
@@ -118,13 +127,7 @@ class ControllerService:
 
     @classmethod
     async def open(
-        cls,
-        store: JobStore,
-        metrics: ControllerMetrics | None = None,
-        *,
-        heartbeat_seconds: float = constants.DEFAULT_HEARTBEAT_SECONDS,
-        limits: ServerLimits | None = None,
-        max_message_bytes: int = constants.DEFAULT_MAX_MESSAGE_BYTES,
+        cls, store: JobStore, metrics: ControllerMetrics | None = None, **options: Unpack[_Options]
     ) -> ControllerService:
         """Load every job from ``store`` and export the running ones' metrics.
 
@@ -132,13 +135,7 @@ class ControllerService:
         loaded marked (:func:`controller.jobs.check_evaluable`) and logged at ERROR; the
         others load and serve as usual.
         """
-        service = cls(
-            store,
-            metrics,
-            heartbeat_seconds=heartbeat_seconds,
-            limits=limits,
-            max_message_bytes=max_message_bytes,
-        )
+        service = cls(store, metrics, **options)
         for entry in service._table.load(await store.load()):
             if entry.broken is None and entry.running:
                 try:
