@@ -26,8 +26,7 @@ __all__ = ["JobLifecycle"]
 
 
 class JobLifecycle(CommandHandler):
-    """Creates, attaches and finishes jobs for a :class:`~controller.service.ControllerService`
-    (the parts it shares with it are a :class:`~controller.context.CommandContext`)."""
+    """The CreateJob and FinishJob commands of a :class:`~controller.service.ControllerService`."""
 
     async def create_job(
         self,

@@ -28,8 +28,8 @@ __all__ = ["OverrideHandler"]
 
 
 class OverrideHandler(CommandHandler):
-    """Appends overrides for a :class:`~controller.service.ControllerService`
-    (the parts it shares with it are a :class:`~controller.context.CommandContext`)."""
+    """The Override command of a :class:`~controller.service.ControllerService`: checks the
+    override against the job and its limits, then appends it to the job's log."""
 
     async def override(
         self,

@@ -35,8 +35,7 @@ _log = logging.getLogger("lrctl.controller.service")
 
 
 class ReportHandler(CommandHandler):
-    """Records reports for a :class:`~controller.service.ControllerService`
-    (the parts it shares with it are a :class:`~controller.context.CommandContext`)."""
+    """The Report command of a :class:`~controller.service.ControllerService`."""
 
     async def report(self, report: Report) -> int:
         """Record a worker's progress; only rank 0's report changes anything.
