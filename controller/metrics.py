@@ -226,6 +226,31 @@ def exposition_app(registry: CollectorRegistry, *, disable_compression: bool = F
     return app
 
 
+#: The help text of each per-job family.
+_JOB_HELP = {
+    "lrctl_learning_rate": (
+        "Learning rate of a param group at the job's latest step (pending overrides included)."
+    ),
+    "lrctl_step": "Latest scheduler step reported by rank 0.",
+    "lrctl_overrides": "Override events accepted, by operation.",
+    "lrctl_workers": "World size reported by the job's attached rank 0 (0 when none).",
+    "lrctl_schedule_version": "The job's current version.",
+    "lrctl_watch_streams": "Watch streams open on this controller (any client).",
+    "lrctl_overrides_pending": "Events accepted but not yet reported applied by the job's ranks.",
+    "lrctl_override_info": (
+        f"One series per override (the latest {INFO_PER_JOB} per job); value: when it "
+        "was accepted, in Unix seconds. The Grafana annotation source."
+    ),
+    "lrctl_rank_divergence": (
+        "Checks in which the job's ranks disagreed on the applied LRs, as rank 0 reported them."
+    ),
+}
+
+
+def _job_family(name: str, kind: str, labelnames: Sequence[str]) -> _Family:
+    return _Family(name, _JOB_HELP[name], kind, labelnames)
+
+
 class ControllerMetrics:
     """The controller's metrics, bound to ``registry`` (never the global one).
 
@@ -240,57 +265,17 @@ class ControllerMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        family = _Family
-        self.learning_rate = family(
-            "lrctl_learning_rate",
-            "Learning rate of a param group at the job's latest step (pending overrides included).",
-            "gauge",
-            ["job_id", "param_group"],
-        )
-        self.step = family(
-            "lrctl_step", "Latest scheduler step reported by rank 0.", "gauge", ["job_id"]
-        )
-        self.overrides = family(
-            "lrctl_overrides",
-            "Override events accepted, by operation.",
-            "counter",
-            ["job_id", "op"],
-        )
-        self.workers = family(
-            "lrctl_workers",
-            "World size reported by the job's attached rank 0 (0 when none).",
-            "gauge",
-            ["job_id"],
-        )
-        self.schedule_version = family(
-            "lrctl_schedule_version", "The job's current version.", "gauge", ["job_id"]
-        )
-        self.watch_streams = family(
-            "lrctl_watch_streams",
-            "Watch streams open on this controller (any client).",
-            "gauge",
-            ["job_id"],
-        )
-        self.overrides_pending = family(
-            "lrctl_overrides_pending",
-            "Events accepted but not yet reported applied by the job's ranks.",
-            "gauge",
-            ["job_id"],
-        )
-        self.override_info = family(
-            "lrctl_override_info",
-            f"One series per override (the latest {INFO_PER_JOB} per job); value: when it "
-            "was accepted, in Unix seconds. The Grafana annotation source.",
-            "gauge",
-            ["job_id", "version", "op", "actor", "reason"],
-        )
-        self.rank_divergence = family(
-            "lrctl_rank_divergence",
-            "Checks in which the job's ranks disagreed on the "
-            "applied LRs, as rank 0 reported them.",
-            "counter",
-            ["job_id"],
-        )
+        job = ["job_id"]
+        self.learning_rate = _job_family("lrctl_learning_rate", "gauge", [*job, "param_group"])
+        self.step = _job_family("lrctl_step", "gauge", job)
+        self.overrides = _job_family("lrctl_overrides", "counter", [*job, "op"])
+        self.workers = _job_family("lrctl_workers", "gauge", job)
+        self.schedule_version = _job_family("lrctl_schedule_version", "gauge", job)
+        self.watch_streams = _job_family("lrctl_watch_streams", "gauge", job)
+        self.overrides_pending = _job_family("lrctl_overrides_pending", "gauge", job)
+        info_labels = [*job, "version", "op", "actor", "reason"]
+        self.override_info = _job_family("lrctl_override_info", "gauge", info_labels)
+        self.rank_divergence = _job_family("lrctl_rank_divergence", "counter", job)
         # Registration order is the order of families in registry.collect().
         self._jobs = _JobSeries(
             [
