@@ -21,7 +21,10 @@ from lrctl.overrides import Event, resolve_pending
 from lrctl.program import LRProgram
 from lrctl.schedules import Schedule
 
-__all__ = ["JobDisplay"]
+__all__ = ["Changed", "JobDisplay"]
+
+#: Events a caller knows were appended or marked applied (None: compare the logs).
+Changed = Sequence[Event] | None
 
 
 class JobDisplay:
@@ -55,12 +58,7 @@ class JobDisplay:
 
     # -- following the job -------------------------------------------------------------------
 
-    def follow(
-        self,
-        job: Job,
-        new_events: Sequence[Event] | None = None,
-        applied: Sequence[Event] | None = None,
-    ) -> None:
+    def follow(self, job: Job, new_events: Changed = None, applied: Changed = None) -> None:
         """Take ``job``, the next state of the job this display follows.
 
         Args:

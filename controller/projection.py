@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 
 from controller import logs
-from controller.display import JobDisplay
+from controller.display import Changed, JobDisplay
 from controller.metrics import ControllerMetrics
 from lrctl.errors import LrctlError
 from lrctl.model import Job, Report
@@ -106,12 +106,7 @@ class Projection:
         """Drop a job's cached program (it was recreated: other spec, other groups)."""
         self._display.pop(job_id, None)
 
-    def _follow(
-        self,
-        job: Job,
-        new_events: Sequence[Event] | None = None,
-        applied: Sequence[Event] | None = None,
-    ) -> JobDisplay:
+    def _follow(self, job: Job, new_events: Changed = None, applied: Changed = None) -> JobDisplay:
         """The job's display, brought up to ``job`` (built on first use)."""
         display = self._display.get(job.job_id)
         if display is None:
