@@ -41,6 +41,7 @@ from lrctl.client import Client, ClientError
 from lrctl.overrides import Event
 from lrctl.program import LRProgram
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+from tests._grpc_helpers import applied_report
 from tests.conftest import expect_status
 from tests.faultproxy import FaultProxy
 from tests.procs import ROOT, ControllerProcess, wait_for_step
@@ -550,14 +551,7 @@ async def test_a_read_only_database_refuses_writes_and_serves_reads(
                         job_id="run-2", schedule="StepLR(step_size=2)", base_lrs=[0.1]
                     )
                 ),
-                stub.Report(
-                    pb.ReportRequest(
-                        job_id="run-1",
-                        rank=0,
-                        step=3,
-                        applied=[pb.AppliedVersion(version=2, effective_step=3)],
-                    )
-                ),
+                stub.Report(applied_report("run-1", 3, 2)),
             ):
                 err = await expect_status(call, grpc.StatusCode.UNAVAILABLE)
                 assert "read-only" in (err.details() or ""), err.details()

@@ -14,6 +14,7 @@ import pytest
 from controller.metrics import INFO_PER_JOB, INFO_REASON_CHARS
 from controller.server import Controller
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+from tests._grpc_helpers import applied_report
 from tests.test_metrics import Samples, promtool_check, samples, scrape, value
 
 pb = lrctl_pb2
@@ -85,26 +86,10 @@ async def test_override_info_pending_and_removal(controller: Controller) -> None
         promtool_check(await scrape(controller.metrics_port))
 
         # Rank 0 applies the first (every rank agreed on version 2): one left pending.
-        await stub.Report(
-            pb.ReportRequest(
-                job_id="run-1",
-                rank=0,
-                step=3,
-                applied_version=2,
-                applied=[pb.AppliedVersion(version=2, effective_step=3)],
-            )
-        )
+        await stub.Report(applied_report("run-1", 3, 2, applied_version=2))
         found = samples(await scrape(controller.metrics_port))
         assert value(found, "lrctl_overrides_pending", job_id="run-1") == 1
-        await stub.Report(
-            pb.ReportRequest(
-                job_id="run-1",
-                rank=0,
-                step=4,
-                applied_version=3,
-                applied=[pb.AppliedVersion(version=3, effective_step=4)],
-            )
-        )
+        await stub.Report(applied_report("run-1", 4, 3, applied_version=3))
         found = samples(await scrape(controller.metrics_port))
         assert value(found, "lrctl_overrides_pending", job_id="run-1") == 0
         assert set(info_series(found, "run-1")) == {"2", "3"}  # applied overrides stay

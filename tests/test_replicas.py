@@ -26,6 +26,7 @@ from lrctl.constants import CLIENT_CHANNEL_OPTIONS
 from lrctl.v1 import lrctl_pb2 as pb
 from lrctl.v1 import lrctl_pb2_grpc
 from tests import pg
+from tests._grpc_helpers import applied_report
 from tests.conftest import expect_status
 from tests.pg import PASSWORD, PostgresServer
 from tests.procs import ROOT, ControllerProcess, wait_for_step
@@ -252,22 +253,8 @@ async def test_effective_steps_and_plateau_reductions_happen_once(
         assert max(v.version for v in versions) == job.version == 4
         # Rank 0 reports the step it applied version 2 at, twice, through both replicas.
         await asyncio.gather(
-            stubs[0].Report(
-                pb.ReportRequest(
-                    job_id="run-1",
-                    rank=0,
-                    step=9,
-                    applied=[pb.AppliedVersion(version=2, effective_step=9)],
-                )
-            ),
-            stubs[1].Report(
-                pb.ReportRequest(
-                    job_id="run-1",
-                    rank=0,
-                    step=10,
-                    applied=[pb.AppliedVersion(version=2, effective_step=10)],
-                )
-            ),
+            stubs[0].Report(applied_report("run-1", 9, 2)),
+            stubs[1].Report(applied_report("run-1", 10, 2)),
         )
         steps = set()
         for stub in stubs.stubs:

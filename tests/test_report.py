@@ -14,6 +14,7 @@ from controller.store import Store
 from lrctl.model import Report
 from lrctl.overrides import Op
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+from tests._grpc_helpers import applied_report
 from tests.conftest import expect_status
 
 pb = lrctl_pb2
@@ -61,27 +62,11 @@ async def test_applied_version_is_kept_and_pending_counts_until_every_rank_appli
 
     assert pending() == 2
     # Rank 0 saw the first take effect, but the ranks agreed only on version 1 so far.
-    await stub.Report(
-        pb.ReportRequest(
-            job_id="run-1",
-            rank=0,
-            step=3,
-            applied_version=1,
-            applied=[pb.AppliedVersion(version=first, effective_step=3)],
-        )
-    )
+    await stub.Report(applied_report("run-1", 3, first, applied_version=1))
     assert pending() == 2
     await stub.Report(pb.ReportRequest(job_id="run-1", rank=0, step=4, applied_version=first))
     assert pending() == 1
-    await stub.Report(
-        pb.ReportRequest(
-            job_id="run-1",
-            rank=0,
-            step=5,
-            applied_version=second,
-            applied=[pb.AppliedVersion(version=second, effective_step=5)],
-        )
-    )
+    await stub.Report(applied_report("run-1", 5, second, applied_version=second))
     assert pending() == 0
     job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
     assert job.applied_version == second

@@ -21,6 +21,7 @@ from controller.tokens import hash_token, load_tokens
 from lrctl.convert import events_from_proto
 from lrctl.program import LRProgram, preview
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
+from tests._grpc_helpers import applied_report
 from tests.conftest import RunningServer, expect_status
 
 pb = lrctl_pb2
@@ -349,27 +350,14 @@ async def test_unexpected_failure_is_internal_not_unknown(
 async def test_only_rank_0_sets_effective_steps_once(controller: Controller, stub: Stub) -> None:
     await create(stub)
     v = (await scale(stub, 0.5)).event.version
-    applied = [pb.AppliedVersion(version=v, effective_step=5)]
-    await stub.Report(pb.ReportRequest(job_id="run-1", rank=1, step=5, applied=applied))
+    await stub.Report(applied_report("run-1", 5, v, rank=1))
     assert (
         not (await stub.History(pb.HistoryRequest(job_id="run-1")))
         .events[0]
         .HasField("effective_step")
     )
-    await stub.Report(
-        pb.ReportRequest(
-            job_id="run-1",
-            rank=0,
-            step=6,
-            lrs=[0.025, 0.0025],
-            applied=[pb.AppliedVersion(version=v, effective_step=6)],
-        )
-    )
-    await stub.Report(
-        pb.ReportRequest(
-            job_id="run-1", rank=0, step=9, applied=[pb.AppliedVersion(version=v, effective_step=9)]
-        )
-    )
+    await stub.Report(applied_report("run-1", 6, v, lrs=[0.025, 0.0025]))
+    await stub.Report(applied_report("run-1", 9, v))
     event = (await stub.History(pb.HistoryRequest(job_id="run-1"))).events[0]
     assert event.effective_step == 6 and event.applied_at.seconds > 0
     job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))
@@ -387,16 +375,7 @@ async def test_only_rank_0_sets_effective_steps_once(controller: Controller, stu
             "expected 2 lrs",
             id="lrs-per-group",
         ),
-        pytest.param(
-            pb.ReportRequest(
-                job_id="run-1",
-                rank=0,
-                step=1,
-                applied=[pb.AppliedVersion(version=9, effective_step=1)],
-            ),
-            "applied versions <= 1",
-            id="future-version",
-        ),
+        pytest.param(applied_report("run-1", 1, 9), "applied versions <= 1", id="future-version"),
         pytest.param(
             pb.ReportRequest(job_id="run-1", rank=-1, step=1), "rank >= 0", id="negative-rank"
         ),
