@@ -64,6 +64,23 @@ async def connect(ctl: Controller) -> AsyncIterator[Stub]:
         yield lrctl_pb2_grpc.LRControllerStub(chan)  # type: ignore[no-untyped-call]
 
 
+def step_job(
+    job_id: str, base_lrs: list[float] | None = None, **fields: Any
+) -> lrctl_pb2.CreateJobRequest:
+    """A CreateJob request for a StepLR(step_size=2) job (base LR 0.1 unless given)."""
+    return pb.CreateJobRequest(
+        job_id=job_id,
+        schedule="StepLR(step_size=2)",
+        base_lrs=[0.1] if base_lrs is None else base_lrs,
+        **fields,
+    )
+
+
+async def create_step_jobs(stub: Stub, *job_ids: str) -> None:
+    for job_id in job_ids:
+        await stub.CreateJob(step_job(job_id))
+
+
 async def healthy(ctl: Controller) -> bool:
     async with grpc.aio.insecure_channel(ctl.address) as chan:
         reply = await health_pb2_grpc.HealthStub(chan).Check(
@@ -148,10 +165,7 @@ async def test_a_job_that_cannot_be_evaluated_is_loaded_marked_and_refused(
 ) -> None:
     first = await start_controller(metrics_port=None)
     async with connect(first) as stub:
-        for job_id in ("bad", "good"):
-            await stub.CreateJob(
-                pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=2)", base_lrs=[0.1])
-            )
+        await create_step_jobs(stub, "bad", "good")
         await stub.Override(
             pb.OverrideRequest(
                 job_id="bad", op=pb.OVERRIDE_OP_REPLACE_SCHEDULE, schedule="ConstantLR(factor=0.5)"
@@ -173,9 +187,7 @@ async def test_a_job_that_cannot_be_evaluated_is_loaded_marked_and_refused(
             stub.Override(pb.OverrideRequest(job_id="bad", op=pb.OVERRIDE_OP_SCALE, value=0.5)),
             stub.Report(pb.ReportRequest(job_id="bad", rank=0, step=4)),
             stub.Watch(pb.WatchRequest(job_id="bad")).read(),
-            stub.CreateJob(
-                pb.CreateJobRequest(job_id="bad", schedule="StepLR(step_size=2)", base_lrs=[0.1])
-            ),
+            stub.CreateJob(step_job("bad")),
         ):
             err = await expect_status(call, grpc.StatusCode.FAILED_PRECONDITION)
             details = err.details() or ""
@@ -187,11 +199,7 @@ async def test_a_job_that_cannot_be_evaluated_is_loaded_marked_and_refused(
         # An operator can finish it, or recreate it with CreateJob replace.
         finished = await stub.FinishJob(pb.FinishJobRequest(job_id="bad"))
         assert finished.state == pb.JOB_STATE_FINISHED and finished.version == 3
-        again = await stub.CreateJob(
-            pb.CreateJobRequest(
-                job_id="bad", schedule="StepLR(step_size=2)", base_lrs=[0.1], replace=True
-            )
-        )
+        again = await stub.CreateJob(step_job("bad", replace=True))
         assert again.created and again.job.version == 4 and list(again.job.lrs) == [0.1]
         assert (await stub.GetJob(pb.GetJobRequest(job_id="bad"))).version == 4
     assert (
@@ -211,9 +219,7 @@ async def test_a_growing_schedule_past_the_float_range_is_served_as_inf(
         await stub.CreateJob(
             pb.CreateJobRequest(job_id="exp", schedule="ExponentialLR(gamma=1.5)", base_lrs=[0.1])
         )
-        await stub.CreateJob(
-            pb.CreateJobRequest(job_id="other", schedule="StepLR(step_size=2)", base_lrs=[0.1])
-        )
+        await stub.CreateJob(step_job("other"))
         for _ in range(3):
             await stub.Override(
                 pb.OverrideRequest(job_id="exp", op=pb.OVERRIDE_OP_SCALE, value=1e6)
@@ -316,9 +322,7 @@ async def _readers_work(stub: Stub, job_id: str) -> list[int]:
 async def test_huge_reasons_never_lock_readers_out_of_a_job(
     controller: Controller, stub: Stub
 ) -> None:
-    await stub.CreateJob(
-        pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1])
-    )
+    await stub.CreateJob(step_job("run-1"))
     acknowledged = []
     for i in range(6):
         err = await failure(
@@ -349,11 +353,7 @@ async def test_the_log_stays_under_the_message_size_and_failures_commit_nothing(
     write is RESOURCE_EXHAUSTED, changes nothing, and the log's readers keep working."""
     ctl = await start_controller(max_message_bytes=64 * 1024, metrics_port=None)
     async with connect(ctl) as stub:
-        await stub.CreateJob(
-            pb.CreateJobRequest(
-                job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1] * 1024
-            )
-        )
+        await stub.CreateJob(step_job("run-1", base_lrs=[0.1] * 1024))
         fat = "LambdaLR(lr_lambda='0.95 ** epoch if epoch < 10 else 0.5')" + " " * 3900
         acknowledged, refused = [], 0
         for i in range(40):
@@ -469,9 +469,7 @@ def _limits(**fields: Any) -> ServerLimits:
 async def test_override_limits(
     stub: Stub, fields: dict[str, Any], code: grpc.StatusCode, needle: str
 ) -> None:
-    await stub.CreateJob(
-        pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1])
-    )
+    await stub.CreateJob(step_job("run-1"))
     request = {"job_id": "run-1", "op": pb.OVERRIDE_OP_SCALE, "value": 0.5, **fields}
     err = await expect_status(stub.Override(pb.OverrideRequest(**request)), code)
     details = err.details() or ""
@@ -483,9 +481,7 @@ async def test_control_characters_in_a_reason_are_escaped_in_the_change_log(
     stub: Stub, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="lrctl.controller.changes")
-    await stub.CreateJob(
-        pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1])
-    )
+    await stub.CreateJob(step_job("run-1"))
     forged = "spike\n2025-01-01 INFO lrctl.controller.changes: job=run-1 version=9 op=finish"
     await stub.Override(
         pb.OverrideRequest(
@@ -506,15 +502,11 @@ async def test_control_characters_in_a_reason_are_escaped_in_the_change_log(
     cases(
         {
             "1025-groups": (
-                pb.CreateJobRequest(
-                    job_id="wide", schedule="StepLR(step_size=2)", base_lrs=[0.1] * 1025
-                ),
+                step_job("wide", base_lrs=[0.1] * 1025),
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
             ),
             "a-million-groups": (
-                pb.CreateJobRequest(
-                    job_id="wide", schedule="StepLR(step_size=2)", base_lrs=[0.1] * 1_000_000
-                ),
+                step_job("wide", base_lrs=[0.1] * 1_000_000),
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
             ),
             "spec-over-4-kib": (
@@ -524,13 +516,11 @@ async def test_control_characters_in_a_reason_are_escaped_in_the_change_log(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
             ),
             "base-lr-above-the-ceiling": (
-                pb.CreateJobRequest(job_id="high", schedule="StepLR(step_size=2)", base_lrs=[2e6]),
+                step_job("high", base_lrs=[2e6]),
                 grpc.StatusCode.INVALID_ARGUMENT,
             ),
             "100k-character-job-id": (
-                pb.CreateJobRequest(
-                    job_id="x" * 100_000, schedule="StepLR(step_size=2)", base_lrs=[0.1]
-                ),
+                step_job("x" * 100_000),
                 grpc.StatusCode.INVALID_ARGUMENT,
             ),
         }
@@ -550,11 +540,7 @@ async def test_create_limits(
 
 
 async def test_messages_quote_a_bounded_prefix(stub: Stub) -> None:
-    await stub.CreateJob(
-        pb.CreateJobRequest(
-            job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.123456789] * 1024
-        )
-    )
+    await stub.CreateJob(step_job("run-1", base_lrs=[0.123456789] * 1024))
     calls = [
         (
             stub.CreateJob(
@@ -630,21 +616,14 @@ async def test_list_jobs_pages_cheaply_at_the_job_limit(tmp_path: Path) -> None:
 async def test_events_per_job_and_jobs_are_limited(start_controller: Start) -> None:
     ctl = await start_controller(limits=_limits(max_events_per_job=3, max_jobs=2))
     async with connect(ctl) as stub:
-        for job_id in ("a", "b"):
-            await stub.CreateJob(
-                pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=2)", base_lrs=[0.1])
-            )
+        await create_step_jobs(stub, "a", "b")
         err = await expect_status(
-            stub.CreateJob(
-                pb.CreateJobRequest(job_id="c", schedule="StepLR(step_size=2)", base_lrs=[0.1])
-            ),
+            stub.CreateJob(step_job("c")),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
         )
         assert "2 jobs" in (err.details() or "")
         # Attaching to and recreating existing jobs still work at the limit.
-        await stub.CreateJob(
-            pb.CreateJobRequest(job_id="a", schedule="StepLR(step_size=2)", base_lrs=[0.1])
-        )
+        await stub.CreateJob(step_job("a"))
         for _ in range(3):
             await stub.Override(pb.OverrideRequest(job_id="a", op=pb.OVERRIDE_OP_SCALE, value=0.5))
         err = await expect_status(
@@ -653,11 +632,7 @@ async def test_events_per_job_and_jobs_are_limited(start_controller: Start) -> N
         )
         assert "3 events" in (err.details() or "")
         assert (await stub.GetJob(pb.GetJobRequest(job_id="a"))).version == 4
-        recreated = await stub.CreateJob(
-            pb.CreateJobRequest(
-                job_id="a", schedule="StepLR(step_size=2)", base_lrs=[0.2], replace=True
-            )
-        )
+        recreated = await stub.CreateJob(step_job("a", base_lrs=[0.2], replace=True))
         assert recreated.job.version == 5 and not recreated.job.events
         await stub.Override(pb.OverrideRequest(job_id="a", op=pb.OVERRIDE_OP_SCALE, value=0.5))
 
@@ -665,10 +640,7 @@ async def test_events_per_job_and_jobs_are_limited(start_controller: Start) -> N
 async def test_watch_streams_are_limited_per_job_and_in_total(start_controller: Start) -> None:
     ctl = await start_controller(limits=_limits(max_watch_streams_per_job=2, max_watch_streams=3))
     async with connect(ctl) as stub:
-        for job_id in ("a", "b"):
-            await stub.CreateJob(
-                pb.CreateJobRequest(job_id=job_id, schedule="StepLR(step_size=2)", base_lrs=[0.1])
-            )
+        await create_step_jobs(stub, "a", "b")
         streams = []
         for job_id in ("a", "a"):
             call = stub.Watch(pb.WatchRequest(job_id=job_id))
@@ -701,14 +673,10 @@ async def test_the_lr_ceiling_and_report_sizes_are_configurable(start_controller
     ctl = await start_controller(limits=_limits(max_lr=10.0, max_report_items=4))
     async with connect(ctl) as stub:
         await expect_status(
-            stub.CreateJob(
-                pb.CreateJobRequest(job_id="a", schedule="StepLR(step_size=2)", base_lrs=[20.0])
-            ),
+            stub.CreateJob(step_job("a", base_lrs=[20.0])),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        await stub.CreateJob(
-            pb.CreateJobRequest(job_id="a", schedule="StepLR(step_size=2)", base_lrs=[5.0])
-        )
+        await stub.CreateJob(step_job("a", base_lrs=[5.0]))
         await expect_status(
             stub.Override(pb.OverrideRequest(job_id="a", op=pb.OVERRIDE_OP_SET, value=11.0)),
             grpc.StatusCode.INVALID_ARGUMENT,
