@@ -174,8 +174,7 @@ class Compiler:
         lim = MAX_FLOAT_INT
 
         def run(x: float) -> float:
-            a = left(x)
-            b = right(x)
+            a, b = left(x), right(x)
             try:
                 r = op(a, b)
             except (ArithmeticError, ValueError) as exc:
