@@ -27,6 +27,7 @@ from tests.conftest import RunningServer, expect_status
 pb = lrctl_pb2
 Stub = lrctl_pb2_grpc.LRControllerStub
 SPEC = "StepLR(step_size=2, gamma=0.5)"
+UNSAFE_LAMBDA = "LambdaLR(lr_lambda=\"__import__('os')\")"
 
 
 async def create(
@@ -166,53 +167,28 @@ async def test_expected_version_conflict_is_aborted(stub: Stub) -> None:
     assert (await stub.GetJob(pb.GetJobRequest(job_id="run-1"))).version == 2
 
 
+def _refused(case: str, message: str, op: int, **fields: Any) -> Any:
+    """An override the server must refuse: its request's fields and a part of the error."""
+    return pytest.param({"op": op, **fields}, message, id=case)
+
+
+SCALE, SET, REPLACE = pb.OVERRIDE_OP_SCALE, pb.OVERRIDE_OP_SET, pb.OVERRIDE_OP_REPLACE_SCHEDULE
 REFUSED_OVERRIDES = [
-    pytest.param({"op": pb.OVERRIDE_OP_SCALE, "value": 0.0}, "scale factor", id="scale-0"),
-    pytest.param({"op": pb.OVERRIDE_OP_SCALE, "value": float("inf")}, "finite", id="scale-inf"),
-    pytest.param({"op": pb.OVERRIDE_OP_SCALE, "value": float("nan")}, "finite", id="scale-nan"),
-    pytest.param({"op": pb.OVERRIDE_OP_SET, "value": -1.0}, ">= 0", id="set-negative"),
-    pytest.param({"op": pb.OVERRIDE_OP_SET, "value": float("inf")}, "finite", id="set-inf"),
-    pytest.param(
-        {"op": pb.OVERRIDE_OP_SCALE, "value": 0.5, "param_group": 2},
-        "group 2 does not exist",
-        id="bad-group",
-    ),
-    pytest.param(
-        {"op": pb.OVERRIDE_OP_SCALE, "value": 0.5, "param_group": -1},
-        "param group",
-        id="negative-group",
-    ),
-    pytest.param(
-        {"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": "NoSuchLR()"},
-        "unknown scheduler",
-        id="bad-spec",
-    ),
-    pytest.param(
-        {
-            "op": pb.OVERRIDE_OP_REPLACE_SCHEDULE,
-            "schedule": "LambdaLR(lr_lambda=\"__import__('os')\")",
-        },
-        "double underscores",
-        id="unsafe-expression",
-    ),
-    pytest.param(
-        {"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": ""},
-        "expected a schedule",
-        id="empty-spec",
-    ),
-    pytest.param(
-        {"op": pb.OVERRIDE_OP_REPLACE_SCHEDULE, "schedule": "ExponentialLR()"},
-        "ExponentialLR",
-        id="missing-argument",
-    ),
-    pytest.param(
-        {"op": pb.OVERRIDE_OP_UNSPECIFIED}, "OVERRIDE_OP_UNSPECIFIED", id="op-unspecified"
-    ),
+    _refused("scale-0", "scale factor", SCALE, value=0.0),
+    _refused("scale-inf", "finite", SCALE, value=float("inf")),
+    _refused("scale-nan", "finite", SCALE, value=float("nan")),
+    _refused("set-negative", ">= 0", SET, value=-1.0),
+    _refused("set-inf", "finite", SET, value=float("inf")),
+    _refused("bad-group", "group 2 does not exist", SCALE, value=0.5, param_group=2),
+    _refused("negative-group", "param group", SCALE, value=0.5, param_group=-1),
+    _refused("bad-spec", "unknown scheduler", REPLACE, schedule="NoSuchLR()"),
+    _refused("unsafe-expression", "double underscores", REPLACE, schedule=UNSAFE_LAMBDA),
+    _refused("empty-spec", "expected a schedule", REPLACE, schedule=""),
+    _refused("missing-argument", "ExponentialLR", REPLACE, schedule="ExponentialLR()"),
+    _refused("op-unspecified", "OVERRIDE_OP_UNSPECIFIED", pb.OVERRIDE_OP_UNSPECIFIED),
     # The wire op converts; the service refuses it (only the controller decides reductions).
-    pytest.param(
-        {"op": pb.OVERRIDE_OP_PLATEAU_REDUCE}, "got 'plateau_reduce'", id="op-plateau-from-client"
-    ),
-    pytest.param({"op": 42}, "got 42", id="op-unknown"),
+    _refused("op-plateau-from-client", "got 'plateau_reduce'", pb.OVERRIDE_OP_PLATEAU_REDUCE),
+    _refused("op-unknown", "got 42", 42),
 ]
 
 
@@ -236,12 +212,7 @@ async def test_refused_override_is_invalid_argument_and_changes_nothing(
 @pytest.mark.parametrize(
     ("schedule", "base_lrs", "message"),
     [
-        pytest.param(
-            "LambdaLR(lr_lambda=\"__import__('os')\")",
-            (0.1,),
-            "double underscores",
-            id="unsafe-expression",
-        ),
+        pytest.param(UNSAFE_LAMBDA, (0.1,), "double underscores", id="unsafe-expression"),
         pytest.param("LambdaLR(lr_lambda='10 ** 10 ** 10')", (0.1,), "overflow", id="huge-power"),
         pytest.param("StepLR(step_size=0)", (0.1,), "step_size", id="bad-argument"),
         pytest.param("StepLR(step_size=2", (0.1,), "syntax", id="syntax"),
