@@ -164,18 +164,18 @@ class Job:
         return data
 
 
-class WatchKind(str, enum.Enum):
-    """What a :class:`WatchMessage` carries."""
+class WatchKind(enum.StrEnum):
+    """What a :class:`WatchMessage` carries (its value is the lower-case name)."""
 
-    SNAPSHOT = "snapshot"
+    SNAPSHOT = enum.auto()
     """Full job state; the first message of a fresh watch."""
-    EVENT = "event"
+    EVENT = enum.auto()
     """One new event (versions arrive in order, none skipped)."""
-    RESYNC = "resync"
+    RESYNC = enum.auto()
     """Full job state because the resume point is gone: replace what you hold."""
-    HEARTBEAT = "heartbeat"
+    HEARTBEAT = enum.auto()
     """Nothing new; ``version`` is the current version."""
-    FINISHED = "finished"
+    FINISHED = enum.auto()
     """The job was finished; ``job`` is its final state. The stream then ends."""
 
 
