@@ -32,7 +32,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+from controller.metrics import ControllerMetrics
 from tests.procs import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -137,25 +139,24 @@ def test_every_alert_is_documented() -> None:
         assert rule["labels"]["severity"] in ("critical", "warning")
 
 
-#: Metric types, for the aggregation check (gauges: max; counters and histograms: sum).
-GAUGES = {
-    "lrctl_learning_rate",
-    "lrctl_step",
-    "lrctl_workers",
-    "lrctl_schedule_version",
-    "lrctl_overrides_pending",
-    "lrctl_override_info",
-    "ray_lrctl_worker_learning_rate",
-}
 #: Counted per replica (each replica's own streams): their total is a sum.
 PER_REPLICA_GAUGES = {"lrctl_watch_streams"}
-COUNTERS = {
-    "lrctl_overrides_total",
-    "lrctl_rank_divergence_total",
-    "lrctl_grpc_server_handled_total",
-    "lrctl_override_apply_seconds_bucket",
-    "lrctl_grpc_server_handling_seconds_bucket",
-}
+
+
+def _series_by_type() -> tuple[set[str], set[str]]:
+    """The series the rules and dashboards may read, from the controller's own metrics (and
+    the worker's Ray gauge): gauges, and counters and histogram buckets."""
+    gauges, counters = {"ray_lrctl_worker_learning_rate"}, set()
+    for family in ControllerMetrics(CollectorRegistry()).registry.collect():
+        if family.type == "gauge":
+            gauges.add(family.name)
+        else:
+            counters.add(family.name + ("_total" if family.type == "counter" else "_bucket"))
+    return gauges - PER_REPLICA_GAUGES, counters
+
+
+#: Metric types, for the aggregation check (gauges: max; counters and histograms: sum).
+GAUGES, COUNTERS = _series_by_type()
 _AGG = re.compile(r"\b(sum|max|min|avg|count)\s+by\s*\(([^)]*)\)\s*\(")
 
 
