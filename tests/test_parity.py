@@ -222,90 +222,87 @@ lrs = st.floats(1e-4, 1.0)
 gammas = st.floats(0.5, 1.0)
 
 
+def _call(draw: st.DrawFn, name: str, args: dict[str, object]) -> str:
+    """``name(arg=value, ...)``: each strategy drawn, in order; a plain value as given."""
+    values = (draw(v) if isinstance(v, st.SearchStrategy) else v for v in args.values())
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in zip(args, values))})"
+
+
+#: kind: the scheduler and its arguments (strategies); cyclic, sequential and chained below.
+DRAWN: dict[str, tuple[str, dict[str, object]]] = {
+    "step": ("StepLR", {"step_size": st.integers(1, 100), "gamma": gammas}),
+    "multistep": (
+        "MultiStepLR",
+        {"milestones": st.lists(st.integers(0, 400), max_size=6), "gamma": gammas},
+    ),
+    "exp": ("ExponentialLR", {"gamma": st.floats(0.9, 1.0)}),
+    "cos": ("CosineAnnealingLR", {"T_max": st.integers(1, 500), "eta_min": st.floats(0, 1e-3)}),
+    "restarts": (
+        "CosineAnnealingWarmRestarts",
+        {"T_0": st.integers(1, 100), "T_mult": st.integers(1, 3), "eta_min": st.floats(0, 1e-4)},
+    ),
+    "onecycle": (
+        "OneCycleLR",
+        {
+            "max_lr": lrs,
+            "total_steps": st.integers(300, 600),
+            "pct_start": st.floats(0.05, 0.45),
+            "anneal_strategy": st.sampled_from(["cos", "linear"]),
+            "three_phase": st.booleans(),
+            "div_factor": st.floats(2, 100),
+        },
+    ),
+    "linear": (
+        "LinearLR",
+        {
+            "start_factor": st.floats(0.01, 1.0),
+            "end_factor": st.floats(0.0, 1.0),
+            "total_iters": st.integers(0, 300),
+        },
+    ),
+    "poly": ("PolynomialLR", {"total_iters": st.integers(0, 300), "power": st.floats(0.0, 3.0)}),
+    "constant": (
+        "ConstantLR",
+        {"factor": st.floats(0.01, 1.0), "total_iters": st.integers(0, 50)},
+    ),
+}
+
+
 @st.composite
 def random_specs(draw: st.DrawFn) -> str:
-    kind = draw(
-        st.sampled_from(
-            [
-                "step",
-                "multistep",
-                "exp",
-                "cos",
-                "cyclic",
-                "restarts",
-                "onecycle",
-                "linear",
-                "poly",
-                "constant",
-                "sequential",
-                "chained",
-            ]
-        )
-    )
-    if kind == "step":
-        return f"StepLR(step_size={draw(st.integers(1, 100))}, gamma={draw(gammas)!r})"
-    if kind == "multistep":
-        ms = draw(st.lists(st.integers(0, 400), max_size=6))
-        return f"MultiStepLR(milestones={ms}, gamma={draw(gammas)!r})"
-    if kind == "exp":
-        return f"ExponentialLR(gamma={draw(st.floats(0.9, 1.0))!r})"
-    if kind == "cos":
-        return (
-            f"CosineAnnealingLR(T_max={draw(st.integers(1, 500))}, "
-            f"eta_min={draw(st.floats(0, 1e-3))!r})"
-        )
+    kind = draw(st.sampled_from([*DRAWN, "cyclic", "sequential", "chained"]))
+    if kind in DRAWN:
+        return _call(draw, *DRAWN[kind])
     if kind == "cyclic":
-        mode = draw(st.sampled_from(["triangular", "triangular2", "exp_range"]))
         b = draw(lrs)
-        return (
-            f"CyclicLR(base_lr={b!r}, max_lr={b * draw(st.floats(1.0, 100.0))!r}, "
-            f"step_size_up={draw(st.integers(1, 200))}, "
-            f"step_size_down={draw(st.integers(1, 200))}, mode={mode!r}, "
-            f"gamma={draw(st.floats(0.99, 1.0))!r}, "
-            f"base_momentum={draw(st.floats(0.5, 0.85))!r})"
-        )
-    if kind == "restarts":
-        return (
-            f"CosineAnnealingWarmRestarts(T_0={draw(st.integers(1, 100))}, "
-            f"T_mult={draw(st.integers(1, 3))}, eta_min={draw(st.floats(0, 1e-4))!r})"
-        )
-    if kind == "onecycle":
-        total = draw(st.integers(300, 600))
-        return (
-            f"OneCycleLR(max_lr={draw(lrs)!r}, total_steps={total}, "
-            f"pct_start={draw(st.floats(0.05, 0.45))!r}, "
-            f"anneal_strategy={draw(st.sampled_from(['cos', 'linear']))!r}, "
-            f"three_phase={draw(st.booleans())}, div_factor={draw(st.floats(2, 100))!r})"
-        )
-    if kind == "linear":
-        return (
-            f"LinearLR(start_factor={draw(st.floats(0.01, 1.0))!r}, "
-            f"end_factor={draw(st.floats(0.0, 1.0))!r}, "
-            f"total_iters={draw(st.integers(0, 300))})"
-        )
-    if kind == "poly":
-        return (
-            f"PolynomialLR(total_iters={draw(st.integers(0, 300))}, "
-            f"power={draw(st.floats(0.0, 3.0))!r})"
-        )
-    if kind == "constant":
-        return (
-            f"ConstantLR(factor={draw(st.floats(0.01, 1.0))!r}, "
-            f"total_iters={draw(st.integers(0, 50))})"
+        return _call(
+            draw,
+            "CyclicLR",
+            {
+                "base_lr": b,
+                "max_lr": b * draw(st.floats(1.0, 100.0)),
+                "step_size_up": st.integers(1, 200),
+                "step_size_down": st.integers(1, 200),
+                "mode": st.sampled_from(["triangular", "triangular2", "exp_range"]),
+                "gamma": st.floats(0.99, 1.0),
+                "base_momentum": st.floats(0.5, 0.85),
+            },
         )
     if kind == "sequential":
-        m = draw(st.integers(0, 200))
-        start = draw(st.floats(0.01, 1.0))
-        return (
-            f"SequentialLR(schedulers=[LinearLR(start_factor={start!r}, "
-            f"total_iters={draw(st.integers(1, 50))}), "
-            f"CosineAnnealingLR(T_max={draw(st.integers(1, 300))})], milestones=[{m}])"
+        warmup = _call(
+            draw,
+            "LinearLR",
+            {"start_factor": st.floats(0.01, 1.0), "total_iters": st.integers(1, 50)},
         )
-    return (
-        f"ChainedScheduler(schedulers=[ExponentialLR(gamma={draw(st.floats(0.99, 1.0))!r}), "
-        f"CosineAnnealingLR(T_max={draw(st.integers(1, 300))}), "
-        f"StepLR(step_size={draw(st.integers(1, 100))}, gamma={draw(gammas)!r})])"
-    )
+        cosine = _call(draw, "CosineAnnealingLR", {"T_max": st.integers(1, 300)})
+        milestone = draw(st.integers(0, 200))
+        return f"SequentialLR(schedulers=[{warmup}, {cosine}], milestones=[{milestone}])"
+    chained = [
+        _call(draw, "ExponentialLR", {"gamma": st.floats(0.99, 1.0)}),
+        _call(draw, "CosineAnnealingLR", {"T_max": st.integers(1, 300)}),
+        _call(draw, *DRAWN["step"]),
+    ]
+    return f"ChainedScheduler(schedulers=[{', '.join(chained)}])"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
