@@ -83,16 +83,11 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (ranks)")
     parser.add_argument("--schedule", default="CosineAnnealingLR(T_max=300, eta_min=0.001)")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--step-sleep",
-        type=float,
-        default=0.05,
-        help="seconds per step, so a human can override mid-run",
-    )
+    parser.add_argument("--step-sleep", type=float, default=0.05, help="seconds per step")
     parser.add_argument("--lr-log", default="", help="folder for each rank's per-step LR")
     parser.add_argument("--name", default=os.environ.get("LRCTL_JOB", "lrctl-example"))
     parser.add_argument("--storage", default=os.path.join(tempfile.gettempdir(), "lrctl-ray"))
@@ -102,13 +97,7 @@ def main() -> None:
     use_gpu = bool(ray.cluster_resources().get("GPU", 0))
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={
-            "schedule": args.schedule,
-            "lr": args.lr,
-            "steps": args.steps,
-            "step_sleep": args.step_sleep,
-            "lr_log": args.lr_log,
-        },
+        train_loop_config=vars(args),  # schedule, lr, steps, step_sleep, lr_log
         scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=use_gpu),
         run_config=RunConfig(name=args.name, storage_path=args.storage),
     )

@@ -152,13 +152,7 @@ def main() -> None:
     ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={
-            "schedule": args.schedule,
-            "lr": args.lr,
-            "steps": args.steps,
-            "checkpoint_every": args.checkpoint_every,
-            "step_sleep": args.step_sleep,
-        },
+        train_loop_config=vars(args),  # schedule, lr, steps, checkpoint_every, step_sleep
         scaling_config=ScalingConfig(
             num_workers=args.workers, use_gpu=bool(ray.cluster_resources().get("GPU", 0))
         ),

@@ -29,13 +29,8 @@ def lr_loop(config: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        log.append(
-            [
-                scheduler.last_epoch,
-                scheduler.applied_version,
-                float(optimizer.param_groups[0]["lr"]),
-            ]
-        )
+        lr = float(optimizer.param_groups[0]["lr"])
+        log.append([scheduler.last_epoch, scheduler.applied_version, lr])
         time.sleep(config["sleep"])
     scheduler.close()
     return {
