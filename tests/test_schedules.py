@@ -94,17 +94,25 @@ def test_warm_restarts_t0_50_tmult_2_restart_at_50_150_350() -> None:
 
 # -- spec language -------------------------------------------------------------------------------
 
-ROUND_TRIP = [
-    "StepLR(step_size=200, gamma=0.5)",
-    "SequentialLR(schedulers=[LinearLR(start_factor=0.1, total_iters=5), "
-    "CosineAnnealingLR(T_max=95)], milestones=[5])",
-    "LambdaLR(lr_lambda='0.5 if epoch < 40 else 0.25')",
-    "CyclicLR(base_lr=[0.001, 0.002], max_lr=0.1, step_size_up=50, mode='triangular2', "
-    "cycle_momentum=False)",
-    "StepLR(200, 0.5)",
-    "OneCycleLR(max_lr=0.1, total_steps=100, three_phase=True, final_div_factor=10000.0)",
-    "MultiStepLR(milestones=[], gamma=1e-05)",
-]
+ROUND_TRIP = cases(
+    {
+        "step": "StepLR(step_size=200, gamma=0.5)",
+        "sequential": (
+            "SequentialLR(schedulers=[LinearLR(start_factor=0.1, total_iters=5), "
+            "CosineAnnealingLR(T_max=95)], milestones=[5])"
+        ),
+        "lambda-text": "LambdaLR(lr_lambda='0.5 if epoch < 40 else 0.25')",
+        "cyclic-per-group": (
+            "CyclicLR(base_lr=[0.001, 0.002], max_lr=0.1, step_size_up=50, mode='triangular2', "
+            "cycle_momentum=False)"
+        ),
+        "positional": "StepLR(200, 0.5)",
+        "onecycle-floats": (
+            "OneCycleLR(max_lr=0.1, total_steps=100, three_phase=True, final_div_factor=10000.0)"
+        ),
+        "empty-list-small-float": "MultiStepLR(milestones=[], gamma=1e-05)",
+    }
+)
 
 
 @pytest.mark.parametrize("text", ROUND_TRIP)
