@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +28,7 @@ from tests import pg
 from tests._grpc_helpers import applied_report
 from tests.conftest import expect_status
 from tests.pg import PASSWORD, PostgresServer
-from tests.procs import ROOT, ControllerProcess, wait_for_step
+from tests.procs import CLI, ControllerProcess, run_captured, wait_for_step
 from tests.test_ddp import check_consistent, launch_ranks, read_ranks, wait_ranks
 
 Start = Callable[..., Awaitable[Controller]]
@@ -69,6 +68,19 @@ class Stubs:
             await channel.close()
 
 
+Cluster = Callable[[int], Awaitable[Stubs]]
+
+
+@pytest.fixture
+def cluster(start_controller: Start, pg_url: str) -> Cluster:
+    """``await cluster(n)``: ``n`` in-process replicas on the test database, a stub for each."""
+
+    async def start(n: int) -> Stubs:
+        return Stubs(await _replicas(start_controller, pg_url, n))
+
+    return start
+
+
 async def _create(
     stub: lrctl_pb2_grpc.LRControllerStub,
     job_id: str = "run-1",
@@ -100,10 +112,8 @@ async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0
         await asyncio.sleep(0.01)
 
 
-async def test_writes_through_every_replica_get_distinct_versions(
-    start_controller: Start, pg_url: str
-) -> None:
-    async with Stubs(await _replicas(start_controller, pg_url, 3)) as stubs:
+async def test_writes_through_every_replica_get_distinct_versions(cluster: Cluster) -> None:
+    async with await cluster(3) as stubs:
         await _create(stubs[0])
         replies = await asyncio.gather(
             *(stubs[i % 3].Override(_scale("run-1", 0.99, reason=f"#{i}")) for i in range(60))
@@ -121,10 +131,8 @@ async def test_writes_through_every_replica_get_distinct_versions(
             assert sorted(e.reason for e in history.events) == sorted(f"#{i}" for i in range(60))
 
 
-async def test_a_read_on_another_replica_sees_every_acknowledged_write(
-    start_controller: Start, pg_url: str
-) -> None:
-    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
+async def test_a_read_on_another_replica_sees_every_acknowledged_write(cluster: Cluster) -> None:
+    async with await cluster(2) as stubs:
         await _create(stubs[0], "rw-1")
         for i in range(20):  # write on one replica, read at once on the other: no waiting
             reply = await stubs[i % 2].Override(_scale("rw-1", 0.9, reason=f"#{i}"))
@@ -138,12 +146,9 @@ async def test_a_read_on_another_replica_sees_every_acknowledged_write(
         assert job.job_id == "rw-2"
 
 
-async def test_expected_version_means_the_same_on_every_replica(
-    start_controller: Start, pg_url: str
-) -> None:
-    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
-        created = await _create(stubs[0])
-        version = created.job.version
+async def test_expected_version_means_the_same_on_every_replica(cluster: Cluster) -> None:
+    async with await cluster(2) as stubs:
+        version = (await _create(stubs[0])).job.version
         results = await asyncio.gather(
             stubs[0].Override(_scale("run-1", 0.5, expected=version)),
             stubs[1].Override(_scale("run-1", 0.25, expected=version)),
@@ -162,11 +167,10 @@ async def test_expected_version_means_the_same_on_every_replica(
 
 
 async def test_watchers_on_every_replica_see_every_write_within_milliseconds(
-    start_controller: Start, pg_url: str
+    cluster: Cluster,
 ) -> None:
-    async with Stubs(await _replicas(start_controller, pg_url, 3)) as stubs:
-        created = await _create(stubs[0])
-        start = created.job.version
+    async with await cluster(3) as stubs:
+        start = (await _create(stubs[0])).job.version
         seen: list[list[int]] = [[] for _ in stubs.replicas]
         arrival: dict[tuple[int, int], float] = {}
         streams = [
@@ -195,9 +199,9 @@ async def test_watchers_on_every_replica_see_every_write_within_milliseconds(
 
 
 async def test_watch_resumes_on_another_replica_from_a_version_it_handed_out(
-    start_controller: Start, pg_url: str
+    cluster: Cluster,
 ) -> None:
-    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
+    async with await cluster(2) as stubs:
         await _create(stubs[0])
         for _ in range(3):
             reply = await stubs[0].Override(_scale("run-1", 0.5))
@@ -216,10 +220,8 @@ async def test_watch_resumes_on_another_replica_from_a_version_it_handed_out(
         stream.cancel()
 
 
-async def test_concurrent_creates_of_one_id_on_two_replicas(
-    start_controller: Start, pg_url: str
-) -> None:
-    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
+async def test_concurrent_creates_of_one_id_on_two_replicas(cluster: Cluster) -> None:
+    async with await cluster(2) as stubs:
         a, b = await asyncio.gather(_create(stubs[0], "same"), _create(stubs[1], "same"))
         assert sorted([a.created, b.created]) == [False, True]  # one creates, one attaches
         assert a.job.version == b.job.version == 1
@@ -234,10 +236,8 @@ async def test_concurrent_creates_of_one_id_on_two_replicas(
         assert codes == ["FAILED_PRECONDITION", "OK"]  # the second sees the first's spec
 
 
-async def test_effective_steps_and_plateau_reductions_happen_once(
-    start_controller: Start, pg_url: str
-) -> None:
-    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
+async def test_effective_steps_and_plateau_reductions_happen_once(cluster: Cluster) -> None:
+    async with await cluster(2) as stubs:
         await _create(stubs[0], spec=PLATEAU)
         flat = [pb.PlateauMetric(step=s, value=1.0) for s in range(1, 9)]
         # The same metrics reach both replicas (a retried report after a failover).
@@ -269,10 +269,8 @@ async def test_effective_steps_and_plateau_reductions_happen_once(
         assert len(steps) == 1 and steps <= {9, 10}  # the first report wins, everywhere
 
 
-async def test_finish_on_one_replica_ends_watches_on_the_others(
-    start_controller: Start, pg_url: str
-) -> None:
-    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
+async def test_finish_on_one_replica_ends_watches_on_the_others(cluster: Cluster) -> None:
+    async with await cluster(2) as stubs:
         created = await _create(stubs[0])
         stream = stubs[1].Watch(pb.WatchRequest(job_id="run-1", from_version=created.job.version))
         await asyncio.sleep(0.1)
@@ -569,14 +567,8 @@ def test_cli_uses_whichever_replica_is_up(pg_url: str) -> None:
     address = ",".join(r.address for r in replicas)
 
     def lrctl(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "controller.cli", "--address", address, *argv],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={k: v for k, v in os.environ.items() if k != "LRCTL_ADDRESS"},
-        )
+        env = {k: v for k, v in os.environ.items() if k != "LRCTL_ADDRESS"}
+        return run_captured([*CLI, "--address", address, *argv], env=env)
 
     try:
         created = lrctl(
@@ -596,12 +588,12 @@ def test_cli_uses_whichever_replica_is_up(pg_url: str) -> None:
 
 
 async def test_a_database_outage_is_unavailable_then_heals(
-    start_controller: Start, pg_url: str, postgres: PostgresServer
+    cluster: Cluster, postgres: PostgresServer
 ) -> None:
     """While PostgreSQL is down, writes fail UNAVAILABLE (retryable), never INTERNAL, and open
     Watch streams stay open; once it is back, writes succeed, versions unbroken, and the
     replicas' change feeds resume (a watcher on the other replica sees the new write)."""
-    async with Stubs(await _replicas(start_controller, pg_url, 2)) as stubs:
+    async with await cluster(2) as stubs:
         created = await _create(stubs[0])
         stream = stubs[1].Watch(pb.WatchRequest(job_id="run-1", from_version=created.job.version))
         first = await asyncio.wait_for(stream.read(), 10)  # open: a heartbeat comes first
