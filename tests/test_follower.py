@@ -335,44 +335,24 @@ class Certs:
     client_key: Path
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+def _openssl(command: str, cwd: Path) -> None:
+    """Run ``openssl`` with ``command`` split on white space (no argument here has any)."""
+    subprocess.run(
+        ["openssl", *command.split()], cwd=cwd, check=True, capture_output=True, timeout=60
+    )
+
+
+#: A new P-256 key, unencrypted, for ``openssl req``.
+_NEW_KEY = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
 
 
 def _signed(name: str, cn: str, san: str, cwd: Path) -> None:
-    _openssl(
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        "-subj",
-        f"/CN={cn}",
-        cwd=cwd,
-    )
+    _openssl(f"req {_NEW_KEY} -keyout {name}.key -out {name}.csr -subj /CN={cn}", cwd)
     (cwd / f"{name}.ext").write_text(f"subjectAltName={san}\n")
     _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        f"{name}.pem",
-        "-days",
-        "1",
-        "-extfile",
-        f"{name}.ext",
-        cwd=cwd,
+        f"x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem "
+        f"-days 1 -extfile {name}.ext",
+        cwd,
     )
 
 
@@ -381,22 +361,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """A CA, a server certificate for ``lrctl.internal`` only, and a client certificate."""
     where = tmp_path_factory.mktemp("tls")
     _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=lrctl-test-ca",
-        cwd=where,
+        f"req -x509 {_NEW_KEY} -keyout ca.key -out ca.pem -days 1 -subj /CN=lrctl-test-ca", where
     )
     _signed("server", "lrctl.internal", "DNS:lrctl.internal", where)
     _signed("client", "rank-0", "DNS:rank-0", where)
