@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import platform
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["RESULTS", "SECTIONS", "machine", "write_section"]
+__all__ = ["RESULTS", "SECTIONS", "add_options", "machine", "write_section"]
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 #: The areas, in the order their sections appear in RESULTS.md.
@@ -24,6 +26,14 @@ Reproduce with `python -m benchmarks [SECTION] --write` (every section but the s
 section is named); each section below is replaced only by its own run and says on which
 machine it ran. Ratios are measured side by side in one run; absolute times are context.
 """
+
+
+def add_options(parser: Any, options: Iterable[tuple[str, object, str]]) -> None:
+    """Add a section's ``(flag, default, help)`` options; the type is the default's, and
+    the help ends with the default."""
+    for flag, default, text in options:
+        kind = type(default) if isinstance(default, (int, float)) else str
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
 
 
 def machine() -> str:

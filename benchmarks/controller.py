@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import ctl_fanout, ctl_load
-from benchmarks._results import machine
+from benchmarks._results import add_options, machine
 
 TITLE = "Controller: override cost against history, /metrics, Watch fan-out, start-up"
 
@@ -23,32 +23,18 @@ PARTS = ("override", "metrics", "fanout", "startup")
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
-    parser.add_argument(
-        "--controller-parts",
-        default=",".join(PARTS),
-        help=f"comma-separated parts of this section ({', '.join(PARTS)})",
-    )
-    parser.add_argument(
-        "--controller-events",
-        default="10,1000,10000",
-        help="log lengths of the override part (default 10,1000,10000)",
-    )
-    parser.add_argument(
-        "--controller-overrides",
-        type=int,
-        default=0,
-        help="overrides per run of the override part (default 200; 40 quick)",
-    )
-    parser.add_argument(
-        "--controller-jobs",
-        default="1000,10000",
-        help="running jobs of the /metrics part (default 1000,10000)",
-    )
-    parser.add_argument(
-        "--controller-streams",
-        default="8,128,1000",
-        help="Watch streams of the fan-out part (default 8,128,1000)",
-    )
+    options = [
+        ("--controller-parts", ",".join(PARTS), f"comma-separated parts ({', '.join(PARTS)})"),
+        ("--controller-events", "10,1000,10000", "log lengths of the override part"),
+        (
+            "--controller-overrides",
+            0,
+            "overrides per run of the override part; 0: 200, 40 with --quick",
+        ),
+        ("--controller-jobs", "1000,10000", "running jobs of the /metrics part"),
+        ("--controller-streams", "8,128,1000", "Watch streams of the fan-out part"),
+    ]
+    add_options(parser, options)
 
 
 def run(args: argparse.Namespace) -> str:

@@ -33,6 +33,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmarks._results import add_options
+
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "Integrations: live change against restart"
 RAY_ENV = {
@@ -367,24 +369,12 @@ def measure(rpc_overrides: int, cli_overrides: int, pbt_iterations: int) -> dict
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
-    parser.add_argument(
-        "--integrations-overrides",
-        type=int,
-        default=10,
-        help="live overrides sent through the client (default 10)",
-    )
-    parser.add_argument(
-        "--integrations-cli-overrides",
-        type=int,
-        default=3,
-        help="live overrides sent with the lrctl CLI (default 3)",
-    )
-    parser.add_argument(
-        "--integrations-pbt-iterations",
-        type=int,
-        default=60,
-        help="reports per PBT trial, 20 steps each (default 60)",
-    )
+    options = [
+        ("--integrations-overrides", 10, "live overrides sent through the client"),
+        ("--integrations-cli-overrides", 3, "live overrides sent with the lrctl CLI"),
+        ("--integrations-pbt-iterations", 60, "reports per PBT trial, 20 steps each"),
+    ]
+    add_options(parser, options)
 
 
 def run(args: argparse.Namespace) -> str:

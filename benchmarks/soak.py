@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
 
 import grpc  # noqa: E402
 
+from benchmarks._results import add_options  # noqa: E402
 from lrctl.client import Client, ClientError, WatchFollower  # noqa: E402
 from lrctl.model import Report  # noqa: E402
 from tests.faultproxy import FaultProxy  # noqa: E402
@@ -68,18 +69,11 @@ BAD_CODES = ("INTERNAL", "UNKNOWN")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--soak-minutes",
-        type=float,
-        default=30.0,
-        help="how long the load and the faults run (default 30)",
-    )
-    parser.add_argument(
-        "--soak-jobs",
-        type=int,
-        default=12,
-        help="steady jobs, each with a simulated rank 0 (default 12)",
-    )
+    options = [
+        ("--soak-minutes", 30.0, "how long the load and the faults run"),
+        ("--soak-jobs", 12, "steady jobs, each with a simulated rank 0"),
+    ]
+    add_options(parser, options)
 
 
 @dataclass

@@ -11,29 +11,19 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import bench_ddp, bench_step
-from benchmarks._results import machine
+from benchmarks._results import add_options, machine
 
 TITLE = "Worker: step() against torch, the DDP agreement, override latency"
 
 
 def add_arguments(parser: argparse._ArgumentGroup) -> None:
-    parser.add_argument(
-        "--worker-parts",
-        default="hot,ddp,latency",
-        help="comma-separated parts of the worker section (hot, ddp, latency)",
-    )
-    parser.add_argument(
-        "--worker-worlds", default="2,4", help="world sizes of the DDP parts (default 2,4)"
-    )
-    parser.add_argument(
-        "--worker-rounds",
-        type=int,
-        default=7,
-        help="rounds per DDP variant and runs per hot-path case (default 7)",
-    )
-    parser.add_argument(
-        "--worker-steps", type=int, default=400, help="timed steps per DDP round (default 400)"
-    )
+    options = [
+        ("--worker-parts", "hot,ddp,latency", "comma-separated parts (hot, ddp, latency)"),
+        ("--worker-worlds", "2,4", "world sizes of the DDP parts"),
+        ("--worker-rounds", 7, "rounds per DDP variant and runs per hot-path case"),
+        ("--worker-steps", 400, "timed steps per DDP round"),
+    ]
+    add_options(parser, options)
 
 
 def run(args: argparse.Namespace) -> str:
