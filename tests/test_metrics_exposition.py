@@ -68,56 +68,41 @@ class Reference:
     """The same series as plain prometheus_client metrics (what the controller had)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.lr = Gauge(
+        def gauge(name: str, doc: str, *labels: str) -> Gauge:
+            return Gauge(name, doc, ["job_id", *labels], registry=registry)
+
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, ["job_id", *labels], registry=registry)
+
+        self.lr = gauge(
             "lrctl_learning_rate",
             "Learning rate of a param group at the job's latest step (pending overrides included).",
-            ["job_id", "param_group"],
-            registry=registry,
+            "param_group",
         )
-        self.step = Gauge(
-            "lrctl_step", "Latest scheduler step reported by rank 0.", ["job_id"], registry=registry
+        self.step = gauge("lrctl_step", "Latest scheduler step reported by rank 0.")
+        self.overrides = counter("lrctl_overrides", "Override events accepted, by operation.", "op")
+        self.workers = gauge(
+            "lrctl_workers", "World size reported by the job's attached rank 0 (0 when none)."
         )
-        self.overrides = Counter(
-            "lrctl_overrides",
-            "Override events accepted, by operation.",
-            ["job_id", "op"],
-            registry=registry,
+        self.version = gauge("lrctl_schedule_version", "The job's current version.")
+        self.streams = gauge(
+            "lrctl_watch_streams", "Watch streams open on this controller (any client)."
         )
-        self.workers = Gauge(
-            "lrctl_workers",
-            "World size reported by the job's attached rank 0 (0 when none).",
-            ["job_id"],
-            registry=registry,
-        )
-        self.version = Gauge(
-            "lrctl_schedule_version", "The job's current version.", ["job_id"], registry=registry
-        )
-        self.streams = Gauge(
-            "lrctl_watch_streams",
-            "Watch streams open on this controller (any client).",
-            ["job_id"],
-            registry=registry,
-        )
-        self.pending = Gauge(
+        self.pending = gauge(
             "lrctl_overrides_pending",
             "Events accepted but not yet reported applied by the job's ranks.",
-            ["job_id"],
-            registry=registry,
         )
-        self.info = Gauge(
+        self.info = gauge(
             "lrctl_override_info",
             "One series per override (the latest 100 per "
             "job); value: when it was accepted, in Unix seconds. The Grafana "
             "annotation source.",
-            ["job_id", "version", "op", "actor", "reason"],
-            registry=registry,
+            *("version", "op", "actor", "reason"),
         )
-        self.divergence = Counter(
+        self.divergence = counter(
             "lrctl_rank_divergence",
             "Checks in which the job's ranks "
             "disagreed on the applied LRs, as rank 0 reported them.",
-            ["job_id"],
-            registry=registry,
         )
 
 
@@ -173,10 +158,9 @@ def test_same_lines_as_prometheus_client_except_job_created(accept: str) -> None
     app = exposition_app(registry)
     text, headers = get(app, accept, "gzip")
     openmetrics = accept == OPENMETRICS
-    expected = (om_generate_latest if openmetrics else generate_latest)(reference).decode()
-    mine = lines(text) - lines(
-        (om_generate_latest if openmetrics else generate_latest)(_without_jobs(registry)).decode()
-    )
+    generate = om_generate_latest if openmetrics else generate_latest
+    expected = generate(reference).decode()
+    mine = lines(text) - lines(generate(_without_jobs(registry)).decode())
     assert mine == without_job_created(expected)
     assert headers["Content-Type"].startswith(
         "application/openmetrics-text" if openmetrics else "text/plain"
@@ -185,9 +169,7 @@ def test_same_lines_as_prometheus_client_except_job_created(accept: str) -> None
         assert text.endswith("# EOF\n")
         list(om_parse(text))  # the strict parser: families grouped, one EOF at the end
     # prometheus_client's own rendering of our registry says the same
-    assert lines(text) == lines(
-        (om_generate_latest if openmetrics else generate_latest)(registry).decode()
-    )
+    assert lines(text) == lines(generate(registry).decode())
 
 
 def _without_jobs(registry: CollectorRegistry) -> Any:
