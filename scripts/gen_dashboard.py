@@ -141,6 +141,14 @@ def _lr_panel(title: str, *, log: bool) -> ts_b.Panel:
     )
 
 
+def _row(builder: Any, title: str, panels: list[Any]) -> Any:
+    """``builder`` with a row named ``title`` holding ``panels``."""
+    builder = builder.with_row(dash_b.Row(title))
+    for panel in panels:
+        builder = builder.with_panel(panel)
+    return builder
+
+
 def build() -> dict[str, Any]:
     """Return the dashboard as Grafana's JSON model (a plain dict)."""
     builder = (
@@ -233,180 +241,182 @@ def build() -> dict[str, Any]:
     ):
         builder = builder.with_panel(panel)
 
-    builder = builder.with_row(dash_b.Row("Learning rate"))
-    builder = builder.with_panel(_lr_panel("Learning rate by job and param group", log=True))
-    builder = builder.with_panel(
-        _series(
-            "Applied LR per rank (Ray)",
-            "What each rank wrote into optimizer.param_groups, from Ray's metrics "
-            "(ray_lrctl_worker_learning_rate, updated at most once a second per rank). Ranks of "
-            "one job overlap exactly; a line apart from the others is a rank that diverged.",
-            [
-                _query(
-                    "max by (job_id, param_group, rank) "
-                    f"(ray_lrctl_worker_learning_rate{{{JOBS}}})",
-                    "{{job_id}} group {{param_group}} rank {{rank}}",
-                )
-            ],
-            unit="sci",
-            log=True,
-            step=True,
-        )
-    )
-    builder = builder.with_panel(
-        _series(
-            "Training progress",
-            "Scheduler step per job (left) and steps per second (right).",
-            [
-                _query(f"max by (job_id) (lrctl_step{{{JOBS}}})", "{{job_id}} step"),
-                _query(
-                    f"max by (job_id) (deriv(lrctl_step{{{JOBS}}}[$__rate_interval]))",
-                    "{{job_id}} steps/s",
-                    "B",
-                ),
-            ],
-        ).override_by_regexp(
-            ".*steps/s",
-            [
-                dash_m.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
-                dash_m.DynamicConfigValue(id_val="unit", value="none"),
-            ],
-        )
-    )
-
-    builder = builder.with_row(dash_b.Row("Overrides"))
-    builder = builder.with_panel(
-        _series(
-            "Overrides by op",
-            "Overrides accepted per interval, by job and op (scale, set, clear, "
-            "replace_schedule, plateau_reduce).",
-            [
-                _query(
-                    f"sum by (job_id, op) (increase(lrctl_overrides_total{{{JOBS}}}"
-                    "[$__rate_interval]))",
-                    "{{job_id}} {{op}}",
-                )
-            ],
-            width=8,
-            bars=True,
-        )
-    )
-    builder = builder.with_panel(
-        _series(
-            "Override apply latency",
-            "From an override being accepted to rank 0 reporting the step it took effect at, "
-            "all jobs (p50, p99).",
-            [
-                _query(
-                    "histogram_quantile(0.5, sum by (le) "
-                    "(rate(lrctl_override_apply_seconds_bucket[$__rate_interval])))",
-                    "p50",
-                ),
-                _query(
-                    "histogram_quantile(0.99, sum by (le) "
-                    "(rate(lrctl_override_apply_seconds_bucket[$__rate_interval])))",
-                    "p99",
-                    "B",
-                ),
-            ],
-            unit="s",
-            width=8,
-        )
-    )
-    builder = builder.with_panel(
-        _series(
-            "Pending overrides and divergences",
-            "Overrides not yet applied by the ranks, and rank divergences reported per interval "
-            "(ranks that applied different LRs at the same step: should stay 0).",
-            [
-                _query(
-                    f"max by (job_id) (lrctl_overrides_pending{{{JOBS}}})", "{{job_id}} pending"
-                ),
-                _query(
-                    f"sum by (job_id) (increase(lrctl_rank_divergence_total{{{JOBS}}}"
-                    "[$__rate_interval]))",
-                    "{{job_id}} divergences",
-                    "B",
-                ),
-            ],
-            width=8,
-            step=True,
-        )
+    builder = _row(
+        builder,
+        "Learning rate",
+        [
+            _lr_panel("Learning rate by job and param group", log=True),
+            _series(
+                "Applied LR per rank (Ray)",
+                "What each rank wrote into optimizer.param_groups, from Ray's metrics "
+                "(ray_lrctl_worker_learning_rate, updated at most once a second per rank). "
+                "Ranks of one job overlap exactly; a line apart from the others is a rank that "
+                "diverged.",
+                [
+                    _query(
+                        "max by (job_id, param_group, rank) "
+                        f"(ray_lrctl_worker_learning_rate{{{JOBS}}})",
+                        "{{job_id}} group {{param_group}} rank {{rank}}",
+                    )
+                ],
+                unit="sci",
+                log=True,
+                step=True,
+            ),
+            _series(
+                "Training progress",
+                "Scheduler step per job (left) and steps per second (right).",
+                [
+                    _query(f"max by (job_id) (lrctl_step{{{JOBS}}})", "{{job_id}} step"),
+                    _query(
+                        f"max by (job_id) (deriv(lrctl_step{{{JOBS}}}[$__rate_interval]))",
+                        "{{job_id}} steps/s",
+                        "B",
+                    ),
+                ],
+            ).override_by_regexp(
+                ".*steps/s",
+                [
+                    dash_m.DynamicConfigValue(id_val="custom.axisPlacement", value="right"),
+                    dash_m.DynamicConfigValue(id_val="unit", value="none"),
+                ],
+            ),
+        ],
     )
 
-    builder = builder.with_row(dash_b.Row("Workers and streams"))
-    builder = builder.with_panel(
-        _series(
-            "Workers (world size)",
-            "World size of the run attached to each job, as its rank 0 reports it.",
-            [_query(f"max by (job_id) (lrctl_workers{{{JOBS}}})", "{{job_id}}")],
-            step=True,
-        )
-    )
-    builder = builder.with_panel(
-        _series(
-            "Watch streams",
-            "Watch streams open per job, summed over the controller replicas (a worker's stream "
-            "is on one of them), and per replica.",
-            [
-                _query(f"sum by (job_id) (lrctl_watch_streams{{{JOBS}}})", "{{job_id}}"),
-                _query(
-                    f"sum by (instance) (lrctl_watch_streams{{{JOBS}}})", "on {{instance}}", "B"
-                ),
-            ],
-            step=True,
-        )
+    builder = _row(
+        builder,
+        "Overrides",
+        [
+            _series(
+                "Overrides by op",
+                "Overrides accepted per interval, by job and op (scale, set, clear, "
+                "replace_schedule, plateau_reduce).",
+                [
+                    _query(
+                        f"sum by (job_id, op) (increase(lrctl_overrides_total{{{JOBS}}}"
+                        "[$__rate_interval]))",
+                        "{{job_id}} {{op}}",
+                    )
+                ],
+                width=8,
+                bars=True,
+            ),
+            _series(
+                "Override apply latency",
+                "From an override being accepted to rank 0 reporting the step it took effect at, "
+                "all jobs (p50, p99).",
+                [
+                    _query(
+                        "histogram_quantile(0.5, sum by (le) "
+                        "(rate(lrctl_override_apply_seconds_bucket[$__rate_interval])))",
+                        "p50",
+                    ),
+                    _query(
+                        "histogram_quantile(0.99, sum by (le) "
+                        "(rate(lrctl_override_apply_seconds_bucket[$__rate_interval])))",
+                        "p99",
+                        "B",
+                    ),
+                ],
+                unit="s",
+                width=8,
+            ),
+            _series(
+                "Pending overrides and divergences",
+                "Overrides not yet applied by the ranks, and rank divergences reported per "
+                "interval (ranks that applied different LRs at the same step: should stay 0).",
+                [
+                    _query(
+                        f"max by (job_id) (lrctl_overrides_pending{{{JOBS}}})", "{{job_id}} pending"
+                    ),
+                    _query(
+                        f"sum by (job_id) (increase(lrctl_rank_divergence_total{{{JOBS}}}"
+                        "[$__rate_interval]))",
+                        "{{job_id}} divergences",
+                        "B",
+                    ),
+                ],
+                width=8,
+                step=True,
+            ),
+        ],
     )
 
-    builder = builder.with_row(dash_b.Row("Controller RPCs"))
-    builder = builder.with_panel(
-        _series(
-            "RPC rate by method",
-            "Completed lrctl RPCs per second, all replicas (a Watch counts when its stream ends).",
-            [
-                _query(
-                    f"sum by (grpc_method) (rate(lrctl_grpc_server_handled_total{{{LRCTL_RPC}}}"
-                    "[$__rate_interval]))",
-                    "{{grpc_method}}",
-                )
-            ],
-            unit="reqps",
-            width=8,
-        )
+    builder = _row(
+        builder,
+        "Workers and streams",
+        [
+            _series(
+                "Workers (world size)",
+                "World size of the run attached to each job, as its rank 0 reports it.",
+                [_query(f"max by (job_id) (lrctl_workers{{{JOBS}}})", "{{job_id}}")],
+                step=True,
+            ),
+            _series(
+                "Watch streams",
+                "Watch streams open per job, summed over the controller replicas (a worker's "
+                "stream is on one of them), and per replica.",
+                [
+                    _query(f"sum by (job_id) (lrctl_watch_streams{{{JOBS}}})", "{{job_id}}"),
+                    _query(
+                        f"sum by (instance) (lrctl_watch_streams{{{JOBS}}})", "on {{instance}}", "B"
+                    ),
+                ],
+                step=True,
+            ),
+        ],
     )
-    builder = builder.with_panel(
-        _series(
-            "RPC errors by code",
-            "RPCs that did not end OK, by method and status code (a worker closing its Watch "
-            "ends it CANCELLED; NOT_FOUND and INVALID_ARGUMENT are the caller's mistakes).",
-            [
-                _query(
-                    f"sum by (grpc_method, grpc_code) (rate(lrctl_grpc_server_handled_total"
-                    f'{{{LRCTL_RPC}, grpc_code!="OK"}}[$__rate_interval]))',
-                    "{{grpc_method}} {{grpc_code}}",
-                )
-            ],
-            unit="reqps",
-            width=8,
-        )
-    )
-    builder = builder.with_panel(
-        _series(
-            "RPC latency p99",
-            "99th percentile time to complete unary RPCs, by method (Watch is a stream: its "
-            "duration is the stream's lifetime and is left out).",
-            [
-                _query(
-                    "histogram_quantile(0.99, sum by (grpc_method, le) (rate("
-                    "lrctl_grpc_server_handling_seconds_bucket"
-                    f'{{{LRCTL_RPC}, grpc_method!="Watch"}}'
-                    "[$__rate_interval])))",
-                    "{{grpc_method}}",
-                )
-            ],
-            unit="s",
-            width=8,
-        )
+
+    builder = _row(
+        builder,
+        "Controller RPCs",
+        [
+            _series(
+                "RPC rate by method",
+                "Completed lrctl RPCs per second, all replicas "
+                "(a Watch counts when its stream ends).",
+                [
+                    _query(
+                        f"sum by (grpc_method) (rate(lrctl_grpc_server_handled_total{{{LRCTL_RPC}}}"
+                        "[$__rate_interval]))",
+                        "{{grpc_method}}",
+                    )
+                ],
+                unit="reqps",
+                width=8,
+            ),
+            _series(
+                "RPC errors by code",
+                "RPCs that did not end OK, by method and status code (a worker closing its Watch "
+                "ends it CANCELLED; NOT_FOUND and INVALID_ARGUMENT are the caller's mistakes).",
+                [
+                    _query(
+                        f"sum by (grpc_method, grpc_code) (rate(lrctl_grpc_server_handled_total"
+                        f'{{{LRCTL_RPC}, grpc_code!="OK"}}[$__rate_interval]))',
+                        "{{grpc_method}} {{grpc_code}}",
+                    )
+                ],
+                unit="reqps",
+                width=8,
+            ),
+            _series(
+                "RPC latency p99",
+                "99th percentile time to complete unary RPCs, by method (Watch is a stream: its "
+                "duration is the stream's lifetime and is left out).",
+                [
+                    _query(
+                        "histogram_quantile(0.99, sum by (grpc_method, le) (rate("
+                        "lrctl_grpc_server_handling_seconds_bucket"
+                        f'{{{LRCTL_RPC}, grpc_method!="Watch"}}'
+                        "[$__rate_interval])))",
+                        "{{grpc_method}}",
+                    )
+                ],
+                unit="s",
+                width=8,
+            ),
+        ],
     )
 
     linear = (
