@@ -25,7 +25,7 @@ import time
 from bisect import bisect_right
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from itertools import islice
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from controller.context import CommandContext
 from controller.errors import InvalidArgument
@@ -52,6 +52,9 @@ from lrctl.model import Job, WatchMessage, check_job_id
 from lrctl.overrides import Event
 from lrctl.program import LRProgram
 from lrctl.schedules import check_num_groups
+
+if TYPE_CHECKING:  # Python 3.11+; only in annotations
+    from typing import Unpack
 
 __all__ = ["ControllerService"]
 

@@ -164,8 +164,12 @@ class Job:
         return data
 
 
-class WatchKind(enum.StrEnum):
+class WatchKind(str, enum.Enum):
     """What a :class:`WatchMessage` carries (its value is the lower-case name)."""
+
+    @staticmethod
+    def _generate_next_value_(name: str, start: int, count: int, last_values: list[Any]) -> str:
+        return name.lower()
 
     SNAPSHOT = enum.auto()
     """Full job state; the first message of a fresh watch."""
