@@ -323,48 +323,37 @@ def measure(rpc_overrides: int, cli_overrides: int, pbt_iterations: int) -> dict
 
     sys.path.insert(0, str(ROOT))
     from tests.procs import ControllerProcess
+    from tests.ray_head import local_ray_head
 
     with (
         tempfile.TemporaryDirectory(prefix="lrctl-bench-") as storage,
         ControllerProcess(Path(storage) / "lrctl.db") as controller,
-    ):
         # One local head owned by this process (ray.shutdown() stops it, and nothing else):
         # 8 logical CPUs so PBT's population of two 2-worker trials fits.
-        ray.init(
-            address="local",
-            _node_ip_address="127.0.0.1",
-            num_cpus=8,
-            include_dashboard=False,
-            object_store_memory=256 * 1024**2,
-            runtime_env={
-                "env_vars": {"LRCTL_ADDRESS": controller.address, "PYTHONPATH": str(ROOT)}
-            },
+        local_ray_head({"LRCTL_ADDRESS": controller.address}, num_cpus=8, include_dashboard=False),
+    ):
+        live = measure_live(controller.address, storage, rpc_overrides, cli_overrides)
+        out = os.path.join(storage, "pbt-result.json")
+        env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+        gcs = ray.get_runtime_context().gcs_address
+        subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "_pbt-phase",
+                "--ray-address",
+                gcs,
+                "--storage",
+                storage,
+                "--out",
+                out,
+                "--iterations",
+                str(pbt_iterations),
+            ],
+            env=env,
+            check=True,
         )
-        try:
-            live = measure_live(controller.address, storage, rpc_overrides, cli_overrides)
-            out = os.path.join(storage, "pbt-result.json")
-            env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "0", "PYTHONPATH": str(ROOT)}
-            gcs = ray.get_runtime_context().gcs_address
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(Path(__file__).resolve()),
-                    "_pbt-phase",
-                    "--ray-address",
-                    gcs,
-                    "--storage",
-                    storage,
-                    "--out",
-                    out,
-                    "--iterations",
-                    str(pbt_iterations),
-                ],
-                env=env,
-                check=True,
-            )
-            pbt = json.loads(Path(out).read_text())
-        finally:
-            ray.shutdown()
+        pbt = json.loads(Path(out).read_text())
     return {**live, **pbt}
 
 

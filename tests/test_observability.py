@@ -43,6 +43,7 @@ import yaml
 
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 from tests.procs import RAY_ENV, ROOT, ControllerProcess
+from tests.ray_head import local_ray_head
 
 pytestmark = pytest.mark.slow
 
@@ -291,7 +292,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         address = controller.address
 
-        import ray
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -300,20 +300,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Ray's unix sockets live under its temp dir: keep the path short (108-byte limit).
         ray_tmp = Path(tempfile.mkdtemp(prefix="ro", dir="/tmp"))
         exits.callback(shutil.rmtree, ray_tmp, True)
-        ray.init(
-            address="local",
-            _node_ip_address="127.0.0.1",
-            num_cpus=2,
-            object_store_memory=256 * 1024**2,
+        env = {"LRCTL_ADDRESS": address, "LRCTL_JOB": JOB}
+        head = local_ray_head(
+            env,
             _temp_dir=str(ray_tmp),
             dashboard_port=free_port(),
             # Workers push their metrics to the agent every second (default 10 s).
             _system_config={"metrics_report_interval_ms": 1000},
-            runtime_env={
-                "env_vars": {"LRCTL_ADDRESS": address, "LRCTL_JOB": JOB, "PYTHONPATH": str(ROOT)}
-            },
         )
-        exits.callback(ray.shutdown)
+        exits.enter_context(head)
         discovery = ray_tmp / "prom_metrics_service_discovery.json"
         until(discovery.exists, 60, "Ray's service-discovery file")
         prometheus = start_prometheus(

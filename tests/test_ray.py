@@ -28,6 +28,7 @@ import pytest
 
 from lrctl.client import Client
 from tests.procs import RAY_ENV, ROOT, ControllerProcess, wait_for_step
+from tests.ray_head import local_ray_head
 
 pytestmark = pytest.mark.slow
 
@@ -49,22 +50,13 @@ def test_torch_trainer_ranks_follow_the_controller(
 ) -> None:
     for key, value in RAY_ENV.items():
         monkeypatch.setenv(key, value)
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from tests.ray_loops import lr_loop
 
     # No LRCTL_JOB: the job id is the Ray Train run name.
-    env = {"LRCTL_ADDRESS": controller.address, "PYTHONPATH": str(ROOT)}
-    ray.init(
-        address="local",
-        _node_ip_address="127.0.0.1",
-        num_cpus=2,
-        object_store_memory=256 * 1024**2,
-        runtime_env={"env_vars": env},
-    )
-    try:
+    with local_ray_head({"LRCTL_ADDRESS": controller.address}):
         trainer = TorchTrainer(
             lr_loop,
             train_loop_config={
@@ -89,8 +81,6 @@ def test_torch_trainer_ranks_follow_the_controller(
             result = trainer.fit()
             overrider.join()
             history = client.history("ray-run-7")
-    finally:
-        ray.shutdown()
     assert result.error is None
     rank0 = result.return_value
     assert rank0["job"] == "ray-run-7" and rank0["distributed"]

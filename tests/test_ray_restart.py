@@ -29,7 +29,8 @@ import pytest
 
 from lrctl.program import LRProgram
 from tests import operate, procs
-from tests.procs import ROOT, ControllerProcess
+from tests.procs import ControllerProcess
+from tests.ray_head import local_ray_head
 from tests.ray_restart_loop import Gate
 
 pytestmark = pytest.mark.slow
@@ -59,21 +60,9 @@ def ray_head(controller: ControllerProcess) -> Iterator[None]:
         for key, value in RAY_ENV.items():
             patch.setenv(key, value)
         patch.delenv("LRCTL_JOB", raising=False)
-        import ray
-
-        env = {"LRCTL_ADDRESS": controller.address, "PYTHONPATH": str(ROOT)}
-        ray.init(
-            address="local",
-            _node_ip_address="127.0.0.1",
-            num_cpus=2,
-            include_dashboard=False,
-            object_store_memory=256 * 1024**2,
-            runtime_env={"env_vars": env},
-        )
-        try:
+        env = {"LRCTL_ADDRESS": controller.address}
+        with local_ray_head(env, include_dashboard=False):
             yield
-        finally:
-            ray.shutdown()
 
 
 def alive(pid: int) -> bool:
