@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -16,20 +15,14 @@ from controller.store import (
     ConsumedMetric,
     Store,
     StoreError,
-    connect,
-    migrate,
 )
-from lrctl.model import Job, JobState
-from lrctl.overrides import Event, Op
-
-RECORD = Job(
-    job_id="run-1",
-    schedule="StepLR(step_size=2)",
-    base_lrs=(0.1, 0.01),
-    version=1,
-    created_version=1,
-    created_at=10.0,
-    updated_at=10.0,
+from lrctl.model import JobState
+from lrctl.overrides import Op
+from tests.test_store_contract import (
+    RECORD,
+    V1_EVENT,
+    check_round_trip,
+    write_v1_sqlite,
 )
 
 
@@ -51,22 +44,6 @@ async def test_durability_pragmas(tmp_path: Path) -> None:
 
 
 async def test_round_trip(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "a.db")
-    scale = Event(
-        version=2, op=Op.SCALE, value=0.5, group=1, actor="alice", reason="spike", created_at=11.0
-    )
-    schedule = Event(
-        version=3, op=Op.REPLACE_SCHEDULE, schedule="ConstantLR(factor=0.5)", created_at=12.0
-    )
-    await store.commit(Change(RECORD))
-    await store.commit(
-        Change(
-            replace(RECORD, version=3),
-            new_events=[scale, schedule],
-            plateau_metrics=[ConsumedMetric(4, math.nan, 1), ConsumedMetric(5, 0.25, 1)],
-        )
-    )
-    applied = replace(scale, effective_step=7, applied_at=13.0)
     final = replace(
         RECORD,
         version=3,
@@ -76,49 +53,18 @@ async def test_round_trip(tmp_path: Path) -> None:
         world_size=4,
         state=JobState.FINISHED,
     )
-    await store.commit(Change(final, applied=[applied]))
-    await store.close()
-
-    reopened = await Store.open(tmp_path / "a.db")
-    [job] = await reopened.load()
-    await reopened.close()
-    assert job.record == final
-    assert job.events == [applied, schedule]
-    assert [m.step for m in job.plateau_metrics] == [4, 5]
-    assert math.isnan(job.plateau_metrics[0].value)  # SQLite keeps NaN as NULL
-    assert job.plateau_metrics[1] == ConsumedMetric(5, 0.25, 1)
+    await check_round_trip(lambda: Store.open(tmp_path / "a.db"), final)
 
 
 async def test_upgrade_from_schema_v1(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    conn = connect(path)
-    assert migrate(conn, target=1) == 0
-    conn.execute(
-        "INSERT INTO jobs VALUES ('old-job', 'StepLR(step_size=2)', '[0.1]', 2, 1, 4, "
-        "'running', 0, 1.0, 2.0, '[0.1]')"
-    )
-    conn.execute(
-        "INSERT INTO events VALUES ('old-job', 2, 'scale', 0.5, NULL, NULL, 3, "
-        "'alice', 'why', 1.5, 2.0)"
-    )
-    conn.close()
+    write_v1_sqlite(path)
     store = await Store.open(path)
     [job] = await store.load()
     assert job.record.version == 2 and job.record.step == 4 and job.record.lr == (0.1,)
     # v3 and v4 columns of an old row: nothing reported yet, never attached.
     assert (job.record.applied_version, job.record.world_size, job.record.epoch) == (0, 0, 0)
-    assert job.events == [
-        Event(
-            version=2,
-            op=Op.SCALE,
-            value=0.5,
-            effective_step=3,
-            actor="alice",
-            reason="why",
-            created_at=1.5,
-            applied_at=2.0,
-        )
-    ]
+    assert job.events == [V1_EVENT]
     await store.commit(
         Change(
             replace(job.record, applied_version=2, world_size=8, epoch=3),

@@ -41,6 +41,19 @@ SCALE = Event(
 REPLACE = Event(
     version=3, op=Op.REPLACE_SCHEDULE, schedule="ConstantLR(factor=0.5)", created_at=12.0
 )
+# A job and its event as schema version 1 stored them (both stores had the same columns then).
+V1_JOB_ROW = ("old-job", "StepLR(step_size=2)", "[0.1]", 2, 1, 4, "running", 0, 1.0, 2.0, "[0.1]")
+V1_EVENT_ROW = ("old-job", 2, "scale", 0.5, None, None, 3, "alice", "why", 1.5, 2.0)
+V1_EVENT = Event(
+    version=2,
+    op=Op.SCALE,
+    value=0.5,
+    effective_step=3,
+    actor="alice",
+    reason="why",
+    created_at=1.5,
+    applied_at=2.0,
+)
 
 postgres = pg.postgres  # fixtures: one PostgreSQL server per session
 pg_url = pg.pg_url
@@ -80,27 +93,38 @@ async def test_is_a_job_store(
     assert store.description == redact_url(store_url)
 
 
-async def test_round_trip(open_stores: Callable[[], Awaitable[JobStore]]) -> None:
-    store = await open_stores()
-    await store.commit(Change(RECORD))
-    await store.commit(
-        Change(
-            replace(RECORD, version=3),
-            new_events=[SCALE, REPLACE],
-            plateau_metrics=[ConsumedMetric(4, math.nan, 1), ConsumedMetric(5, 0.25, 1)],
+async def check_round_trip(open_: Callable[[], Awaitable[JobStore]], final: Job) -> None:
+    """Commit RECORD, then SCALE and REPLACE with two consumed metrics (one NaN), then ``final``
+    with SCALE applied; a store opened afresh must load exactly that."""
+    store = await open_()
+    try:
+        await store.commit(Change(RECORD))
+        await store.commit(
+            Change(
+                replace(RECORD, version=3),
+                new_events=[SCALE, REPLACE],
+                plateau_metrics=[ConsumedMetric(4, math.nan, 1), ConsumedMetric(5, 0.25, 1)],
+            )
         )
-    )
-    applied = replace(SCALE, effective_step=7, applied_at=13.0)
-    final = replace(RECORD, version=3, step=9, lr=(0.05, 0.01), applied_version=2, world_size=8)
-    await store.commit(Change(final, applied=[applied]))
-    await store.close()
-
-    [job] = await (await open_stores()).load()
+        applied = replace(SCALE, effective_step=7, applied_at=13.0)
+        await store.commit(Change(final, applied=[applied]))
+    finally:
+        await store.close()
+    reopened = await open_()
+    try:
+        [job] = await reopened.load()
+    finally:
+        await reopened.close()
     assert job.record == final
     assert job.events == [applied, REPLACE]
     assert [m.step for m in job.plateau_metrics] == [4, 5]
-    assert math.isnan(job.plateau_metrics[0].value)
+    assert math.isnan(job.plateau_metrics[0].value)  # SQLite keeps NaN as NULL
     assert job.plateau_metrics[1] == ConsumedMetric(5, 0.25, 1)
+
+
+async def test_round_trip(store_url: str) -> None:
+    final = replace(RECORD, version=3, step=9, lr=(0.05, 0.01), applied_version=2, world_size=8)
+    await check_round_trip(lambda: open_store(store_url), final)
 
 
 async def test_non_finite_values_round_trip(open_stores: Callable[[], Awaitable[JobStore]]) -> None:
@@ -183,9 +207,16 @@ async def test_newer_schema_is_refused(store_url: str) -> None:
         await open_store(store_url)
 
 
+def write_v1_sqlite(path: str | Path) -> None:
+    """A SQLite file at schema version 1 holding ``V1_JOB_ROW`` and ``V1_EVENT_ROW``."""
+    conn = sqlite_store.connect(path)
+    assert sqlite_store.migrate(conn, target=1) == 0
+    conn.execute("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)", V1_JOB_ROW)
+    conn.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?)", V1_EVENT_ROW)
+    conn.close()
+
+
 async def test_upgrade_from_schema_v1(store_url: str) -> None:
-    job_row = ("old-job", "StepLR(step_size=2)", "[0.1]", 2, 1, 4, "running", 0, 1.0, 2.0, "[0.1]")
-    event_row = ("old-job", 2, "scale", 0.5, None, None, 3, "alice", "why", 1.5, 2.0)
     if store_url.startswith("postgresql://"):
         conn = await asyncpg.connect(store_url)
         try:
@@ -193,36 +224,21 @@ async def test_upgrade_from_schema_v1(store_url: str) -> None:
             await conn.execute(
                 "INSERT INTO lrctl_jobs VALUES ($1, $2, $3, $4, $5, $6, $7, $8, "
                 "$9, $10, $11, 1, 1)",
-                *job_row,
+                *V1_JOB_ROW,
             )
             await conn.execute(
                 "INSERT INTO lrctl_events VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1)",
-                *event_row,
+                *V1_EVENT_ROW,
             )
         finally:
             await conn.close()
     else:
-        conn = sqlite_store.connect(store_url)
-        assert sqlite_store.migrate(conn, target=1) == 0
-        conn.execute("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)", job_row)
-        conn.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?)", event_row)
-        conn.close()
+        write_v1_sqlite(store_url)
     store = await open_store(store_url)
     try:
         [job] = await store.load()
         assert job.record.version == 2 and job.record.step == 4
-        assert job.events == [
-            Event(
-                version=2,
-                op=Op.SCALE,
-                value=0.5,
-                effective_step=3,
-                actor="alice",
-                reason="why",
-                created_at=1.5,
-                applied_at=2.0,
-            )
-        ]
+        assert job.events == [V1_EVENT]
         await store.commit(Change(job.record, plateau_metrics=[ConsumedMetric(5, 1.0, 1)]))
         [job] = await store.load()
         assert job.plateau_metrics == [ConsumedMetric(5, 1.0, 1)]
