@@ -7,7 +7,7 @@ hold the same rows; these are the one definition of them.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -29,6 +29,7 @@ __all__ = [
     "job_from_row",
     "job_to_row",
     "salvage_job_row",
+    "stored_jobs",
 ]
 
 #: Columns of ``jobs``, in the order of :func:`job_to_row`.
@@ -254,3 +255,43 @@ def event_from_row(row: Sequence[Any]) -> Event:
         created_at=created,
         applied_at=applied,
     )
+
+
+def stored_jobs(
+    jobs: Iterable[tuple[Sequence[Any], int]],
+    events: Iterable[Sequence[Any]],
+    metrics: Mapping[str, list[ConsumedMetric]],
+) -> list[StoredJob]:
+    """The jobs a store loads at startup, from its rows.
+
+    One job's unreadable rows never stop the load: the job comes with its ``problem`` (what
+    did not read; it is served marked as one that cannot be evaluated) and the others load
+    as usual.
+
+    Args:
+        jobs: Each job's ``jobs`` row (:data:`JOB_COLUMNS`) and its revision.
+        events: The current incarnations' ``(job_id, *EVENT_COLUMNS)`` rows, version order.
+        metrics: Each job's consumed plateau metrics, step order.
+    """
+    problems: dict[str, str] = {}
+    logs: dict[str, list[Event]] = {}
+    for row in events:
+        try:
+            logs.setdefault(row[0], []).append(event_from_row(row[1:]))
+        except Exception as exc:
+            problems.setdefault(
+                row[0], f"event row {row[1]!r} does not read ({type(exc).__name__}: {exc})"
+            )
+    out = []
+    for row, rev in jobs:
+        try:
+            record = job_from_row(row)
+        except Exception as exc:
+            record = salvage_job_row(row)
+            problems.setdefault(
+                record.job_id, f"its row does not read ({type(exc).__name__}: {exc})"
+            )
+        job_id = record.job_id
+        log, consumed = logs.get(job_id, []), list(metrics.get(job_id, []))
+        out.append(StoredJob(record, log, consumed, rev=rev, problem=problems.get(job_id, "")))
+    return out

@@ -49,13 +49,10 @@ from controller.rows import (
     StoredJob,
     StoreError,
     check_schema_version,
-    event_from_row,
     event_to_row,
-    job_from_row,
     job_to_row,
-    salvage_job_row,
+    stored_jobs,
 )
-from lrctl.overrides import Event
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "connect", "migrate"]
 
@@ -306,21 +303,12 @@ class Store:
 
     def _load(self) -> list[StoredJob]:
         conn = self._conn
-        events: dict[str, list[Event]] = {}
         columns = ", ".join(f"e.{c}" for c in EVENT_COLUMNS)
-        rows = conn.execute(
+        events = conn.execute(
             f"SELECT e.job_id, {columns} FROM events e "
             "JOIN jobs j ON j.job_id = e.job_id AND e.version > j.created_version "
             "ORDER BY e.job_id, e.version"
-        )
-        problems: dict[str, str] = {}  # one job's unreadable rows never stop the load
-        for row in rows:
-            try:
-                events.setdefault(row[0], []).append(event_from_row(row[1:]))
-            except Exception as exc:
-                problems.setdefault(
-                    row[0], f"event row {row[1]!r} does not read ({type(exc).__name__}: {exc})"
-                )
+        ).fetchall()
         metrics: dict[str, list[ConsumedMetric]] = {}
         for job_id, step, value, version in conn.execute(
             "SELECT job_id, step, value, schedule_version FROM plateau_metrics "
@@ -329,25 +317,8 @@ class Store:
             # SQLite stores NaN as NULL; torch treats a NaN metric as "not better".
             metric = ConsumedMetric(step, math.nan if value is None else value, version)
             metrics.setdefault(job_id, []).append(metric)
-        out = []
-        for row in conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY job_id"):
-            try:
-                record = job_from_row(row)
-            except Exception as exc:
-                record = salvage_job_row(row)
-                problems.setdefault(
-                    record.job_id, f"its row does not read ({type(exc).__name__}: {exc})"
-                )
-            log = events.get(record.job_id, [])
-            out.append(
-                StoredJob(
-                    record,
-                    log,
-                    metrics.get(record.job_id, []),
-                    problem=problems.get(record.job_id, ""),
-                )
-            )
-        return out
+        jobs = conn.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs ORDER BY job_id")
+        return stored_jobs(((row, 0) for row in jobs), events, metrics)
 
     def _commit(self, change: Change) -> None:
         conn, job = self._conn, change.job

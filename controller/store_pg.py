@@ -54,6 +54,7 @@ from controller.rows import (
     event_to_row,
     job_from_row,
     job_to_row,
+    stored_jobs,
 )
 from controller.store_api import Delta, redact_url
 from controller.store_pg_feed import CHANNEL, ChangeFeed
@@ -67,7 +68,6 @@ from controller.store_pg_schema import (
     UPSERT_JOB,
     migrate,
 )
-from lrctl.overrides import Event
 
 __all__ = ["CHANNEL", "MIGRATIONS", "RESYNC_SECONDS", "SCHEMA_VERSION", "PgStore", "migrate"]
 
@@ -206,34 +206,27 @@ class PgStore:
             self._pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            events: dict[str, list[Event]] = {}
             columns = ", ".join("e." + c for c in EVENT_COLUMNS_SQL.split(", "))
-            for row in await conn.fetch(
+            events = await conn.fetch(
                 f"SELECT e.job_id, {columns} "
                 "FROM lrctl_events e JOIN lrctl_jobs j ON j.job_id = e.job_id "
                 "AND e.version > j.created_version ORDER BY e.job_id, e.version"
-            ):
-                events.setdefault(row[0], []).append(event_from_row(tuple(row)[1:]))
+            )
             metrics: dict[str, list[ConsumedMetric]] = {}
             for row in await conn.fetch(
                 "SELECT job_id, step, value, schedule_version "
                 "FROM lrctl_plateau_metrics ORDER BY job_id, step"
             ):
                 metrics.setdefault(row[0], []).append(_metric_from_row(tuple(row)[1:]))
-            out: list[StoredJob] = []
-            for row in await conn.fetch(
+            jobs = await conn.fetch(
                 f"SELECT {JOB_COLUMNS_SQL}, rev FROM lrctl_jobs ORDER BY job_id"
-            ):
-                record = job_from_row(tuple(row)[:-1])
-                out.append(
-                    StoredJob(
-                        record,
-                        events.get(record.job_id, []),
-                        metrics.get(record.job_id, []),
-                        rev=int(row["rev"]),
-                    )
-                )
-            return out
+            )
+        # One job's unreadable rows never stop the load (rows.stored_jobs), as with SQLite.
+        return stored_jobs(
+            ((tuple(row)[:-1], int(row["rev"])) for row in jobs),
+            (tuple(row) for row in events),
+            metrics,
+        )
 
     async def since(self, job_id: str, rev: int) -> Delta | None:
         """Return what changed in ``job_id`` after ``rev`` (one consistent snapshot).
