@@ -773,8 +773,10 @@ class ReportRequest(_message.Message):
     final: _builtins.bool
     """The run finished (scheduler closed): the controller stores this report durably now."""
     epoch: _builtins.int
-    """The attach epoch from CreateJobResponse; a report with an older or unknown epoch changes
-    nothing and is FAILED_PRECONDITION. 0 from workers that predate epochs.
+    """The attach epoch from CreateJobResponse. A report whose epoch is not the job's current
+    one (an older run's, or one never handed out) changes nothing and is FAILED_PRECONDITION.
+    A job's epoch is 0 until a rank 0 attaches (a job an operator created, a tool that does
+    not attach), so such reports carry 0.
     """
     world_size: _builtins.int
     """World size of the run (torch.distributed), 1 for single-process training."""
