@@ -44,7 +44,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("PostgreSQL support needs asyncpg: pip install 'lrctl[controller]'") from exc
 
-from controller.errors import Unavailable
+from controller.errors import StorageFull, StorageUnavailable, Unavailable
 from controller.rows import (
     Change,
     ConsumedMetric,
@@ -81,6 +81,9 @@ _UNREACHABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A session the server ended mid-call (a restart, pg_terminate_backend) can leave asyncpg
+    # "in another operation" (MagicStack/asyncpg#784): a lost connection too.
+    asyncpg.exceptions.InternalClientError,
 )
 #: Even with a healthy listener, every job's revision is compared this often.
 RESYNC_SECONDS = 30.0
@@ -254,6 +257,10 @@ class PgStore:
 
     @contextlib.contextmanager
     def _reachable(self) -> Iterator[None]:
+        """Map the database's failures to the controller's errors (never INTERNAL): out of
+        reach is UNAVAILABLE; a full disk RESOURCE_EXHAUSTED and a read-only database (or one
+        out of other resources) UNAVAILABLE, with nothing written (the transaction rolled
+        back) and reads still served, as with SQLite."""
         try:
             yield
         except _UNREACHABLE as exc:
@@ -261,6 +268,22 @@ class PgStore:
             # of the job reads the database's answer (its revision) either way.
             raise Unavailable(
                 f"cannot reach the database {self.description} ({_scrub(exc, self._dsn)}); retry"
+            ) from None
+        except asyncpg.exceptions.DiskFullError as exc:
+            raise StorageFull(
+                f"database {self.description} is full ({_scrub(exc, self._dsn)}); nothing was "
+                f"written. Free disk space on the database server: writes resume by "
+                f"themselves, reads are still served"
+            ) from None
+        except asyncpg.exceptions.ReadOnlySQLTransactionError as exc:
+            raise StorageUnavailable(
+                f"database {self.description} is read-only ({_scrub(exc, self._dsn)}); nothing "
+                f"was written. Reads are still served"
+            ) from None
+        except asyncpg.exceptions.InsufficientResourcesError as exc:
+            raise StorageUnavailable(
+                f"database {self.description} is out of resources ({_scrub(exc, self._dsn)}); "
+                f"nothing of this call was done; retry"
             ) from None
 
     # -- writes --------------------------------------------------------------------------------
@@ -307,8 +330,10 @@ class PgStore:
                 yield lk
             finally:
                 if not lk.committed and not conn.is_closed():
-                    with contextlib.suppress(Exception):
+                    try:
                         await conn.execute("ROLLBACK")
+                    except Exception:  # a session cut off mid-call: never hand it out again
+                        conn.terminate()
 
     # -- other replicas' changes ---------------------------------------------------------------
 

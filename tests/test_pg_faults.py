@@ -1,0 +1,115 @@
+"""PostgreSQL storage faults answer like SQLite's (tests/test_faults.py): a read-only database
+refuses writes with UNAVAILABLE and a full disk with RESOURCE_EXHAUSTED, nothing of a refused
+call is stored, reads are still served, and writes resume at the next version; never INTERNAL.
+
+The read-only database is real (``default_transaction_read_only`` on the test's database, its
+sessions restarted); a full disk on the database server is shown with PostgreSQL's own error
+(SQLSTATE 53100) raised where the store's queries run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import asyncpg
+import grpc
+import pytest
+
+from controller.errors import StorageFull
+from controller.server import Controller
+from controller.store_pg import PgStore
+from lrctl.v1 import lrctl_pb2 as pb
+from lrctl.v1 import lrctl_pb2_grpc
+from tests import pg
+from tests.pg import PostgresServer
+
+postgres = pg.postgres  # fixtures: one PostgreSQL server per session
+pg_url = pg.pg_url
+
+pytestmark = pytest.mark.slow
+
+Start = Callable[..., Awaitable[Controller]]
+SCALE = pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5)
+
+
+def _restart_sessions(postgres: PostgresServer, database: str) -> None:
+    """End every session on ``database`` but psql's own: the pool reconnects, and new
+    sessions take the database's settings."""
+    postgres.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE datname = '{database}' AND pid <> pg_backend_pid()"
+    )
+
+
+async def test_a_read_only_database_refuses_writes_and_serves_reads(
+    start_controller: Start, postgres: PostgresServer, pg_url: str
+) -> None:
+    database = urlsplit(pg_url).path.lstrip("/")
+    ctl = await start_controller(db=pg_url, metrics_port=None)
+    async with grpc.aio.insecure_channel(ctl.address) as chan:
+        stub = lrctl_pb2_grpc.LRControllerStub(chan)  # type: ignore[no-untyped-call]
+        await stub.CreateJob(
+            pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+        )
+        acknowledged = [(await stub.Override(SCALE)).event.version]
+        postgres.psql(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        _restart_sessions(postgres, database)
+        details = []
+        for _ in range(20):  # the first calls may meet a terminated session: UNAVAILABLE too
+            try:
+                acknowledged.append((await stub.Override(SCALE)).event.version)
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+                details.append(err.details() or "")
+                if "read-only" in details[-1]:
+                    break
+        assert "read-only" in details[-1], details
+        assert "nothing was written" in details[-1], details[-1]
+        assert acknowledged == [2], acknowledged  # no write went through
+        for call in (
+            stub.FinishJob(pb.FinishJobRequest(job_id="run-1")),
+            stub.CreateJob(
+                pb.CreateJobRequest(job_id="run-2", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+            assert "read-only" in (info.value.details() or ""), info.value.details()
+        job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))  # reads are still served
+        assert job.version == 2 and job.state == pb.JOB_STATE_RUNNING
+        assert len((await stub.ListJobs(pb.ListJobsRequest(include_finished=True))).jobs) == 1
+
+        postgres.psql(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+        _restart_sessions(postgres, database)
+        clear, version = pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR), 0
+        for _ in range(20):
+            try:
+                version = (await stub.Override(clear)).event.version
+                break
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+        assert version == 3  # the next version: nothing of the refused calls was stored
+    await ctl.stop(0)
+    again = await start_controller(db=pg_url, metrics_port=None)
+    async with grpc.aio.insecure_channel(again.address) as chan:
+        stub = lrctl_pb2_grpc.LRControllerStub(chan)  # type: ignore[no-untyped-call]
+        history = await stub.History(pb.HistoryRequest(job_id="run-1"))
+        assert [e.version for e in history.events] == [2, 3]
+        assert len((await stub.ListJobs(pb.ListJobsRequest(include_finished=True))).jobs) == 1
+
+
+async def test_a_full_disk_is_resource_exhausted_and_names_the_database(pg_url: str) -> None:
+    store = await PgStore.open(pg_url)
+    try:
+        full = asyncpg.exceptions.DiskFullError(
+            'could not extend file "base/16384/16390": No space left on device'
+        )
+        with pytest.raises(StorageFull) as info, store._reachable():
+            raise full
+        text = str(info.value)
+        assert "is full" in text and "nothing was written" in text, text
+        assert store.description in text and pg.PASSWORD not in text, text
+    finally:
+        await store.close()
