@@ -7,6 +7,7 @@ one database, which only PostgreSQL allows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import sqlite3
@@ -120,6 +121,53 @@ async def check_round_trip(open_: Callable[[], Awaitable[JobStore]], final: Job)
     assert [m.step for m in job.plateau_metrics] == [4, 5]
     assert math.isnan(job.plateau_metrics[0].value)  # SQLite keeps NaN as NULL
     assert job.plateau_metrics[1] == ConsumedMetric(5, 0.25, 1)
+
+
+async def _execute(store_url: str, sql: str) -> None:
+    """Run ``sql`` on the contract's database from outside the store (tables without the
+    ``lrctl_`` prefix; PostgreSQL's have it)."""
+    if store_url.startswith("postgresql://"):
+        sql = sql.replace("UPDATE ", "UPDATE lrctl_")
+        conn = await asyncpg.connect(store_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+    else:
+        with contextlib.closing(sqlite3.connect(store_url)) as conn, conn:
+            conn.execute(sql)
+
+
+@pytest.mark.parametrize(
+    ("poison", "what"),
+    [
+        pytest.param(
+            "UPDATE jobs SET base_lrs = 'not json' WHERE job_id = 'run-1'",
+            "its row does not read",
+            id="job-row",
+        ),
+        pytest.param(
+            "UPDATE events SET op = 'explode' WHERE job_id = 'run-1'",
+            "event row 2 does not read",
+            id="event-row",
+        ),
+    ],
+)
+async def test_rows_that_do_not_read_load_their_job_marked(
+    open_stores: Callable[[], Awaitable[JobStore]], store_url: str, poison: str, what: str
+) -> None:
+    good = replace(RECORD, job_id="good")
+    store = await open_stores()
+    await store.commit(Change(replace(RECORD, version=2), new_events=[SCALE]))
+    await store.commit(Change(good))
+    await store.close()
+    await _execute(store_url, poison)
+    jobs = {job.record.job_id: job for job in await (await open_stores()).load()}
+    assert sorted(jobs) == ["good", "run-1"]  # one job's rows never stop the load
+    assert jobs["good"].problem == "" and jobs["good"].record == good
+    bad = jobs["run-1"]
+    assert what in bad.problem, bad.problem
+    assert bad.record.version == 2  # versions never go back, whatever did not read
 
 
 async def test_round_trip(store_url: str) -> None:
