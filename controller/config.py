@@ -16,7 +16,7 @@ import ipaddress
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from controller.limits import ServerLimits, add_limit_arguments
@@ -145,6 +145,15 @@ class ServerConfig:
     def metrics_tls(self) -> bool:
         """Whether ``/metrics`` is served over HTTPS."""
         return self.metrics_tls_cert is not None
+
+    def __repr__(self) -> str:
+        """The fields, without the database URL's password or the tokens' hashes (logs and
+        test reports show it)."""
+        from controller.store_api import redact_url
+
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown.update(db=redact_url(self.db), tokens=f"<{len(self.tokens)} tokens>")
+        return f"ServerConfig({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
     def address(self) -> str:

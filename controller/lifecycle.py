@@ -1,6 +1,6 @@
 """A job's lifecycle: the CreateJob command (create, recreate with ``replace``, attach) and
-FinishJob, behind :meth:`controller.service.ControllerService.create_job` and
-:meth:`~controller.service.ControllerService.finish_job`.
+FinishJob: :meth:`JobLifecycle.create_job` and :meth:`JobLifecycle.finish_job`, which a
+:class:`~controller.service.ControllerService` serves as its ``create_job`` and ``finish_job``.
 
 A create validates the spec off the event loop, then, inside the job's lock, attaches to the
 running job with the same spec and base LRs, refuses another spec (without ``replace``), or

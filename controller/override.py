@@ -1,5 +1,5 @@
-"""The Override command (SCALE, SET, CLEAR, REPLACE_SCHEDULE), behind
-:meth:`ControllerService.override <controller.service.ControllerService.override>`.
+"""The Override command (SCALE, SET, CLEAR, REPLACE_SCHEDULE): :meth:`OverrideHandler.override`,
+which a :class:`~controller.service.ControllerService` serves as its ``override``.
 
 Inside the job's lock: the note and the override are checked (a replacement spec is built off
 the event loop), then the job's state, the caller's expected version and the log's limits

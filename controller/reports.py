@@ -1,4 +1,5 @@
-"""The Report command: a worker's progress, behind :meth:`ControllerService.report`.
+"""The Report command, a worker's progress: :meth:`ReportHandler.report`, which a
+:class:`~controller.service.ControllerService` serves as its ``report``.
 
 Rank 0's report is checked against the job's attach epoch, then sets the effective step of
 each event it applied, the job's progress (step, LRs, applied version, world size; the final

@@ -77,7 +77,7 @@ class Controller:
             and ``/metrics`` server (or None); :meth:`stop` stops and closes them.
     """
 
-    config: ServerConfig
+    config: ServerConfig = field(repr=False)  # its database URL may hold a password
     port: int
     metrics_port: int | None
     service: ControllerService

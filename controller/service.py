@@ -82,6 +82,13 @@ class ControllerService:
         max_message_bytes: The server's message size: a job's log is kept small enough to
             fit in one beside its other fields, a ListJobs page too.
         clock: Wall clock (unix seconds).
+
+    Attributes:
+        create_job: :meth:`controller.lifecycle.JobLifecycle.create_job` (create, recreate,
+            attach).
+        finish_job: :meth:`controller.lifecycle.JobLifecycle.finish_job`.
+        override: :meth:`controller.override.OverrideHandler.override`.
+        report: :meth:`controller.reports.ReportHandler.report`.
     """
 
     def __init__(

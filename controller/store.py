@@ -25,8 +25,8 @@ version *i* to *i + 1* and runs in the same transaction that bumps ``user_versio
 adds ``jobs.applied_version`` and ``jobs.world_size`` (what rank 0 last reported); version 4
 adds ``jobs.epoch`` (the attach epoch of the run allowed to report).
 
-The rows, the :class:`Change` type and the row converters are :mod:`controller.rows`'s
-(re-exported here), so that every store writes the same rows.
+The rows, the :class:`~controller.rows.Change` type and the row converters are
+:mod:`controller.rows`'s, so that every store writes the same rows.
 """
 
 from __future__ import annotations

@@ -233,7 +233,7 @@ class Report:
         plateau_metrics: ``(step, value)`` of each ``step(metric)`` call since the last
             report (ReduceLROnPlateau).
         final: The run finished (scheduler closed); the controller stores it durably now.
-        epoch: The attach epoch from CreateJob (0 from workers that predate epochs).
+        epoch: The attach epoch from CreateJob (the job's epoch: 0 until a rank 0 attaches).
         world_size: World size of the run; 1 for single-process training, 0 unknown.
         divergences: Rank divergences detected since the last report.
     """

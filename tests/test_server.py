@@ -593,6 +593,15 @@ def test_config_from_flags_env_and_token_file(tmp_path: Path) -> None:
     assert ServerConfig.from_env({}) == ServerConfig()
 
 
+async def test_reprs_show_no_password_and_no_token_hash(start_controller: Any) -> None:
+    config = ServerConfig(db="postgresql://lrctl:s3cret-pw@db:5432/lrctl", tokens={"tok": "admin"})
+    shown = repr(config)
+    assert "s3cret-pw" not in shown and hash_token("tok") not in shown, shown
+    assert "postgresql://lrctl@db:5432/lrctl" in shown and "port=50051" in shown, shown
+    ctl = await start_controller(tokens={"tok": "admin"}, metrics_port=None)
+    assert hash_token("tok") not in repr(ctl) and f"port={ctl.port}" in repr(ctl), repr(ctl)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
