@@ -44,7 +44,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("PostgreSQL support needs asyncpg: pip install 'lrctl[controller]'") from exc
 
-from controller.errors import StorageFull, StorageUnavailable, Unavailable
+from controller.errors import FailedPrecondition, StorageFull, StorageUnavailable, Unavailable
 from controller.rows import (
     Change,
     ConsumedMetric,
@@ -263,6 +263,13 @@ class PgStore:
         back) and reads still served, as with SQLite."""
         try:
             yield
+        except asyncpg.exceptions.InternalClientError as exc:
+            # asyncpg's own state, e.g. after the server ended the session mid-call: the
+            # connection is dropped (_locked_conn) and a retry gets a fresh one.
+            raise Unavailable(
+                f"the session with the database {self.description} broke "
+                f"({_scrub(exc, self._dsn)}); retry"
+            ) from None
         except _UNREACHABLE as exc:
             # A commit cut off here may or may not have happened: the next write or refresh
             # of the job reads the database's answer (its revision) either way.
@@ -351,8 +358,27 @@ class PgStore:
         await self._pool.close()
 
 
+@contextlib.contextmanager
+def _readable(job_id: str) -> Iterator[None]:
+    """A row of ``job_id`` this release cannot read (a newer release's, a hand edit) fails the
+    call FAILED_PRECONDITION, never INTERNAL; the job's older copy in memory stays."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FailedPrecondition(
+            f"job {job_id!r} has a row in the database this controller cannot read "
+            f"({type(exc).__name__}: {exc}); expected rows this release reads (are all "
+            f"replicas on the same release?)"
+        ) from None
+
+
 async def _delta(conn: Any, row: Any, rev: int) -> Delta:
     """What changed after ``rev`` in the job of ``row`` (read within the caller's snapshot)."""
+    with _readable(row["job_id"]):
+        return await _read_delta(conn, row, rev)
+
+
+async def _read_delta(conn: Any, row: Any, rev: int) -> Delta:
     job_id, now = row["job_id"], int(row["rev"])
     full = rev <= 0 or rev < int(row["created_rev"]) or rev > now
     cond = "" if full else " AND rev > $3"

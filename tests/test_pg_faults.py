@@ -22,6 +22,7 @@ from controller.store_pg import PgStore
 from lrctl.v1 import lrctl_pb2 as pb
 from lrctl.v1 import lrctl_pb2_grpc
 from tests import pg
+from tests.conftest import expect_status
 from tests.pg import PostgresServer
 
 postgres = pg.postgres  # fixtures: one PostgreSQL server per session
@@ -113,3 +114,43 @@ async def test_a_full_disk_is_resource_exhausted_and_names_the_database(pg_url: 
         assert store.description in text and pg.PASSWORD not in text, text
     finally:
         await store.close()
+
+
+async def test_a_row_a_replica_cannot_read_fails_its_calls_not_the_replica(
+    start_controller: Start, postgres: PostgresServer, pg_url: str
+) -> None:
+    """What a newer release might write (an op this one does not know) reaches running
+    replicas as FAILED_PRECONDITION for that job's calls, never INTERNAL; other jobs go on,
+    and the job serves again once its rows read."""
+    database = urlsplit(pg_url).path.lstrip("/")
+    replicas = [await start_controller(db=pg_url, metrics_port=None) for _ in range(2)]
+    channels = [grpc.aio.insecure_channel(r.address) for r in replicas]
+    try:
+        stubs = [lrctl_pb2_grpc.LRControllerStub(c) for c in channels]  # type: ignore[no-untyped-call]
+        for job in ("run-1", "other"):
+            await stubs[0].CreateJob(
+                pb.CreateJobRequest(job_id=job, schedule="StepLR(step_size=2)", base_lrs=[0.1])
+            )
+        await stubs[0].Override(SCALE)  # version 2, seen by both replicas
+
+        def rewrite_op(op: str) -> None:  # a new revision of the job, as a writer makes it
+            postgres.psql(
+                "UPDATE lrctl_jobs SET rev = rev + 1 WHERE job_id = 'run-1'; "
+                f"UPDATE lrctl_events SET op = '{op}', rev = (SELECT rev FROM lrctl_jobs "
+                "WHERE job_id = 'run-1') WHERE job_id = 'run-1'",
+                database,
+            )
+
+        rewrite_op("explode")
+        for stub in stubs:
+            err = await expect_status(stub.Override(SCALE), grpc.StatusCode.FAILED_PRECONDITION)
+            assert "cannot read" in (err.details() or "") and "'run-1'" in (err.details() or "")
+            other = pb.OverrideRequest(job_id="other", op=pb.OVERRIDE_OP_SCALE, value=0.5)
+            assert (await stub.Override(other)).event.op == pb.OVERRIDE_OP_SCALE
+        rewrite_op("scale")
+        assert (await stubs[1].Override(SCALE)).event.version == 3
+        history = await stubs[0].History(pb.HistoryRequest(job_id="run-1"))
+        assert [e.version for e in history.events] == [2, 3]
+    finally:
+        for channel in channels:
+            await channel.close()
