@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--schedule", default="CosineAnnealingLR(T_max=300, eta_min=0.001)")
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=300)
+    # --step-sleep: seconds per step, slow enough that a human can override mid-run.
     parser.add_argument("--step-sleep", type=float, default=0.05, help="seconds per step")
     parser.add_argument("--lr-log", default="", help="folder for each rank's per-step LR")
     parser.add_argument("--name", default=os.environ.get("LRCTL_JOB", "lrctl-example"))
