@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.rows import Change, ConsumedMetric, StoreError
 from controller.service import ControllerService
-from controller.store import (
-    SCHEMA_VERSION,
-    Change,
-    ConsumedMetric,
-    Store,
-    StoreError,
-)
+from controller.store import SCHEMA_VERSION, Store
 from lrctl.model import JobState
 from lrctl.overrides import Op
 from tests.test_store_contract import (

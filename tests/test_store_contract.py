@@ -20,7 +20,7 @@ import pytest
 
 from controller import store as sqlite_store
 from controller import store_pg
-from controller.store import Change, ConsumedMetric, StoreError
+from controller.rows import Change, ConsumedMetric, StoreError
 from controller.store_api import JobStore, open_store, redact_url
 from lrctl.model import Job
 from lrctl.overrides import Event, Op
