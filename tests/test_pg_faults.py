@@ -3,13 +3,16 @@ refuses writes with UNAVAILABLE and a full disk with RESOURCE_EXHAUSTED, nothing
 call is stored, reads are still served, and writes resume at the next version; never INTERNAL.
 
 The read-only database is real (``default_transaction_read_only`` on the test's database, its
-sessions restarted); a full disk on the database server is shown with PostgreSQL's own error
-(SQLSTATE 53100) raised where the store's queries run.
+sessions restarted), and so is the full disk where a tmpfs can be mounted (root, as in CI).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -24,6 +27,7 @@ from lrctl.v1 import lrctl_pb2_grpc
 from tests import pg
 from tests.conftest import expect_status
 from tests.pg import PostgresServer
+from tests.test_faults import tmpfs
 
 postgres = pg.postgres  # fixtures: one PostgreSQL server per session
 pg_url = pg.pg_url
@@ -101,7 +105,72 @@ async def test_a_read_only_database_refuses_writes_and_serves_reads(
         assert len((await stub.ListJobs(pb.ListJobsRequest(include_finished=True))).jobs) == 1
 
 
-async def test_a_full_disk_is_resource_exhausted_and_names_the_database(pg_url: str) -> None:
+async def test_a_full_disk_refuses_writes_and_serves_reads(
+    start_controller: Start, postgres: PostgresServer, pg_url: str, tmp_path: Path
+) -> None:
+    """The database's tables on a tablespace in a small tmpfs (root), filled up: writes are
+    RESOURCE_EXHAUSTED with nothing stored, reads go on, writes resume at the next version
+    once there is space. Where no mount is allowed, PostgreSQL's own error (SQLSTATE 53100)
+    is raised where the store's queries run instead."""
+    database = urlsplit(pg_url).path.lstrip("/")
+    space = postgres.root / f"space-{database}"
+    with tmpfs(space, "1m") as real:
+        if not real:
+            await _full_disk_error_is_mapped(pg_url)
+            return
+        if os.geteuid() == 0:
+            shutil.chown(space, "nobody")  # the server's user (tests/pg.py)
+        space.chmod(0o700)
+        tablespace = f"space_{database}"
+        postgres.psql(f"CREATE TABLESPACE {tablespace} LOCATION '{space}'")
+        postgres.psql(f"ALTER DATABASE {database} SET default_tablespace = {tablespace}")
+        try:
+            ctl = await start_controller(db=pg_url, metrics_port=None)
+            await _fill_and_free(ctl, space)
+            await ctl.stop(0)
+        finally:
+            postgres.psql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            postgres.psql(f"DROP TABLESPACE {tablespace}")
+
+
+async def _fill_and_free(ctl: Controller, space: Path) -> None:
+    async with grpc.aio.insecure_channel(ctl.address) as chan:
+        stub = lrctl_pb2_grpc.LRControllerStub(chan)  # type: ignore[no-untyped-call]
+        await stub.CreateJob(
+            pb.CreateJobRequest(job_id="run-1", schedule="StepLR(step_size=2)", base_lrs=[0.1])
+        )
+        ballast = space / "ballast"
+        with contextlib.suppress(OSError), open(ballast, "wb") as out:
+            while True:  # the file system full, up to the last page
+                out.write(b"\0" * 4096)
+                out.flush()
+        acknowledged, refused = [], 0
+        for i in range(300):
+            request = pb.OverrideRequest(
+                job_id="run-1", op=pb.OVERRIDE_OP_SCALE, value=0.5, reason=f"{i} " + "x" * 1000
+            )
+            try:
+                acknowledged.append((await stub.Override(request)).event.version)
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+                assert "is full" in (err.details() or "") and "nothing was written" in (
+                    err.details() or ""
+                ), err.details()
+                refused += 1
+                if refused >= 3:
+                    break
+        assert refused >= 3, acknowledged
+        job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))  # reads are still served
+        assert [e.version for e in job.events] == acknowledged
+        ballast.unlink()  # space comes back: writes resume by themselves, at the next version
+        reply = await stub.Override(pb.OverrideRequest(job_id="run-1", op=pb.OVERRIDE_OP_CLEAR))
+        assert reply.event.version == (acknowledged[-1] if acknowledged else 1) + 1
+        acknowledged.append(reply.event.version)
+        history = await stub.History(pb.HistoryRequest(job_id="run-1"))
+        assert [e.version for e in history.events] == acknowledged
+
+
+async def _full_disk_error_is_mapped(pg_url: str) -> None:
     store = await PgStore.open(pg_url)
     try:
         full = asyncpg.exceptions.DiskFullError(
