@@ -8,16 +8,21 @@ message says what was expected and what came, quoting at most a bounded prefix o
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 import pytest
 
+from controller.limits import ServerLimits
+from lrctl.client import Client, ClientError
 from lrctl.constants import DEFAULT_MAX_PARAM_GROUPS, DEFAULT_MAX_SPEC_BYTES
 from lrctl.errors import OverrideError, SizeLimitError, SpecError
 from lrctl.overrides import Op, parse_override, validate_override
 from lrctl.program import LRProgram, preview
 from lrctl.schedules import build_schedule
 from lrctl.spec import parse_spec
+from tests.procs import CLI, checkout_env, run_captured
 
 MESSAGE_LIMIT = 600  # characters: a bounded prefix of the input, never all of it
 
@@ -157,3 +162,31 @@ def test_spec_messages_quote_a_bounded_prefix(spec: str) -> None:
 def test_preview_rows_respect_the_group_limit() -> None:
     with pytest.raises(SizeLimitError):
         preview("StepLR(step_size=10)", [0.1] * 2000, 10)
+
+
+async def test_clients_leave_the_limits_to_the_controller(start_controller: Any) -> None:
+    """A controller configured above DESIGN's defaults: the client, the CLI's pre-parse and
+    attach's spec comparison must not hold its callers to the defaults."""
+    ctl = await start_controller(
+        limits=ServerLimits(max_lr=1e7, max_spec_bytes=16_384), metrics_port=None
+    )
+    spec = f"MultiStepLR(milestones={list(range(1, 1500))}, gamma=0.5)"
+    assert len(spec.encode()) > DEFAULT_MAX_SPEC_BYTES
+    with Client(ctl.address) as client:
+        first = await asyncio.to_thread(client.create_job, "big", spec, [0.1])
+        # The same spec spelled otherwise attaches (canonical comparison), no conflict.
+        again = await asyncio.to_thread(
+            client.create_job, "big", spec.replace("gamma=0.5", "gamma=0.50"), [0.1]
+        )
+        assert first.created and not again.created
+        done = await asyncio.to_thread(client.override, "big", "lr = 2e6")
+        assert done.event.value == 2e6
+        with pytest.raises(ClientError) as info:  # the configured ceiling is the controller's
+            await asyncio.to_thread(client.override, "big", "lr = 2e7")
+        assert info.value.code == "INVALID_ARGUMENT" and "<= 1e+07" in info.value.details
+    cli = await asyncio.to_thread(
+        run_captured,
+        [*CLI, "job", "create", "big2", "--schedule", spec, "--base-lr", "0.1"],
+        env={**checkout_env(), "LRCTL_ADDRESS": ctl.address},
+    )
+    assert cli.returncode == 0, cli.stderr

@@ -85,11 +85,11 @@ class RemoteLRScheduler(LRScheduler, Closing):
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
-        self.spec = parse_spec(schedule)
+        self.spec = parse_spec(schedule, max_bytes=NO_LIMITS.max_spec_bytes)
         base_lrs = _initial_lrs(optimizer, last_epoch)
-        # Validate locally, before any network call.
+        # Validate locally, before any network call; the controller enforces its configured
+        # limits (spec size, groups, LR ceiling).
         self._uses_beta1 = "betas" in optimizer.defaults
-        # The controller enforces the configured limits (spec size, groups, LR ceiling).
         if LRProgram(self.spec, base_lrs, limits=NO_LIMITS).cycles_momentum and not (
             "momentum" in optimizer.defaults or self._uses_beta1
         ):

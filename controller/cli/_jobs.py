@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from controller.cli._format import fmt_lrs, fmt_time, print_json, table
 from lrctl.client import Client
 from lrctl.errors import OverrideError
+from lrctl.limits import NO_LIMITS
 from lrctl.model import Job
 from lrctl.overrides import Event, History, Op, validate_override
 from lrctl.spec import parse_spec
@@ -27,7 +28,8 @@ class UsageError(ValueError):
 
 def create(client: Client, args: argparse.Namespace) -> int:
     """``lrctl job create JOB --schedule SPEC --base-lr X [...]``."""
-    parse_spec(args.schedule)  # a clear SpecError before any network call
+    # A clear SpecError before any network call; the size limit is the controller's.
+    parse_spec(args.schedule, max_bytes=NO_LIMITS.max_spec_bytes)
     result = client.create_job(
         args.job, args.schedule, args.base_lrs, replace=args.replace, verbose=args.verbose
     )
@@ -94,7 +96,7 @@ def override(client: Client, args: argparse.Namespace) -> int:
             "'lr = 3e-4'), --clear or --schedule SPEC"
         )
     if args.schedule is not None:
-        parse_spec(args.schedule)  # the core's SpecError, before any network call
+        parse_spec(args.schedule, max_bytes=NO_LIMITS.max_spec_bytes)  # as in create
     if args.group is not None:
         try:
             validate_override(Op.CLEAR, group=args.group)

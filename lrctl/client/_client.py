@@ -29,6 +29,7 @@ from lrctl.convert import (
 )
 from lrctl.endpoints import channel_target
 from lrctl.errors import OverrideError
+from lrctl.limits import NO_LIMITS
 from lrctl.model import Job, Report, WatchMessage
 from lrctl.overrides import Event, History, Op, parse_override
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
@@ -317,7 +318,8 @@ class Client(Closing):
             )
         value: float | None = None
         if statement is not None:
-            op, value = parse_override(statement)
+            # The controller holds the value to its configured ceiling (INVALID_ARGUMENT).
+            op, value = parse_override(statement, max_lr=NO_LIMITS.max_lr)
         elif clear:
             op = Op.CLEAR
         else:

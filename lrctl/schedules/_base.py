@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 from lrctl._numeric import to_float
 from lrctl.errors import SizeLimitError, SpecError
-from lrctl.limits import DEFAULT_LIMITS, Limits
+from lrctl.limits import DEFAULT_LIMITS, NO_LIMITS, Limits
 from lrctl.spec import Spec, SpecValue, parse_spec
 
 __all__ = [
@@ -286,10 +286,13 @@ def canonical_spec(spec: str | Spec | Mapping[str, Any]) -> Spec:
     ``gamma=1.0`` are equal specs). The values themselves are not validated:
     ``build_schedule(spec, n).spec`` is the validated normal form.
 
+    It compares specs that were checked against their limits already (the controller's
+    configured ones), so it holds them to none.
+
     Raises:
         SpecError: not a spec, an unknown scheduler, or arguments torch's signature refuses.
     """
-    parsed = parse_spec(spec)
+    parsed = parse_spec(spec, max_bytes=NO_LIMITS.max_spec_bytes)
     cls = SCHEDULES.get(parsed.name)
     if cls is None:
         known = ", ".join(sorted(SCHEDULES))
