@@ -112,10 +112,10 @@ class JobTable:
         made on the database's state, once, whichever replica received the call.
         """
         if not self.store.shared:
-            # Only CreateJob makes a lock for an unknown id, so bad ids cannot grow the dict.
             if not create:
                 self.get(job_id)
-            async with self._locks.setdefault(job_id, asyncio.Lock()):
+            # A refused CreateJob (past --max-jobs, another spec) leaves no lock behind.
+            async with self._job_lock(job_id):
                 yield
             return
         async with (

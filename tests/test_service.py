@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
+from controller.errors import FailedPrecondition, ResourceExhausted
+from controller.limits import ServerLimits
 from controller.server import Controller
 from lrctl.model import Report
 from lrctl.overrides import Op
@@ -56,3 +59,19 @@ async def test_display_reuses_one_program_while_the_log_is_unchanged(
     assert service.get_job("run-1").lr == pytest.approx((0.1 * 0.99999**20_100,), rel=1e-9)
     await service.override("run-1", Op.SCALE, value=0.5)  # a new log: a new program
     assert display.program(20_100) is not program
+
+
+async def test_refused_creates_leave_no_per_job_state(start_controller: Any) -> None:
+    """Past --max-jobs (or with another spec), a CreateJob is refused and keeps nothing: a
+    client sending fresh ids cannot grow the controller's memory."""
+    ctl = await start_controller(limits=ServerLimits(max_jobs=1), metrics_port=None)
+    service = ctl.service
+    await service.create_job("kept", "StepLR(step_size=10)", [0.1])
+    for i in range(200):
+        with pytest.raises(ResourceExhausted):
+            await service.create_job(f"refused-{i}", "StepLR(step_size=10)", [0.1])
+        with pytest.raises(FailedPrecondition):
+            await service.create_job("kept", "StepLR(step_size=3)", [0.1])
+    table = service._table
+    assert set(table.jobs) == {"kept"}
+    assert set(table._locks) <= {"kept"} and not table._lock_users
