@@ -292,22 +292,14 @@ def measure_latency(
     address: str, tmp: Path, world: int, model: str, *, seconds: float, overrides: int
 ) -> Latency:
     from lrctl.client import Client
+    from tests.procs import wait_for_step
 
     job = f"latency-{world}-{model}"
     procs, out = _launch(tmp, address, world, model, "latency", ["--seconds", str(seconds)])
     sent: dict[int, float] = {}
     rng = random.Random(world * 7 + len(model))
     with Client(address) as client:
-        deadline = time.monotonic() + 120
-        while True:  # the job exists once rank 0 attached
-            try:
-                if client.get_job(job).step >= 20:
-                    break
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the latency run never started")
-            time.sleep(0.05)
+        wait_for_step(client, job, 20, timeout=120)  # NOT_FOUND until rank 0 attached
         for i in range(overrides):
             time.sleep(rng.uniform(0.15, 0.45))
             before = time.monotonic()

@@ -37,12 +37,6 @@ from benchmarks._results import add_options
 
 ROOT = Path(__file__).resolve().parent.parent
 TITLE = "Integrations: live change against restart"
-RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_DISABLE_USAGE_STATS": "1",
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-}
 STEP_SLEEP_S = 0.02  # plus the model step: a ~25 ms training step on this machine
 
 
@@ -114,6 +108,7 @@ def measure_live(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from lrctl.client import Client
+    from tests.procs import until, wait_for_step
 
     job = f"bench-live-{uuid.uuid4().hex[:8]}"  # the run name is the job id
     events = os.path.join(storage, f"{job}.jsonl")
@@ -146,8 +141,7 @@ def measure_live(
     decisions: list[tuple[int, float, str]] = []  # (version, decided at, route)
     rng = random.Random(0)
     with Client(address) as client:
-        while _step_of(client, job) < 20:
-            time.sleep(0.05)
+        wait_for_step(client, job, 20, timeout=120)
         version = client.get_job(job).version
         for i in range(total):
             time.sleep(rng.uniform(0.3, 0.6))  # at a random moment within a step
@@ -164,10 +158,12 @@ def measure_live(
                 )
                 version += 1
                 decisions.append((version, decided, "cli"))
-                while client.get_job(job).version < version:
-                    time.sleep(0.01)
-        while _step_of(client, f"{job}-neighbour") < 0:
-            time.sleep(0.05)
+                until(
+                    lambda target=version: client.get_job(job).version >= target,
+                    120,
+                    f"version {version} of {job} after the CLI override",
+                )
+        wait_for_step(client, f"{job}-neighbour", 0, timeout=120)  # its ranks have attached
         client.override(f"{job}-neighbour", "lr /= 2", reason="bench: stop")
     for fit in fits:
         fit.join(300)
@@ -180,17 +176,6 @@ def measure_live(
         ]
         out[route].append(max(landed) - decided)
     return {"rpc_s": out["rpc"], "cli_s": out["cli"], "step_s": _step_time(records)}
-
-
-def _step_of(client: Any, job: str) -> int:
-    from lrctl.client import ClientError
-
-    try:
-        return int(client.get_job(job).step)
-    except ClientError as exc:
-        if exc.code != "NOT_FOUND":
-            raise
-        return -1
 
 
 def _step_time(records: list[dict[str, Any]]) -> float:
@@ -316,13 +301,14 @@ def pbt_phase(ray_address: str, storage: str, out: str, iterations: int) -> None
 
 
 def measure(rpc_overrides: int, cli_overrides: int, pbt_iterations: int) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from tests.procs import RAY_ENV, ControllerProcess
+
     # Before `import ray`: Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import (docs/ray.md).
     os.environ.update(RAY_ENV)
     os.environ.pop("LRCTL_JOB", None)
     import ray
 
-    sys.path.insert(0, str(ROOT))
-    from tests.procs import ControllerProcess
     from tests.ray_head import local_ray_head
 
     with (
