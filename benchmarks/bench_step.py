@@ -22,7 +22,6 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -31,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tests.procs import ControllerProcess  # noqa: E402
-from tests.torch_ref import build_torch  # noqa: E402
+from tests.torch_ref import build_torch, make_optimizer  # noqa: E402
 from worker import RemoteLRScheduler  # noqa: E402
 
 #: The six schedulers of the issue (CyclicLR and OneCycleLR cycle momentum, as torch's do).
@@ -72,16 +71,8 @@ class Result:
         return self.lrctl_us / self.torch_us
 
 
-def make_optimizer(case: Case) -> torch.optim.Optimizer:
-    groups = []
-    for i, lr in enumerate(case.base):
-        value: Any = torch.tensor(lr, dtype=torch.float64) if i == case.tensor_group else lr
-        groups.append({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": value})
-    return torch.optim.SGD(groups, lr=0.001, momentum=0.9)
-
-
 def time_torch(case: Case, steps: int) -> float:
-    opt = make_optimizer(case)
+    opt = make_optimizer(case.base, tensor_group=case.tensor_group)
     sched = build_torch(case.spec, opt)
     opt.step()
     start = time.perf_counter_ns()
@@ -91,7 +82,7 @@ def time_torch(case: Case, steps: int) -> float:
 
 
 def time_lrctl(case: Case, steps: int, address: str, job: str) -> float:
-    opt = make_optimizer(case)
+    opt = make_optimizer(case.base, tensor_group=case.tensor_group)
     with RemoteLRScheduler(opt, case.spec, job=job, address=address) as sched:
         opt.step()
         start = time.perf_counter_ns()
