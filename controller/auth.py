@@ -20,22 +20,25 @@ from __future__ import annotations
 
 import contextvars
 import hmac
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from controller.errors import PermissionDenied, Unauthenticated
 from controller.interceptors import Behavior, HandlerInterceptor, rewrap
 from controller.tokens import ADMIN, OPERATOR, READER, WORKER, TokenEntry, as_entries, hash_token
-from lrctl.v1 import lrctl_pb2
 
 if TYPE_CHECKING:
     from controller.interceptors import Handler
 
-__all__ = ["CALLER", "METHOD_ROLES", "RECREATE_ROLES", "AuthInterceptor", "Authenticator"]
+__all__ = ["CALLER", "METHOD_ROLES", "RECREATE_ROLES", "SCOPE", "AuthInterceptor", "Authenticator"]
 
 #: The identity of the token behind the current call ("" without tokens), for the handler.
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("lrctl_caller", default="")
+#: Which job ids the call's token may see (a scoped token's patterns); None: every job.
+SCOPE: contextvars.ContextVar[Callable[[str], bool] | None] = contextvars.ContextVar(
+    "lrctl_scope", default=None
+)
 
 _READ = frozenset({ADMIN, OPERATOR, READER})
 
@@ -145,23 +148,9 @@ class Authenticator:
 def _take_identity(entry: TokenEntry, request: Any) -> None:
     """The token says who calls: a request's own ``actor`` is replaced, never trusted."""
     CALLER.set(entry.name)
+    SCOPE.set(None if entry.jobs is None else entry.covers)
     if "actor" in request.DESCRIPTOR.fields_by_name:
         request.actor = entry.name
-
-
-def _in_scope(entry: TokenEntry, method: str, response: Any) -> Any:
-    """ListJobs: leave out the jobs outside a scoped token's patterns (a response the handler
-    already encoded is decoded, filtered and encoded again: never passed through unfiltered).
-    """
-    if entry.jobs is None or method != "ListJobs":
-        return response
-    message = (
-        lrctl_pb2.ListJobsResponse.FromString(response) if isinstance(response, bytes) else response
-    )
-    kept = [job for job in message.jobs if entry.covers(job.job_id)]
-    del message.jobs[:]
-    message.jobs.extend(kept)
-    return message.SerializeToString() if isinstance(response, bytes) else message
 
 
 class AuthInterceptor(HandlerInterceptor):
@@ -186,8 +175,7 @@ class AuthInterceptor(HandlerInterceptor):
                 entry = check(context.invocation_metadata(), method, request)
                 if entry is not None:
                     _take_identity(entry, request)
-                response = await behavior(request, context)
-                return response if entry is None else _in_scope(entry, method, response)
+                return await behavior(request, context)
 
             async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
                 entry = check(context.invocation_metadata(), method, request)

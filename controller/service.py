@@ -181,12 +181,19 @@ class ControllerService:
         return self._view(entry)
 
     def list_jobs(
-        self, page_size: int = 0, page_token: str = "", *, include_finished: bool = False
+        self,
+        page_size: int = 0,
+        page_token: str = "",
+        *,
+        include_finished: bool = False,
+        visible: Callable[[str], bool] | None = None,
     ) -> tuple[list[Job], str]:
         """Return one page of jobs ordered by id (heads, no logs) and the next page's token.
 
         A page holds at most ``page_size`` jobs, and fewer when more would not fit in one
-        message (the token then resumes after the last one).
+        message (the token then resumes after the last one). With ``visible`` (a scoped
+        token's patterns) only the jobs it accepts are paged through: the page is full and its
+        token names one of them.
 
         Raises:
             InvalidArgument: negative page size or a token this controller did not issue.
@@ -200,7 +207,7 @@ class ControllerService:
         room, more = self._max_message_bytes - 64 * 1024, False
         for j in islice(ids, bisect_right(ids, after), None):
             entry = self._table.jobs[j]
-            if not (include_finished or entry.running):
+            if not (include_finished or entry.running) or (visible and not visible(j)):
                 continue
             room -= head_bytes(entry.job)
             if len(page) == size or (page and room < 0):

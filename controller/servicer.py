@@ -12,7 +12,7 @@ from contextlib import aclosing
 from itertools import islice
 from typing import Any
 
-from controller.auth import CALLER
+from controller.auth import CALLER, SCOPE
 from controller.errors import InvalidArgument
 from controller.service import ControllerService
 from lrctl.convert import (
@@ -79,7 +79,10 @@ class LRControllerServicer(lrctl_pb2_grpc.LRControllerServicer):
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         jobs, token = self.service.list_jobs(
-            request.page_size, request.page_token, include_finished=request.include_finished
+            request.page_size,
+            request.page_token,
+            include_finished=request.include_finished,
+            visible=SCOPE.get(),  # a scoped token pages through its own jobs only
         )
         return pb.ListJobsResponse(
             jobs=[job_to_proto(j, events=False) for j in jobs], next_page_token=token

@@ -20,6 +20,7 @@ import pytest
 
 from controller.auth import Authenticator
 from controller.errors import PermissionDenied
+from controller.jobs import decode_token
 from controller.server import Controller
 from controller.tokens import TokenEntry, hash_token, load_tokens, parse_tokens
 from lrctl.client import Client, ClientError
@@ -329,21 +330,27 @@ def test_bad_token_files_say_what_was_expected(data: object, message: str) -> No
         parse_tokens(data)
 
 
-def test_list_jobs_is_filtered_even_when_the_handler_encoded_it() -> None:
-    from controller.auth import _in_scope
-
-    [entry] = parse_tokens(
-        {"tokens": [{"name": "v", "sha256": _H, "role": "reader", "jobs": ["a-*"]}]}
-    )
-    response = pb.ListJobsResponse(
-        jobs=[pb.Job(job_id="a-1"), pb.Job(job_id="b-1")], next_page_token="x"
-    )
-    for given in (response, response.SerializeToString()):
-        out = _in_scope(entry, "ListJobs", given)
-        assert type(out) is type(given)
-        message = pb.ListJobsResponse.FromString(out) if isinstance(out, bytes) else out
-        assert ([j.job_id for j in message.jobs], message.next_page_token) == (["a-1"], "x")
-    assert _in_scope(entry, "Preview", b"raw") == b"raw"  # nothing to filter there
+async def test_a_scoped_reader_pages_through_its_own_jobs_only(
+    secured: tuple[Controller, Any],
+) -> None:
+    """ListJobs filters before paging: every page is full, holds only jobs in the token's
+    scope, and its page token never names a job outside it."""
+    _, stub = secured
+    for job in ("b-0", "team-a-1", "b-1", "b-2", "team-a-2", "b-3", "shared", "team-b-1"):
+        await _create(stub, job)
+    seen, token, pages = [], "", 0
+    while True:
+        page = await stub.ListJobs(
+            pb.ListJobsRequest(page_size=2, page_token=token), metadata=_as("team-a-viewer")
+        )
+        pages += 1
+        seen += [j.job_id for j in page.jobs]
+        token = page.next_page_token
+        if not token:
+            break
+        assert len(page.jobs) == 2  # a full page: nothing out of scope took a place
+        assert decode_token(token) == page.jobs[-1].job_id  # an id the reader may see
+    assert seen == ["shared", "team-a-1", "team-a-2"] and pages == 2
 
 
 def test_the_token_maker_prints_a_token_and_an_entry_that_loads() -> None:
