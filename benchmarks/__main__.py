@@ -9,8 +9,7 @@ is written by its own module ``benchmarks/<section>.py``, which defines::
 
 ``python -m benchmarks`` alone runs every section but ``soak``; ``--write`` replaces only
 the sections that ran, between their markers in RESULTS.md (``_results.write_section``), so
-running one section never erases another's figures. A section module that does not exist
-yet is reported and skipped.
+running one section never erases another's figures.
 
 Examples::
 
@@ -37,15 +36,6 @@ from benchmarks._results import RESULTS, SECTIONS, machine, write_section  # noq
 DEFAULT_SECTIONS = [s for s in SECTIONS if s != "soak"]
 
 
-def _load(section: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(f"benchmarks.{section}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"benchmarks.{section}":
-            return None
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.splitlines()[0]
@@ -67,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = [a for a in (argv if argv is not None else sys.argv[1:]) if a in SECTIONS]
     modules: dict[str, ModuleType] = {}
     for section in sections or DEFAULT_SECTIONS:
-        module = _load(section)
-        if module is None:
-            continue
-        modules[section] = module
+        module = modules[section] = importlib.import_module(f"benchmarks.{section}")
         add = getattr(module, "add_arguments", None)
         if add is not None:
             add(parser.add_argument_group(section))
@@ -79,12 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; expected {', '.join(SECTIONS)}")
     wanted = args.sections or DEFAULT_SECTIONS
-    status = 0
     for section in wanted:
-        module = modules.get(section)
-        if module is None:
-            print(f"[{section}] no benchmarks/{section}.py yet: skipped", file=sys.stderr)
-            continue
+        module = modules[section]
         started = time.monotonic()
         print(f"[{section}] running on {machine()}", file=sys.stderr)
         body = module.run(args)
@@ -93,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.write and not args.quick:
             write_section(section, module.TITLE, body)
             print(f"[{section}] written to {RESULTS}", file=sys.stderr)
-    return status
+    return 0
 
 
 if __name__ == "__main__":

@@ -75,8 +75,6 @@ def write_section(section: str, title: str, body: str, path: Path = RESULTS) -> 
     begin, end = _markers(section)
     block = f"{begin}\n## {title}\n\n{body.strip()}\n{end}"
     text = path.read_text() if path.exists() else _HEADER
-    if begin not in text:
-        text = _legacy(text)
     span = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if span.search(text):
         text = span.sub(lambda _: block, text, count=1)
@@ -87,10 +85,3 @@ def write_section(section: str, title: str, body: str, path: Path = RESULTS) -> 
         head, tail = text[:at].rstrip("\n"), text[at:]
         text = f"{head}\n\n{block}\n" + (f"\n{tail}" if tail else "")
     path.write_text(text.rstrip("\n") + "\n")
-
-
-def _legacy(text: str) -> str:
-    """A RESULTS.md from before sections (one un-marked table): start over from the header."""
-    if any(_markers(s)[0] in text for s in SECTIONS):
-        return text
-    return _HEADER

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -77,7 +76,8 @@ def _override_part(work: Path, sizes: list[int], count: int, rounds: int) -> lis
     from tests.procs import ControllerProcess
 
     # Room past the default 10,000 events per job: the 10,000-event log takes more overrides.
-    os.environ["LRCTL_MAX_EVENTS_PER_JOB"] = "100000"
+    # A flag of these controllers only: the other parts' controllers keep their defaults.
+    limit = ("--max-events-per-job", "100000")
 
     lines = [
         "",
@@ -101,7 +101,7 @@ def _override_part(work: Path, sizes: list[int], count: int, rounds: int) -> lis
         db = work / f"override-{n}.db"
         ids = ctl_load.populate(db, 3 * rounds, n, prefix=f"log{n}")
         runs: dict[str, list[dict[str, float]]] = {"one": [], "eight": [], "reported": []}
-        with ControllerProcess(db) as ctl:
+        with ControllerProcess(db, extra=limit) as ctl:
             assert ctl.proc is not None
             pid = ctl.proc.pid
             print(f"  override: {n} events, {rounds} rounds", flush=True)
