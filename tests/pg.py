@@ -19,14 +19,13 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-__all__ = ["PASSWORD", "USER", "PostgresServer", "find_bindir", "pg_url", "postgres", "wait_until"]
+__all__ = ["PASSWORD", "USER", "PostgresServer", "find_bindir", "pg_url", "postgres"]
 
 USER = "lrctl"
 PASSWORD = "s3cret-Pg-pw"  # a test-only password; tests assert it never shows in output
@@ -189,16 +188,6 @@ class PostgresServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.01) -> None:
-    """Poll ``predicate()`` until it is true; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 _server: PostgresServer | None = None

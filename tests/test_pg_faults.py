@@ -78,10 +78,8 @@ async def test_a_read_only_database_refuses_writes_and_serves_reads(
                 pb.CreateJobRequest(job_id="run-2", schedule="StepLR(step_size=2)", base_lrs=[0.1])
             ),
         ):
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await call
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
-            assert "read-only" in (info.value.details() or ""), info.value.details()
+            err = await expect_status(call, grpc.StatusCode.UNAVAILABLE)
+            assert "read-only" in (err.details() or ""), err.details()
         job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))  # reads are still served
         assert job.version == 2 and job.state == pb.JOB_STATE_RUNNING
         assert len((await stub.ListJobs(pb.ListJobsRequest(include_finished=True))).jobs) == 1

@@ -692,7 +692,8 @@ async def test_the_lr_ceiling_and_report_sizes_are_configurable(start_controller
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-        assert "4" in (err.details() or "")
+        details = err.details() or ""
+        assert "expected at most 4 applied versions" in details and "got 0, 5 and 0" in details
         assert (await stub.GetJob(pb.GetJobRequest(job_id="a"))).step == -1
 
 
