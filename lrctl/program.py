@@ -334,6 +334,7 @@ class LRProgram:
         self._sizes = builder.sizes
         self._built = builder.built
         self._lengths = trail.lengths()
+        self._kept_states: tuple[int, list[_State], _Vec] | None = None
         trail.users.add(self)
         new = trail.seen[seen_from:]
         old = getattr(self, "_replays", False), getattr(self, "_cycles", False)
@@ -400,13 +401,22 @@ class LRProgram:
         return step is not None and (self._last is None or (step, event.version) >= self._last)
 
     def _states(self, step: int) -> tuple[list[_State], _Vec]:
-        """The classes' effective states at ``step`` and the group -> class vector."""
+        """The classes' effective states at ``step`` and the group -> class vector (callers
+        only read them).
+
+        They are the same for every step of one timeline entry, and the entries below this
+        program's lengths never change: the last entry's are kept, so a worker stepping
+        through one segment computes them once, not at every step.
+        """
         trail = self._trail
-        classes, count, members, w = trail.timeline[
-            bisect_right(trail.starts, step, 0, self._lengths[0]) - 1
-        ]
+        index = bisect_right(trail.starts, step, 0, self._lengths[0]) - 1
+        kept = self._kept_states
+        if kept is not None and kept[0] == index:
+            return kept[1], kept[2]
+        classes, count, members, w = trail.timeline[index]
         layer = trail.layer
         states = [layer.effective(st, w) for st in _vec_list(classes)[:count]]
+        self._kept_states = (index, states, members)
         return states, members
 
     @property
