@@ -334,7 +334,9 @@ class LRProgram:
         self._sizes = builder.sizes
         self._built = builder.built
         self._lengths = trail.lengths()
-        self._kept_states: tuple[int, list[_State], _Vec] | None = None
+        self._kept_states: (
+            tuple[int, list[_State], _Vec, list[tuple[int, Schedule, int]]] | None
+        ) = None
         trail.users.add(self)
         new = trail.seen[seen_from:]
         old = getattr(self, "_replays", False), getattr(self, "_cycles", False)
@@ -411,13 +413,17 @@ class LRProgram:
         trail = self._trail
         index = bisect_right(trail.starts, step, 0, self._lengths[0]) - 1
         kept = self._kept_states
-        if kept is not None and kept[0] == index:
-            return kept[1], kept[2]
-        classes, count, members, w = trail.timeline[index]
-        layer = trail.layer
-        states = [layer.effective(st, w) for st in _vec_list(classes)[:count]]
-        self._kept_states = (index, states, members)
-        return states, members
+        if kept is None or kept[0] != index:
+            classes, count, members, w = trail.timeline[index]
+            layer = trail.layer
+            states = [layer.effective(st, w) for st in _vec_list(classes)[:count]]
+            live = [  # the classes whose LRs come from their schedule: (class, schedule, origin)
+                (c, st.schedule, st.origin)
+                for c, st in enumerate(states)
+                if st.held is None and not isinstance(st.schedule, ReduceLROnPlateau)
+            ]
+            kept = self._kept_states = (index, states, members, live)
+        return kept[1], kept[2]
 
     @property
     def num_groups(self) -> int:
@@ -499,19 +505,24 @@ class LRProgram:
             StepLimitError: see :meth:`check_step`.
             ExpressionError: a safe expression fails at this step (division by zero...).
         """
-        self.check_step(step, max_cost)
+        # A step inside the program's evaluable run, with no replay budget to check, needs
+        # nothing more (a training loop's every step); anything else goes through check_step.
+        if not (type(step) is int and 0 <= step <= self._max_step) or (
+            max_cost is not None and self._replays
+        ):
+            self.check_step(step, max_cost)
         if self._simple:
             return self.schedule.lrs(step, self.base_lrs)
         states, members = self._states(step)
+        live = self._kept_states[3]  # type: ignore[index]  # (set by _states)
         values: list[list[float] | None] = [None] * len(states)
         shared: dict[tuple[int, int], list[float]] = {}  # one evaluation per schedule, origin
-        for c, st in enumerate(states):
-            if st.held is None and not isinstance(st.schedule, ReduceLROnPlateau):
-                key = (id(st.schedule), st.origin)
-                vals = shared.get(key)
-                if vals is None:
-                    vals = shared[key] = st.schedule.lrs(step - st.origin, self.base_lrs)
-                values[c] = vals
+        for c, schedule, origin in live:
+            key = (id(schedule), origin)
+            vals = shared.get(key)
+            if vals is None:
+                vals = shared[key] = schedule.lrs(step - origin, self.base_lrs)
+            values[c] = vals
         out = []
         g = 0
         for chunk in members:
