@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lrctl.client import Client  # noqa: E402
 from tests.procs import ControllerProcess  # noqa: E402
 from tests.torch_ref import build_torch, make_optimizer  # noqa: E402
 from worker import RemoteLRScheduler  # noqa: E402
@@ -49,6 +50,7 @@ class Case:
     spec: str
     groups: int
     tensor_group: int | None  # index of the group with a tensor LR, or None
+    override: bool = False  # lrctl steps after one `lr /= 2` took effect (torch: as is)
 
     @property
     def name(self) -> str:
@@ -85,6 +87,15 @@ def time_lrctl(case: Case, steps: int, address: str, job: str) -> float:
     opt = make_optimizer(case.base, tensor_group=case.tensor_group)
     with RemoteLRScheduler(opt, case.spec, job=job, address=address) as sched:
         opt.step()
+        if case.override:  # one more event in the job's log, applied before timing
+            with Client(address) as client:
+                version = client.override(job, "lr /= 2", reason="benchmark").event.version
+            deadline = time.monotonic() + 30
+            while sched.applied_version < version:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the override of {job} never reached the scheduler")
+                sched.step()
+                time.sleep(0.001)
         start = time.perf_counter_ns()
         for _ in range(steps):
             sched.step()
@@ -101,7 +112,7 @@ def measure(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's "step() before optimizer.step()" notice
         for i, case in enumerate(cases, 1):
-            job = f"bench-{case.name}-{case.groups}-{case.tensor_group}"
+            job = f"bench-{case.name}-{case.groups}-{case.tensor_group}-{case.override}"
             ours: list[float] = []
             theirs: list[float] = []
             for run in range(runs):
@@ -132,6 +143,10 @@ def tensor_cases() -> list[Case]:
     return [Case(spec, 4, 1) for spec in SCHEDULES]
 
 
+def override_cases() -> list[Case]:
+    return [Case(spec, groups, None, override=True) for groups in (1, 4) for spec in SCHEDULES]
+
+
 def table(results: Sequence[Result]) -> str:
     lines = [
         "| schedule | groups | torch µs/step | RemoteLRScheduler µs/step | ratio |",
@@ -148,17 +163,16 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def run_all(*, steps: int, runs: int, tensor: bool = True) -> tuple[list[Result], list[Result]]:
+def run_all(*, steps: int, runs: int) -> tuple[list[Result], list[Result], list[Result]]:
+    """The main cases, the tensor-LR cases and the main cases after one override."""
     with tempfile.TemporaryDirectory() as tmp, ControllerProcess(Path(tmp) / "bench.db") as ctl:
-        main = measure(main_cases(), steps=steps, runs=runs, address=ctl.address)
-        extra = (
-            measure(tensor_cases(), steps=steps, runs=runs, address=ctl.address) if tensor else []
+        return tuple(  # type: ignore[return-value]
+            measure(cases, steps=steps, runs=runs, address=ctl.address)
+            for cases in (main_cases(), tensor_cases(), override_cases())
         )
-    return main, extra
 
 
 if __name__ == "__main__":
-    main_results, extra_results = run_all(steps=20_000, runs=7)
-    print(table(main_results))
-    print()
-    print(table(extra_results))
+    for results in run_all(steps=20_000, runs=7):
+        print(table(results))
+        print()

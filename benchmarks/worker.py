@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> str:
     out = [f"Machine: {machine()}. `python -m benchmarks worker --write`."]
     if "hot" in parts:
         steps, runs = (5_000, 3) if quick else (20_000, max(7, args.worker_rounds))
-        main, extra = bench_step.run_all(steps=steps, runs=runs)
+        main, extra, after = bench_step.run_all(steps=steps, runs=runs)
         out += [
             "",
             "### Hot path: `RemoteLRScheduler.step()` / torch's `scheduler.step()`",
@@ -47,6 +47,12 @@ def run(args: argparse.Namespace) -> str:
             "Extra: four groups, group 1 with a float64 tensor LR (`fill_` on both sides).",
             "",
             bench_step.table(extra),
+            "",
+            "After an override: the main cases once `lr /= 2` (sent with the client) took effect, "
+            "so `step()` goes through the job's program instead of the schedule alone; torch "
+            "steps as before.",
+            "",
+            bench_step.table(after),
         ]
     if "ddp" in parts or "latency" in parts:
         from tests.procs import ControllerProcess
