@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lrctl._closing import Closing
 from lrctl.limits import NO_LIMITS
+from lrctl.overrides import Event
 from lrctl.program import LRProgram
 from lrctl.schedules import ReduceLROnPlateau, Schedule
 from lrctl.spec import Spec, parse_spec
@@ -71,6 +73,8 @@ class RemoteLRScheduler(LRScheduler, Closing):
             rank 0 could not attach or a rank built another scheduler than rank 0.
     """
 
+    _program: LRProgram  # the job as of the applied version (set by _switch)
+
     def __init__(
         self,
         optimizer: Optimizer,
@@ -110,6 +114,10 @@ class RemoteLRScheduler(LRScheduler, Closing):
         self.world_size = dist.get_world_size() if distributed else 1
         self._applied_steps: dict[int, int] = {}  # version -> step it took effect here
         self._built: dict[str, Schedule] = {}  # reused across versions (recurrence caches)
+        # (created version, version) of the job the program holds, and its events with this
+        # rank's steps: a newer version of the same incarnation extends it (O(new events)).
+        self._program_at: tuple[int, int] | None = None
+        self._events: list[Event] = []
         # Pending events resolved at construction: the step they take effect at is only
         # final once load_state_dict() had its chance (a resume moves them), so they are
         # reported at the first step() instead.
@@ -283,6 +291,7 @@ class RemoteLRScheduler(LRScheduler, Closing):
             del self._applied_steps[version]  # re-resolved below, at the resume step
         self._provisional -= set(saved)
         self._applied_steps.update(saved)
+        self._program_at = None  # the steps moved: build the program again
         held = self._replica
         version = max(self._applied_version, int(state_dict.get("applied_version", 0)))
         self._switch(held, min(version, held.version), self.last_epoch + 1, provisional=True)
@@ -488,6 +497,21 @@ class RemoteLRScheduler(LRScheduler, Closing):
                 print(f"Adjusting learning rate of group {i} to {lr:.4e}.")  # torch's wording
             self._printed = row
 
+    def _local(self, event: Event, step: int, provisional: bool) -> Event:
+        """``event`` with the step it takes effect at on this rank (fixed the first time it
+        is seen: the controller's effective step, else ``step``, which rank 0 reports)."""
+        local = self._applied_steps.get(event.version)
+        if local is None and event.effective_step is not None:
+            local = event.effective_step
+        if local is None:
+            local = step
+            if provisional:
+                self._provisional.add(event.version)
+            elif self._link is not None:
+                self._link.post_applied(event.version, step)
+        self._applied_steps[event.version] = local
+        return dataclasses.replace(event, effective_step=local)
+
     def _confirm_provisional(self) -> None:
         if self._link is not None:
             for version in sorted(self._provisional):
@@ -495,25 +519,28 @@ class RemoteLRScheduler(LRScheduler, Closing):
         self._provisional.clear()
 
     def _switch(self, held: Held, version: int, step: int, *, provisional: bool = False) -> None:
-        """Apply the job as of ``version`` from ``step`` on (off the per-step path)."""
+        """Apply the job as of ``version`` from ``step`` on (off the per-step path).
+
+        A newer version of the incarnation the program holds extends it with the new events
+        (what every rank does at the switch step, in O(new events)); anything else (a first
+        version, a recreation, a resume, events out of order) builds it from the log.
+        """
         state = held.at(version)
-        events = []
-        for event in state.events:
-            local = self._applied_steps.get(event.version)
-            if local is None and event.effective_step is not None:
-                local = event.effective_step
-            if local is None:
-                local = step
-                if provisional:
-                    self._provisional.add(event.version)
-                elif self._link is not None:
-                    self._link.post_applied(event.version, step)
-            self._applied_steps[event.version] = local
-            events.append(dataclasses.replace(event, effective_step=local))
-        program = LRProgram(
-            state.schedule, state.base_lrs, events, self._built, limits=NO_LIMITS
-        )  # the controller checked it, under its config
-        self._program = program
+        program, events, known = None, self._events, self._program_at
+        if known is not None and known[0] == state.created_version and known[1] <= state.version:
+            start = bisect_right(state.events, known[1], key=_version)
+            new = [self._local(e, step, provisional) for e in state.events[start:]]
+            try:
+                program, events = self._program.extend(new), events + new
+            except ValueError:  # not after the events held (an earlier effective step)
+                program = None
+        if program is None:
+            events = [self._local(e, step, provisional) for e in state.events]
+            program = LRProgram(
+                state.schedule, state.base_lrs, events, self._built, limits=NO_LIMITS
+            )  # the controller checked it, under its config
+        self._program, self._events = program, events
+        self._program_at = (state.created_version, state.version)
         self._plateau = isinstance(program.schedule, ReduceLROnPlateau)
         # The segment: with no event in effect, the schedule's own closed form and base LRs,
         # with no per-step lookup of which events apply.
@@ -594,3 +621,7 @@ def _initial_lrs(optimizer: Optimizer, last_epoch: int) -> list[float]:
         value = group["initial_lr"]
         out.append(float(value.item()) if isinstance(value, torch.Tensor) else float(value))
     return out
+
+
+def _version(event: Event) -> int:
+    return event.version
