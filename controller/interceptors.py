@@ -44,7 +44,7 @@ from controller.errors import (
 )
 from controller.metrics import ControllerMetrics
 from controller.rows import StoreError
-from lrctl.constants import MAX_STATUS_MESSAGE_BYTES, REASON_METADATA_KEY
+from lrctl.constants import MAX_STATUS_MESSAGE_BYTES, REASON_METADATA_KEY, REASON_UNAVAILABLE
 from lrctl.errors import LrctlError, SizeLimitError
 
 __all__ = [
@@ -263,6 +263,8 @@ class StatusInterceptor(HandlerInterceptor):
         async def abort(context: Any, exc: Exception) -> None:
             code, message = status_for(exc, method)
             reason = getattr(exc, "reason", "") if isinstance(exc, ControllerError) else ""
+            if code == grpc.StatusCode.UNAVAILABLE and not reason:
+                reason = REASON_UNAVAILABLE  # the controller answered: it was reached
             await context.abort(code, message, ((REASON_METADATA_KEY, reason),) if reason else ())
 
         async def refuse(context: Any, request: _Undecodable) -> None:

@@ -268,3 +268,7 @@ MAX_MESSAGE_BYTES_ENV_VAR = "LRCTL_MAX_MESSAGE_BYTES"
 REASON_METADATA_KEY = "lrctl-reason"
 #: ``lrctl-reason`` of a report refused because a newer rank 0 attached to the job.
 REASON_SUPERSEDED = "superseded"
+#: ``lrctl-reason`` of every UNAVAILABLE the controller itself answers (shutting down, its
+#: database out of reach or refusing writes): without it, UNAVAILABLE means the client could
+#: not reach the controller at all.
+REASON_UNAVAILABLE = "unavailable"

@@ -18,6 +18,7 @@ Loopback only, real processes, bounded in count and time. Each runs briefly in C
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -38,6 +39,7 @@ import pytest
 
 from controller.server import Controller
 from lrctl.client import Client, ClientError
+from lrctl.constants import REASON_UNAVAILABLE
 from lrctl.overrides import Event
 from lrctl.program import LRProgram
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
@@ -555,6 +557,12 @@ async def test_a_read_only_database_refuses_writes_and_serves_reads(
             ):
                 err = await expect_status(call, grpc.StatusCode.UNAVAILABLE)
                 assert "read-only" in (err.details() or ""), err.details()
+            # Through the client: the controller answered, so its message, not "cannot reach".
+            with Client(ctl.address) as client, pytest.raises(ClientError) as info:
+                await asyncio.to_thread(client.override, "run-1", "lr /= 2")
+            assert info.value.reason == REASON_UNAVAILABLE, info.value
+            assert str(info.value).startswith("UNAVAILABLE: database "), str(info.value)
+            assert "read-only" in str(info.value) and "cannot reach" not in str(info.value)
             job = await stub.GetJob(pb.GetJobRequest(job_id="run-1"))  # reads still served
             assert job.version == 2 and job.state == pb.JOB_STATE_RUNNING
             assert not job.events[0].HasField("effective_step")

@@ -145,7 +145,7 @@ class ControllerLink:
             )
         except ClientError as exc:
             self._client.close()
-            if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED") and not exc.reason:
                 tls = (
                     "; over TLS, check LRCTL_TLS_CA, and with mutual TLS LRCTL_TLS_CERT/KEY: "
                     "a controller closes connections it does not trust"

@@ -22,7 +22,9 @@ class ClientError(LrctlError):
     """A call to the controller failed, or the client cannot be set up.
 
     ``str(error)`` is one line meant for people: ``NOT_FOUND: job 'run-9' not found``, or
-    ``cannot reach the lrctl controller at 127.0.0.1:50051 (is 'lrctl serve' running?)``.
+    ``cannot reach the lrctl controller at 127.0.0.1:50051 (is 'lrctl serve' running?)``,
+    while an UNAVAILABLE the controller itself answered (shutting down, its database refusing
+    writes) shows its message: ``UNAVAILABLE: database ... is read-only ...``.
     It pickles (``__reduce__``), so it crosses Ray actor and process boundaries intact.
 
     Attributes:
@@ -38,7 +40,7 @@ class ClientError(LrctlError):
         self.details = details
         self.address = address
         self.reason = reason
-        super().__init__(_describe(code, details, address))
+        super().__init__(_describe(code, details, address, reason))
 
     @property
     def transient(self) -> bool:
@@ -49,10 +51,10 @@ class ClientError(LrctlError):
         return (type(self), (self.code, self.details, self.address, self.reason))
 
 
-def _describe(code: str, details: str, address: str) -> str:
+def _describe(code: str, details: str, address: str, reason: str) -> str:
     details = " ".join(details.split())  # one line, whatever the server sent
     where = address or "its address"
-    if code == "UNAVAILABLE":
+    if code == "UNAVAILABLE" and not reason:  # (the controller's own carry a reason)
         return f"cannot reach the lrctl controller at {where} ({_unreachable(details)})"
     if code == "DEADLINE_EXCEEDED":
         return f"DEADLINE_EXCEEDED: the lrctl controller at {where} did not answer in time"
