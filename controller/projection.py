@@ -59,11 +59,22 @@ class Projection:
     def __init__(self, metrics: ControllerMetrics | None = None) -> None:
         self._metrics = metrics
         self._display: dict[str, JobDisplay] = {}
+        # job -> (the finished job, its displayed LRs): they no longer move, so a finished
+        # job is evaluated once, not at every ListJobs page or Watch stream that shows it.
+        self._finished: dict[str, tuple[Job, tuple[float, ...]]] = {}
 
     # -- views ---------------------------------------------------------------------------------
 
     def lr(self, job: Job) -> tuple[float, ...]:
         """The LR of each group at the job's step with pending events taking effect now."""
+        if not job.finished:
+            return self._lr(job)
+        kept = self._finished.get(job.job_id)
+        if kept is None or kept[0] is not job:
+            kept = self._finished[job.job_id] = (job, self._lr(job))
+        return kept[1]
+
+    def _lr(self, job: Job) -> tuple[float, ...]:
         step = max(job.step, 0)
         try:
             # A finished job's display is not kept: listing 100,000 finished jobs must not
@@ -105,6 +116,7 @@ class Projection:
     def forget(self, job_id: str) -> None:
         """Drop a job's cached program (it was recreated: other spec, other groups)."""
         self._display.pop(job_id, None)
+        self._finished.pop(job_id, None)
 
     def _follow(self, job: Job, new_events: Changed = None, applied: Changed = None) -> JobDisplay:
         """The job's display, brought up to ``job`` (built on first use)."""

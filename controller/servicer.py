@@ -22,7 +22,7 @@ from lrctl.convert import (
     report_from_proto,
     watch_to_proto,
 )
-from lrctl.model import WatchMessage
+from lrctl.model import WatchKind, WatchMessage
 from lrctl.overrides import Op
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 
@@ -168,10 +168,19 @@ class WatchEncoder:
     def __init__(self, size: int = 1024) -> None:
         self._size = size
         self._cache: dict[int, tuple[WatchMessage, bytes]] = {}
+        self._final: tuple[WatchMessage, bytes] | None = None  # the latest FINISHED
 
     def __call__(self, message: WatchMessage) -> bytes:
-        if message.job is not None:  # snapshots, RESYNC, FINISHED: one per stream anyway
-            return watch_to_proto(message).SerializeToString()
+        if message.job is not None:
+            # A job's FINISHED is one object for all its streams, encoded one after another:
+            # kept alone (it may be large). Snapshots and RESYNCs are one per stream.
+            final = self._final
+            if final is not None and final[0] is message:
+                return final[1]
+            data = watch_to_proto(message).SerializeToString()
+            if message.kind is WatchKind.FINISHED:
+                self._final = (message, data)
+            return data
         hit = self._cache.get(id(message))
         if hit is not None and hit[0] is message:
             return hit[1]

@@ -56,6 +56,7 @@ class WatchHub:
         self._changed: dict[str, asyncio.Future[None]] = {}
         self._messages: dict[str, dict[int, WatchMessage]] = {}  # job -> version -> message
         self._beats: dict[str, WatchMessage] = {}  # job -> its latest heartbeat
+        self._finals: dict[str, WatchMessage] = {}  # job -> its FINISHED message
         self._streams: Counter[str] = Counter()
         self._workers: dict[str, Counter[str]] = {}
         self._closing = False
@@ -136,8 +137,7 @@ class WatchHub:
                     sleeper.deadline = self._next_heartbeat()
                     continue
                 if job.finished:
-                    final = snapshot()
-                    yield WatchMessage(WatchKind.FINISHED, final.version, job=final)
+                    yield self._final(job_id, job.version, snapshot)
                     return
                 sent = max(sent, job.version)
                 if not await sleeper.wait(changed):
@@ -182,6 +182,15 @@ class WatchHub:
             beat = self._beats[job_id] = WatchMessage(WatchKind.HEARTBEAT, version)
         return beat
 
+    def _final(self, job_id: str, version: int, snapshot: Callable[[], Job]) -> WatchMessage:
+        """The FINISHED message at ``version``: the job's final state, viewed once for every
+        stream of the job (a finish wakes them all at once)."""
+        final = self._finals.get(job_id)
+        if final is None or final.version != version:
+            head = snapshot()
+            final = self._finals[job_id] = WatchMessage(WatchKind.FINISHED, head.version, job=head)
+        return final
+
     def _count(self, job_id: str, worker_id: str, delta: int) -> None:
         self._streams[job_id] += delta
         self._total += delta
@@ -189,6 +198,7 @@ class WatchHub:
             del self._streams[job_id]
             self._messages.pop(job_id, None)
             self._beats.pop(job_id, None)
+            self._finals.pop(job_id, None)
         if worker_id:
             workers = self._workers.setdefault(job_id, Counter())
             workers[worker_id] += delta

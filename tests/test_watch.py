@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from controller.server import Controller
+from lrctl.overrides import Op
 from lrctl.v1 import lrctl_pb2, lrctl_pb2_grpc
 from tests.conftest import TEST_HEARTBEAT_SECONDS, expect_status
 
@@ -203,3 +204,33 @@ async def test_shutdown_ends_watches_with_unavailable(
         await ctl.stop()
         assert time.monotonic() - started < 2  # streams end at once, not after the grace
         await expect_status(next_non_heartbeat(call), grpc.StatusCode.UNAVAILABLE)
+
+
+async def test_a_finish_is_viewed_and_encoded_once_for_all_its_streams(
+    controller: Controller,
+) -> None:
+    """Every stream of a finishing job wakes at once: they get one FINISHED message (the
+    job's final view, computed once) and the encoder encodes it once."""
+    from controller.servicer import WatchEncoder
+    from lrctl.model import WatchKind
+
+    service = controller.service
+    await service.create_job("run-1", "StepLR(step_size=2)", [0.1])
+    for _ in range(50):
+        await service.override("run-1", Op.SCALE, value=0.5)
+    streams = [await service.watch("run-1") for _ in range(8)]
+    for stream in streams:  # each past its snapshot
+        assert (await anext(stream)).kind is WatchKind.SNAPSHOT
+    await service.finish_job("run-1")
+    finals = [await anext(stream) for stream in streams]
+    assert {m.kind for m in finals} == {WatchKind.FINISHED}
+    assert all(m is finals[0] for m in finals) and finals[0].job is not None
+    assert len(finals[0].job.events) == 50 and finals[0].version == 52
+    encode = WatchEncoder()
+    first = encode(finals[0])
+    assert all(encode(m) is first for m in finals)
+    # A finished job's displayed LRs are computed once, then shown as they are.
+    job = service.get_job("run-1")
+    assert service.get_job("run-1").lr is job.lr
+    for stream in streams:
+        await stream.aclose()
