@@ -116,7 +116,15 @@ class ServerConfig:
                 f"{self.max_message_bytes}"
             )
         # Frozen all the way down: a config shared between tasks cannot change under them.
-        object.__setattr__(self, "tokens", as_entries(self.tokens))
+        entries = as_entries(self.tokens)
+        object.__setattr__(self, "tokens", entries)
+        for entry in entries:  # each name is its overrides' actor: held to that limit
+            if len(entry.name) > self.limits.max_actor_chars:
+                raise ValueError(
+                    f"expected token names of at most {self.limits.max_actor_chars} characters "
+                    f"(--max-actor-chars: they are the actor of their overrides), got "
+                    f"{entry.name[:40]!r}... ({len(entry.name)})"
+                )
         for prefix, flag in (("", "--tls"), ("metrics_", "--metrics-tls")):
             cert, key, ca = (
                 getattr(self, f"{prefix}tls_{k}") for k in ("cert", "key", "client_ca")

@@ -188,9 +188,10 @@ def _entry(item: object, index: int, source: str) -> TokenEntry:
         not isinstance(name, str)
         or not name.strip()
         or len(name) > DEFAULT_MAX_ACTOR_CHARS
-        or any(ord(ch) < 32 or ord(ch) == 127 for ch in name)
+        or not name.isprintable()
     ):
-        # The name is written as the actor of overrides and in log lines: printable only.
+        # The name is the actor of its overrides and is written in log lines: printable only,
+        # the rule of an override's actor (controller.jobs.check_note).
         raise ValueError(
             f"expected {where} to have a name of 1-{DEFAULT_MAX_ACTOR_CHARS} "
             f"printable characters, got {name!r}"

@@ -19,8 +19,10 @@ import grpc
 import pytest
 
 from controller.auth import Authenticator
+from controller.config import ServerConfig
 from controller.errors import PermissionDenied
 from controller.jobs import decode_token
+from controller.limits import ServerLimits
 from controller.server import Controller
 from controller.tokens import TokenEntry, hash_token, load_tokens, parse_tokens
 from lrctl.client import Client, ClientError
@@ -363,3 +365,14 @@ def test_the_token_maker_prints_a_token_and_an_entry_that_loads() -> None:
     [entry] = parse_tokens({"tokens": [json.loads(entry_line.removeprefix("entry: "))]})
     assert (entry.name, entry.role, entry.jobs) == ("ci-runs", "worker", ("run-*", "ci-*"))
     assert Authenticator([entry]).identify([("authorization", f"Bearer {token}")]) == entry
+
+
+def test_a_token_name_follows_the_actor_rules_it_is_held_to() -> None:
+    """A token's name is the actor of its overrides: a name an Override would refuse as an
+    actor (not printable, longer than --max-actor-chars) is refused when the tokens load."""
+    with pytest.raises(ValueError, match="printable"):
+        parse_tokens({"tokens": [{"name": "jean\xa0d", "sha256": _H, "role": "operator"}]})
+    [entry] = parse_tokens({"tokens": [{"name": "a" * 40, "sha256": _H, "role": "operator"}]})
+    ServerConfig(tokens=(entry,))  # within the default limit
+    with pytest.raises(ValueError, match="at most 16 characters"):
+        ServerConfig(tokens=(entry,), limits=ServerLimits(max_actor_chars=16))
