@@ -20,7 +20,7 @@ from controller.plateau import JobPlateau
 from lrctl.errors import LrctlError
 from lrctl.limits import DEFAULT_LIMITS, Limits
 from lrctl.model import JOB_ID_PATTERN, Job, Report
-from lrctl.overrides import Event, Op, validate_override
+from lrctl.overrides import Event, Op, event_version, validate_override
 from lrctl.schedules import ReduceLROnPlateau, build_schedule, canonical_spec
 
 __all__ = [
@@ -310,7 +310,7 @@ def mark_applied(
         steps.setdefault(version, step)  # a version reported twice: the earliest step wins
     done = []
     for version in sorted(steps):
-        i = bisect_left(events, version, key=_version)
+        i = bisect_left(events, version, key=event_version)
         if i == len(events) or events[i].version != version or events[i].applied_at is not None:
             continue
         event = events[i]
@@ -328,12 +328,8 @@ def with_events(
         return events + tuple(new) if new else events
     log = list(events)
     for event in changed:
-        i = bisect_left(log, event.version, key=_version)
+        i = bisect_left(log, event.version, key=event_version)
         if i < len(log) and log[i].version == event.version:
             log[i] = event
     log.extend(new)
     return tuple(log)
-
-
-def _version(event: Event) -> int:
-    return event.version

@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, Callable
 from controller.errors import ResourceExhausted, Unavailable
 from lrctl.constants import DEFAULT_MAX_WATCH_STREAMS, DEFAULT_MAX_WATCH_STREAMS_PER_JOB
 from lrctl.model import Job, WatchKind, WatchMessage
-from lrctl.overrides import Event
+from lrctl.overrides import Event, event_version
 
 __all__ = ["WatchHub"]
 
@@ -131,7 +131,7 @@ class WatchHub:
                     continue
                 events = job.events
                 if events and events[-1].version > sent:  # (no search when none is new)
-                    for event in events[bisect_right(events, sent, key=_version) :]:
+                    for event in events[bisect_right(events, sent, key=event_version) :]:
                         yield self._message(job_id, event)
                         sent = event.version
                     sleeper.deadline = self._next_heartbeat()
@@ -211,10 +211,6 @@ class WatchHub:
 
     def _next_heartbeat(self) -> float:
         return time.monotonic() + self._heartbeat * random.uniform(0.75, 1.0)
-
-
-def _version(event: Event) -> int:
-    return event.version
 
 
 class _Sleeper:

@@ -19,7 +19,6 @@ from lrctl.v1 import lrctl_pb2
 _T = TypeVar("_T")
 
 __all__ = [
-    "CLIENT_OPS",
     "OP_TO_PROTO",
     "PROTO_TO_OP",
     "event_from_proto",
@@ -43,8 +42,6 @@ OP_TO_PROTO: dict[Op, int] = {
     Op.PLATEAU_REDUCE: lrctl_pb2.OVERRIDE_OP_PLATEAU_REDUCE,
 }
 PROTO_TO_OP: dict[int, Op] = {v: k for k, v in OP_TO_PROTO.items()}
-#: The ops a client may ask for in an Override call (plateau reductions are the controller's).
-CLIENT_OPS: frozenset[Op] = frozenset({Op.SCALE, Op.SET, Op.CLEAR, Op.REPLACE_SCHEDULE})
 
 _STATE_TO_PROTO: dict[JobState, int] = {
     JobState.RUNNING: lrctl_pb2.JOB_STATE_RUNNING,

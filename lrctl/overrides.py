@@ -36,7 +36,15 @@ from lrctl._render import iso_time, json_float, short_time
 from lrctl.constants import DEFAULT_MAX_LR
 from lrctl.errors import OverrideError
 
-__all__ = ["Event", "History", "Op", "parse_override", "resolve_pending", "validate_override"]
+__all__ = [
+    "Event",
+    "History",
+    "Op",
+    "event_version",
+    "parse_override",
+    "resolve_pending",
+    "validate_override",
+]
 
 
 class Op(str, enum.Enum):
@@ -118,6 +126,11 @@ class Event:
 
 
 _HISTORY_COLUMNS = ("version", "change", "effective step", "actor", "reason", "created", "applied")
+
+
+def event_version(event: Event) -> int:
+    """An event's version: the order of a log (``bisect_right(log, v, key=event_version)``)."""
+    return event.version
 
 
 class History(tuple[Event, ...]):

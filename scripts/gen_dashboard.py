@@ -187,59 +187,54 @@ def build() -> dict[str, Any]:
             .all_value(".*")
             .current(dash_m.VariableOption(selected=True, text=["All"], value=["$__all"]))
         )
-        .annotation(
-            dash_b.AnnotationQuery()
-            .name("Overrides")
-            .datasource(DATASOURCE)
-            .enable(True)
-            .icon_color("orange")
-        )
     )
 
-    builder = builder.with_row(dash_b.Row("Now"))
-    for panel in (
-        _stat(
-            "Current LR",
-            "LR per job and param group now.",
-            f"max by (job_id, param_group) (lrctl_learning_rate{{{JOBS}}})",
-            "{{job_id}} group {{param_group}}",
-            unit="sci",
-            width=6,
-        ),
-        _stat(
-            "Step",
-            "Latest scheduler step rank 0 reported.",
-            f"max by (job_id) (lrctl_step{{{JOBS}}})",
-            "{{job_id}}",
-        ),
-        _stat(
-            "Schedule version",
-            "The job's version: +1 per override, plateau reduction or finish.",
-            f"max by (job_id) (lrctl_schedule_version{{{JOBS}}})",
-            "{{job_id}}",
-        ),
-        _stat(
-            "Workers",
-            "World size of the attached run (0: nobody is training it).",
-            f"max by (job_id) (lrctl_workers{{{JOBS}}})",
-            "{{job_id}}",
-        ),
-        _stat(
-            "Pending overrides",
-            "Accepted, not yet applied by the ranks.",
-            f"max by (job_id) (lrctl_overrides_pending{{{JOBS}}})",
-            "{{job_id}}",
-            width=3,
-        ),
-        _stat(
-            "Controllers up",
-            "Controller replicas Prometheus scrapes successfully.",
-            f'sum(up{{job="{SCRAPE_JOB}"}})',
-            "up",
-            width=3,
-        ),
-    ):
-        builder = builder.with_panel(panel)
+    builder = _row(
+        builder,
+        "Now",
+        [
+            _stat(
+                "Current LR",
+                "LR per job and param group now.",
+                f"max by (job_id, param_group) (lrctl_learning_rate{{{JOBS}}})",
+                "{{job_id}} group {{param_group}}",
+                unit="sci",
+                width=6,
+            ),
+            _stat(
+                "Step",
+                "Latest scheduler step rank 0 reported.",
+                f"max by (job_id) (lrctl_step{{{JOBS}}})",
+                "{{job_id}}",
+            ),
+            _stat(
+                "Schedule version",
+                "The job's version: +1 per override, plateau reduction or finish.",
+                f"max by (job_id) (lrctl_schedule_version{{{JOBS}}})",
+                "{{job_id}}",
+            ),
+            _stat(
+                "Workers",
+                "World size of the attached run (0: nobody is training it).",
+                f"max by (job_id) (lrctl_workers{{{JOBS}}})",
+                "{{job_id}}",
+            ),
+            _stat(
+                "Pending overrides",
+                "Accepted, not yet applied by the ranks.",
+                f"max by (job_id) (lrctl_overrides_pending{{{JOBS}}})",
+                "{{job_id}}",
+                width=3,
+            ),
+            _stat(
+                "Controllers up",
+                "Controller replicas Prometheus scrapes successfully.",
+                f'sum(up{{job="{SCRAPE_JOB}"}})',
+                "up",
+                width=3,
+            ),
+        ],
+    )
 
     builder = _row(
         builder,

@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lrctl._closing import Closing
 from lrctl.limits import NO_LIMITS
-from lrctl.overrides import Event
+from lrctl.overrides import Event, event_version
 from lrctl.program import LRProgram
 from lrctl.schedules import ReduceLROnPlateau, Schedule
 from lrctl.spec import Spec, parse_spec
@@ -528,7 +528,7 @@ class RemoteLRScheduler(LRScheduler, Closing):
         state = held.at(version)
         program, events, known = None, self._events, self._program_at
         if known is not None and known[0] == state.created_version and known[1] <= state.version:
-            start = bisect_right(state.events, known[1], key=_version)
+            start = bisect_right(state.events, known[1], key=event_version)
             new = [self._local(e, step, provisional) for e in state.events[start:]]
             try:
                 program, events = self._program.extend(new), events + new
@@ -621,7 +621,3 @@ def _initial_lrs(optimizer: Optimizer, last_epoch: int) -> list[float]:
         value = group["initial_lr"]
         out.append(float(value.item()) if isinstance(value, torch.Tensor) else float(value))
     return out
-
-
-def _version(event: Event) -> int:
-    return event.version

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 from lrctl._numeric import to_float
 from lrctl.errors import SizeLimitError, SpecError
+from lrctl.expressions import MAX_MAGNITUDE
 from lrctl.limits import DEFAULT_LIMITS, NO_LIMITS, Limits
 from lrctl.spec import Spec, SpecValue, parse_spec
 
@@ -37,7 +38,7 @@ __all__ = [
 #: on the wire. Larger steps are a :class:`~lrctl.errors.StepLimitError`.
 MAX_STEP = 9_223_372_036_854_775_807  # 2**63 - 1
 #: The last step of a schedule driven by a safe expression: its largest ``epoch`` (1e15).
-EXPRESSION_MAX_STEP = 1_000_000_000_000_000  # 10**15
+EXPRESSION_MAX_STEP = int(MAX_MAGNITUDE)
 #: What one replayed recurrence step costs beyond its per-group updates, in those units.
 REPLAY_STEP_OVERHEAD = 16
 

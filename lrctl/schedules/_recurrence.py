@@ -39,11 +39,6 @@ class Recurrence:
         self._checkpoints: list[array[float]] = [array("d", first)]  # x(k * stride)
         self._last: tuple[int, Values] = (0, tuple(first))
 
-    @property
-    def furthest(self) -> int:
-        """The furthest step computed so far."""
-        return max(self._last[0], (len(self._checkpoints) - 1) * self._stride)
-
     def _start(self, step: int) -> int:
         """The known step the replay to ``step`` would start from."""
         last_step = self._last[0]
