@@ -1,7 +1,7 @@
 """How values leave the domain for people and JSON: times as ISO 8601, non-finite floats.
 
 Every time in the domain is a float of Unix seconds; this is the one place that turns one
-into text.
+into text. :func:`shorten` cuts what a message quotes of an input (inputs can be huge).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-__all__ = ["iso_time", "json_float", "json_floats", "short_time"]
+__all__ = ["iso_time", "json_float", "json_floats", "short_time", "shorten"]
 
 
 def iso_time(seconds: float | None) -> str | None:
@@ -45,3 +45,9 @@ def json_float(value: float) -> float | str:
 def json_floats(values: Sequence[float]) -> list[float | str]:
     """Return :func:`json_float` of each value."""
     return [json_float(v) for v in values]
+
+
+def shorten(text: str, limit: int = 64) -> str:
+    """At most ``limit`` characters of ``text``, ending in ``...`` when cut (a message quotes
+    a bounded prefix of its input, however large the input)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from lrctl._render import iso_time, json_floats
+from lrctl._render import iso_time, json_floats, shorten
 from lrctl.errors import JobIdError
 from lrctl.overrides import Event
 
@@ -46,7 +46,7 @@ def check_job_id(job_id: str) -> str:
         JobIdError: anything else (the message quotes at most 140 characters of it).
     """
     if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
-        shown = repr(job_id) if len(repr(job_id)) <= 140 else repr(job_id)[:137] + "..."
+        shown = shorten(repr(job_id), 140)
         raise JobIdError(
             f"expected a job id of 1-128 characters matching {JOB_ID_PATTERN.pattern}, got {shown}"
         )

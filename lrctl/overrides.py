@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrctl._numeric import to_float
-from lrctl._render import iso_time, json_float, short_time
+from lrctl._render import iso_time, json_float, short_time, shorten
 from lrctl.constants import DEFAULT_MAX_LR
 from lrctl.errors import OverrideError
 
@@ -261,15 +261,14 @@ def validate_override(
             )
 
 
-def _shown(value: object, limit: int = 64) -> str:
-    """``repr(value)``, at most ``limit`` characters of it."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _shown(value: object) -> str:
+    """``repr(value)``, at most 64 characters of it."""
+    return shorten(repr(value))
 
 
-def _quote(text: str, limit: int = 64) -> str:
-    """``repr`` of at most ``limit`` characters of ``text``, for a message."""
-    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+def _quote(text: str) -> str:
+    """``repr`` of at most 64 characters of ``text``, for a message."""
+    return repr(shorten(text))
 
 
 def resolve_pending(events: Iterable[Event], step: int) -> list[Event]:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from lrctl._numeric import EXT_ONE, Ext, ext_mul, mul_ratio, to_float
+from lrctl._render import shorten
 from lrctl.errors import SpecError, StepLimitError
 from lrctl.limits import DEFAULT_LIMITS, Limits
 from lrctl.overrides import Event, Op, applied
@@ -471,10 +472,10 @@ class LRProgram:
         """
         if isinstance(step, bool) or not isinstance(step, int):
             raise StepLimitError(
-                f"expected an integer step, got {type(step).__name__} {_short(repr(step))}"
+                f"expected an integer step, got {type(step).__name__} {shorten(repr(step))}"
             )
         if not 0 <= step <= MAX_STEP:
-            raise StepLimitError(f"expected a step from 0 to 2**63 - 1, got {_short(str(step))}")
+            raise StepLimitError(f"expected a step from 0 to 2**63 - 1, got {shorten(str(step))}")
         if step > self._max_step:
             for st in self._states(step)[0]:
                 last = st.schedule.max_step()
@@ -656,10 +657,6 @@ def _positive(value: float | None) -> bool:
     return value is not None and not isinstance(value, bool) and 0 < value < math.inf
 
 
-def _short(text: str, limit: int = 64) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _check_base_lrs(base_lrs: Sequence[float], limits: Limits) -> list[float]:
     if isinstance(base_lrs, (str, bytes)) or not isinstance(base_lrs, Sequence):
         raise SpecError(f"base_lrs must be a list of numbers, got {type(base_lrs).__name__}")
@@ -673,7 +670,7 @@ def _check_base_lrs(base_lrs: Sequence[float], limits: Limits) -> list[float]:
         if not 0 <= value <= ceiling:  # also refuses nan
             raise SpecError(
                 f"base_lrs[{i}] must be a finite number >= 0 and <= {ceiling:g}, "
-                f"got {_short(repr(b))}"
+                f"got {shorten(repr(b))}"
             )
         out.append(value)
     return out
@@ -690,7 +687,7 @@ def preview(
             ends before (OneCycleLR's ``total_steps``).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1_000_000:
-        raise SpecError(f"steps must be an integer from 1 to 1000000, got {_short(repr(steps))}")
+        raise SpecError(f"steps must be an integer from 1 to 1000000, got {shorten(repr(steps))}")
     program = LRProgram(schedule, base_lrs, limits=limits)
     last = program.max_step
     if steps - 1 > last:

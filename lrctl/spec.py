@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, Union
 
 from lrctl._parsing import parse_eval
+from lrctl._render import shorten
 from lrctl.constants import DEFAULT_MAX_SPEC_BYTES
 from lrctl.errors import SizeLimitError, SpecError
 
@@ -125,13 +126,13 @@ def parse_spec(
         tree = parse_eval(stripped)
     except Warning as exc:
         raise SpecError(
-            f"schedule spec is not valid syntax ({_short(str(exc))}); expected "
+            f"schedule spec is not valid syntax ({shorten(str(exc))}); expected "
             f"e.g. 'StepLR(step_size=200, gamma=0.5)', got {_quote(stripped)}"
         ) from None
     except SyntaxError as exc:
         raise SpecError(
             f"schedule spec is not valid syntax at column {exc.offset}: "
-            f"{_short(exc.msg)}; expected e.g. 'StepLR(step_size=200, gamma=0.5)', "
+            f"{shorten(exc.msg)}; expected e.g. 'StepLR(step_size=200, gamma=0.5)', "
             f"got {_quote(stripped)}"
         ) from None
     except (RecursionError, MemoryError):
@@ -140,7 +141,7 @@ def parse_spec(
         ) from None
     except ValueError as exc:  # null bytes, lone surrogates, an int literal past 4,300 digits
         raise SpecError(
-            f"schedule spec cannot be parsed ({_short(str(exc))}); expected e.g. "
+            f"schedule spec cannot be parsed ({shorten(str(exc))}); expected e.g. "
             f"'StepLR(step_size=200, gamma=0.5)', got {_quote(stripped)}"
         ) from None
     if not isinstance(tree.body, ast.Call):
@@ -151,14 +152,9 @@ def parse_spec(
     return _spec_from_call(tree.body, depth=0)
 
 
-def _short(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """At most ``limit`` characters of ``text``."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _quote(text: str) -> str:
     """``repr`` of at most :data:`QUOTE_LIMIT` characters of ``text``, for a message."""
-    return repr(_short(text)) if len(text) > QUOTE_LIMIT else repr(text)
+    return repr(shorten(text, QUOTE_LIMIT))
 
 
 def _unparse(node: ast.AST) -> str:
@@ -188,17 +184,17 @@ def _spec_from_call(node: ast.Call, depth: int) -> Spec:
     args: list[SpecValue] = []
     for arg in node.args:
         if isinstance(arg, ast.Starred):
-            raise SpecError(f"{_short(name)}: *arguments are not allowed, got {_unparse(arg)}")
-        args.append(_literal(arg, _short(name), depth))
+            raise SpecError(f"{shorten(name)}: *arguments are not allowed, got {_unparse(arg)}")
+        args.append(_literal(arg, shorten(name), depth))
     kwargs: list[tuple[str, SpecValue]] = []
     seen: set[str] = set()
     for kw in node.keywords:
         if kw.arg is None:
-            raise SpecError(f"{_short(name)}: **arguments are not allowed, got {_unparse(kw)}")
+            raise SpecError(f"{shorten(name)}: **arguments are not allowed, got {_unparse(kw)}")
         if kw.arg in seen:
-            raise SpecError(f"{_short(name)}: argument {_quote(kw.arg)} given twice")
+            raise SpecError(f"{shorten(name)}: argument {_quote(kw.arg)} given twice")
         seen.add(kw.arg)
-        kwargs.append((kw.arg, _literal(kw.value, f"{_short(name)}.{_short(kw.arg)}", depth)))
+        kwargs.append((kw.arg, _literal(kw.value, f"{shorten(name)}.{shorten(kw.arg)}", depth)))
     return Spec(name, tuple(kwargs), tuple(args))
 
 
@@ -281,20 +277,20 @@ def _from_json_spec(data: Mapping[str, Any], depth: int) -> Spec:
     kw = data.get("args", {})
     if not isinstance(kw, Mapping):
         raise SpecError(
-            f"{_short(name)}: 'args' must be an object of keyword arguments, "
+            f"{shorten(name)}: 'args' must be an object of keyword arguments, "
             f"got {type(kw).__name__}"
         )
     pos = data.get("args_positional", [])
     if not isinstance(pos, Sequence) or isinstance(pos, str):
         raise SpecError(
-            f"{_short(name)}: 'args_positional' must be a list, got {type(pos).__name__}"
+            f"{shorten(name)}: 'args_positional' must be a list, got {type(pos).__name__}"
         )
     kwargs = []
     for k, v in kw.items():
         if not isinstance(k, str) or not k.isidentifier():
             raise SpecError(
-                f"{_short(name)}: argument names must be identifiers, got {_quote(repr(k))}"
+                f"{shorten(name)}: argument names must be identifiers, got {_quote(repr(k))}"
             )
-        kwargs.append((k, _from_json(v, f"{_short(name)}.{_short(k)}", depth)))
-    args = tuple(_from_json(v, _short(name), depth) for v in pos)
+        kwargs.append((k, _from_json(v, f"{shorten(name)}.{shorten(k)}", depth)))
+    args = tuple(_from_json(v, shorten(name), depth) for v in pos)
     return Spec(name, tuple(kwargs), args)

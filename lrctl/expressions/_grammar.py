@@ -8,7 +8,7 @@ import operator
 from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
-from lrctl import _numeric
+from lrctl import _numeric, _render
 from lrctl.errors import ExpressionError
 
 __all__ = [
@@ -113,8 +113,8 @@ FUNCTION_LIST: Final = ", ".join(sorted(FUNCTIONS))
 
 
 def shorten(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``text`` on one line, at most ``limit`` characters of it."""
+    return _render.shorten(" ".join(text.split()), limit)
 
 
 def fail(message: str) -> NoReturn:

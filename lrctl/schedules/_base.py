@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from lrctl._numeric import to_float
+from lrctl._render import shorten
 from lrctl.errors import SizeLimitError, SpecError
 from lrctl.expressions import MAX_MAGNITUDE
 from lrctl.limits import DEFAULT_LIMITS, NO_LIMITS, Limits
@@ -81,7 +82,7 @@ class Schedule(ABC):
             if key != "schedulers" and _contains_spec(value):
                 raise SpecError(
                     f"{spec.name}.{key}: expected a literal (number, string, "
-                    f"True/False/None, list), got {_short(_text(value))}"
+                    f"True/False/None, list), got {shorten(_text(value))}"
                 )
         self.setup(*bound.args, **bound.kwargs)  # type: ignore[attr-defined]
         #: The validated spec in its normal form (see :func:`canonical_spec`).
@@ -144,9 +145,9 @@ class Schedule(ABC):
     def _int(self, key: str, value: Any, *, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise self._fail(f"{key} must be {what}, got {_short(repr(value))}")
+            raise self._fail(f"{key} must be {what}, got {shorten(repr(value))}")
         if value > MAX_STEP:
-            raise self._fail(f"{key} must be at most 2**63 - 1, got {_short(repr(value))}")
+            raise self._fail(f"{key} must be at most 2**63 - 1, got {shorten(repr(value))}")
         return value
 
     def _float(
@@ -159,17 +160,17 @@ class Schedule(ABC):
         strict_min: bool = False,
     ) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._fail(f"{key} must be a number, got {_short(repr(value))}")
+            raise self._fail(f"{key} must be a number, got {shorten(repr(value))}")
         v = to_float(value)
         if not math.isfinite(v):
-            raise self._fail(f"{key} must be finite, got {_short(repr(value))}")
+            raise self._fail(f"{key} must be finite, got {shorten(repr(value))}")
         low_bad = minimum is not None and (v <= minimum if strict_min else v < minimum)
         high_bad = maximum is not None and v > maximum
         if low_bad or high_bad:
             lo = "" if minimum is None else ("> " if strict_min else ">= ") + f"{minimum:g}"
             hi = "" if maximum is None else f"<= {maximum:g}"
             rng = " and ".join(p for p in (lo, hi) if p)
-            raise self._fail(f"{key} must be {rng}, got {_short(repr(value))}")
+            raise self._fail(f"{key} must be {rng}, got {shorten(repr(value))}")
         return v
 
     def _lr(self, key: str, value: Any) -> float:
@@ -178,20 +179,20 @@ class Schedule(ABC):
         if v > self.limits.max_lr:
             raise self._fail(
                 f"{key} must be <= {self.limits.max_lr:g} (the LR ceiling), "
-                f"got {_short(repr(value))}"
+                f"got {shorten(repr(value))}"
             )
         return v
 
     def _choice(self, key: str, value: Any, choices: Sequence[str]) -> str:
         if value not in choices:
             raise self._fail(
-                f"{key} must be one of {', '.join(map(repr, choices))}, got {_short(repr(value))}"
+                f"{key} must be one of {', '.join(map(repr, choices))}, got {shorten(repr(value))}"
             )
         return str(value)
 
     def _bool(self, key: str, value: Any) -> bool:
         if not isinstance(value, bool):
-            raise self._fail(f"{key} must be True or False, got {_short(repr(value))}")
+            raise self._fail(f"{key} must be True or False, got {shorten(repr(value))}")
         return value
 
     def _per_group(self, key: str, value: Any, convert: Callable[[str, Any], float]) -> list[float]:
@@ -201,11 +202,6 @@ class Schedule(ABC):
                 raise self._fail(f"expected {self.num_groups} values for {key}, got {len(value)}")
             return [convert(f"{key}[{i}]", v) for i, v in enumerate(value)]
         return [convert(key, value)] * self.num_groups
-
-
-def _short(text: str, limit: int = 64) -> str:
-    """At most ``limit`` characters of ``text`` for a message (input can be huge)."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _contains_spec(value: Any) -> bool:
@@ -240,8 +236,8 @@ def _bind(cls: type[Schedule], spec: Spec) -> inspect.BoundArguments:
     except TypeError as exc:
         params = ", ".join(sig.parameters)
         raise SpecError(
-            f"{spec.name}: {_short(str(exc))}; expected arguments ({params}), "
-            f"got {_short(spec.to_text())}"
+            f"{spec.name}: {shorten(str(exc))}; expected arguments ({params}), "
+            f"got {shorten(spec.to_text())}"
         ) from None
 
 
@@ -297,7 +293,7 @@ def canonical_spec(spec: str | Spec | Mapping[str, Any]) -> Spec:
     cls = SCHEDULES.get(parsed.name)
     if cls is None:
         known = ", ".join(sorted(SCHEDULES))
-        raise SpecError(f"unknown scheduler {_short(repr(parsed.name))}; expected one of {known}")
+        raise SpecError(f"unknown scheduler {shorten(repr(parsed.name))}; expected one of {known}")
     return _normal_form(parsed.name, _bind(cls, parsed))
 
 
@@ -336,7 +332,7 @@ def build_schedule(
     cls = SCHEDULES.get(parsed.name)
     if cls is None:
         known = ", ".join(sorted(SCHEDULES))
-        raise SpecError(f"unknown scheduler {_short(repr(parsed.name))}; expected one of {known}")
+        raise SpecError(f"unknown scheduler {shorten(repr(parsed.name))}; expected one of {known}")
     return cls(parsed, num_groups, limits)
 
 
@@ -349,7 +345,7 @@ def check_num_groups(num_groups: int, limits: Limits = DEFAULT_LIMITS) -> None:
     """
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
         raise SpecError(
-            f"expected at least one param group (base LR), got {_short(repr(num_groups))}"
+            f"expected at least one param group (base LR), got {shorten(repr(num_groups))}"
         )
     if num_groups > limits.max_param_groups:
         raise SizeLimitError(
@@ -364,14 +360,14 @@ def child_schedules(
     if not isinstance(value, tuple) or not value:
         raise SpecError(
             f"{parent}: schedulers must be a non-empty list of schedulers, "
-            f"got {_short(repr(value))}"
+            f"got {shorten(repr(value))}"
         )
     out = []
     for i, item in enumerate(value):
         if not isinstance(item, Spec):
             raise SpecError(
                 f"{parent}: schedulers[{i}] must be a scheduler such as "
-                f"StepLR(step_size=10), got {_short(repr(item))}"
+                f"StepLR(step_size=10), got {shorten(repr(item))}"
             )
         out.append(build_schedule(item, num_groups, limits=limits))
     return out
