@@ -324,8 +324,10 @@ class LinearLR(_Chainable):
     def factor(self, step: int) -> float:
         if self.total_iters == 0:
             return self.start
-        t = min(step, self.total_iters)
-        return self.start + (self.end - self.start) * t / self.total_iters
+        t, n = min(step, self.total_iters), self.total_iters
+        # Exact at both ends (start at 0, end at total_iters): with end_factor=0 the LR is 0.0
+        # there, not the -1e-16 that start + (end - start) * t / n can round to.
+        return (self.start * (n - t) + self.end * t) / n
 
     def lrs(self, step: int, base_lrs: Sequence[float]) -> list[float]:
         f, s = self.factor(step), self.start
