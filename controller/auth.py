@@ -109,10 +109,6 @@ class Authenticator:
             raise Unauthenticated("expected a known bearer token, got an unknown one")
         return found
 
-    def role(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-        """Return the role of the call's bearer token (see :meth:`identify`)."""
-        return self.identify(metadata).role
-
     def check(
         self, metadata: Iterable[tuple[str, str | bytes]] | None, method: str, request: Any = None
     ) -> TokenEntry | None:

@@ -5,7 +5,7 @@ Names and labels are a contract (dashboards and alert rules use them). The job l
 finished job's series are removed, so cardinality is bounded by the running jobs.
 
 This module does not import grpc; the interceptor that feeds the ``lrctl_grpc_server_*``
-metrics lives in :mod:`controller.server`.
+metrics lives in :mod:`controller.interceptors`.
 """
 
 from __future__ import annotations
@@ -318,10 +318,6 @@ class ControllerMetrics:
         self._info_key: dict[str, tuple[int, int]] = {}
         self._info: dict[str, deque[tuple[int, Labels]]] = {}
 
-    def app(self) -> WsgiApp:
-        """The ``/metrics`` WSGI application of this registry (:func:`exposition_app`)."""
-        return exposition_app(self.registry)
-
     # -- per-job series ------------------------------------------------------------------------
 
     def update_job(self, job_id: str, lrs: Sequence[float], step: int, version: int) -> None:
@@ -345,18 +341,15 @@ class ControllerMetrics:
                 if key not in family.values:  # present (0) from creation on
                     _set(family, key, 0.0)
 
-    def update_overrides(
-        self, job_id: str, events: Sequence[Event], pending: int | None = None
-    ) -> None:
+    def update_overrides(self, job_id: str, events: Sequence[Event], *, pending: int) -> None:
         """Export a running job's pending count and its latest overrides' info series.
 
         ``events`` is the job's whole log (current incarnation); ``pending`` the events not
-        yet applied by every rank (default: those without an effective step). Only the events
-        appended since the last call are read (the whole log when it is not an extension of
-        the last one: a recreated job), so an override costs one series in and one out.
+        yet applied by every rank (:meth:`controller.projection.Projection.pending`). Only the
+        events appended since the last call are read (the whole log when it is not an
+        extension of the last one: a recreated job), so an override costs one series in and
+        one out.
         """
-        if pending is None:
-            pending = sum(1 for e in events if e.pending)
         key = (len(events), events[-1].version if events else 0)
         with self._lock:
             _set(self.overrides_pending, (job_id,), pending)

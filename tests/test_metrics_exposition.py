@@ -203,12 +203,12 @@ def test_changes_and_removals_between_scrapes_show() -> None:
     app = exposition_app(registry)
     ours.update_job("a", [0.1, 0.2], step=1, version=1)
     ours.update_job("b", [0.3], step=1, version=1)
-    ours.update_overrides("a", events(150))
+    ours.update_overrides("a", events(150), pending=0)
     first, _ = get(app)
     assert 'lrctl_step{job_id="a"} 1.0' in first
     assert sum("lrctl_override_info{" in line for line in first.splitlines()) == 100
     ours.update_job("a", [0.05], step=2, version=3)  # one group now
-    ours.update_overrides("a", events(151))  # one in, the oldest out
+    ours.update_overrides("a", events(151), pending=0)  # one in, the oldest out
     ours.remove_job("b")
     second, _ = get(app)
     assert 'lrctl_step{job_id="a"} 2.0' in second
@@ -217,7 +217,7 @@ def test_changes_and_removals_between_scrapes_show() -> None:
     info = [line for line in second.splitlines() if line.startswith("lrctl_override_info{")]
     assert len(info) == 100 and any('version="152"' in line for line in info)
     assert not any('version="52"' in line for line in info)
-    ours.update_overrides("a", events(3))  # recreated: a shorter log starts over
+    ours.update_overrides("a", events(3), pending=0)  # recreated: a shorter log starts over
     third, _ = get(app)
     assert sum("lrctl_override_info{" in line for line in third.splitlines()) == 3
     assert registry.get_sample_value("lrctl_step", {"job_id": "a"}) == 2.0
