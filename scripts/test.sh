@@ -13,7 +13,11 @@ export PATH="$venv/bin:$PATH"
 echo "== generated code is current"
 python scripts/gen_protos.py --check
 echo "== Grafana dashboard is current (scripts/gen_dashboard.py)"
-python scripts/gen_dashboard.py --check
+if python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    python scripts/gen_dashboard.py --check
+else  # grafana-foundation-sdk needs Python 3.11+ (pyproject [dev]); the JSON is checked in
+    echo "skipped: Python < 3.11 has no grafana-foundation-sdk"
+fi
 echo "== promtool: Prometheus config, rules and their unit tests"
 (cd deploy/prometheus && promtool check config prometheus.yml && promtool check rules rules/*.yml \
     && promtool test rules tests/*.yml)
