@@ -21,12 +21,12 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lrctl import constants as c
+from lrctl.client import ClientError, TLSConfig
 
 __all__ = ["check", "main"]
 
@@ -69,13 +69,8 @@ def _credentials(
                 "certificate, got only the certificate/key"
             )
         return None
-    if bool(cert) != bool(key):
-        raise SystemExit("expected both --tls-cert and --tls-key (LRCTL_TLS_CERT/KEY) or neither")
-    return grpc.ssl_channel_credentials(
-        root_certificates=Path(ca).read_bytes(),
-        private_key=Path(key).read_bytes() if key else None,
-        certificate_chain=Path(cert).read_bytes() if cert else None,
-    )
+    # The client's own TLS settings: the same checks (a certificate needs its key) and reads.
+    return TLSConfig(ca=ca, cert=cert or None, key=key or None).credentials()
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -123,8 +118,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         name = code.name if code is not None else "ERROR"
         print(f"unhealthy: {args.address} {args.service!r}: {name}: {details}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"unhealthy: cannot read TLS files: {exc}", file=sys.stderr)
+    except ClientError as exc:  # TLS settings that do not make credentials
+        print(f"unhealthy: {exc.details}", file=sys.stderr)
         return 1
     if status != "SERVING":
         print(f"unhealthy: {args.address} {args.service!r} is {status}", file=sys.stderr)
