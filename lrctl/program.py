@@ -551,9 +551,14 @@ class LRProgram:
         if not any(st.schedule.cycles_momentum for st in states):
             return None
         out: list[float] = []
+        shared: dict[tuple[int, int], list[float] | None] = {}  # one per schedule, origin
         for g, c in enumerate(_vec_list(members)):
             st = states[c]
-            m = st.schedule.momenta(step - st.origin)
+            key = (id(st.schedule), st.origin)
+            if key in shared:
+                m = shared[key]
+            else:
+                m = shared[key] = st.schedule.momenta(step - st.origin)
             out.append(math.nan if m is None else m[g])
         return out
 
