@@ -64,6 +64,17 @@ _CHUNK = 32
 _Vec = tuple[tuple[Any, ...], ...]
 
 
+class _Segment(NamedTuple):
+    """What evaluating one timeline entry needs (:meth:`LRProgram._segment`)."""
+
+    entry: int  # the timeline entry
+    states: list[_State]  # each class's effective state
+    members: _Vec  # group -> class, in chunks
+    live: list[tuple[int, Schedule, int]]  # (class, schedule, origin) of schedule-driven classes
+    group_classes: list[int]  # each group's class
+    cycles: bool  # some class's schedule cycles momentum
+
+
 def _vec(items: Sequence[Any]) -> _Vec:
     return tuple(tuple(items[i : i + _CHUNK]) for i in range(0, len(items), _CHUNK))
 
@@ -335,9 +346,7 @@ class LRProgram:
         self._sizes = builder.sizes
         self._built = builder.built
         self._lengths = trail.lengths()
-        self._kept_states: (
-            tuple[int, list[_State], _Vec, list[tuple[int, Schedule, int]]] | None
-        ) = None
+        self._kept: _Segment | None = None
         trail.users.add(self)
         new = trail.seen[seen_from:]
         old = getattr(self, "_replays", False), getattr(self, "_cycles", False)
@@ -405,26 +414,37 @@ class LRProgram:
 
     def _states(self, step: int) -> tuple[list[_State], _Vec]:
         """The classes' effective states at ``step`` and the group -> class vector (callers
-        only read them).
+        only read them)."""
+        segment = self._segment(step)
+        return segment.states, segment.members
 
-        They are the same for every step of one timeline entry, and the entries below this
-        program's lengths never change: the last entry's are kept, so a worker stepping
-        through one segment computes them once, not at every step.
+    def _segment(self, step: int) -> _Segment:
+        """What :meth:`lrs` and :meth:`momenta` need at ``step``.
+
+        It is the same for every step of one timeline entry, and the entries below this
+        program's lengths never change: the last entry's is kept, so a worker stepping
+        through one segment computes it once, not at every step.
         """
         trail = self._trail
         index = bisect_right(trail.starts, step, 0, self._lengths[0]) - 1
-        kept = self._kept_states
-        if kept is None or kept[0] != index:
+        kept = self._kept
+        if kept is None or kept.entry != index:
             classes, count, members, w = trail.timeline[index]
             layer = trail.layer
             states = [layer.effective(st, w) for st in _vec_list(classes)[:count]]
-            live = [  # the classes whose LRs come from their schedule: (class, schedule, origin)
-                (c, st.schedule, st.origin)
-                for c, st in enumerate(states)
-                if st.held is None and not isinstance(st.schedule, ReduceLROnPlateau)
-            ]
-            kept = self._kept_states = (index, states, members, live)
-        return kept[1], kept[2]
+            kept = self._kept = _Segment(
+                index,
+                states,
+                members,
+                [
+                    (c, st.schedule, st.origin)
+                    for c, st in enumerate(states)
+                    if st.held is None and not isinstance(st.schedule, ReduceLROnPlateau)
+                ],
+                _vec_list(members),
+                any(st.schedule.cycles_momentum for st in states),
+            )
+        return kept
 
     @property
     def num_groups(self) -> int:
@@ -514,30 +534,27 @@ class LRProgram:
             self.check_step(step, max_cost)
         if self._simple:
             return self.schedule.lrs(step, self.base_lrs)
-        states, members = self._states(step)
-        live = self._kept_states[3]  # type: ignore[index]  # (set by _states)
+        segment = self._segment(step)
+        states = segment.states
         values: list[list[float] | None] = [None] * len(states)
         shared: dict[tuple[int, int], list[float]] = {}  # one evaluation per schedule, origin
-        for c, schedule, origin in live:
+        for c, schedule, origin in segment.live:
             key = (id(schedule), origin)
             vals = shared.get(key)
             if vals is None:
                 vals = shared[key] = schedule.lrs(step - origin, self.base_lrs)
             values[c] = vals
         out = []
-        g = 0
-        for chunk in members:
-            for c in chunk:
-                st = states[c]
-                if st.held is not None:
-                    out.append(st.held)
+        for g, c in enumerate(segment.group_classes):
+            st = states[c]
+            if st.held is not None:
+                out.append(st.held)
+            else:
+                vals = values[c]
+                if vals is None:  # ReduceLROnPlateau: the reduced level
+                    out.append(self._plateau_level(st, g) * st.scale)
                 else:
-                    vals = values[c]
-                    if vals is None:  # ReduceLROnPlateau: the reduced level
-                        out.append(self._plateau_level(st, g) * st.scale)
-                    else:
-                        out.append(vals[g] * st.scale)
-                g += 1
+                    out.append(vals[g] * st.scale)
         return out
 
     def momenta(self, step: int) -> list[float] | None:
@@ -547,12 +564,13 @@ class LRProgram:
         """
         if self._simple:
             return self.schedule.momenta(step)
-        states, members = self._states(step)
-        if not any(st.schedule.cycles_momentum for st in states):
+        segment = self._segment(step)
+        if not segment.cycles:
             return None
+        states = segment.states
         out: list[float] = []
         shared: dict[tuple[int, int], list[float] | None] = {}  # one per schedule, origin
-        for g, c in enumerate(_vec_list(members)):
+        for g, c in enumerate(segment.group_classes):
             st = states[c]
             key = (id(st.schedule), st.origin)
             if key in shared:
