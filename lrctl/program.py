@@ -73,6 +73,9 @@ class _Segment(NamedTuple):
     live: list[tuple[int, Schedule, int]]  # (class, schedule, origin) of schedule-driven classes
     group_classes: list[int]  # each group's class
     cycles: bool  # some class's schedule cycles momentum
+    # (schedule, origin, scale) when one schedule drives every group at one scale (the job
+    # after a job-wide override): the LRs are its own, scaled, with no per-group lookup.
+    uniform: tuple[Schedule, int, float] | None
 
 
 def _vec(items: Sequence[Any]) -> _Vec:
@@ -432,17 +435,32 @@ class LRProgram:
             classes, count, members, w = trail.timeline[index]
             layer = trail.layer
             states = [layer.effective(st, w) for st in _vec_list(classes)[:count]]
+            live = [
+                (c, st.schedule, st.origin)
+                for c, st in enumerate(states)
+                if st.held is None and not isinstance(st.schedule, ReduceLROnPlateau)
+            ]
+            group_classes = _vec_list(members)
+            first = states[group_classes[0]]
+            uniform = (
+                (first.schedule, first.origin, first.scale)
+                if len(live) == len(states)
+                and all(
+                    st.schedule is first.schedule
+                    and st.origin == first.origin
+                    and st.scale == first.scale
+                    for st in states
+                )
+                else None
+            )
             kept = self._kept = _Segment(
                 index,
                 states,
                 members,
-                [
-                    (c, st.schedule, st.origin)
-                    for c, st in enumerate(states)
-                    if st.held is None and not isinstance(st.schedule, ReduceLROnPlateau)
-                ],
-                _vec_list(members),
+                live,
+                group_classes,
                 any(st.schedule.cycles_momentum for st in states),
+                uniform,
             )
         return kept
 
@@ -535,6 +553,10 @@ class LRProgram:
         if self._simple:
             return self.schedule.lrs(step, self.base_lrs)
         segment = self._segment(step)
+        if segment.uniform is not None:
+            schedule, origin, scale = segment.uniform
+            row = schedule.lrs(step - origin, self.base_lrs)
+            return row if scale == 1.0 else [v * scale for v in row]
         states = segment.states
         values: list[list[float] | None] = [None] * len(states)
         shared: dict[tuple[int, int], list[float]] = {}  # one evaluation per schedule, origin
@@ -567,6 +589,9 @@ class LRProgram:
         segment = self._segment(step)
         if not segment.cycles:
             return None
+        if segment.uniform is not None:
+            schedule, origin, _ = segment.uniform
+            return schedule.momenta(step - origin)
         states = segment.states
         out: list[float] = []
         shared: dict[tuple[int, int], list[float] | None] = {}  # one per schedule, origin
